@@ -1,3 +1,28 @@
 """hf_sae_steer: steer Hugging Face causal LMs towards a topic with sparse autoencoders."""
 
 __version__ = "0.1.0"
+
+from hf_sae_steer.interventions import METHODS, Intervention, LatentEdit
+from hf_sae_steer.positions import POSITIONS
+from hf_sae_steer.processor import SteeringLogitsProcessor
+from hf_sae_steer.sae import SAE, SITES, SAEConfig
+from hf_sae_steer.sites import ModelLayout, Site, find_layout
+from hf_sae_steer.steered import SteeredModel, SteeringSpec, remove_steering
+
+__all__ = [
+    "METHODS",
+    "POSITIONS",
+    "SAE",
+    "SITES",
+    "Intervention",
+    "LatentEdit",
+    "ModelLayout",
+    "SAEConfig",
+    "Site",
+    "SteeredModel",
+    "SteeringLogitsProcessor",
+    "SteeringSpec",
+    "__version__",
+    "find_layout",
+    "remove_steering",
+]
