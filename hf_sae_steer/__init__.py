@@ -2,10 +2,12 @@
 
 __version__ = "0.1.0"
 
+from hf_sae_steer.data import load_prompts
 from hf_sae_steer.interventions import METHODS, Intervention, LatentEdit
 from hf_sae_steer.positions import POSITIONS
 from hf_sae_steer.processor import SteeringLogitsProcessor
 from hf_sae_steer.sae import SAE, SITES, SAEConfig
+from hf_sae_steer.scoring import FeatureScores
 from hf_sae_steer.sites import ModelLayout, Site, find_layout
 from hf_sae_steer.steered import SteeredModel, SteeringSpec, remove_steering
 
@@ -14,6 +16,7 @@ __all__ = [
     "POSITIONS",
     "SAE",
     "SITES",
+    "FeatureScores",
     "Intervention",
     "LatentEdit",
     "ModelLayout",
@@ -24,5 +27,6 @@ __all__ = [
     "SteeringSpec",
     "__version__",
     "find_layout",
+    "load_prompts",
     "remove_steering",
 ]

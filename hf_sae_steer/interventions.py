@@ -45,7 +45,9 @@ class LatentEdit:
 
     def __post_init__(self) -> None:
         if self.mode not in EDIT_MODES:
-            raise ValueError(f"Unknown edit mode {self.mode!r}; use one of {', '.join(EDIT_MODES)}.")
+            raise ValueError(
+                f"Unknown edit mode {self.mode!r}; use one of {', '.join(EDIT_MODES)}."
+            )
         if not math.isfinite(self.value):
             raise ValueError(f"Edit of latent {self.index} has a non-finite value {self.value}.")
 
@@ -92,7 +94,9 @@ class Intervention:
             raise ValueError(f"strength must be a finite number, got {strength}.")
         n = sae.d_sae
         if method in ("clamp", "weight", "swap") and scores is None:
-            raise ValueError(f"Method {method!r} needs scores (one per latent, from FeatureScores).")
+            raise ValueError(
+                f"Method {method!r} needs scores (one per latent, from FeatureScores)."
+            )
         if method == "clamp" and not 0 < clamp_k <= n:
             raise ValueError(f"clamp_k={clamp_k} must be between 1 and d_sae={n}.")
         for edit in edits:
@@ -129,7 +133,9 @@ class Intervention:
             self._clamp_shift = self.clamp_value * sae.W_dec[top].sum(dim=0)
         if self.edits:
             self._edit_index = torch.tensor([e.index for e in self.edits], device=device)
-            self._edit_value = torch.tensor([e.value for e in self.edits], device=device, dtype=dtype)
+            self._edit_value = torch.tensor(
+                [e.value for e in self.edits], device=device, dtype=dtype
+            )
             self._edit_mode = [e.mode for e in self.edits]
         self._placed = (device, dtype)
 
@@ -177,7 +183,7 @@ class Intervention:
         return z_new, (None if z_new is z else (z_new - z) @ sae.W_dec), None
 
     def _sparse(self, pre: Tensor, info: NormInfo) -> tuple[Code, Tensor | None, Tensor | None]:
-        """TopK SAEs: only the selected latents are ever decoded (embedding_bag, no d_sae matmul)."""
+        """TopK SAEs: only the selected latents are decoded (embedding_bag, no d_sae matmul)."""
         sae, m = self._sae, self.method
         idx, val = sae.activate_sparse(pre)
         if m in ("orig", "sae", "clamp"):

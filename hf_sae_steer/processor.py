@@ -14,7 +14,7 @@ from hf_sae_steer.steered import SteeredModel
 
 
 class SteeringLogitsProcessor(LogitsProcessor):
-    r"""[`LogitsProcessor`] mixing base and steered next-token logits: ``base + g * (steered - base)``.
+    r"""[`LogitsProcessor`] mixing base and steered logits: ``base + g * (steered - base)``.
 
     ``g = 0`` is the base model, ``g = 1`` plain steering, ``g > 1`` extrapolates past it (like
     classifier-free guidance). The processor runs the *other* variant itself, with its own KV
@@ -36,8 +36,9 @@ class SteeringLogitsProcessor(LogitsProcessor):
     >>> tok = AutoTokenizer.from_pretrained("gpt2")
     >>> steered = SteeredModel(model, load_sae("openai:v5_32k/resid_post_mlp/9"), scores=scores)
     >>> guidance = SteeringLogitsProcessor(steered, guidance_scale=1.5)
+    >>> inputs = tok("The patient", return_tensors="pt")
     >>> with steered.disabled():
-    ...     out = model.generate(**tok("The patient", return_tensors="pt"), logits_processor=[guidance])
+    ...     out = model.generate(**inputs, logits_processor=[guidance])
     ```
     """
 

@@ -204,7 +204,9 @@ def hook_site(layout: ModelLayout, site: Site, edit: Edit) -> list[RemovableHand
         return [block.register_forward_pre_hook(pre_hook, with_kwargs=True)]
 
     if kind in ("resid_post", "attn_out", "mlp_out"):
-        target = block if kind == "resid_post" else layout.sublayer(site.layer, _sublayer(layout, kind))
+        target = (
+            block if kind == "resid_post" else layout.sublayer(site.layer, _sublayer(layout, kind))
+        )
 
         def out_hook(module: nn.Module, args: tuple, output: Any) -> Any:
             return _replace_first(output, edit(_first(output)))
@@ -244,9 +246,7 @@ class StopForward(Exception):
 
 
 @torch.no_grad()
-def run_to_site(
-    model: nn.Module, layout: ModelLayout, site: Site, **inputs: Any
-) -> Tensor:
+def run_to_site(model: nn.Module, layout: ModelLayout, site: Site, **inputs: Any) -> Tensor:
     """Run ``model(**inputs)`` only as far as ``site`` and return its hidden state.
 
     Later blocks and the LM head never run, which is what makes scoring cheap.

@@ -60,11 +60,15 @@ def _as_spec(item: Any) -> SteeringSpec:
     )
 
 
-def _resolve(spec: SteeringSpec, model: nn.Module, layout: ModelLayout) -> tuple[Site, Intervention]:
+def _resolve(
+    spec: SteeringSpec, model: nn.Module, layout: ModelLayout
+) -> tuple[Site, Intervention]:
     """Validate one spec against the model; build its intervention. Registers nothing."""
     sae = spec.sae
     if not isinstance(sae, SAE):
-        raise TypeError(f"sae must be an hf_sae_steer SAE (from load_sae), got {type(sae).__name__}.")
+        raise TypeError(
+            f"sae must be an hf_sae_steer SAE (from load_sae), got {type(sae).__name__}."
+        )
     scores = spec.scores
     artifact = scores if hasattr(scores, "sae_fingerprint") else None
     if artifact is not None:
@@ -76,7 +80,7 @@ def _resolve(spec: SteeringSpec, model: nn.Module, layout: ModelLayout) -> tuple
     kind = _first_set(spec.site, getattr(artifact, "site", None), sae.cfg.site, "resid_post")
     if layer is None:
         raise ValueError(
-            "No layer given and the SAE does not say where it was trained; pass layer=<block index>."
+            "No layer given and the SAE does not say where it was trained; pass layer=<block>."
         )
     layout.check_layer(layer)
     layer = layer % layout.n_layers
@@ -94,7 +98,9 @@ def _resolve(spec: SteeringSpec, model: nn.Module, layout: ModelLayout) -> tuple
             "was trained on another model. Load an SAE for this model."
         )
     if spec.positions not in POSITIONS:
-        raise ValueError(f"Unknown positions {spec.positions!r}; use one of {', '.join(POSITIONS)}.")
+        raise ValueError(
+            f"Unknown positions {spec.positions!r}; use one of {', '.join(POSITIONS)}."
+        )
     step = Intervention(
         sae,
         spec.method,
@@ -165,8 +171,18 @@ class SteeredModel(nn.Module):
         if isinstance(sae, SAE):
             specs = [
                 SteeringSpec(
-                    sae, layer, site, method, scores, strength, preserve_error, tuple(edits),
-                    positions, clamp_k, clamp_value, allow_score_mismatch,
+                    sae,
+                    layer,
+                    site,
+                    method,
+                    scores,
+                    strength,
+                    preserve_error,
+                    tuple(edits),
+                    positions,
+                    clamp_k,
+                    clamp_value,
+                    allow_score_mismatch,
                 )
             ]
         elif isinstance(sae, Sequence) and not isinstance(sae, str) and len(sae) > 0:
@@ -252,7 +268,7 @@ class SteeredModel(nn.Module):
     def _check_live(self) -> None:
         if not self._handles:
             raise RuntimeError(
-                "This SteeredModel was removed; build a new one to steer, or use the model directly."
+                "This SteeredModel was removed; build a new one to steer, or use the model itself."
             )
 
     # -- delegation so generate()/pipeline() users see the model they know ----------------

