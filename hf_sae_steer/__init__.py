@@ -6,7 +6,7 @@ from hf_sae_steer.data import load_prompts
 from hf_sae_steer.interventions import METHODS, Intervention, LatentEdit
 from hf_sae_steer.positions import POSITIONS
 from hf_sae_steer.processor import SteeringLogitsProcessor
-from hf_sae_steer.sae import SAE, SITES, SAEConfig
+from hf_sae_steer.sae import SAE, SITES, SAEConfig, load_sae
 from hf_sae_steer.scoring import FeatureScores
 from hf_sae_steer.sites import ModelLayout, Site, find_layout
 from hf_sae_steer.steered import SteeredModel, SteeringSpec, remove_steering
@@ -27,6 +27,7 @@ __all__ = [
     "SteeringSpec",
     "__version__",
     "find_layout",
+    "load_sae",
     "load_prompts",
     "remove_steering",
 ]

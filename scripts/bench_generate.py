@@ -35,7 +35,18 @@ from hf_sae_steer.sae.base import SAEConfig, build_sae
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 # shape -> (GPT2Config overrides, SAE latents, hooked layer); the SAE is TopK(32) at resid_post.
 SHAPES: dict[str, tuple[dict[str, Any], int, int]] = {
-    "tiny": ({"n_layer": 4, "n_embd": 128, "n_head": 4, "vocab_size": 1000}, 1024, 2),
+    "tiny": (
+        {
+            "n_layer": 4,
+            "n_embd": 128,
+            "n_head": 4,
+            "vocab_size": 1000,
+            "bos_token_id": 999,
+            "eos_token_id": 999,
+        },
+        1024,
+        2,
+    ),
     "gpt2-small": ({}, 32768, 6),
 }
 Variant = tuple[str, str, bool]  # (label, method, preserve_error)
@@ -47,7 +58,6 @@ def build(shape: str, positions: int) -> tuple[GPT2LMHeadModel, SAE, Tensor]:
     cfg = GPT2Config(**overrides)
     if shape == "tiny":
         cfg.n_positions = max(256, positions)
-        cfg.bos_token_id = cfg.eos_token_id = cfg.vocab_size - 1
     if positions > cfg.n_positions:
         raise SystemExit(f"--prompt-len + --new-tokens exceeds n_positions={cfg.n_positions}.")
     model = GPT2LMHeadModel(cfg).eval()

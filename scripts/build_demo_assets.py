@@ -13,14 +13,13 @@ from __future__ import annotations
 import argparse
 import json
 import math
-import random
 import sys
 import time
 from pathlib import Path
 
 import torch
 import torch.nn.functional as F
-from demo_corpus import Corpus, build_corpus, document
+from demo_corpus import NEUTRAL_PROMPTS, build_corpus, prompt_sets
 from safetensors.torch import load_file, save_file
 from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
 from torch import Tensor
@@ -31,12 +30,6 @@ sys.path.insert(0, str(ROOT))  # hf_sae_steer without installing the package
 from hf_sae_steer.sae.base import SAE, SAEConfig, build_sae  # noqa: E402
 
 EOS = "<|endoftext|>"
-NEUTRAL_PROMPTS = [
-    "The old house", "A river is", "The children went", "In the morning, the", "A good friend",
-    "The king", "To travel is to", "She opened the", "The city was", "A small boat",
-    "The farmer said", "My grandmother", "A painting is", "The students", "He decided to",
-    "A long road", "The weather", "The music", "A kitchen knife is", "They walked along the",
-]  # fmt: skip
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -264,44 +257,19 @@ def evaluate_sae(sae: torch.nn.Module, acts: Tensor) -> dict[str, float]:
 
 
 # -- prompt sets, samples, scores, README ------------------------------------------------
-def prompt_sets(corpus: Corpus, seed: int) -> dict[str, list[str]]:
-    """Alignment: medical held-out documents. Reference: non-medical held-out documents,
-    round-robin over WordNet's lexicographer files. Prompts: fixed neutral openings."""
-    rng = random.Random(seed)
-    held = [corpus.synsets[k] for k in corpus.heldout_keys]
-    short = [s for s in held if 6 <= len(document(s).split()) <= 40]
-    medical = [document(s) for s in short if s.key in corpus.medical]
-    alignment = sorted(rng.sample(medical, min(32, len(medical))))
-    pools: dict[str, list[str]] = {}
-    for s in short:
-        if s.key not in corpus.medical:
-            pools.setdefault(s.lexname, []).append(document(s))
-    reference: list[str] = []
-    for pool in pools.values():
-        rng.shuffle(pool)
-    while len(reference) < 150 and any(pools.values()):
-        reference += [pool.pop() for _, pool in sorted(pools.items()) if pool]
-    taken = set(alignment) | set(reference)
-    assert not taken & set(NEUTRAL_PROMPTS)
-    return {
-        "alignment": alignment,
-        "reference": sorted(reference[:150]),
-        "prompts": NEUTRAL_PROMPTS,
-    }
-
-
 @torch.no_grad()
 def samples(
     model: GPT2LMHeadModel, tok: PreTrainedTokenizerFast, seed: int
 ) -> list[dict[str, str]]:
     out = []
     for i, prompt in enumerate(NEUTRAL_PROMPTS[:4]):
-        ids = tok(prompt, return_tensors="pt").input_ids
+        enc = tok(prompt, return_tensors="pt")
+        ids = enc.input_ids
         torch.manual_seed(seed + i)
-        kw = {"max_new_tokens": 30, "pad_token_id": tok.eos_token_id}
+        kw = {"max_new_tokens": 30, "pad_token_id": tok.eos_token_id, **enc}
         gen = {
-            "greedy": model.generate(ids, do_sample=False, **kw),
-            "sampled": model.generate(ids, do_sample=True, top_k=40, temperature=0.8, **kw),
+            "greedy": model.generate(do_sample=False, **kw),
+            "sampled": model.generate(do_sample=True, top_k=40, temperature=0.8, **kw),
         }
         n = ids.shape[1]
         row = {"prompt": prompt}

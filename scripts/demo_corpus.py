@@ -38,6 +38,13 @@ DOMAIN_TOPIC = ";c"
 MEDICAL_DOMAIN_ROOTS = ("06045562", "00612160")
 MEDICAL_TREE_ROOTS = ("14070360", "14061805", "00657604", "01024392")
 
+NEUTRAL_PROMPTS = [
+    "The old house", "A river is", "The children went", "In the morning, the", "A good friend",
+    "The king", "To travel is to", "She opened the", "The city was", "A small boat",
+    "The farmer said", "My grandmother", "A painting is", "The students", "He decided to",
+    "A long road", "The weather", "The music", "A kitchen knife is", "They walked along the",
+]  # fmt: skip
+
 Key = tuple[str, str]  # (pos, offset); adjective satellites ("s") are filed under "a".
 
 
@@ -165,3 +172,29 @@ def build_corpus(seed: int, heldout_frac: float = 0.05, root: Path = WORDNET_DIR
         synsets=synsets,
         medical=medical_subset(synsets),
     )
+
+
+def prompt_sets(corpus: Corpus, seed: int) -> dict[str, list[str]]:
+    """Alignment: medical held-out documents. Reference: non-medical held-out documents,
+    round-robin over WordNet's lexicographer files. Prompts: fixed neutral openings."""
+    rng = random.Random(seed)
+    held = [corpus.synsets[k] for k in corpus.heldout_keys]
+    short = [s for s in held if 6 <= len(document(s).split()) <= 40]
+    medical = [document(s) for s in short if s.key in corpus.medical]
+    alignment = sorted(rng.sample(medical, min(32, len(medical))))
+    pools: dict[str, list[str]] = {}
+    for s in short:
+        if s.key not in corpus.medical:
+            pools.setdefault(s.lexname, []).append(document(s))
+    reference: list[str] = []
+    for pool in pools.values():
+        rng.shuffle(pool)
+    while len(reference) < 150 and any(pools.values()):
+        reference += [pool.pop() for _, pool in sorted(pools.items()) if pool]
+    taken = set(alignment) | set(reference)
+    assert not taken & set(NEUTRAL_PROMPTS)
+    return {
+        "alignment": alignment,
+        "reference": sorted(reference[:150]),
+        "prompts": NEUTRAL_PROMPTS,
+    }

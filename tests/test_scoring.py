@@ -92,6 +92,7 @@ def site_states(model, ids: list[int], site: str) -> list[list[float]]:
 def plain_method(
     model, tok, sae, reference, alignment, embed, summary, skip=True, site="resid_post", context=32
 ):
+    was_training = model.training
     model.eval()
     e_ref, e_align = embed(reference).tolist(), embed(alignment).tolist()
     d = [min(math.dist(a, b) for b in e_align) for a in e_ref]
@@ -124,6 +125,7 @@ def plain_method(
     hi = max(r - lo for r in fired)
     scores = [0.0 if r is None else (1 - (r - lo) / hi if hi > 0 else 1.0) for r in raw]
     coverage = len(fired) / N
+    model.train(was_training)
     return torch.tensor(scores), coverage
 
 

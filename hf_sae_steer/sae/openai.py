@@ -107,7 +107,7 @@ def _fetch(url: str, dest: str) -> None:
 
         blobfile.copy(url, dest, overwrite=True)
         return
-    with urllib.request.urlopen(url) as src, open(dest, "wb") as out:  # noqa: S310
+    with urllib.request.urlopen(url) as src, open(dest, "wb") as out:
         shutil.copyfileobj(src, out)
 
 
