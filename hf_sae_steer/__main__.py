@@ -1,0 +1,3 @@
+from hf_sae_steer.cli import main
+
+raise SystemExit(main())
