@@ -82,6 +82,7 @@ class ModelLayout:
     mlp: str
     parallel: bool
     decoder: nn.Module
+    post_ln: bool = False
 
     @property
     def n_layers(self) -> int:
@@ -119,21 +120,28 @@ def _parent(model: nn.Module, path: str) -> nn.Module:
 
 
 def find_layout(
-    model: nn.Module, blocks: str | None = None, attn: str | None = None, mlp: str | None = None
+    model: nn.Module,
+    blocks: str | None = None,
+    attn: str | None = None,
+    mlp: str | None = None,
+    parallel: bool | None = None,
 ) -> ModelLayout:
-    """Locate the decoder blocks of ``model``; ``blocks``/``attn``/``mlp`` override the table.
+    """Locate the decoder blocks of ``model``; the keyword arguments override the table.
 
     ``blocks`` is a dotted path to the ``nn.ModuleList`` of decoder blocks (e.g.
     ``"model.layers"``); ``attn``/``mlp`` name, inside a block, the modules whose outputs are
-    added to the residual stream.
+    added to the residual stream; ``parallel=True`` declares parallel attention/MLP blocks.
     """
     config = getattr(model, "config", None)
     model_type = getattr(config, "model_type", None)
     known = _LAYOUTS.get(model_type or "")
     if blocks is None and known is not None:
         blocks = known[0]
-        if _get_path(model, blocks) is None and blocks.startswith("model."):
-            blocks = blocks.removeprefix("model.")  # the bare decoder, not the *ForCausalLM
+        if _get_path(model, blocks) is None:
+            # The bare decoder (GPT2Model, LlamaModel, ...) rather than the *ForCausalLM.
+            _, _, inner = blocks.partition(".")
+            if inner and _get_path(model, inner) is not None:
+                blocks = inner
     if blocks is None:
         raise ValueError(
             f"Unsupported architecture {type(model).__name__} (model_type={model_type!r}); "
@@ -147,13 +155,16 @@ def find_layout(
             f"blocks={blocks!r} does not name a non-empty nn.ModuleList of decoder blocks in "
             f"{type(model).__name__}."
         )
-    parallel = bool(
-        model_type in ("phi", "gptj")
-        or (model_type == "gpt_neox" and getattr(config, "use_parallel_residual", False))
+    parallel = (
+        parallel
+        if parallel is not None
+        else bool(
+            model_type in ("phi", "gptj")
+            or (model_type == "gpt_neox" and getattr(config, "use_parallel_residual", False))
+        )
     )
     # Post-LN OPT normalises the stream between attention and MLP: no clean resid_mid there.
-    if model_type == "opt" and not getattr(config, "do_layer_norm_before", True):
-        parallel = True
+    post_ln = model_type == "opt" and not getattr(config, "do_layer_norm_before", True)
     return ModelLayout(
         blocks=module_list,
         blocks_path=blocks,
@@ -161,6 +172,7 @@ def find_layout(
         mlp=mlp or (known[2] if known else "mlp"),
         parallel=parallel,
         decoder=_parent(model, blocks),
+        post_ln=post_ln,
     )
 
 
@@ -190,7 +202,8 @@ def hook_site(layout: ModelLayout, site: Site, edit: Edit) -> list[RemovableHand
     """Register hooks so that ``site``'s hidden state ``x`` becomes ``edit(x)``.
 
     Returns the handles; removing them all restores the model. Whatever container the block
-    returns (a tensor in transformers 5, a tuple before) is returned in kind.
+    returns (a tensor in transformers 5, a tuple before) is returned in kind. A ``resid_mid``
+    hook reads the block input as earlier pre-hooks left it: hook ``resid_pre`` first.
     """
     layout.check_layer(site.layer)
     block = layout.blocks[site.layer]
@@ -203,22 +216,45 @@ def hook_site(layout: ModelLayout, site: Site, edit: Edit) -> list[RemovableHand
 
         return [block.register_forward_pre_hook(pre_hook, with_kwargs=True)]
 
-    if kind in ("resid_post", "attn_out", "mlp_out"):
-        target = (
-            block if kind == "resid_post" else layout.sublayer(site.layer, _sublayer(layout, kind))
-        )
+    if kind == "resid_post":
 
-        def out_hook(module: nn.Module, args: tuple, output: Any) -> Any:
+        def post_hook(module: nn.Module, args: tuple, output: Any) -> Any:
             return _replace_first(output, edit(_first(output)))
 
-        return [target.register_forward_hook(out_hook)]
+        # First in line, so transformers' output_hidden_states recorders see the steered state.
+        return [block.register_forward_hook(post_hook, prepend=True)]
+
+    if kind in ("attn_out", "mlp_out"):
+        target = layout.sublayer(site.layer, _sublayer(layout, kind))
+        # Some sublayers run on [batch*seq, d] (OPT's fc2); edits always see [batch, seq, d].
+        lead: list[torch.Size] = []
+
+        def note_shape(module: nn.Module, args: tuple, kwargs: dict) -> None:
+            lead[:] = [_input_hidden(args, kwargs).shape[:-1]]
+
+        def out_hook(module: nn.Module, args: tuple, output: Any) -> Any:
+            x = _first(output)
+            shape = lead[0] if lead else x.shape[:-1]
+            if x.shape[:-1] != shape and x.shape[:-1].numel() == shape.numel():
+                return _replace_first(output, edit(x.reshape(*shape, x.shape[-1])).reshape(x.shape))
+            return _replace_first(output, edit(x))
+
+        return [
+            block.register_forward_pre_hook(note_shape, with_kwargs=True),
+            target.register_forward_hook(out_hook),
+        ]
 
     # resid_mid = block input + attention output. Editing it means editing what attention
     # adds: attn' = edit(resid_pre + attn) - resid_pre, which both the MLP and the stream see.
-    if layout.parallel:
+    if layout.parallel or layout.post_ln:
+        why = (
+            "attention and MLP read the same input in parallel"
+            if layout.parallel
+            else "post-LN blocks normalise the stream between attention and MLP"
+        )
         raise ValueError(
-            f"resid_mid does not exist in {type(block).__name__}: attention and MLP read the same "
-            "input in parallel. Use resid_pre, resid_post, attn_out or mlp_out."
+            f"resid_mid does not exist in {type(block).__name__}: {why}. "
+            "Use resid_pre, resid_post, attn_out or mlp_out."
         )
     attn = layout.sublayer(site.layer, layout.attn)
     stash: list[Tensor] = []
@@ -227,9 +263,9 @@ def hook_site(layout: ModelLayout, site: Site, edit: Edit) -> list[RemovableHand
         stash[:] = [_input_hidden(args, kwargs)]
 
     def mid_hook(module: nn.Module, args: tuple, output: Any) -> Any:
-        resid_pre = stash.pop()
         added = _first(output)
-        return _replace_first(output, edit(resid_pre + added) - resid_pre)
+        mid = stash.pop() + added
+        return _replace_first(output, added + (edit(mid) - mid))
 
     return [
         block.register_forward_pre_hook(stash_input, with_kwargs=True),

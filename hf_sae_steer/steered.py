@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import sys
 import warnings
 import weakref
 from collections.abc import Iterator, Sequence
@@ -117,6 +118,18 @@ def _resolve(
     return site, step
 
 
+def _registration_order(
+    resolved: list[tuple[Site, Intervention]], specs: list[SteeringSpec]
+) -> list[tuple[tuple[Site, Intervention], SteeringSpec]]:
+    """resid_pre edits first (a resid_mid hook must read the edited block input); resid_post
+    hooks are prepended, so registering them last-first applies them in the order given."""
+    pairs = list(zip(resolved, specs, strict=True))
+    pre = [p for p in pairs if p[0][0].kind == "resid_pre"]
+    post = [p for p in pairs if p[0][0].kind == "resid_post"]
+    rest = [p for p in pairs if p[0][0].kind not in ("resid_pre", "resid_post")]
+    return pre + rest + post[::-1]
+
+
 def _first_set(*values: Any) -> Any:
     return next((v for v in values if v is not None), None)
 
@@ -166,6 +179,7 @@ class SteeredModel(nn.Module):
         blocks: str | None = None,
         attn: str | None = None,
         mlp: str | None = None,
+        parallel: bool | None = None,
     ) -> None:
         super().__init__()
         if isinstance(sae, SAE):
@@ -195,7 +209,7 @@ class SteeredModel(nn.Module):
                 "This model is already steered by another SteeredModel; call .remove() on it (or "
                 "hf_sae_steer.remove_steering(model)), or pass several specs to one SteeredModel."
             )
-        layout = find_layout(model, blocks=blocks, attn=attn, mlp=mlp)
+        layout = find_layout(model, blocks=blocks, attn=attn, mlp=mlp, parallel=parallel)
         resolved = [_resolve(spec, model, layout) for spec in specs]  # all checks before any hook
         self.model = model
         self.layout = layout
@@ -206,12 +220,13 @@ class SteeredModel(nn.Module):
         self._handles: list[RemovableHandle] = []
         try:
             self._handles.append(self.tracker.attach(layout.decoder))
-            for (site_, step), spec in zip(resolved, specs, strict=True):
+            for (site_, step), spec in _registration_order(resolved, specs):
                 self._handles += hook_site(layout, site_, self.tracker.edit(step, spec.positions))
         except BaseException:
             self.remove()
             raise
         _ACTIVE.setdefault(model, []).append(self)
+        _register_with_pipelines()
 
     # -- the model, steered --------------------------------------------------------------
     def forward(self, *args: Any, **kwargs: Any) -> Any:
@@ -294,17 +309,14 @@ class SteeredModel(nn.Module):
 def _register_with_pipelines() -> None:
     """Let ``pipeline("text-generation", model=steered)`` accept SteeredModel without logging
     "model not supported": transformers checks the class name against a list that already
-    admits wrappers (PEFT's); we add ours the same way."""
-    try:
-        from transformers.pipelines.base import SUPPORTED_PEFT_TASKS
-    except ImportError:
+    admits wrappers (PEFT's); we add ours the same way. Only once transformers.pipelines is
+    loaded (by whoever calls pipeline()): importing it here would cost seconds at import."""
+    base = sys.modules.get("transformers.pipelines.base")
+    if base is None or not hasattr(base, "SUPPORTED_PEFT_TASKS"):
         return
-    names = SUPPORTED_PEFT_TASKS.setdefault("text-generation", [])
+    names = base.SUPPORTED_PEFT_TASKS.setdefault("text-generation", [])
     if SteeredModel.__name__ not in names:
         names.append(SteeredModel.__name__)
-
-
-_register_with_pipelines()
 
 
 def remove_steering(model: nn.Module) -> int:

@@ -19,7 +19,7 @@ from torch import Tensor, nn
 
 from hf_sae_steer.sae import SAEConfig, build_sae
 from hf_sae_steer.sites import Site, find_layout, hook_site, run_to_site
-from hf_sae_steer.steered import SteeredModel
+from hf_sae_steer.steered import SteeredModel, SteeringSpec
 
 VOCAB = 128
 D = 32
@@ -199,6 +199,15 @@ ARCHS: dict[str, Arch] = {
 ARCH_NAMES = list(ARCHS)
 SEQUENTIAL = [name for name, arch in ARCHS.items() if not arch.parallel]
 ARCH_SITES = [pytest.param(a, k, id=f"{a}-{k}") for a in ARCH_NAMES for k in SITE_KINDS]
+
+
+@pytest.fixture(scope="module", autouse=True)
+def _one_thread() -> Iterator[None]:
+    """These models are tiny: one intra-op thread is fastest, and immune to a busy machine."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
 
 
 @functools.cache
@@ -444,6 +453,25 @@ def test_run_to_site_stops_at_the_site(name: str) -> None:
             handle.remove()
 
 
+@pytest.mark.parametrize("name", ["gpt2", "llama", "gemma3_text"])
+def test_output_hidden_states_report_the_steered_stream(name: str) -> None:
+    """With resid_post steered, hidden_states[L+1] is what block L+1 actually receives, even
+    when transformers' own recording hooks were installed first (``model_for`` ran the model
+    with output_hidden_states=True before any steering, as a user may well have done)."""
+    model = model_for(name)
+    layout = find_layout(model)
+    layer = 0
+    v = _vector(seed=13)
+    handles = hook_site(layout, Site(layer, "resid_post"), lambda x: x + v)
+    try:
+        with captured(layout.blocks[layer + 1], inputs=True) as next_input:
+            hidden = _hidden_states(model)
+    finally:
+        for handle in handles:
+            handle.remove()
+    assert torch.equal(hidden[layer + 1], next_input[0])
+
+
 # -- 3. edits through hook_site ---------------------------------------------------------------
 
 
@@ -543,11 +571,62 @@ def test_resid_mid_edit_is_seen_by_the_mlp_and_the_stream(name: str) -> None:
     torch.testing.assert_close(edited_mid, 2.0 * ref["resid_mid"] + v, rtol=1e-5, atol=1e-5)
 
 
+@pytest.mark.parametrize("name", ["gpt2", "llama", "gemma2"])
+def test_resid_pre_and_resid_mid_on_one_block_compose_in_stream_order(name: str) -> None:
+    """Steering resid_pre and resid_mid of one block: resid_mid must read the stream as edited
+    at resid_pre, whichever order the specs are listed in."""
+    model = model_for(name)
+    layer = 1
+    block, attn = _blocks(name)[layer], _sub(name, layer, "attn")
+    sae_pre = _tiny_sae(layer=layer, site="resid_pre", seed=11)
+    sae_mid = _tiny_sae(layer=layer, site="resid_mid", seed=12)
+    pre_spec = SteeringSpec(sae_pre, method="clamp", scores=_scores(), clamp_value=5.0)
+    mid_spec = SteeringSpec(sae_mid, method="sae")
+    baseline = _hooks(model)
+
+    # By hand: x' = f_pre(x) enters the block; resid_mid becomes f_mid(x' + attn(x')).
+    with SteeredModel(model, [pre_spec, mid_spec]) as steered:
+        f_pre, f_mid = steered.interventions
+        with steered.disabled():
+            edited_input: list[Tensor] = []
+
+            def pre(m: nn.Module, args: tuple, kwargs: dict) -> tuple[tuple, dict]:
+                x = f_pre(_block_input(args, kwargs))
+                edited_input[:] = [x]
+                if args:
+                    return (x, *args[1:]), kwargs
+                return args, {**kwargs, "hidden_states": x}
+
+            def mid(m: nn.Module, args: tuple, out: Any) -> Any:
+                x = edited_input[0]
+                new = f_mid(x + _first(out)) - x
+                return (new, *out[1:]) if isinstance(out, tuple) else new
+
+            handles = [
+                block.register_forward_pre_hook(pre, with_kwargs=True),
+                attn.register_forward_hook(mid),
+            ]
+            try:
+                expected = _logits(model)
+            finally:
+                for handle in handles:
+                    handle.remove()
+
+    for specs, order in (([pre_spec, mid_spec], "pre, mid"), ([mid_spec, pre_spec], "mid, pre")):
+        with SteeredModel(model, specs):
+            got = _logits(model)
+        diff = (got - expected).abs().max().item()
+        assert diff < 1e-5, f"specs listed ({order}): logits off by {diff:.3g}"
+    assert _hooks(model) == baseline
+
+
 # -- 5. unsupported architectures and explicit overrides --------------------------------------
 
 
-def _tiny_sae(d: int = D, n: int = 64, layer: int | None = None, site: str | None = None):
-    g = torch.Generator().manual_seed(3)
+def _tiny_sae(
+    d: int = D, n: int = 64, layer: int | None = None, site: str | None = None, seed: int = 3
+):
+    g = torch.Generator().manual_seed(seed)
     state = {
         "W_enc": torch.randn(d, n, generator=g) / d**0.5,
         "b_enc": torch.randn(n, generator=g) * 0.1,
@@ -633,6 +712,7 @@ def test_explicit_override_reads_and_steers_an_unsupported_model() -> None:
 
 def test_bad_overrides_are_clear_errors() -> None:
     model = _bloom()
+    baseline = _hooks(model)
     for path in ("transformer.ln_f", "transformer.nope", "transformer", "lm_head.weight"):
         with pytest.raises(ValueError, match=r"blocks=.*nn\.ModuleList"):
             find_layout(model, blocks=path)
@@ -643,7 +723,7 @@ def test_bad_overrides_are_clear_errors() -> None:
         run_to_site(model, layout, Site(1, "attn_out"), **_inputs())
     with pytest.raises(ValueError, match=r"nn\.ModuleList"):
         SteeredModel(model, _tiny_sae(), layer=0, site="resid_post", blocks="transformer.ln_f")
-    assert not _hooks(model) or all("transformer.h" not in n for n in _hooks(model))
+    assert _hooks(model) == baseline  # nothing left behind by the failed calls
 
 
 # -- 6. layer range ---------------------------------------------------------------------------
@@ -668,12 +748,12 @@ def test_layer_out_of_range_and_negative_layers(name: str) -> None:
         torch.testing.assert_close(
             last, run_to_site(model, layout, Site(n - 1, kind), **_inputs()), rtol=0, atol=0
         )
+    x = run_to_site(model, layout, Site(n - 1, "resid_post"), **_inputs())
     steered = SteeredModel(model, _tiny_sae(), layer=-1, site="resid_post", method="sae")
     try:
         assert steered.sites == [Site(n - 1, "resid_post")]
         with captured(layout.blocks[n - 1]) as post:
             steered(**_inputs(), use_cache=False)
-        x = run_to_site(model, layout, Site(n - 1, "resid_post"), **_inputs())
         torch.testing.assert_close(post[0], steered.interventions[0](x))
     finally:
         steered.remove()
@@ -793,8 +873,9 @@ def _generate_kwargs() -> dict[str, Any]:
 def test_accelerate_device_map_auto_is_steered(llama_dir) -> None:
     from transformers import AutoModelForCausalLM
 
+    # On a CPU-only machine accelerate places everything on "cpu" (no dispatch hooks needed).
     model = AutoModelForCausalLM.from_pretrained(llama_dir, device_map="auto").eval()
-    assert getattr(model, "hf_device_map", None)
+    assert model.device.type == "cpu"
     baseline = _hooks(model)
     sae = _tiny_sae(layer=1, site="resid_post")
     with torch.no_grad():
@@ -840,3 +921,26 @@ def test_accelerate_bfloat16_sae_follows_the_block(llama_dir) -> None:
         assert step._sae.dtype == torch.bfloat16 and sae.dtype == torch.float32
     finally:
         steered.remove()
+
+
+def test_accelerate_offloaded_blocks_are_steered_like_the_plain_model(llama_dir) -> None:
+    """accelerate's hooks (weights kept on the meta device until each block runs) keep the
+    steering exactly as on the plain model; the SAE is placed from the hidden state."""
+    from accelerate import cpu_offload
+    from transformers import AutoModelForCausalLM
+
+    sae = _tiny_sae(layer=1, site="resid_post")
+    kwargs = {"method": "clamp", "scores": _scores(), "clamp_value": 50.0}
+    plain = AutoModelForCausalLM.from_pretrained(llama_dir).eval()
+    with SteeredModel(plain, sae, **kwargs) as steered:
+        expected = steered.generate(**_inputs(), **_generate_kwargs())
+    model = AutoModelForCausalLM.from_pretrained(llama_dir).eval()
+    cpu_offload(model, execution_device=torch.device("cpu"))
+    assert all(p.device.type == "meta" for p in model.model.layers[1].parameters())
+    with SteeredModel(model, sae, **kwargs) as steered:
+        got = steered.generate(**_inputs(), **_generate_kwargs())
+        with steered.disabled():
+            base = steered.generate(**_inputs(), **_generate_kwargs())
+        assert steered.interventions[0]._sae.dtype == torch.float32
+    assert torch.equal(got, expected)
+    assert not torch.equal(got[:, SEQ:], base[:, SEQ:])
