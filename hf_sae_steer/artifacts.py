@@ -217,9 +217,10 @@ def check_compatible(scores: Any, sae: SAE, allow_mismatch: bool = False) -> Non
         return
     actual = sae.fingerprint()
     if expected != actual:
+        fitted_on = getattr(scores, "sae_spec", None) or "spec unknown"
         message = (
-            f"These scores were fitted on SAE {expected} ({getattr(scores, 'sae_spec', None)}), "
-            f"but the SAE in use has fingerprint {actual} ({sae.cfg.spec}): its latents may mean "
+            f"These scores were fitted on SAE {expected} ({fitted_on}), but the SAE in use has "
+            f"fingerprint {actual} ({sae.cfg.spec or 'spec unknown'}): its latents may mean "
             "other things. Fit scores for this SAE, or pass allow_score_mismatch=True to "
             "SteeredModel (allow_mismatch=True to check_compatible) to steer anyway."
         )
@@ -237,16 +238,16 @@ def model_card(config: dict[str, Any]) -> str:
     front.append("---")
     report = config["report"]
     where = f"layer {config['layer']}, site `{config['site']}`"
-    rows = [
+    rows: list[tuple[str, Any]] = [
         ("model", config.get("model_id")),
         ("SAE", f"{config['sae']['spec']} (fingerprint `{config['sae']['fingerprint']}`)"),
         ("hook", where),
         ("summary", config.get("summary")),
         ("embedder", config.get("embedder")),
-        ("reference set", f"{config['reference']['size']} prompts"),
-        ("alignment set", f"{config['alignment']['size']} prompts"),
+        ("reference set", _count(config["reference"]["size"])),
+        ("alignment set", _count(config["alignment"]["size"])),
         ("coverage", f"{config['coverage']:.3f}"),
-        ("FVU on the alignment set", report.get("fvu")),
+        ("FVU on the alignment set", _fmt(report.get("fvu"))),
         (f"top-{report.get('top_k')} latents firing on it", report.get("top_firing")),
         ("effective latents (exp entropy)", f"{report.get('effective_latents', 0.0):.1f}"),
     ]
@@ -258,7 +259,7 @@ def model_card(config: dict[str, Any]) -> str:
         "",
         "| | |",
         "|---|---|",
-        *[f"| {k} | {v} |" for k, v in rows],
+        *[f"| {k} | {'unknown' if v is None else v} |" for k, v in rows],
         "",
         *[f"> Warning: {w}" for w in report.get("warnings", [])],
         "",
@@ -266,7 +267,7 @@ def model_card(config: dict[str, Any]) -> str:
         "from hf_sae_steer import FeatureScores, SteeredModel, load_sae",
         "",
         'scores = FeatureScores.from_pretrained("<this repo>")',
-        f"sae = load_sae({json.dumps(config['sae']['spec'])})",
+        f"sae = load_sae({json.dumps(config['sae']['spec'] or '<the SAE these scores fit>')})",
         'steered = SteeredModel(model, sae, method="swap", scores=scores)',
         "```",
     ]
@@ -305,6 +306,14 @@ def _parse_score(cell: str, path: Path, line: int) -> float:
     if not math.isfinite(value):
         raise ValueError(f"{path}, line {line}: score {cell!r} is not finite.")
     return value
+
+
+def _count(size: int | None) -> str | None:
+    return None if size is None else f"{size} prompts"
+
+
+def _fmt(value: Any) -> Any:
+    return f"{value:.3f}" if isinstance(value, float) else value
 
 
 def _finite(data: Any) -> Any:

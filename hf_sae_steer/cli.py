@@ -161,6 +161,16 @@ def _methods(text: str) -> list[str]:
     return methods
 
 
+def _floats(text: str, flag: str) -> tuple[float, ...]:
+    try:
+        values = tuple(float(v) for v in text.split(",") if v.strip())
+    except ValueError:
+        values = ()
+    if not values:
+        raise ValueError(f"{flag} must be comma-separated numbers, e.g. 0.5,1,2; got {text!r}.")
+    return values
+
+
 def _gen_options(args: argparse.Namespace) -> dict[str, Any]:
     return dict(
         max_new_tokens=args.max_new_tokens,
@@ -314,7 +324,7 @@ def cmd_eval(args: argparse.Namespace) -> dict[str, Any]:
     from hf_sae_steer.evaluate import evaluate
     from hf_sae_steer.recipes import load_model, load_scores
 
-    strengths = tuple(float(s) for s in args.strengths.split(",") if s.strip())
+    strengths = _floats(args.strengths, "--strengths")
     preserve = {"both": (False, True), "on": (True,), "off": (False,)}[args.preserve_error]
     prompts = load_prompts(args.prompts)[: args.n_prompts]
     model, tokenizer = load_model(args.model, device=args.device, dtype=args.dtype)

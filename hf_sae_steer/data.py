@@ -7,6 +7,7 @@
 from __future__ import annotations
 
 import json
+import sys
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
@@ -39,10 +40,8 @@ def load_prompts(
     """
     if isinstance(source, (str, Path)):
         return _from_path_or_id(source, column, split, config)
-    try:
-        import datasets
-    except ImportError:  # pragma: no cover - datasets is a dependency
-        datasets = None  # type: ignore[assignment]
+    # A Dataset object means datasets is already imported; lists need not pay for the import.
+    datasets = sys.modules.get("datasets")
     if datasets is not None and isinstance(source, datasets.DatasetDict):
         return _from_dataset(_pick_split(source, split), column, "the dataset")
     if datasets is not None and isinstance(source, datasets.Dataset):

@@ -9,7 +9,6 @@ by the batch and not by the size of the reference set.
 from __future__ import annotations
 
 import copy
-import inspect
 import warnings
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import asdict, dataclass, field
@@ -93,8 +92,8 @@ def build_report(
         )
     if fvu is not None and fvu > 0.5:
         notes.append(
-            f"The SAE leaves {fvu:.0%} of the variance of the alignment set's hidden states "
-            "unexplained (FVU > 0.5): steering edits a poor reconstruction of the target texts."
+            f"The SAE's fraction of variance unexplained on the alignment set's hidden states is "
+            f"{fvu:.2f} (> 0.5): steering edits a poor reconstruction of the target texts."
         )
     if top_firing is not None and n_fired and top_firing < top_k / 2:
         notes.append(
@@ -162,13 +161,15 @@ class FeatureScores:
         return push_to_hub(self, repo_id, **kwargs)
 
     @classmethod
-    def from_pretrained(cls, path_or_repo_id: str | Path, revision: str | None = None) -> Any:
+    def from_pretrained(
+        cls, path_or_repo_id: str | Path, revision: str | None = None
+    ) -> FeatureScores:
         from hf_sae_steer.artifacts import from_pretrained
 
         return from_pretrained(path_or_repo_id, revision=revision)
 
     @classmethod
-    def from_csv(cls, path: str | Path, **metadata: Any) -> Any:
+    def from_csv(cls, path: str | Path, **metadata: Any) -> FeatureScores:
         from hf_sae_steer.artifacts import from_csv
 
         return from_csv(path, **metadata)
@@ -191,6 +192,7 @@ class FeatureScores:
         batch_size: int = 16,
         max_length: int | None = None,
         embed_max_seq_length: int | None = None,
+        report_max_tokens: int | None = 256,
         device: str | torch.device | None = None,
         progress: bool = True,
     ) -> FeatureScores:
@@ -204,7 +206,9 @@ class FeatureScores:
         ``reference``/``alignment`` take anything :func:`load_prompts` does. ``embedder`` is a
         sentence-transformers id or path, a ``SentenceTransformer``, or any callable
         ``list[str] -> Tensor[n, dim]`` (used as is). Prompts longer than ``max_length`` (default:
-        the model's context) are scored in windows of that length, each a fresh sequence.
+        the model's context) are scored in windows of that length, each a fresh sequence. The
+        report's alignment statistics (FVU, latents firing) read the first ``report_max_tokens``
+        tokens of each alignment text (``None``: all): about the text the embedder reads.
         """
         if summary not in SUMMARIES:
             raise ValueError(f"Unknown summary {summary!r}; use one of {', '.join(SUMMARIES)}.")
@@ -235,7 +239,7 @@ class FeatureScores:
         model.eval()  # dropout would make the summaries random
         try:
             with torch.inference_mode():
-                align_counts, fvu = runner.alignment_stats(alignment)
+                align_counts, fvu = runner.alignment_stats(alignment, report_max_tokens)
                 num, den, ref_counts = runner.accumulate(reference, summary, d2)
         finally:
             model.train(was_training)
@@ -265,6 +269,7 @@ class FeatureScores:
                 "skip_first_token": skip_first_token,
                 "max_length": runner.max_length,
                 "embed_max_seq_length": embed_max_seq_length,
+                "report_max_tokens": report_max_tokens,
             },
             stats={
                 "raw_scores": raw_scores.float(),
@@ -306,16 +311,16 @@ class _Runner:
     progress: bool = True
 
     def __post_init__(self) -> None:
-        # Explicit positions make left padding give the same states as no padding.
-        self.pass_positions = "position_ids" in inspect.signature(self.model.forward).parameters
         pad = getattr(self.tokenizer, "pad_token_id", None)
         eos = getattr(self.tokenizer, "eos_token_id", None)
         self.pad_id = pad if pad is not None else eos if eos is not None else 0
-        self.left = getattr(self.tokenizer, "padding_side", "right") == "left"
 
-    def windows(self, prompts: Sequence[str]) -> list[tuple[int, list[int]]]:
+    def windows(
+        self, prompts: Sequence[str], limit: int | None = None
+    ) -> list[tuple[int, list[int]]]:
         """(prompt index, token ids) per window, longest prompts first, windows in order."""
-        ids = self.tokenizer(list(prompts), verbose=False)["input_ids"]
+        cut = {"truncation": True, "max_length": limit} if limit else {}
+        ids = self.tokenizer(list(prompts), verbose=False, **cut)["input_ids"]
         order = sorted(range(len(ids)), key=lambda i: -len(ids[i]))
         n = self.max_length or max(len(t) for t in ids) or 1
         return [(i, ids[i][s : s + n]) for i in order for s in range(0, len(ids[i]), n)]
@@ -326,9 +331,10 @@ class _Runner:
         summary: str,
         desc: str,
         on_tokens: Callable[[Tensor, Tensor, NormInfo], None] | None = None,
+        limit: int | None = None,
     ) -> Iterator[tuple[Tensor, Tensor]]:
         """Yield ``(prompt indices, raw summaries [m, d_sae])`` as prompts complete."""
-        windows = self.windows(prompts)
+        windows = self.windows(prompts, limit)
         left = {i: 0 for i in range(len(prompts))}
         for i, _ in windows:
             left[i] += 1
@@ -372,20 +378,25 @@ class _Runner:
             counts += (a > 0).sum(dim=0)
         return num, den, counts
 
-    def alignment_stats(self, prompts: Sequence[str]) -> tuple[Tensor, float | None]:
-        """Per-latent count of alignment prompts it fires on, and the SAE's FVU on them."""
+    def alignment_stats(
+        self, prompts: Sequence[str], limit: int | None
+    ) -> tuple[Tensor, float | None]:
+        """Per-latent count of alignment prompts it fires on, and the SAE's FVU on them.
+
+        Only the first ``limit`` tokens of each prompt are read (``None``: all of them).
+        """
         sse = sum_sq = count = 0.0
         total = torch.zeros(self.sae.d_in, dtype=torch.float64)
 
         def on_tokens(x: Tensor, z: Tensor, info: NormInfo) -> None:
             nonlocal sse, sum_sq, count
-            sse += float((x - self.sae.decode(z, info)).double().pow(2).sum())
-            sum_sq += float(x.double().pow(2).sum())
-            total.add_(x.double().sum(dim=0).cpu())
+            sse += float((x - self.sae.decode(z, info)).pow(2).sum(dtype=torch.float64))
+            sum_sq += float(x.pow(2).sum(dtype=torch.float64))
+            total.add_(x.sum(dim=0, dtype=torch.float64).cpu())
             count += x.shape[0]
 
         counts = torch.zeros(self.sae.d_sae, dtype=torch.int64)
-        for _, raw in self.summaries(prompts, "counts", "alignment", on_tokens):
+        for _, raw in self.summaries(prompts, "counts", "alignment", on_tokens, limit):
             counts += (raw > 0).sum(dim=0)
         variance = sum_sq - float(total.pow(2).sum()) / max(count, 1)
         return counts, (sse / variance if variance > 0 else None)
@@ -400,35 +411,40 @@ class _Runner:
         width = max(len(ids) for _, ids in batch)
         input_ids = torch.full((len(batch), width), self.pad_id, dtype=torch.long)
         mask = torch.zeros((len(batch), width), dtype=torch.long)
+        # Right padding whatever the tokenizer says: under causal attention the real tokens
+        # never see the pads after them, and their positions start at 0 as when run alone.
         for row, (_, ids) in enumerate(batch):
-            span = slice(width - len(ids), width) if self.left else slice(0, len(ids))
-            input_ids[row, span] = torch.tensor(ids, dtype=torch.long)
-            mask[row, span] = 1
-        inputs = {"input_ids": input_ids, "attention_mask": mask}
-        if self.pass_positions:
-            inputs["position_ids"] = (mask.cumsum(-1) - 1).clamp_min(0)
-        inputs = {k: v.to(self.device) for k, v in inputs.items()}
+            input_ids[row, : len(ids)] = torch.tensor(ids, dtype=torch.long)
+            mask[row, : len(ids)] = 1
+        inputs = {"input_ids": input_ids.to(self.device), "attention_mask": mask.to(self.device)}
         hidden = run_to_site(self.model, self.layout, self.site, **inputs)
         keep = mask.bool()
         if self.skip_first:
-            keep &= mask.cumsum(-1) != 1  # drops each window's first real token, not a pad
-        keep = keep.to(hidden.device)
-        rows = torch.arange(len(batch), device=hidden.device)[:, None].expand_as(keep)[keep]
-        # Boolean selection, not multiplication by the mask: pad rows may hold NaN.
-        x_all = hidden[keep].to(self.sae.device, torch.float32)
-        rows = rows.to(self.sae.device)
+            keep[:, 0] = False  # each window's first token (right padding: never a pad)
+        # Boolean selection keeps pads out of every sum; the kept tokens come out window by
+        # window, so each window is one contiguous segment of x_all.
+        x_all = hidden[keep.to(hidden.device)].to(self.sae.device, torch.float32)
+        sizes = keep.sum(dim=1).tolist()
+        ends = keep.sum(dim=1).cumsum(0).tolist()
         out = torch.zeros(len(batch), self.sae.d_sae, device=self.sae.device)
         for s in range(0, x_all.shape[0], TOKEN_SLICE):
-            x, r = x_all[s : s + TOKEN_SLICE], rows[s : s + TOKEN_SLICE]
+            x = x_all[s : s + TOKEN_SLICE]
             xp, info = self.sae.preprocess(x)
             z = self.sae.activate(self.sae.encode_pre(xp))
             if on_tokens is not None:
                 on_tokens(x, z, info)
-            if summary == "max":  # activations are >= 0, so a zero start is neutral
-                out.scatter_reduce_(0, r[:, None].expand_as(z), z, "amax")
-            else:
-                out.index_add_(0, r, (z != 0).float() if summary == "counts" else z)
+            for row, (size, end) in enumerate(zip(sizes, ends, strict=True)):
+                lo, hi = max(end - size, s), min(end, s + x.shape[0])
+                if lo < hi:
+                    out[row] = _combine(out[row], _reduce(z[lo - s : hi - s], summary), summary)
         return out.cpu()
+
+
+def _reduce(z: Tensor, summary: str) -> Tensor:
+    """One window's tokens ``[t, d_sae]`` -> its raw summary (activations are >= 0)."""
+    if summary == "max":
+        return z.amax(dim=0)
+    return (z != 0).sum(dim=0).float() if summary == "counts" else z.sum(dim=0)
 
 
 def _combine(acc: Tensor, new: Tensor, summary: str) -> Tensor:

