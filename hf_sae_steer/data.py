@@ -208,7 +208,7 @@ def embed_prompts(
     ``max_seq_length`` is set to ``max_seq_length`` for the call when given. A plain callable's
     output is used as is.
     """
-    model, name = _load_embedder(embedder, device)
+    model, name = load_embedder(embedder, device)
     saved = getattr(model, "max_seq_length", None)
     if max_seq_length is not None and saved is not None:
         model.max_seq_length = max_seq_length
@@ -219,7 +219,8 @@ def embed_prompts(
             model.max_seq_length = saved
 
 
-def _load_embedder(embedder: Embedder, device: str | torch.device | None) -> tuple[Any, str]:
+def load_embedder(embedder: Embedder, device: str | torch.device | None = None) -> tuple[Any, str]:
+    """The embedding model (loaded once, reusable as ``embedder=``) and its name."""
     if isinstance(embedder, str | Path):
         from sentence_transformers import SentenceTransformer
 

@@ -110,10 +110,11 @@ def run_demo(
     )
     relevance: dict[str, float] = {}
     if alignment is not None:
+        from hf_sae_steer.data import DEFAULT_EMBEDDER, embed_prompts, load_embedder
         from hf_sae_steer.evaluate import concept_relevance
 
-        align = load_prompts(alignment)
-        embedder = feature_scores.embedder or None
+        embedder, _ = load_embedder(feature_scores.embedder or DEFAULT_EMBEDDER)
+        (align,), _ = embed_prompts(embedder, [load_prompts(alignment)], progress=False)
         for column in ("base", *methods):
             centroid, _ = concept_relevance([r[column] for r in rows], align, embedder)
             relevance[column] = float(centroid.mean())

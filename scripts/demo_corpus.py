@@ -175,16 +175,19 @@ def build_corpus(seed: int, heldout_frac: float = 0.05, root: Path = WORDNET_DIR
 
 
 def prompt_sets(corpus: Corpus, seed: int) -> dict[str, list[str]]:
-    """Alignment: medical held-out documents. Reference: non-medical held-out documents,
-    round-robin over WordNet's lexicographer files. Prompts: fixed neutral openings."""
+    """Alignment: medical held-out documents. Reference: other held-out documents, round-robin
+    over WordNet's lexicographer files, medical ones included at their natural share (a broad
+    set, as METHOD.md asks; without any, no latent near the topic can score). Prompts: fixed
+    neutral openings."""
     rng = random.Random(seed)
     held = [corpus.synsets[k] for k in corpus.heldout_keys]
     short = [s for s in held if 6 <= len(document(s).split()) <= 40]
     medical = [document(s) for s in short if s.key in corpus.medical]
     alignment = sorted(rng.sample(medical, min(32, len(medical))))
     pools: dict[str, list[str]] = {}
+    chosen = set(alignment)
     for s in short:
-        if s.key not in corpus.medical:
+        if document(s) not in chosen:
             pools.setdefault(s.lexname, []).append(document(s))
     reference: list[str] = []
     for pool in pools.values():
