@@ -6,6 +6,7 @@ import argparse
 import json
 import os
 import sys
+import warnings
 from collections.abc import Sequence
 from typing import Any
 
@@ -118,6 +119,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         import torch
 
         torch.manual_seed(args.seed)
+        if not _progress(args):
+            from transformers.utils import logging as hf_logging
+
+            hf_logging.disable_progress_bar()
         result = COMMANDS[args.command](args)
     except KeyboardInterrupt:
         return 130
@@ -191,19 +196,21 @@ def cmd_score(args: argparse.Namespace) -> dict[str, Any]:
     model, tokenizer = load_model(args.model, device=args.device, dtype=args.dtype)
     reference = load_prompts(args.reference, column=args.column, split=args.split)
     alignment = load_prompts(args.alignment, column=args.column, split=args.split)
-    scores = FeatureScores.fit(
-        model,
-        tokenizer,
-        load_sae(args.sae),
-        args.layer,
-        args.site,
-        reference=reference,
-        alignment=alignment,
-        summary=args.summary,
-        embedder=args.embedder,
-        batch_size=args.batch_size,
-        progress=_progress(args),
-    )
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", UserWarning)  # the report below prints them, once
+        scores = FeatureScores.fit(
+            model,
+            tokenizer,
+            load_sae(args.sae),
+            args.layer,
+            args.site,
+            reference=reference,
+            alignment=alignment,
+            summary=args.summary,
+            embedder=args.embedder,
+            batch_size=args.batch_size,
+            progress=_progress(args),
+        )
     scores.model_id = args.model
     path = scores.save_pretrained(args.out)
     if args.push_to_hub:
@@ -217,14 +224,15 @@ def cmd_generate(args: argparse.Namespace) -> list[dict[str, str]]:
     from hf_sae_steer import load_sae
     from hf_sae_steer.recipes import compare_methods, load_model, load_scores
 
-    methods = _methods(args.methods)
+    methods, prompts = _methods(args.methods), _prompts(args)
+    sae, scores = load_sae(args.sae), load_scores(args.scores)  # cheap checks before the model
     model, tokenizer = load_model(args.model, device=args.device, dtype=args.dtype)
     rows = compare_methods(
         model,
         tokenizer,
-        load_sae(args.sae),
-        load_scores(args.scores),
-        _prompts(args),
+        sae,
+        scores,
+        prompts,
         methods,
         layer=args.layer,
         site=args.site,
@@ -251,14 +259,14 @@ def cmd_inspect(args: argparse.Namespace) -> dict[str, Any]:
     from hf_sae_steer import load_prompts, load_sae
     from hf_sae_steer.recipes import latent_examples, load_model, load_scores
 
+    sae, scores, prompts = load_sae(args.sae), load_scores(args.scores), load_prompts(args.prompts)
     model, tokenizer = load_model(args.model, device=args.device, dtype=args.dtype)
-    scores = load_scores(args.scores)
     top = scores.top_latents(args.top).tolist()
     examples = latent_examples(
         model,
         tokenizer,
-        load_sae(args.sae),
-        load_prompts(args.prompts),
+        sae,
+        prompts,
         top,
         layer=args.layer if args.layer is not None else scores.layer,
         site=args.site or scores.site,
