@@ -1,4 +1,4 @@
-"""The command line on the shipped demo assets (storage/demo), in-process and as a console script."""
+"""The command line on the shipped demo assets, in-process and as a console script."""
 
 from __future__ import annotations
 
