@@ -12,55 +12,61 @@ import pytest
 from hf_sae_steer.cli import main
 
 DEMO = Path(__file__).resolve().parents[1] / "storage" / "demo"
-MODEL, SAE, SCORES = str(DEMO / "model"), str(DEMO / "sae"), str(DEMO / "scores")
-COMMON = ["--quiet", "--seed", "0"]
+ASSETS = f"--model {DEMO / 'model'} --sae {DEMO / 'sae'}"
+STEER = f"{ASSETS} --scores {DEMO / 'scores'}"
+SETS = f"--prompts {DEMO / 'prompts.txt'} --alignment {DEMO / 'alignment.txt'}"
 
 
-def run(capsys, *argv):
-    code = main([*argv])
+def run(capsys, command: str, *extra: str) -> tuple[int, str, str]:
+    """Run ``hf-sae-steer`` in-process; ``command`` is split on spaces (no path has any)."""
+    code = main([*command.split(), *extra, "--quiet", "--seed", "0"])
     out, err = capsys.readouterr()
     return code, out, err
 
 
+def assert_one_line_error(code: int, err: str, message: str) -> None:
+    assert code == 2
+    assert message in err and len(err.strip().splitlines()) == 1 and "Traceback" not in err
+
+
 def test_generate_compare_prints_base_and_each_method(capsys):
     code, out, err = run(
-        capsys, "generate", "--model", MODEL, "--sae", SAE, "--scores", SCORES,
-        "--prompt", "The patient", "--prompt", "A river", "--methods", "swap,clamp",
-        "--compare", "--max-new-tokens", "6", *COMMON,
-    )
+        capsys,
+        f"generate {STEER} --methods swap,clamp --compare --max-new-tokens 6",
+        "--prompt", "The patient", "--prompt", "A river",
+    )  # fmt: skip
     assert code == 0, err
     assert out.count(">>> ") == 2 and out.count("[base ]") == 2 and out.count("[clamp]") == 2
 
 
 def test_generate_json_matches_the_python_api(capsys):
     code, out, _ = run(
-        capsys, "generate", "--model", MODEL, "--sae", SAE, "--scores", SCORES,
-        "--prompt", "The patient", "--max-new-tokens", "5", "--json", *COMMON,
+        capsys, f"generate {STEER} --max-new-tokens 5 --json", "--prompt", "The patient"
     )
     rows = json.loads(out)
     from hf_sae_steer import SteeredModel, load_sae
     from hf_sae_steer.recipes import continue_prompts, load_model, load_scores
 
-    model, tok = load_model(MODEL)
-    with SteeredModel(model, load_sae(SAE), scores=load_scores(SCORES)) as steered:
+    model, tok = load_model(str(DEMO / "model"))
+    scores = load_scores(DEMO / "scores")
+    with SteeredModel(model, load_sae(DEMO / "sae"), scores=scores) as steered:
         want = continue_prompts(steered, tok, ["The patient"], max_new_tokens=5)
     assert code == 0 and rows[0]["swap"] == want[0]
 
 
 @pytest.mark.parametrize(
-    "argv, message",
+    "options, message",
     [
-        (["--scores", "/no/such/scores"], "does not exist"),
-        (["--scores", SCORES, "--methods", "amplify"], "Unknown method"),
-        (["--scores", SCORES, "--layer", "99"], "out of range"),
+        (f"{ASSETS} --scores /no/such/scores", "does not exist"),
+        (f"{STEER} --methods amplify", "Unknown method"),
+        (f"{STEER} --layer 99", "out of range"),
+        (f"{STEER}", "No prompts"),
     ],
 )
-def test_generate_bad_input_is_one_line_and_status_2(capsys, argv, message):
-    code, out, err = run(
-        capsys, "generate", "--model", MODEL, "--sae", SAE, "--prompt", "x", *argv, *COMMON
-    )
-    assert code == 2 and message in err and len(err.strip().splitlines()) == 1
-    assert "Traceback" not in err
+def test_generate_bad_input_is_one_line_and_status_2(capsys, options, message):
+    extra = () if message == "No prompts" else ("--prompt", "x")
+    code, _, err = run(capsys, f"generate {options}", *extra)
+    assert_one_line_error(code, err, message)
 
 
 def test_score_writes_an_artifact_and_prints_the_report(capsys, tmp_path):
@@ -68,28 +74,26 @@ def test_score_writes_an_artifact_and_prints_the_report(capsys, tmp_path):
     reference.write_text("\n".join((DEMO / "reference.txt").read_text().splitlines()[:12]))
     alignment = tmp_path / "align.txt"
     alignment.write_text("\n".join((DEMO / "alignment.txt").read_text().splitlines()[:4]))
+    out_dir = tmp_path / "scores"
     code, out, err = run(
-        capsys, "score", "--model", MODEL, "--sae", SAE, "--reference", str(reference),
-        "--alignment", str(alignment), "--out", str(tmp_path / "scores"), *COMMON,
+        capsys, f"score {ASSETS} --reference {reference} --alignment {alignment} --out {out_dir}"
     )
     assert code == 0, err
-    assert (tmp_path / "scores" / "scores.safetensors").is_file()
+    assert (out_dir / "scores.safetensors").is_file() and (out_dir / "README.md").is_file()
     assert "coverage" in out.lower()
 
 
 def test_score_bad_input(capsys, tmp_path):
+    missing = tmp_path / "nope.txt"
     code, _, err = run(
-        capsys, "score", "--model", MODEL, "--sae", SAE, "--reference", str(tmp_path / "nope.txt"),
-        "--alignment", str(tmp_path / "nope.txt"), "--out", str(tmp_path / "o"), *COMMON,
+        capsys, f"score {ASSETS} --reference {missing} --alignment {missing} --out {tmp_path}"
     )
-    assert code == 2 and "nope.txt" in err
+    assert_one_line_error(code, err, "nope.txt")
 
 
 def test_inspect_lists_top_latents_with_examples(capsys):
     code, out, err = run(
-        capsys, "inspect", "--model", MODEL, "--sae", SAE, "--scores", SCORES,
-        "--prompts", str(DEMO / "reference.txt"), "--top", "3", "--examples", "2", "--json",
-        *COMMON,
+        capsys, f"inspect {STEER} --prompts {DEMO / 'reference.txt'} --top 3 --examples 2 --json"
     )
     assert code == 0, err
     data = json.loads(out)
@@ -97,59 +101,57 @@ def test_inspect_lists_top_latents_with_examples(capsys):
     scores = [entry["score"] for entry in data["latents"]]
     assert scores == sorted(scores, reverse=True)
     fired = [ex for entry in data["latents"] for ex in entry["examples"]]
-    assert all(ex["activation"] > 0 for ex in fired)
+    assert fired and all(ex["activation"] > 0 and ex["token"] for ex in fired)
+    assert all(len(entry["examples"]) <= 2 for entry in data["latents"])
 
 
 def test_inspect_bad_input(capsys):
     code, _, err = run(
-        capsys, "inspect", "--model", MODEL, "--sae", "/no/such.pt", "--scores", SCORES,
-        "--prompts", str(DEMO / "reference.txt"), *COMMON,
+        capsys,
+        f"inspect --model {DEMO / 'model'} --sae /no/such.pt --scores {DEMO / 'scores'} "
+        f"--prompts {DEMO / 'reference.txt'}",
     )
-    assert code == 2 and "/no/such.pt" in err
+    assert_one_line_error(code, err, "/no/such.pt")
 
 
 def test_demo_runs_offline_on_the_shipped_assets(capsys):
-    code, out, err = run(capsys, "demo", "--n-prompts", "2", "--max-new-tokens", "8", *COMMON)
+    code, out, err = run(capsys, "demo --n-prompts 2 --max-new-tokens 8")
     assert code == 0, err
-    assert out.count("[swap ]") == 2 and "Similarity of continuations" in out
+    assert out.count("[swap ]") == 2 and "coverage" in out
+    assert "Similarity of continuations to the alignment set" in out
 
 
 def test_demo_bad_input(capsys, tmp_path):
-    code, _, err = run(capsys, "demo", "--assets", str(tmp_path), *COMMON)
-    assert code == 2 and "No demo assets" in err
-    code, _, err = run(capsys, "demo", "--model", MODEL, *COMMON)
-    assert code == 2 and "Pass all of model, sae and scores" in err
+    code, _, err = run(capsys, f"demo --assets {tmp_path}")
+    assert_one_line_error(code, err, "No demo assets")
+    code, _, err = run(capsys, f"demo --model {DEMO / 'model'}")
+    assert_one_line_error(code, err, "Pass all of model, sae and scores")
 
 
 def test_eval_at_small_sizes(capsys, tmp_path):
     code, out, err = run(
-        capsys, "eval", "--model", MODEL, "--sae", SAE, "--scores", SCORES,
-        "--prompts", str(DEMO / "prompts.txt"), "--alignment", str(DEMO / "alignment.txt"),
-        "--methods", "orig,swap", "--strengths", "0.5,1", "--preserve-error", "off",
-        "--samples", "1", "--max-new-tokens", "6", "--n-prompts", "2",
-        "--out", str(tmp_path / "eval"), *COMMON,
+        capsys,
+        f"eval {STEER} {SETS} --methods orig,swap --strengths 0.5,1 --preserve-error off "
+        f"--samples 1 --max-new-tokens 6 --n-prompts 2 --out {tmp_path / 'eval'}",
     )
     assert code == 0, err
-    assert (tmp_path / "eval" / "table.csv").is_file()
+    for name in ("table.csv", "table.md", "plot.png"):
+        assert (tmp_path / "eval" / name).is_file()
+    assert "swap" in out
 
 
 def test_eval_bad_input(capsys, tmp_path):
-    code, _, err = run(
-        capsys, "eval", "--model", MODEL, "--sae", SAE, "--scores", SCORES,
-        "--prompts", str(DEMO / "prompts.txt"), "--alignment", str(DEMO / "alignment.txt"),
-        "--strengths", "x", "--out", str(tmp_path), *COMMON,
-    )
-    assert code == 2 and len(err.strip().splitlines()) == 1
+    code, _, err = run(capsys, f"eval {STEER} {SETS} --strengths x --out {tmp_path}")
+    assert_one_line_error(code, err, "--strengths must be comma-separated numbers")
 
 
 def test_console_entry_points():
-    out = subprocess.run(
-        [sys.executable, "-m", "hf_sae_steer", "--help"], capture_output=True, text=True,
-        check=True,
+    help_text = subprocess.run(
+        [sys.executable, "-m", "hf_sae_steer", "--help"], capture_output=True, text=True
     ).stdout
-    assert all(cmd in out for cmd in ("score", "generate", "inspect", "demo", "eval"))
+    assert all(cmd in help_text for cmd in ("score", "generate", "inspect", "demo", "eval"))
+    argv = "generate --model /no/model --sae x --scores y --prompt hi".split()
     bad = subprocess.run(
-        [sys.executable, "-m", "hf_sae_steer", "generate", "--model", "/no/model", "--sae", "x",
-         "--scores", "y", "--prompt", "hi"], capture_output=True, text=True,
+        [sys.executable, "-m", "hf_sae_steer", *argv], capture_output=True, text=True
     )
     assert bad.returncode == 2 and "Traceback" not in bad.stderr
