@@ -171,31 +171,35 @@ class Intervention:
 
     def _dense(self, pre: Tensor, info: NormInfo) -> tuple[Tensor, Tensor | None, Tensor | None]:
         sae, m = self._sae, self.method
-        z = sae.activate(pre)
-        if m in ("orig", "sae", "clamp"):
-            z_new = z
+        unweighted = m in ("orig", "sae", "clamp")
+        if unweighted:
+            z_new = sae.activate(pre)
         elif m == "weight":
             z_new = sae.activate(pre * self._s)
         else:
             z_new = pre * (sae.activate(pre * self._s) != 0)
         if not self._keeps_error:
             return z_new, None, sae.decode(z_new, info)
-        return z_new, (None if z_new is z else (z_new - z) @ sae.W_dec), None
+        if unweighted:
+            return z_new, None, None
+        return z_new, (z_new - sae.activate(pre)) @ sae.W_dec, None
 
     def _sparse(self, pre: Tensor, info: NormInfo) -> tuple[Code, Tensor | None, Tensor | None]:
         """TopK SAEs: only the selected latents are decoded (embedding_bag, no d_sae matmul)."""
         sae, m = self._sae, self.method
-        idx, val = sae.activate_sparse(pre)
-        if m in ("orig", "sae", "clamp"):
-            new_idx, new_val = idx, val
+        unweighted = m in ("orig", "sae", "clamp")
+        if unweighted:
+            new_idx, new_val = sae.activate_sparse(pre)
         else:
             new_idx, w_val = sae.activate_sparse(pre * self._s)
             new_val = w_val if m == "weight" else pre.gather(-1, new_idx) * (w_val != 0)
         code = (new_idx, new_val)
         if not self._keeps_error:
             return code, None, sae.decode_sparse(new_idx, new_val, info)
-        if new_idx is idx:
+        if unweighted:
             return code, None, None
+        # Only the kept error term needs the unweighted code: x + dec(z') - dec(z).
+        idx, val = sae.activate_sparse(pre)
         both = torch.cat([new_idx, idx], dim=-1)
         return code, sae.decode_delta_sparse(both, torch.cat([new_val, -val], dim=-1)), None
 

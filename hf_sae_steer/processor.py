@@ -51,11 +51,13 @@ class SteeringLogitsProcessor(LogitsProcessor):
         self.guidance_scale = float(guidance_scale)
         self._ids: Tensor | None = None
         self._cache: Any = None
+        self._prompt: Tensor | None = None
         self._prompt_length: int | None = None
+        self._cache_argument = _cache_argument(steered.model)
 
     def reset(self) -> None:
         """Forget the running sequence (done automatically when a new one starts)."""
-        self._ids = self._cache = self._prompt_length = None
+        self._ids = self._cache = self._prompt = self._prompt_length = None
 
     @torch.no_grad()
     def __call__(self, input_ids: Tensor, scores: Tensor) -> Tensor:
@@ -65,9 +67,14 @@ class SteeringLogitsProcessor(LogitsProcessor):
         if mask is not None and mask.shape != input_ids.shape:
             mask = None  # recorded from another call; generate() keeps it full-length
         other = self._other_logits(input_ids, mask, steer=not main_was_steered)
-        other = other.to(scores.dtype)
-        base, steered = (other, scores) if main_was_steered else (scores, other)
-        return base + self.guidance_scale * (steered - base)
+        # Mix log-probabilities: beam search hands processors log-softmaxed scores, greedy and
+        # sampling raw logits; a per-row constant changes neither argmax nor softmax, and
+        # normalising keeps beam scores true log-probabilities.
+        mine = scores.float().log_softmax(dim=-1)
+        other = other.float().log_softmax(dim=-1)
+        base, steered = (other, mine) if main_was_steered else (mine, other)
+        mixed = base + self.guidance_scale * (steered - base)
+        return mixed.log_softmax(dim=-1).to(scores.dtype)
 
     def _other_logits(self, input_ids: Tensor, mask: Tensor | None, steer: bool) -> Tensor:
         tracker = self.steered.tracker
@@ -80,9 +87,17 @@ class SteeringLogitsProcessor(LogitsProcessor):
             and torch.equal(input_ids[:, :-1], self._ids)
         )
         if not extends:
-            # A new sequence, or beams were reordered: start again from the full prefix.
-            self.reset()
-            self._prompt_length = input_ids.shape[1]
+            # Beams were reordered (same prompt: keep its length), or a new sequence started.
+            same_prompt = (
+                self._prompt is not None
+                and self._prompt.shape[0] == input_ids.shape[0]
+                and input_ids.shape[1] > self._prompt.shape[1]
+                and torch.equal(input_ids[:, : self._prompt.shape[1]], self._prompt)
+            )  # fmt: skip
+            self._ids = self._cache = None
+            if not same_prompt:
+                self._prompt = input_ids
+            self._prompt_length = self._prompt.shape[1]
         feed = input_ids[:, -1:] if extends else input_ids
         kwargs: dict[str, Any] = {"input_ids": feed, "use_cache": True}
         if mask is not None:
@@ -90,7 +105,7 @@ class SteeringLogitsProcessor(LogitsProcessor):
             positions = (mask.long().cumsum(-1) - 1).masked_fill(mask == 0, 0)
             kwargs.update(attention_mask=mask, position_ids=positions[:, -feed.shape[1] :])
         if self._cache is not None:
-            kwargs[_cache_argument(model)] = self._cache
+            kwargs[self._cache_argument] = self._cache
         with tracker.steering(steer), tracker.prompt(self._prompt_length):
             out = model(**kwargs)
         self._cache = getattr(out, "cache", None) or getattr(out, "past_key_values", None)

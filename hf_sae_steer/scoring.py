@@ -22,6 +22,7 @@ from tqdm.auto import tqdm
 from hf_sae_steer.data import DEFAULT_EMBEDDER, Embedder, embed_prompts, hash_prompts, load_prompts
 from hf_sae_steer.sae.base import SAE, NormInfo
 from hf_sae_steer.sites import ModelLayout, Site, find_layout, run_to_site
+from hf_sae_steer.steered import steering_suspended
 
 SUMMARIES = ("avg", "max", "counts")
 TOP_K = 20
@@ -238,7 +239,7 @@ class FeatureScores:
         was_training = model.training
         model.eval()  # dropout would make the summaries random
         try:
-            with torch.inference_mode():
+            with torch.inference_mode(), steering_suspended(model):  # score the base model
                 align_counts, fvu = runner.alignment_stats(alignment, report_max_tokens)
                 num, den, ref_counts = runner.accumulate(reference, summary, d2)
         finally:

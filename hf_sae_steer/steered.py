@@ -77,6 +77,14 @@ def _resolve(
 
         check_compatible(artifact, sae, allow_mismatch=spec.allow_score_mismatch)
         scores = artifact.scores
+    fitted = (getattr(artifact, "layer", None), getattr(artifact, "site", None))
+    for given, known, name in ((spec.layer, fitted[0], "layer"), (spec.site, fitted[1], "site")):
+        if given is not None and known is not None and given != known:
+            warnings.warn(
+                f"These scores were fitted at {name}={known!r} but you steer {name}={given!r}; "
+                "the latents' scores may not carry over.",
+                stacklevel=3,
+            )
     layer = _first_set(spec.layer, getattr(artifact, "layer", None), sae.cfg.layer)
     kind = _first_set(spec.site, getattr(artifact, "site", None), sae.cfg.site, "resid_post")
     if layer is None:
@@ -317,6 +325,15 @@ def _register_with_pipelines() -> None:
     names = base.SUPPORTED_PEFT_TASKS.setdefault("text-generation", [])
     if SteeredModel.__name__ not in names:
         names.append(SteeredModel.__name__)
+
+
+@contextlib.contextmanager
+def steering_suspended(model: nn.Module) -> Iterator[None]:
+    """Run ``model`` unsteered inside this block (e.g. to score while a SteeredModel is live)."""
+    with contextlib.ExitStack() as stack:
+        for steered in _ACTIVE.get(model, []):
+            stack.enter_context(steered.tracker.steering(False))
+        yield
 
 
 def remove_steering(model: nn.Module) -> int:

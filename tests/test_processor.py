@@ -82,19 +82,39 @@ def test_mix_is_base_plus_scale_times_difference(gpt2, steered, prompts, scale):
         steer_logits = steered(ids, attention_mask=mask, position_ids=pos).logits[:, -1]
         with steered.disabled():
             base_logits = steered(ids, attention_mask=mask, position_ids=pos).logits[:, -1]
-        want = base_logits + scale * (steer_logits - base_logits)
+        base_lp, steer_lp = base_logits.log_softmax(-1), steer_logits.log_softmax(-1)
+        want = (base_lp + scale * (steer_lp - base_lp)).log_softmax(-1)
         torch.testing.assert_close(mixed, want, atol=1e-4, rtol=1e-4)
 
 
-def test_beam_search_and_sampling_run(gpt2, steered, prompts):
+@pytest.mark.parametrize("positions", ["all", "generated"])
+def test_beam_search_at_scale_one_equals_steered_beam_search(gpt2, tmp_path, prompts, positions):
+    path = tmp_path / "sae.pt"
+    torch.save(openai_state(d=32, n=128, k=8, seed=5), path)
+    scores = torch.rand(128, generator=torch.Generator().manual_seed(6))
+    kw = dict(max_new_tokens=5, num_beams=3, output_scores=True, return_dict_in_generate=True)
+    with SteeredModel(
+        gpt2, load_sae(path), layer=1, method="clamp", scores=scores, positions=positions
+    ) as steered:
+        want = steered.generate(**prompts, **kw)
+        with steered.disabled():
+            got = gpt2.generate(
+                **prompts, logits_processor=[SteeringLogitsProcessor(steered)], **kw
+            )
+    assert torch.equal(got.sequences, want.sequences)
+    torch.testing.assert_close(got.sequences_scores, want.sequences_scores, atol=1e-4, rtol=1e-4)
+
+
+def test_sampling_runs_and_is_reproducible(gpt2, steered, prompts):
     proc = SteeringLogitsProcessor(steered, 1.5)
-    with steered.disabled():
-        beams = gpt2.generate(**prompts, logits_processor=[proc], num_beams=3, max_new_tokens=4)
+    runs = []
+    for _ in range(2):
         torch.manual_seed(1)
-        sampled = gpt2.generate(
-            **prompts, logits_processor=[proc], do_sample=True, max_new_tokens=4
-        )
-    assert beams.shape == sampled.shape == (2, prompts["input_ids"].shape[1] + 4)
+        with steered.disabled():
+            runs.append(
+                gpt2.generate(**prompts, logits_processor=[proc], do_sample=True, max_new_tokens=4)
+            )
+    assert torch.equal(runs[0], runs[1])
 
 
 def test_bad_arguments(steered, gpt2):

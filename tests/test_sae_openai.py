@@ -182,8 +182,15 @@ def fake_blob_store(tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
         rel = src.split("://", 1)[1].split("/", 1)[1]  # drop the account/host
         shutil.copyfile(remote / rel, dst)
 
-    monkeypatch.setattr(blobfile, "copy", fake_copy)
+    class FakeContext:
+        def __init__(self, **options):
+            assert options.get("retry_limit") is not None  # never retry forever
+            self.copy = fake_copy
+
+    monkeypatch.setattr(blobfile, "create_context", FakeContext)
     monkeypatch.setenv("HF_SAE_STEER_CACHE", str(tmp_path / "cache"))
+    monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
+    monkeypatch.delenv("HF_SAE_STEER_OFFLINE", raising=False)
     return remote, calls
 
 
@@ -220,7 +227,7 @@ def test_https_blob_url_and_cache_dir(tmp_path: Path, fake_blob_store) -> None:
 def test_failed_download_leaves_no_partial_file(tmp_path: Path, fake_blob_store) -> None:
     remote, calls = fake_blob_store
     url = "az://openaipublic/sparse-autoencoder/gpt2-small/resid_post_mlp_v5_32k/autoencoders/1.pt"
-    with pytest.raises(FileNotFoundError):  # not in the fake store
+    with pytest.raises(OSError, match="Could not download"):  # not in the fake store
         load_sae(url)
     folder = (
         tmp_path / "cache" / "az" / "openaipublic" / os.path.dirname(url.split("openaipublic/")[1])
@@ -229,3 +236,11 @@ def test_failed_download_leaves_no_partial_file(tmp_path: Path, fake_blob_store)
     write_openai(remote / url.split("openaipublic/")[1], openai_state())
     assert load_sae(url).cfg.layer == 1
     assert len(calls) == 2
+
+
+def test_offline_never_downloads(tmp_path: Path, fake_blob_store, monkeypatch) -> None:
+    remote, calls = fake_blob_store
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    with pytest.raises(FileNotFoundError, match="not in the cache .* downloads are off"):
+        load_sae("openai:v5_32k/resid_post_mlp/2")
+    assert calls == []

@@ -136,7 +136,9 @@ class SAE(nn.Module):
         """Pre-activations of a preprocessed input."""
         if self.cfg.apply_b_dec_to_input:
             x = x - self.b_dec
-        return x @ self.W_enc + self.b_enc
+        # addmm folds the bias into the matmul: no second pass over a [tokens, d_sae] temporary.
+        flat = torch.addmm(self.b_enc, x.reshape(-1, x.shape[-1]), self.W_enc)
+        return flat.view(*x.shape[:-1], self.d_sae)
 
     def activate(self, pre: Tensor) -> Tensor:
         raise NotImplementedError

@@ -105,10 +105,19 @@ def _fetch(url: str, dest: str) -> None:
     ):
         import blobfile
 
-        blobfile.copy(url, dest, overwrite=True)
+        # Bounded retries: blobfile's default retries forever when the network is down.
+        context = blobfile.create_context(retry_limit=3, connect_timeout=10, read_timeout=60)
+        context.copy(url, dest, overwrite=True)
         return
-    with urllib.request.urlopen(url) as src, open(dest, "wb") as out:
+    with urllib.request.urlopen(url, timeout=60) as src, open(dest, "wb") as out:
         shutil.copyfileobj(src, out)
+
+
+def _offline() -> bool:
+    return any(
+        os.environ.get(name, "").lower() in ("1", "true", "yes", "on")
+        for name in ("HF_SAE_STEER_OFFLINE", "HF_HUB_OFFLINE")
+    )
 
 
 def download_cached(url: str, cache_dir: str | os.PathLike[str] | None = None) -> Path:
@@ -116,11 +125,22 @@ def download_cached(url: str, cache_dir: str | os.PathLike[str] | None = None) -
     dest = cache_path(url, cache_dir)
     if dest.is_file():
         return dest
+    if _offline():
+        raise FileNotFoundError(
+            f"{url} is not in the cache ({dest}) and downloads are off (HF_HUB_OFFLINE or "
+            "HF_SAE_STEER_OFFLINE is set); copy the file there or pass a local path."
+        )
     dest.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=dest.name + ".", suffix=".part", dir=dest.parent)
     os.close(fd)
     try:
-        _fetch(url, tmp)
+        try:
+            _fetch(url, tmp)
+        except Exception as error:
+            raise OSError(
+                f"Could not download {url} ({type(error).__name__}: {error}); without network, "
+                f"put the file at {dest} or pass a local path."
+            ) from error
         # A rename is atomic: a crash never leaves a half-written file under the final name.
         os.replace(tmp, dest)
     finally:
