@@ -11,6 +11,19 @@ from collections.abc import Sequence
 from typing import Any
 
 EXIT_BAD_INPUT = 2
+EXIT_FAILURE = 1
+# What bad input raises; anything else is a failure of ours (exit 1, still one line).
+BAD_INPUT = (ValueError, TypeError, KeyError, OSError, ImportError)
+
+
+def positive_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        value = 0
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}")
+    return value
 
 
 def _common(p: argparse.ArgumentParser) -> None:
@@ -32,12 +45,12 @@ def _model_sae(p: argparse.ArgumentParser, scores: bool = True) -> None:
 
 
 def _generation(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--max-new-tokens", type=int, default=32)
+    p.add_argument("--max-new-tokens", type=positive_int, default=32)
     p.add_argument("--sample", action="store_true", help="sample instead of greedy decoding")
     p.add_argument("--temperature", type=float, default=1.0)
     p.add_argument("--top-k", type=int, default=50)
     p.add_argument("--top-p", type=float, default=1.0)
-    p.add_argument("--batch-size", type=int, default=8)
+    p.add_argument("--batch-size", type=positive_int, default=8)
 
 
 def _steering(p: argparse.ArgumentParser, several: bool) -> None:
@@ -59,11 +72,20 @@ def build_parser() -> argparse.ArgumentParser:
     _model_sae(p, scores=False)
     p.add_argument("--reference", required=True, help="reference prompts (file or dataset id)")
     p.add_argument("--alignment", required=True, help="alignment prompts (file or dataset id)")
-    p.add_argument("--column", help="text column of the prompt sources")
-    p.add_argument("--split", help="dataset split, e.g. train[:20]")
+    p.add_argument("--column", help="text column of both prompt sources")
+    p.add_argument("--split", help="split of both prompt sources, e.g. train[:20]")
+    p.add_argument("--config", help="dataset config of both prompt sources (Hub datasets)")
+    for which in ("reference", "alignment"):
+        p.add_argument(f"--{which}-column", help=f"text column of the {which} set")
+        p.add_argument(f"--{which}-split", help=f"split of the {which} set")
+    p.add_argument(
+        "--embed-max-seq-length",
+        type=positive_int,
+        help="embedder truncation in tokens (MiniLM: 256 by default; the reference used 512)",
+    )
     p.add_argument("--summary", default="avg", choices=["avg", "max", "counts"])
     p.add_argument("--embedder", default="sentence-transformers/all-MiniLM-L6-v2")
-    p.add_argument("--batch-size", type=int, default=16)
+    p.add_argument("--batch-size", type=positive_int, default=16)
     p.add_argument("--out", required=True, help="folder to write the score artifact to")
     p.add_argument("--push-to-hub", metavar="REPO", help="also upload the artifact")
     _common(p)
@@ -81,9 +103,9 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("inspect", help="top latents, what fires them, the uncertainty report")
     _model_sae(p)
     p.add_argument("--prompts", required=True, help="prompts to search (e.g. the reference set)")
-    p.add_argument("--top", type=int, default=10, help="how many latents")
-    p.add_argument("--examples", type=int, default=3, help="examples per latent")
-    p.add_argument("--batch-size", type=int, default=16)
+    p.add_argument("--top", type=positive_int, default=10, help="how many latents")
+    p.add_argument("--examples", type=positive_int, default=3, help="examples per latent")
+    p.add_argument("--batch-size", type=positive_int, default=16)
     _common(p)
 
     p = sub.add_parser("demo", help="base vs steered on the shipped demo (offline) or your setup")
@@ -93,7 +115,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--scores")
     p.add_argument("--prompts", help="prompts file (default: the demo's)")
     p.add_argument("--alignment", help="alignment set, for the relevance line")
-    p.add_argument("--n-prompts", type=int, default=6)
+    p.add_argument("--n-prompts", type=positive_int, default=6)
     _steering(p, several=True)
     _generation(p)
     _common(p)
@@ -105,9 +127,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--methods", default="orig,sae,clamp,weight,swap")
     p.add_argument("--strengths", default="0.5,1,2")
     p.add_argument("--preserve-error", default="both", choices=["both", "on", "off"])
-    p.add_argument("--samples", type=int, default=3)
-    p.add_argument("--max-new-tokens", type=int, default=24)
-    p.add_argument("--n-prompts", type=int, help="use only the first N prompts")
+    p.add_argument("--samples", type=positive_int, default=3)
+    p.add_argument("--max-new-tokens", type=positive_int, default=24)
+    p.add_argument("--n-prompts", type=positive_int, help="use only the first N prompts")
+    p.add_argument("--embedder", help="sentence embedder (default: the one the scores used)")
+    p.add_argument("--temperature", type=float, default=1.0, help="sampling temperature")
+    p.add_argument("--top-k", type=int, default=50)
+    p.add_argument("--batch-size", type=positive_int, default=16)
     p.add_argument("--out", required=True, help="folder for table.md/csv, samples, plot.png")
     _common(p)
     return parser
@@ -129,8 +155,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     except Exception as error:  # noqa: BLE001 - one line for users; --debug shows the rest
         if args.debug or os.environ.get("HF_SAE_STEER_DEBUG"):
             raise
-        print(f"hf-sae-steer {args.command}: error: {_one_line(error)}", file=sys.stderr)
-        return EXIT_BAD_INPUT
+        bad_input = isinstance(error, BAD_INPUT)
+        kind = "error" if bad_input else f"internal error ({type(error).__name__}; --debug)"
+        print(f"hf-sae-steer {args.command}: {kind}: {_one_line(error)}", file=sys.stderr)
+        return EXIT_BAD_INPUT if bad_input else EXIT_FAILURE
     if args.json:
         print(json.dumps(result, indent=2, default=str))
     return 0
@@ -194,8 +222,15 @@ def cmd_score(args: argparse.Namespace) -> dict[str, Any]:
     from hf_sae_steer.recipes import load_model
 
     model, tokenizer = load_model(args.model, device=args.device, dtype=args.dtype)
-    reference = load_prompts(args.reference, column=args.column, split=args.split)
-    alignment = load_prompts(args.alignment, column=args.column, split=args.split)
+    reference, alignment = (
+        load_prompts(
+            getattr(args, which),
+            column=getattr(args, f"{which}_column") or args.column,
+            split=getattr(args, f"{which}_split") or args.split,
+            config=args.config,
+        )
+        for which in ("reference", "alignment")
+    )
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", UserWarning)  # the report below prints them, once
         scores = FeatureScores.fit(
@@ -209,6 +244,7 @@ def cmd_score(args: argparse.Namespace) -> dict[str, Any]:
             summary=args.summary,
             embedder=args.embedder,
             batch_size=args.batch_size,
+            embed_max_seq_length=args.embed_max_seq_length,
             progress=_progress(args),
         )
     scores.model_id = args.model
@@ -239,6 +275,7 @@ def cmd_generate(args: argparse.Namespace) -> list[dict[str, str]]:
         strength=args.strength,
         preserve_error=args.preserve_error,
         positions=args.positions,
+        include_base=args.compare,
         **_gen_options(args),
     )
     if not args.json:
@@ -313,6 +350,10 @@ def cmd_demo(args: argparse.Namespace) -> dict[str, Any]:
         n_prompts=args.n_prompts,
         max_new_tokens=args.max_new_tokens,
         do_sample=args.sample,
+        temperature=args.temperature,
+        top_k=args.top_k,
+        top_p=args.top_p,
+        batch_size=args.batch_size,
         seed=args.seed,
         device=args.device,
         dtype=args.dtype,
@@ -334,16 +375,24 @@ def cmd_eval(args: argparse.Namespace) -> dict[str, Any]:
 
     strengths = _floats(args.strengths, "--strengths")
     preserve = {"both": (False, True), "on": (True,), "off": (False,)}[args.preserve_error]
-    prompts = load_prompts(args.prompts)[: args.n_prompts]
+    methods = tuple(_methods(args.methods))
+    import matplotlib  # noqa: F401 - fail now, not after the whole sweep, if plotting can't work
+
+    prompts, alignment = load_prompts(args.prompts)[: args.n_prompts], load_prompts(args.alignment)
+    sae, scores = load_sae(args.sae), load_scores(args.scores)  # cheap checks before the model
     model, tokenizer = load_model(args.model, device=args.device, dtype=args.dtype)
     result = evaluate(
         model,
         tokenizer,
-        load_sae(args.sae),
-        load_scores(args.scores),
+        sae,
+        scores,
         prompts,
-        load_prompts(args.alignment),
-        methods=tuple(_methods(args.methods)),
+        alignment,
+        methods=methods,
+        embedder=args.embedder,
+        temperature=args.temperature,
+        top_k=args.top_k,
+        batch_size=args.batch_size,
         preserve_error=preserve,
         strengths=strengths,
         samples=args.samples,
@@ -353,11 +402,11 @@ def cmd_eval(args: argparse.Namespace) -> dict[str, Any]:
         site=args.site,
         progress=_progress(args),
     )
-    out = result.save(args.out)
+    files = result.save(args.out)
     if not args.json:
         print(result.to_markdown())
-        print(f"\nWrote {out}")
-    return {"path": str(out), "rows": result.rows}
+        print(f"\nWrote {', '.join(str(path) for path in files.values())}")
+    return {"files": {name: str(path) for name, path in files.items()}, "rows": result.rows}
 
 
 COMMANDS = {

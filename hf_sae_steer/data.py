@@ -7,6 +7,7 @@
 from __future__ import annotations
 
 import json
+import re
 import sys
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -60,16 +61,7 @@ def _from_path_or_id(
     path = Path(source).expanduser()
     suffix = path.suffix.lower()
     if path.is_file():
-        if suffix == ".txt":
-            lines = path.read_text(encoding="utf-8").splitlines()
-            return _check_strings([line for line in lines if line.strip()], str(path))
-        if suffix in (".json", ".jsonl"):
-            return _from_records(_read_json(path, suffix == ".jsonl"), column, str(path))
-        if suffix in (".csv", ".parquet"):
-            return _from_frame(_read_frame(path, suffix), column, str(path))
-        raise ValueError(
-            f"Unsupported prompt file {path.name!r}; use one of {', '.join(FILE_SUFFIXES)}."
-        )
+        return _slice(_from_file(path, suffix, column), split, str(path))
     if suffix in FILE_SUFFIXES or isinstance(source, Path):
         raise FileNotFoundError(f"No such prompt file: {path}")
     # A local folder (data files or a repo clone) or a Hub dataset id: datasets resolves both.
@@ -82,6 +74,36 @@ def _from_path_or_id(
     if isinstance(loaded, datasets.DatasetDict):
         loaded = _pick_split(loaded, split)
     return _from_dataset(loaded, column, str(source))
+
+
+def _slice(prompts: list[str], split: str | None, where: str) -> list[str]:
+    """A local file is one split; ``split`` may still take a slice of it: ``"train[:20]"``."""
+    if split is None:
+        return prompts
+    match = re.fullmatch(r"\s*\w*\s*(?:\[\s*(-?\d*)\s*:\s*(-?\d*)\s*\])?\s*", split)
+    if match is None:
+        raise ValueError(
+            f"Cannot apply split {split!r} to {where}: a local file takes a slice such as "
+            "'train[:20]' or '[10:30]' (percentages are for Hub datasets)."
+        )
+    start, stop = (int(g) if g else None for g in match.groups())
+    chosen = prompts[start:stop]
+    if not chosen:
+        raise ValueError(f"Split {split!r} leaves no prompts of the {len(prompts)} in {where}.")
+    return chosen
+
+
+def _from_file(path: Path, suffix: str, column: str | None) -> list[str]:
+    if suffix == ".txt":
+        lines = path.read_text(encoding="utf-8").splitlines()
+        return _check_strings([line for line in lines if line.strip()], str(path))
+    if suffix in (".json", ".jsonl"):
+        return _from_records(_read_json(path, suffix == ".jsonl"), column, str(path))
+    if suffix in (".csv", ".parquet"):
+        return _from_frame(_read_frame(path, suffix), column, str(path))
+    raise ValueError(
+        f"Unsupported prompt file {path.name!r}; use one of {', '.join(FILE_SUFFIXES)}."
+    )
 
 
 def _pick_split(dataset_dict: Any, split: str | None) -> Any:

@@ -196,6 +196,7 @@ def evaluate(
     was_training = model.training
     model.eval()
     try:
+        gen.warm_up(model)
         for method, keep_err in groups:
             if method == "orig":  # the plain model: the unsteered baseline and its speed
                 gen.run(model, method, None, None)
@@ -274,6 +275,15 @@ class _Generator:
         self.kwargs = {**sampling, "pad_token_id": self.pad}
         self.records: list[dict[str, Any]] = []
         self.timing: dict[tuple, tuple[int, float]] = {}  # config -> (tokens, seconds)
+
+    def warm_up(self, model: nn.Module) -> None:
+        """One short untimed generation, so the first configuration's tokens/s pays no
+        one-time start-up costs (allocator, kernels, lazy imports)."""
+        ids, mask = self._left_padded([self.prompt_ids[p] for p, _ in self.items[:2]])
+        with torch.random.fork_rng(devices=_cuda_devices(self.device)):
+            model.generate(
+                input_ids=ids, attention_mask=mask, **{**self.kwargs, "max_new_tokens": 2}
+            )
 
     def run(self, model: nn.Module, method: str, keep_err: bool | None, strength: float | None):
         n_tokens, seconds = 0, 0.0

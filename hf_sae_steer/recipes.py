@@ -122,15 +122,17 @@ def compare_methods(
     preserve_error: bool = False,
     positions: str = "all",
     allow_score_mismatch: bool = False,
+    include_base: bool = True,
     **generation: Any,
 ) -> list[dict[str, str]]:
-    """Base and steered continuations side by side: one row per prompt, one key per method."""
-    rows: list[dict[str, str]] = [
-        {"prompt": p, "base": t}
-        for p, t in zip(
-            prompts, continue_prompts(model, tokenizer, prompts, **generation), strict=True
-        )
-    ]
+    """Base and steered continuations side by side: one row per prompt, one key per method
+    (``"base"`` too unless ``include_base=False``); every run draws the same random numbers."""
+    rows: list[dict[str, str]] = [{"prompt": p} for p in prompts]
+    if include_base:
+        for row, text in zip(
+            rows, continue_prompts(model, tokenizer, prompts, **generation), strict=True
+        ):
+            row["base"] = text
     for method in methods:
         with SteeredModel(
             model,

@@ -77,14 +77,6 @@ def _resolve(
 
         check_compatible(artifact, sae, allow_mismatch=spec.allow_score_mismatch)
         scores = artifact.scores
-    fitted = (getattr(artifact, "layer", None), getattr(artifact, "site", None))
-    for given, known, name in ((spec.layer, fitted[0], "layer"), (spec.site, fitted[1], "site")):
-        if given is not None and known is not None and given != known:
-            warnings.warn(
-                f"These scores were fitted at {name}={known!r} but you steer {name}={given!r}; "
-                "the latents' scores may not carry over.",
-                stacklevel=3,
-            )
     layer = _first_set(spec.layer, getattr(artifact, "layer", None), sae.cfg.layer)
     kind = _first_set(spec.site, getattr(artifact, "site", None), sae.cfg.site, "resid_post")
     if layer is None:
@@ -94,6 +86,14 @@ def _resolve(
     layout.check_layer(layer)
     layer = layer % layout.n_layers
     site = Site(layer, kind)
+    fitted = (getattr(artifact, "layer", None), getattr(artifact, "site", None))
+    for given, known, name in ((layer, fitted[0], "layer"), (kind, fitted[1], "site")):
+        if known is not None and given != known:
+            warnings.warn(
+                f"These scores were fitted at {name}={known!r} but you steer {name}={given!r}; "
+                "the latents' scores may not carry over.",
+                stacklevel=3,
+            )
     if sae.cfg.site is not None and (sae.cfg.layer, sae.cfg.site) != (layer, kind):
         warnings.warn(
             f"This SAE was trained on {Site(sae.cfg.layer or 0, sae.cfg.site).hook_name} but is "

@@ -35,18 +35,7 @@ from hf_sae_steer.sae.base import SAEConfig, build_sae
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 # shape -> (GPT2Config overrides, SAE latents, hooked layer); the SAE is TopK(32) at resid_post.
 SHAPES: dict[str, tuple[dict[str, Any], int, int]] = {
-    "tiny": (
-        {
-            "n_layer": 4,
-            "n_embd": 128,
-            "n_head": 4,
-            "vocab_size": 1000,
-            "bos_token_id": 999,
-            "eos_token_id": 999,
-        },
-        1024,
-        2,
-    ),
+    "tiny": (dict(n_layer=4, n_embd=128, n_head=4, vocab_size=1000, n_positions=256), 1024, 2),
     "gpt2-small": ({}, 32768, 6),
 }
 Variant = tuple[str, str, bool]  # (label, method, preserve_error)
@@ -55,9 +44,8 @@ Variant = tuple[str, str, bool]  # (label, method, preserve_error)
 def build(shape: str, positions: int) -> tuple[GPT2LMHeadModel, SAE, Tensor]:
     """A random-weight GPT-2, a random TopK SAE for its ``layer`` and random scores."""
     overrides, n, layer = SHAPES[shape]
-    cfg = GPT2Config(**overrides)
-    if shape == "tiny":
-        cfg.n_positions = max(256, positions)
+    tokens = {"bos_token_id": 999, "eos_token_id": 999} if shape == "tiny" else {}
+    cfg = GPT2Config(**overrides, **tokens)
     if positions > cfg.n_positions:
         raise SystemExit(f"--prompt-len + --new-tokens exceeds n_positions={cfg.n_positions}.")
     model = GPT2LMHeadModel(cfg).eval()
@@ -73,14 +61,15 @@ def build(shape: str, positions: int) -> tuple[GPT2LMHeadModel, SAE, Tensor]:
     return model, build_sae(sae_cfg, state), torch.rand(n, generator=g)
 
 
-def timed(fn: Callable[[], Tensor], cuda: bool) -> tuple[float, Tensor]:
+def timed(fn: Callable[[], Tensor], cuda: bool, clock: str) -> tuple[float, Tensor]:
+    now = time.process_time if clock == "cpu" else time.perf_counter
     if cuda:
         torch.cuda.synchronize()
-    start = time.perf_counter()
+    start = now()
     out = fn()
     if cuda:
         torch.cuda.synchronize()
-    return time.perf_counter() - start, out
+    return now() - start, out
 
 
 @torch.no_grad()
@@ -99,11 +88,15 @@ def parse_args() -> argparse.Namespace:
     p.add_argument("--dtype", choices=tuple(DTYPES), default="float32")
     p.add_argument("--new-tokens", type=int, default=32)
     p.add_argument("--prompt-len", type=int, default=32)
-    p.add_argument("--repeats", type=int, default=3, help="timed runs per cell (median taken)")
+    p.add_argument("--repeats", type=int, default=3, help="timed runs per cell")
+    p.add_argument("--stat", choices=("median", "min"), default="median",
+                   help="summary of the repeats (min resists noise from other work)")  # fmt: skip
     p.add_argument("--methods", default=",".join(METHODS), help="comma-separated")
     p.add_argument("--batch-sizes", default="1,16", help="comma-separated")
     p.add_argument("--preserve-error", action="store_true", help="also preserve_error=True")
     p.add_argument("--threads", type=int, default=os.cpu_count() or 1, help="CPU threads")
+    p.add_argument("--clock", choices=("wall", "cpu"), default="wall",
+                   help="cpu: process CPU time (CPU only; steadier when shared)")  # fmt: skip
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--json", type=Path, help="also write the raw timings to this file")
     p.add_argument("--check-sync", action="store_true", help="CUDA: no host sync in the hooks")
@@ -112,15 +105,13 @@ def parse_args() -> argparse.Namespace:
     if bad := [m for m in args.methods if m not in METHODS]:
         p.error(f"unknown methods {bad}; choose from {', '.join(METHODS)}")
     args.batch_sizes = [int(b) for b in args.batch_sizes.split(",")]
+    if args.clock == "cpu" and args.device != "cpu":
+        p.error("--clock cpu only measures CPU work; use the wall clock on an accelerator")
     return args
 
 
-def check_sync(
-    steer: Callable[..., SteeredModel],
-    variants: list[Variant],
-    gen: Callable[[Tensor, int], dict[str, Any]],
-    ids: Tensor,
-) -> int:
+def check_sync(steer: Callable[..., SteeredModel], variants: list[Variant],
+               gen: Callable[[Tensor, int], dict[str, Any]], ids: Tensor) -> int:  # fmt: skip
     """Steered generate with every hook call under ``set_sync_debug_mode("error")``; failures."""
     from hf_sae_steer.positions import PositionTracker
 
@@ -181,19 +172,17 @@ def bench(args: argparse.Namespace) -> None:
         variants += [(f"{m}+err", m, True) for m in args.methods if m != "orig"]
 
     def gen(ids: Tensor, new: int) -> dict[str, Any]:
-        eos = cfg.eos_token_id
-        config = GenerationConfig(
-            max_new_tokens=new, min_new_tokens=new, do_sample=False, pad_token_id=eos
-        )
-        return {
-            "input_ids": ids,
-            "attention_mask": torch.ones_like(ids),
-            "generation_config": config,
-        }
+        config = GenerationConfig(max_new_tokens=new, min_new_tokens=new, do_sample=False,
+                                  pad_token_id=cfg.eos_token_id)  # fmt: skip
+        return {"input_ids": ids, "attention_mask": torch.ones_like(ids),
+                "generation_config": config}  # fmt: skip
 
     def steer(method: str, keep: bool, positions: str = "all") -> SteeredModel:
         return SteeredModel(model, sae, layer, "resid_post", method, scores, 1.0, keep,
                             positions=positions)  # fmt: skip
+
+    def run(fn: Callable[..., Tensor], *a: Any, **kw: Any) -> tuple[float, Tensor]:
+        return timed(partial(fn, *a, **kw), cuda, args.clock)
 
     g = torch.Generator().manual_seed(args.seed)
     prompts = {b: torch.randint(0, cfg.vocab_size, (b, args.prompt_len), generator=g).to(device)
@@ -202,7 +191,7 @@ def bench(args: argparse.Namespace) -> None:
         f"shape={args.shape}: GPT-2 {cfg.n_layer} layers, d={cfg.n_embd}, vocab {cfg.vocab_size}; "
         f"SAE {sae.d_sae} latents TopK k={sae.k} layer-norm input at layer {layer} resid_post | "
         f"device={device} dtype={args.dtype} threads={torch.get_num_threads()} "
-        f"prompt={args.prompt_len} new={n} repeats={args.repeats} attn={cfg._attn_implementation}"
+        f"prompt={args.prompt_len} new={n} repeats={args.repeats} clock={args.clock}"
     )
     if args.check_sync:
         if not cuda:
@@ -224,16 +213,16 @@ def bench(args: argparse.Namespace) -> None:
         for b, ids in prompts.items():
             for i, (label, method, keep) in enumerate(variants):
                 cell = raw[b][label]
-                cell["plain"].append(timed(partial(model.generate, **gen(ids, n)), cuda)[0])
+                cell["plain"].append(run(model.generate, **gen(ids, n))[0])
                 with steer(method, keep) as steered:
-                    t, out = timed(partial(steered.generate, **gen(ids, n)), cuda)
+                    t, out = run(steered.generate, **gen(ids, n))
                     cell["steered"].append(t)
                     if i == 0:
                         with steered.disabled():
-                            t = timed(partial(steered.generate, **gen(ids, n)), cuda)[0]
+                            t = run(steered.generate, **gen(ids, n))[0]
                         cell["disabled"].append(t)
                     if b == 1:
-                        t, ref = timed(partial(reference_loop, steered, ids, n), cuda)
+                        t, ref = run(reference_loop, steered, ids, n)
                         cell["reference"].append(t)
                         diff = (ref != out).any(dim=0).nonzero().flatten().tolist()
                         agree[label] = f"differ@{diff[0] - ids.shape[1]}" if diff else "same"
@@ -244,7 +233,8 @@ def report(
     args: argparse.Namespace, raw: dict[int, Any], agree: dict[str, str], variants: list[Variant]
 ) -> None:
     n, sizes = args.new_tokens, args.batch_sizes
-    med = {b: {lab: {kind: statistics.median(ts) for kind, ts in cell.items()}
+    stat = statistics.median if args.stat == "median" else min
+    med = {b: {lab: {kind: stat(ts) for kind, ts in cell.items()}
                for lab, cell in by.items()} for b, by in raw.items()}  # fmt: skip
     head = f"{'method':10s}" + "".join(f" | b{b:<3d} plain ms/tok steered  ratio" for b in sizes)
     head += " | b1 ref-loop ms/tok ref/steered tokens" if 1 in sizes else ""
@@ -264,12 +254,13 @@ def report(
     lab = variants[0][0]
     ratios = [f"b{b} {med[b][lab]['disabled'] / med[b][lab]['plain']:.3f}x" for b in sizes]
     print(f"disabled() with {lab} hooks installed vs no hooks: " + ", ".join(ratios))
-    print("ratio = median steered / median plain (no SteeredModel), timed alternately;")
-    print("ref/steered = no-cache loop re-running the prefix / KV-cached steered generate")
+    print(f"ratio = {args.stat} steered / {args.stat} plain (no SteeredModel), timed alternately;")
+    if 1 in sizes:
+        print("ref/steered = no-cache loop re-running the prefix / KV-cached steered generate")
     if args.json:
         info = {k: str(v) for k, v in vars(args).items()}
         info["torch"] = torch.__version__
-        payload = {"args": info, "raw_seconds": raw, "median_seconds": med, "tokens": agree}
+        payload = {"args": info, "raw_seconds": raw, f"{args.stat}_seconds": med, "tokens": agree}
         args.json.write_text(json.dumps(payload, indent=2))
         print(f"raw timings written to {args.json}")
 

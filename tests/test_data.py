@@ -130,3 +130,14 @@ def test_bad_sources(tmp_path):
 def test_hash_prompts_is_content_based():
     assert hash_prompts(PROMPTS) == hash_prompts(list(PROMPTS))
     assert hash_prompts(PROMPTS) != hash_prompts(PROMPTS[::-1])
+
+
+def test_split_slices_a_local_file(tmp_path):
+    path = tmp_path / "p.txt"
+    path.write_text("\n".join(f"prompt {i}" for i in range(30)))
+    assert load_prompts(path, split="train[:20]") == [f"prompt {i}" for i in range(20)]
+    assert load_prompts(path, split="[25:]") == [f"prompt {i}" for i in range(25, 30)]
+    with pytest.raises(ValueError, match="percentages are for Hub datasets"):
+        load_prompts(path, split="train[:10%]")
+    with pytest.raises(ValueError, match="leaves no prompts"):
+        load_prompts(path, split="[40:]")
