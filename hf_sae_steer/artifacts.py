@@ -22,8 +22,9 @@ from typing import Any
 import torch
 from safetensors.torch import load_file, save_file
 
+from hf_sae_steer.report import ScoreReport
 from hf_sae_steer.sae.base import SAE
-from hf_sae_steer.scoring import FeatureScores, ScoreReport
+from hf_sae_steer.scoring import FeatureScores
 
 SCORES_FILE = "scores.safetensors"
 CONFIG_FILE = "steering_config.json"

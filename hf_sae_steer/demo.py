@@ -9,8 +9,8 @@ from typing import Any
 
 from hf_sae_steer.data import load_prompts
 from hf_sae_steer.recipes import compare_methods, load_model, load_scores
+from hf_sae_steer.report import ScoreReport
 from hf_sae_steer.sae.loading import load_sae
-from hf_sae_steer.scoring import ScoreReport
 
 BUILD_COMMAND = "python scripts/build_demo_assets.py"
 

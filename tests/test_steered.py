@@ -311,3 +311,25 @@ def test_one_steered_model_per_model(gpt2, sae, scores):
     assert remove_steering(gpt2) == 1
     assert not first.is_steering
     SteeredModel(gpt2, sae, layer=0, method="sae").remove()
+
+
+def test_scoring_under_live_steering_reads_the_base_model(gpt2, tokenizer, sae, scores):
+    from hf_sae_steer import FeatureScores
+
+    def embed(texts):
+        return torch.tensor([[len(t), t.count("e"), t.count(" ")] for t in texts], dtype=float)
+
+    reference = ["The patient was treated", "A river flows", "Engineers built a bridge"]
+    kwargs = dict(
+        layer=2, site="resid_post", reference=reference, alignment=["A doctor"],
+        embedder=embed, progress=False,
+    )  # fmt: skip
+    base = FeatureScores.fit(gpt2, tokenizer, sae, **kwargs)
+    with SteeredModel(gpt2, sae, layer=0, method="clamp", scores=scores) as steered:
+        ids = torch.tensor([[5, 6, 7]])
+        with steered.disabled():
+            unsteered = steered(ids).logits
+        assert not torch.allclose(steered(ids).logits, unsteered)  # steering really is live
+        during = FeatureScores.fit(gpt2, tokenizer, sae, **kwargs)
+        assert steered.is_steering
+    torch.testing.assert_close(during.scores, base.scores, rtol=0, atol=0)

@@ -1,0 +1,85 @@
+"""The uncertainty report: how far a set of feature scores can be trusted."""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+import torch
+from torch import Tensor
+
+TOP_K = 20
+
+
+@dataclass
+class ScoreReport:
+    """How far the scores can be trusted (see :meth:`FeatureScores.report`).
+
+    ``effective_latents`` is ``exp(entropy)`` of ``s / sum(s)``: the number of equally scored
+    latents that would carry the same score mass. ``fvu`` and ``top_firing`` need the model and
+    are ``None`` for scores imported from CSV.
+    """
+
+    coverage: float
+    n_fired: int
+    d_sae: int
+    effective_latents: float
+    fvu: float | None = None
+    top_k: int = TOP_K
+    top_firing: int | None = None
+    warnings: list[str] = field(default_factory=list)
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> ScoreReport:
+        return cls(**{k: data[k] for k in cls.__dataclass_fields__ if k in data})
+
+    def __str__(self) -> str:
+        lines = [
+            f"coverage           {self.coverage:.1%} ({self.n_fired} of {self.d_sae} latents fire)",
+            f"effective latents  {self.effective_latents:.1f} (exp entropy of s / sum s)",
+        ]
+        if self.fvu is not None:
+            lines.append(f"FVU on alignment   {self.fvu:.3f}")
+        if self.top_firing is not None:
+            lines.append(f"top-{self.top_k} firing      {self.top_firing} on the alignment set")
+        return "\n".join(lines + [f"warning: {w}" for w in self.warnings])
+
+
+def build_report(
+    scores: Tensor, coverage: float, fvu: float | None = None, align_counts: Tensor | None = None
+) -> ScoreReport:
+    """The uncertainty report of a score vector; low-quality cases get a warning saying why."""
+    s = scores.double()
+    d_sae = s.numel()
+    n_fired = round(coverage * d_sae)
+    total = s.sum()
+    p = s[s > 0] / total if total > 0 else s[:0]
+    effective = float(torch.exp(-(p * p.log()).sum())) if p.numel() else 0.0
+    top_k = min(TOP_K, max(n_fired, 1))
+    top_firing = None
+    if align_counts is not None:
+        top_firing = int((align_counts[torch.topk(s, top_k).indices] > 0).sum())
+    notes = []
+    if n_fired == 0:
+        notes.append(
+            "No latent fired on the reference set: every score is 0, steering does nothing."
+        )
+    elif coverage < 0.3:
+        notes.append(
+            f"Coverage is {coverage:.1%} (< 30%): the SAE represents the reference set poorly, so "
+            "most latents carry no score and steering can only act through the few that fired."
+        )
+    if fvu is not None and fvu > 0.5:
+        notes.append(
+            f"The SAE's fraction of variance unexplained on the alignment set's hidden states is "
+            f"{fvu:.2f} (> 0.5): steering edits a poor reconstruction of the target texts."
+        )
+    if top_firing is not None and n_fired and top_firing < top_k / 2:
+        notes.append(
+            f"Only {top_firing} of the {top_k} highest-scoring latents fire on the alignment set: "
+            "the scores favour latents the target texts do not use, so steering may be weak."
+        )
+    return ScoreReport(coverage, n_fired, d_sae, effective, fvu, top_k, top_firing, notes)
