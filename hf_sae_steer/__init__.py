@@ -4,7 +4,7 @@ __version__ = "0.1.0"
 
 from hf_sae_steer.data import load_prompts
 from hf_sae_steer.eval_report import EvalResult
-from hf_sae_steer.evaluate import evaluate
+from hf_sae_steer.evaluation import evaluate
 from hf_sae_steer.interventions import METHODS, Intervention, LatentEdit
 from hf_sae_steer.positions import POSITIONS
 from hf_sae_steer.processor import SteeringLogitsProcessor

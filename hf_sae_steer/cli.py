@@ -370,7 +370,7 @@ def cmd_demo(args: argparse.Namespace) -> dict[str, Any]:
 
 def cmd_eval(args: argparse.Namespace) -> dict[str, Any]:
     from hf_sae_steer import load_prompts, load_sae
-    from hf_sae_steer.evaluate import evaluate
+    from hf_sae_steer.evaluation import evaluate
     from hf_sae_steer.recipes import load_model, load_scores
 
     strengths = _floats(args.strengths, "--strengths")

@@ -119,7 +119,7 @@ def run_demo(
     relevance: dict[str, float] = {}
     if alignment is not None:
         from hf_sae_steer.data import DEFAULT_EMBEDDER, embed_prompts, load_embedder
-        from hf_sae_steer.evaluate import concept_relevance
+        from hf_sae_steer.evaluation import concept_relevance
 
         embedder, _ = load_embedder(feature_scores.embedder or DEFAULT_EMBEDDER)
         (align,), _ = embed_prompts(embedder, [load_prompts(alignment)], progress=False)

@@ -1,4 +1,4 @@
-"""The result of :func:`hf_sae_steer.evaluate.evaluate`: a table, its samples, writers, a plot."""
+"""The result of :func:`hf_sae_steer.evaluation.evaluate`: a table, its samples, writers, a plot."""
 
 from __future__ import annotations
 

@@ -110,7 +110,7 @@ def fmt(m_lo_hi: tuple[float, float, float]) -> str:
 def paired_gain(result: EvalResult, a: str, b: str, strength: float) -> tuple[float, float, float]:
     """Relevance of config ``a`` minus config ``b`` (labels) at ``strength``, paired by prompt
     and sample, bootstrapped over prompts."""
-    from hf_sae_steer.evaluate import bootstrap_ci
+    from hf_sae_steer.evaluation import bootstrap_ci
 
     def by_key(name: str) -> dict[tuple[int, int], float]:
         return {
@@ -374,7 +374,7 @@ def scale(result: EvalResult, demo: Path) -> str:
     """What relevance numbers mean here: the alignment texts' own score (in-sample, an upper
     reference) and the non-medical reference texts' (an off-topic reference)."""
     from hf_sae_steer.data import embed_prompts, load_prompts
-    from hf_sae_steer.evaluate import concept_relevance
+    from hf_sae_steer.evaluation import concept_relevance
 
     name = result.config["embedder"]
     align = load_prompts(demo / "alignment.txt")
@@ -491,7 +491,7 @@ def main(argv: list[str] | None = None) -> None:
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     from hf_sae_steer import FeatureScores, load_prompts, load_sae
-    from hf_sae_steer.evaluate import evaluate
+    from hf_sae_steer.evaluation import evaluate
 
     t0 = time.time()
     tok = AutoTokenizer.from_pretrained(a.demo / "model")

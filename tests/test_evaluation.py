@@ -12,7 +12,7 @@ import torch
 from tiny_models import tiny_gpt2
 
 from hf_sae_steer.data import DEFAULT_EMBEDDER
-from hf_sae_steer.evaluate import (
+from hf_sae_steer.evaluation import (
     bootstrap_ci,
     concept_relevance,
     evaluate,
@@ -199,7 +199,7 @@ def test_evaluate_end_to_end(tokenizer, sae, scores, tmp_path):
 
 
 def test_evaluate_removes_hooks_on_error(tokenizer, sae, scores, monkeypatch):
-    import hf_sae_steer.evaluate as ev
+    import hf_sae_steer.evaluation as ev
 
     model = tiny_gpt2(len(tokenizer), d=D)
     calls = []
