@@ -40,18 +40,22 @@ def test_generate_compare_prints_base_and_each_method(capsys):
 
 
 def test_generate_json_matches_the_python_api(capsys):
+    prompt = "The king"
     code, out, _ = run(
-        capsys, f"generate {STEER} --max-new-tokens 5 --json", "--prompt", "The patient"
-    )
-    rows = json.loads(out)
+        capsys, f"generate {STEER} --methods swap --compare --max-new-tokens 8 --json",
+        "--prompt", prompt,
+    )  # fmt: skip
+    (row,) = json.loads(out)
     from hf_sae_steer import SteeredModel, load_sae
     from hf_sae_steer.recipes import continue_prompts, load_model, load_scores
 
     model, tok = load_model(str(DEMO / "model"))
+    base = continue_prompts(model, tok, [prompt], max_new_tokens=8)
     scores = load_scores(DEMO / "scores")
     with SteeredModel(model, load_sae(DEMO / "sae"), scores=scores) as steered:
-        want = continue_prompts(steered, tok, ["The patient"], max_new_tokens=5)
-    assert code == 0 and rows[0]["swap"] == want[0]
+        want = continue_prompts(steered, tok, [prompt], max_new_tokens=8)
+    assert code == 0 and row["swap"] == want[0] and row["base"] == base[0]
+    assert row["swap"] != row["base"]  # the demo's swap changes this continuation
 
 
 @pytest.mark.parametrize(
