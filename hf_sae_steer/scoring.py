@@ -317,7 +317,12 @@ class _Runner:
 
         def on_tokens(x: Tensor, z: Tensor, info: NormInfo) -> None:
             nonlocal sse, sum_sq, count
-            sse += float((x - self.sae.decode(z, info)).pow(2).sum(dtype=torch.float64))
+            if self.sae.k is not None:  # k-sparse: decode the k selected latents only
+                top = z.topk(self.sae.k, dim=-1)
+                recon = self.sae.decode_sparse(top.indices, top.values, info)
+            else:
+                recon = self.sae.decode(z, info)
+            sse += float((x - recon).pow(2).sum(dtype=torch.float64))
             sum_sq += float(x.pow(2).sum(dtype=torch.float64))
             total.add_(x.sum(dim=0, dtype=torch.float64).cpu())
             count += x.shape[0]
