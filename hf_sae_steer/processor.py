@@ -52,12 +52,11 @@ class SteeringLogitsProcessor(LogitsProcessor):
         self._ids: Tensor | None = None
         self._cache: Any = None
         self._prompt: Tensor | None = None
-        self._prompt_length: int | None = None
         self._cache_argument = _cache_argument(steered.model)
 
     def reset(self) -> None:
         """Forget the running sequence (done automatically when a new one starts)."""
-        self._ids = self._cache = self._prompt = self._prompt_length = None
+        self._ids = self._cache = self._prompt = None
 
     @torch.no_grad()
     def __call__(self, input_ids: Tensor, scores: Tensor) -> Tensor:
@@ -97,7 +96,6 @@ class SteeringLogitsProcessor(LogitsProcessor):
             self._ids = self._cache = None
             if not same_prompt:
                 self._prompt = input_ids
-            self._prompt_length = self._prompt.shape[1]
         feed = input_ids[:, -1:] if extends else input_ids
         kwargs: dict[str, Any] = {"input_ids": feed, "use_cache": True}
         if mask is not None:
@@ -106,7 +104,7 @@ class SteeringLogitsProcessor(LogitsProcessor):
             kwargs.update(attention_mask=mask, position_ids=positions[:, -feed.shape[1] :])
         if self._cache is not None:
             kwargs[self._cache_argument] = self._cache
-        with tracker.steering(steer), tracker.prompt(self._prompt_length):
+        with tracker.steering(steer), tracker.prompt(self._prompt.shape[1]):
             out = model(**kwargs)
         self._cache = getattr(out, "cache", None) or getattr(out, "past_key_values", None)
         self._ids = input_ids

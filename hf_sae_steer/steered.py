@@ -245,11 +245,12 @@ class SteeredModel(nn.Module):
     def generate(self, *args: Any, **kwargs: Any) -> Any:
         """``model.generate`` with steering at every new token (KV cache on); same arguments."""
         self._check_live()
-        inputs = kwargs.get("input_ids", args[0] if args else kwargs.get("inputs_embeds"))
-        prompt_length = inputs.shape[1] if isinstance(inputs, Tensor) and inputs.ndim == 2 else None
-        if prompt_length is None and isinstance(inputs, Tensor):
-            prompt_length = inputs.shape[1]
-        with self.tracker.prompt(prompt_length):
+        inputs = next(
+            (v for v in (kwargs.get("input_ids"), *args[:1], kwargs.get("inputs_embeds"))
+             if isinstance(v, Tensor)),
+            None,
+        )  # fmt: skip
+        with self.tracker.prompt(None if inputs is None else inputs.shape[1]):
             return self.model.generate(*args, **kwargs)
 
     @contextlib.contextmanager

@@ -136,16 +136,6 @@ def scores():
     return torch.rand(N_LATENTS, generator=torch.Generator().manual_seed(4))
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    """Tiny matmuls gain nothing from threads, and on a busy machine OpenMP spinning makes two
-    threads many times slower than one."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
 def run_small(model, tokenizer, sae, scores, **kw):
     return evaluate(
         model,

@@ -7,7 +7,6 @@ the Hugging Face code adds to the residual stream.
 
 from __future__ import annotations
 
-from collections.abc import Iterator
 from typing import Any
 
 import pytest
@@ -42,16 +41,6 @@ from torch import Tensor, nn
 
 from hf_sae_steer.sites import Site, find_layout, hook_site, run_to_site
 from hf_sae_steer.steered import SteeredModel, SteeringSpec
-
-
-@pytest.fixture(scope="module", autouse=True)
-def _one_thread() -> Iterator[None]:
-    """These models are tiny: one intra-op thread is fastest, and immune to a busy machine."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
 
 # -- 1. layouts and names ---------------------------------------------------------------------
 

@@ -4,7 +4,6 @@ real tiny models, expected values from plain hooks (no mocks)."""
 from __future__ import annotations
 
 import functools
-from collections.abc import Iterator
 from types import SimpleNamespace
 from typing import Any
 
@@ -31,16 +30,6 @@ from torch import Tensor, nn
 
 from hf_sae_steer.sites import Site, find_layout, hook_site, run_to_site
 from hf_sae_steer.steered import SteeredModel
-
-
-@pytest.fixture(scope="module", autouse=True)
-def _one_thread() -> Iterator[None]:
-    """These models are tiny: one intra-op thread is fastest, and immune to a busy machine."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
 
 # -- 5. unsupported architectures and explicit overrides --------------------------------------
 
