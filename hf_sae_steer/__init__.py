@@ -1,45 +1,100 @@
-"""hf_sae_steer: steer Hugging Face causal LMs towards a topic with sparse autoencoders."""
+"""hf_sae_steer: steer Hugging Face causal LMs towards a topic with sparse autoencoders.
+
+The public API is exported lazily: ``import hf_sae_steer`` loads no torch, and each name is
+imported from its module on first use.
+
+>>> from hf_sae_steer import FeatureScores, SteeredModel, load_sae   # doctest: +SKIP
+"""
+
+from __future__ import annotations
+
+import importlib
+from typing import TYPE_CHECKING, Any
 
 __version__ = "0.1.0"
 
-from hf_sae_steer.data import load_prompts
-from hf_sae_steer.eval_report import EvalResult
-from hf_sae_steer.evaluation import evaluate
-from hf_sae_steer.interventions import METHODS, Intervention, LatentEdit
-from hf_sae_steer.positions import POSITIONS
-from hf_sae_steer.processor import SteeringLogitsProcessor
-from hf_sae_steer.report import ScoreReport
-from hf_sae_steer.sae import SAE, SITES, SAEConfig, load_sae
-from hf_sae_steer.scoring import FeatureScores
-from hf_sae_steer.sites import ModelLayout, Site, find_layout
-from hf_sae_steer.steered import (
-    SteeredModel,
-    SteeringSpec,
-    remove_steering,
-    steering_suspended,
-)
+# public name -> the module that defines it
+_EXPORTS = {
+    "SAE": "hf_sae_steer.sae.base",
+    "SAEConfig": "hf_sae_steer.sae.config",
+    "load_sae": "hf_sae_steer.sae.loading",
+    "SITES": "hf_sae_steer.sites.names",
+    "Site": "hf_sae_steer.sites.names",
+    "ModelLayout": "hf_sae_steer.sites.layouts",
+    "find_layout": "hf_sae_steer.sites.layouts",
+    "resolve_site": "hf_sae_steer.sites.resolve",
+    "METHODS": "hf_sae_steer.steering.interventions",
+    "Intervention": "hf_sae_steer.steering.interventions",
+    "LatentEdit": "hf_sae_steer.steering.interventions",
+    "POSITIONS": "hf_sae_steer.steering.positions",
+    "SteeredModel": "hf_sae_steer.steering.steered",
+    "SteeringSpec": "hf_sae_steer.steering.steered",
+    "SteeringLogitsProcessor": "hf_sae_steer.steering.guidance",
+    "remove_steering": "hf_sae_steer.steering.live",
+    "steering_suspended": "hf_sae_steer.steering.live",
+    "FeatureScores": "hf_sae_steer.scoring",
+    "ScoreReport": "hf_sae_steer.scoring.uncertainty",
+    "load_prompts": "hf_sae_steer.scoring.prompts",
+    "load_scores": "hf_sae_steer.scoring.record",
+    "evaluate": "hf_sae_steer.evaluation.sweep",
+    "EvalResult": "hf_sae_steer.evaluation.result",
+}
 
 __all__ = [
-    "METHODS",
-    "POSITIONS",
-    "SAE",
-    "SITES",
+    "__version__",
     "EvalResult",
     "FeatureScores",
     "Intervention",
     "LatentEdit",
+    "METHODS",
     "ModelLayout",
+    "POSITIONS",
+    "SAE",
     "SAEConfig",
+    "SITES",
     "ScoreReport",
     "Site",
     "SteeredModel",
     "SteeringLogitsProcessor",
     "SteeringSpec",
-    "__version__",
     "evaluate",
     "find_layout",
-    "load_sae",
     "load_prompts",
+    "load_sae",
+    "load_scores",
     "remove_steering",
+    "resolve_site",
     "steering_suspended",
 ]
+
+if TYPE_CHECKING:
+    from hf_sae_steer.evaluation.result import EvalResult
+    from hf_sae_steer.evaluation.sweep import evaluate
+    from hf_sae_steer.sae.base import SAE
+    from hf_sae_steer.sae.config import SAEConfig
+    from hf_sae_steer.sae.loading import load_sae
+    from hf_sae_steer.scoring import FeatureScores
+    from hf_sae_steer.scoring.prompts import load_prompts
+    from hf_sae_steer.scoring.record import load_scores
+    from hf_sae_steer.scoring.uncertainty import ScoreReport
+    from hf_sae_steer.sites.layouts import ModelLayout, find_layout
+    from hf_sae_steer.sites.names import SITES, Site
+    from hf_sae_steer.sites.resolve import resolve_site
+    from hf_sae_steer.steering.guidance import SteeringLogitsProcessor
+    from hf_sae_steer.steering.interventions import METHODS, Intervention, LatentEdit
+    from hf_sae_steer.steering.live import remove_steering, steering_suspended
+    from hf_sae_steer.steering.positions import POSITIONS
+    from hf_sae_steer.steering.steered import SteeredModel, SteeringSpec
+
+
+def __getattr__(name: str) -> Any:
+    module = _EXPORTS.get(name)
+    if module is None:
+        raise AttributeError(f"module 'hf_sae_steer' has no attribute {name!r}")
+    value = getattr(importlib.import_module(module), name)
+    globals()[name] = value  # later lookups skip __getattr__
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted({*globals(), *_EXPORTS})

@@ -1,3 +1,3 @@
-from hf_sae_steer.cli import main
+from hf_sae_steer.cli.main import main
 
 raise SystemExit(main())

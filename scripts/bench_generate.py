@@ -113,7 +113,7 @@ def parse_args() -> argparse.Namespace:
 def check_sync(steer: Callable[..., SteeredModel], variants: list[Variant],
                gen: Callable[[Tensor, int], dict[str, Any]], ids: Tensor) -> int:  # fmt: skip
     """Steered generate with every hook call under ``set_sync_debug_mode("error")``; failures."""
-    from hf_sae_steer.positions import PositionTracker
+    from hf_sae_steer.steering.positions import PositionTracker
 
     armed = [False]
 
@@ -178,8 +178,8 @@ def bench(args: argparse.Namespace) -> None:
                 "generation_config": config}  # fmt: skip
 
     def steer(method: str, keep: bool, positions: str = "all") -> SteeredModel:
-        return SteeredModel(model, sae, layer, "resid_post", method, scores, 1.0, keep,
-                            positions=positions)  # fmt: skip
+        return SteeredModel(model, sae, layer=layer, site="resid_post", method=method,
+                            scores=scores, preserve_error=keep, positions=positions)  # fmt: skip
 
     def run(fn: Callable[..., Tensor], *a: Any, **kw: Any) -> tuple[float, Tensor]:
         return timed(partial(fn, *a, **kw), cuda, args.clock)

@@ -29,8 +29,8 @@ import torch
 from transformers import GPT2Config, GPT2LMHeadModel
 
 from hf_sae_steer import FeatureScores, load_prompts
-from hf_sae_steer.data import embed_prompts
 from hf_sae_steer.sae import SAEConfig, build_sae
+from hf_sae_steer.scoring.embedders import embed_prompts
 
 STORAGE = Path(__file__).resolve().parents[2] / "shared" / "seed" / "storage"
 # shape -> (GPT2Config overrides, SAE latents, hooked layer); TopK(32) SAE at resid_post.

@@ -225,8 +225,7 @@ def save_sae(state: dict[str, Tensor], a: argparse.Namespace, out: Path) -> SAE:
     cfg = SAEConfig(
         d_in=state["b_dec"].numel(), d_sae=a.d_sae, activation="topk", k=a.k,
         normalize_activations="layer_norm", apply_b_dec_to_input=True, layer=a.layer,
-        site="resid_post", hook_name=f"blocks.{a.layer}.hook_resid_post",
-        model_name="hf-sae-steer-demo",
+        site="resid_post", model_name="hf-sae-steer-demo",
     )  # fmt: skip
     sae = build_sae(cfg, state)
     sae.save_pretrained(out)
@@ -273,7 +272,8 @@ def samples(
 
 
 def build_scores(out: Path, info: dict) -> None:
-    """Fit the score artifact (METHOD.md §3) with the real MiniLM embedder; record its report."""
+    """Fit the score artifact (docs/method.md §3) with the real MiniLM embedder; record its
+    report."""
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     from hf_sae_steer import FeatureScores, load_prompts

@@ -177,7 +177,7 @@ def build_corpus(seed: int, heldout_frac: float = 0.05, root: Path = WORDNET_DIR
 def prompt_sets(corpus: Corpus, seed: int) -> dict[str, list[str]]:
     """Alignment: medical held-out documents. Reference: other held-out documents, round-robin
     over WordNet's lexicographer files, medical ones included at their natural share (a broad
-    set, as METHOD.md asks; without any, no latent near the topic can score). Prompts: fixed
+    set, as docs/method.md asks; without any, no latent near the topic can score). Prompts: fixed
     neutral openings."""
     rng = random.Random(seed)
     held = [corpus.synsets[k] for k in corpus.heldout_keys]

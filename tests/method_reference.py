@@ -1,4 +1,4 @@
-"""METHOD.md §1-2 written out plainly, one token at a time, from an OpenAI state dict.
+"""docs/method.md §1-2 written out plainly, one token at a time, from an OpenAI state dict.
 
 Shares no code with hf_sae_steer: it is the yardstick the library is measured against.
 """

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from hf_sae_steer.cli import main
+from hf_sae_steer.cli.main import main
 
 DEMO = Path(__file__).resolve().parents[1] / "storage" / "demo"
 ASSETS = f"--model {DEMO / 'model'} --sae {DEMO / 'sae'}"
@@ -47,7 +47,9 @@ def test_generate_json_matches_the_python_api(capsys):
     )  # fmt: skip
     (row,) = json.loads(out)
     from hf_sae_steer import SteeredModel, load_sae
-    from hf_sae_steer.recipes import continue_prompts, load_model, load_scores
+    from hf_sae_steer.generation import continue_prompts
+    from hf_sae_steer.models import load_model
+    from hf_sae_steer.scoring.record import load_scores
 
     model, tok = load_model(str(DEMO / "model"))
     base = continue_prompts(model, tok, [prompt], max_new_tokens=8)

@@ -1,4 +1,4 @@
-"""OpenAI .pt checkpoints: the maths of METHOD.md §1, the name parser, the az:// cache."""
+"""OpenAI .pt checkpoints: the maths of docs/method.md §1, the name parser, the az:// cache."""
 
 from __future__ import annotations
 
@@ -27,7 +27,7 @@ class Evil:
         return (_mark_executed, ())
 
 
-# -- METHOD.md §1, written out plainly -----------------------------------------------------
+# -- docs/method.md §1, written out plainly -----------------------------------------------------
 def ref_encode(state: dict, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, tuple]:
     """Returns (pre, z, (mu, std)); LN only for TopK checkpoints."""
     topk = state.get("activation") == "TopK"

@@ -11,7 +11,8 @@ import torch
 from sae_factories import D_IN, D_SAE, saelens_cfg, saelens_state, write_saelens
 from safetensors.torch import load_file
 
-from hf_sae_steer.sae import load_sae, parse_hook_name
+from hf_sae_steer.sae import load_sae
+from hf_sae_steer.sites.names import parse_hook_name
 
 ARCHS = ["standard", "topk", "jumprelu", "gated"]
 
@@ -246,7 +247,7 @@ def test_hook_name_built_from_layer_and_site(tmp_path: Path) -> None:
     sae = load_sae(
         write_saelens(tmp_path / "in", saelens_cfg("standard"), saelens_state("standard"))
     )
-    sae.cfg.layer, sae.cfg.site, sae.cfg.hook_name = 6, "resid_mid", None
+    sae.cfg.layer, sae.cfg.site = 6, "resid_mid"  # the hook name follows: it is derived
     written = json.loads((sae.save_pretrained(tmp_path / "out") / "cfg.json").read_text())
     assert written["metadata"]["hook_name"] == "blocks.6.hook_resid_mid"
     assert (load_sae(tmp_path / "out").cfg.layer, load_sae(tmp_path / "out").cfg.site) == (

@@ -39,8 +39,10 @@ from arch_models import (
 )
 from torch import Tensor, nn
 
-from hf_sae_steer.sites import Site, find_layout, hook_site, run_to_site
-from hf_sae_steer.steered import SteeredModel, SteeringSpec
+from hf_sae_steer.sites.hooks import hook_site, run_to_site
+from hf_sae_steer.sites.layouts import find_layout
+from hf_sae_steer.sites.names import Site
+from hf_sae_steer.steering.steered import SteeredModel, SteeringSpec
 
 # -- 1. layouts and names ---------------------------------------------------------------------
 

@@ -28,8 +28,10 @@ from arch_models import (
 )
 from torch import Tensor, nn
 
-from hf_sae_steer.sites import Site, find_layout, hook_site, run_to_site
-from hf_sae_steer.steered import SteeredModel
+from hf_sae_steer.sites.hooks import hook_site, run_to_site
+from hf_sae_steer.sites.layouts import find_layout
+from hf_sae_steer.sites.names import Site
+from hf_sae_steer.steering.steered import SteeredModel
 
 # -- 5. unsupported architectures and explicit overrides --------------------------------------
 

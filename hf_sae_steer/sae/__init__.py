@@ -1,8 +1,23 @@
-"""SAE formats: one interface (:class:`SAE`), one reader per checkpoint family."""
+"""SAE formats: one interface (:class:`SAE`), one module per architecture, one reader per
+checkpoint family, and :func:`load_sae` in front of them all.
 
-from hf_sae_steer.sae.architectures import GatedSAE, JumpReLUSAE, ReLUSAE, TopKSAE
-from hf_sae_steer.sae.base import SAE, SITES, NormInfo, SAEConfig, build_sae
+Importing this package registers every architecture (``relu``, ``topk``, ``jumprelu``,
+``gated``) with :func:`~hf_sae_steer.sae.base.register_architecture`.
+"""
+
+from hf_sae_steer.sae.base import (
+    ARCHITECTURES,
+    SAE,
+    Code,
+    NormInfo,
+    SparseCode,
+    build_sae,
+    register_architecture,
+)
+from hf_sae_steer.sae.config import SAEConfig
+from hf_sae_steer.sae.gated import GatedSAE
 from hf_sae_steer.sae.gemmascope import gemmascope_to_sae, load_gemmascope
+from hf_sae_steer.sae.jumprelu import JumpReLUSAE
 from hf_sae_steer.sae.loading import load_local, load_sae
 from hf_sae_steer.sae.openai import (
     load_openai,
@@ -11,16 +26,20 @@ from hf_sae_steer.sae.openai import (
     openai_url,
     parse_openai_name,
 )
-from hf_sae_steer.sae.saelens import load_saelens, parse_hook_name, sae_from_saelens, save_saelens
+from hf_sae_steer.sae.relu import ReLUSAE
+from hf_sae_steer.sae.saelens import load_saelens, sae_from_saelens
+from hf_sae_steer.sae.topk import TopKSAE
 
 __all__ = [
+    "ARCHITECTURES",
     "SAE",
-    "SITES",
+    "Code",
     "GatedSAE",
     "JumpReLUSAE",
     "NormInfo",
     "ReLUSAE",
     "SAEConfig",
+    "SparseCode",
     "TopKSAE",
     "build_sae",
     "gemmascope_to_sae",
@@ -32,8 +51,7 @@ __all__ = [
     "load_saelens",
     "openai_state_to_sae",
     "openai_url",
-    "parse_hook_name",
     "parse_openai_name",
+    "register_architecture",
     "sae_from_saelens",
-    "save_saelens",
 ]

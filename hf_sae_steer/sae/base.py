@@ -1,61 +1,38 @@
-"""One SAE interface for every checkpoint format.
+"""One SAE interface for every checkpoint format, and the registry of SAE architectures.
 
-Every reader in ``hf_sae_steer.sae`` returns an :class:`SAE`: a preprocessing step, linear
-pre-activations, an elementwise (or top-k) activation and a linear decoder (METHOD.md §1).
-Weights follow SAELens's layout: ``W_enc [d_in, d_sae]``, ``W_dec [d_sae, d_in]``; the decoder
-rows double as an embedding table so k-sparse latents decode without a dense matmul.
+An SAE is a preprocessing step, linear pre-activations, an activation function and a linear
+decoder (``docs/method.md`` §1). Weights follow SAELens's layout: ``W_enc [d_in, d_sae]``,
+``W_dec [d_sae, d_in]``. Architectures differ only in the activation; each lives in its own
+module and registers itself with :func:`register_architecture`, so this module never imports
+them.
+
+The latent-space API used by steering and scoring:
+
+- :meth:`SAE.preprocess` / :meth:`SAE.encode_pre`: the input as the SAE saw it in training and
+  the pre-activations, plus :class:`NormInfo` (what preprocessing removed);
+- :meth:`SAE.code`: the activation as a :data:`Code`, a :class:`SparseCode` for k-sparse SAEs
+  (TopK), a dense ``[..., d_sae]`` tensor otherwise;
+- :meth:`SAE.decode_code`: a code back to the input's space;
+- :meth:`SAE.decode_change`: a change of latents to the change of the input it causes, with the
+  preprocessing's scale applied (the decoder bias and the shift cancel out of a difference);
+- :meth:`SAE.placed`: the SAE on a device and dtype (a copy only when it has to move).
 """
 
 from __future__ import annotations
 
+import copy
 import hashlib
-import json
-from dataclasses import asdict, dataclass, field
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Literal, NamedTuple
+from typing import NamedTuple, TypeVar
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-Activation = Literal["relu", "topk", "jumprelu", "gated"]
-Normalize = Literal["none", "layer_norm", "constant_norm_rescale"]
-SITES = ("resid_pre", "resid_mid", "resid_post", "attn_out", "mlp_out")
+from hf_sae_steer.sae.config import SAEConfig
+
 LN_EPS = 1e-5
-
-
-@dataclass
-class SAEConfig:
-    """Shape, activation and preprocessing of an SAE, plus where it was trained (when known)."""
-
-    d_in: int
-    d_sae: int
-    activation: Activation = "relu"
-    k: int | None = None
-    normalize_activations: Normalize = "none"
-    apply_b_dec_to_input: bool = True
-    center_input: bool = False
-    layer: int | None = None
-    site: str | None = None
-    hook_name: str | None = None
-    model_name: str | None = None
-    spec: str | None = None
-    extra: dict[str, Any] = field(default_factory=dict)
-
-    def __post_init__(self) -> None:
-        if self.activation not in ("relu", "topk", "jumprelu", "gated"):
-            raise ValueError(
-                f"Unknown SAE activation {self.activation!r}; use relu, topk, jumprelu or gated."
-            )
-        if self.activation == "topk" and (self.k is None or not 0 < self.k <= self.d_sae):
-            raise ValueError(f"A TopK SAE needs 0 < k <= d_sae={self.d_sae}, got k={self.k}.")
-        if self.normalize_activations not in ("none", "layer_norm", "constant_norm_rescale"):
-            raise ValueError(
-                f"Unknown normalize_activations {self.normalize_activations!r}; use none, "
-                "layer_norm or constant_norm_rescale."
-            )
-        if self.site is not None and self.site not in SITES:
-            raise ValueError(f"Unknown site {self.site!r}; use one of {', '.join(SITES)}.")
 
 
 class NormInfo(NamedTuple):
@@ -65,10 +42,32 @@ class NormInfo(NamedTuple):
     shift: Tensor | None
 
 
+class SparseCode(NamedTuple):
+    """A k-sparse code: latent ``indices [..., m]`` and their ``values [..., m]``.
+
+    Indices may repeat; values then add up (a change is old latents with negated values plus
+    new ones).
+    """
+
+    indices: Tensor
+    values: Tensor
+
+    def minus(self, other: SparseCode) -> SparseCode:
+        """``self - other`` as one sparse code (concatenated, nothing merged)."""
+        return SparseCode(
+            torch.cat([self.indices, other.indices], dim=-1),
+            torch.cat([self.values, -other.values], dim=-1),
+        )
+
+
+Code = Tensor | SparseCode
+
+
 class SAE(nn.Module):
     """A sparse autoencoder: ``decode(activate(encode_pre(preprocess(x))))``.
 
-    Subclasses only define :meth:`activate` (and, for k-sparse codes, :meth:`activate_sparse`).
+    Subclasses define :meth:`activate` (and, for k-sparse codes, :meth:`activate_sparse`) and
+    register with :func:`register_architecture`.
     """
 
     def __init__(self, cfg: SAEConfig) -> None:
@@ -102,6 +101,14 @@ class SAE(nn.Module):
     def dtype(self) -> torch.dtype:
         return self.W_enc.dtype
 
+    def placed(self, device: torch.device | str, dtype: torch.dtype | None = None) -> SAE:
+        """This SAE on ``device`` in ``dtype``: itself when already there, else a moved copy
+        (the caller's SAE never changes device or dtype under it)."""
+        device, dtype = torch.device(device), dtype or self.dtype
+        if self.device == device and self.dtype == dtype:
+            return self
+        return copy.deepcopy(self).to(device=device, dtype=dtype)
+
     # -- the four steps ------------------------------------------------------------------
     def preprocess(self, x: Tensor) -> tuple[Tensor, NormInfo]:
         """Centre / normalise ``x`` as the SAE saw it in training; return what to undo."""
@@ -124,6 +131,7 @@ class SAE(nn.Module):
         return x, NormInfo(scale, shift)
 
     def postprocess(self, y: Tensor, info: NormInfo | None) -> Tensor:
+        """Undo :meth:`preprocess` on a decoded ``y``."""
         if info is None:
             return y
         if info.scale is not None:
@@ -141,41 +149,70 @@ class SAE(nn.Module):
         return flat.view(*x.shape[:-1], self.d_sae)
 
     def activate(self, pre: Tensor) -> Tensor:
+        """The dense code ``[..., d_sae]`` of pre-activations."""
         raise NotImplementedError
 
-    def activate_sparse(self, pre: Tensor) -> tuple[Tensor, Tensor]:
-        """``(indices, values)`` of the ``k`` selected latents; only for k-sparse SAEs."""
+    def activate_sparse(self, pre: Tensor) -> SparseCode:
+        """The ``k`` selected latents; only for k-sparse SAEs."""
         raise NotImplementedError(f"{type(self).__name__} has no k-sparse code.")
 
+    def code(self, pre: Tensor) -> Code:
+        """The activation in this SAE's natural form: sparse when k-sparse, else dense."""
+        return self.activate_sparse(pre) if self.k is not None else self.activate(pre)
+
     def encode(self, x: Tensor) -> Tensor:
+        """The dense code of ``x`` (preprocessing included)."""
         x, _ = self.preprocess(x)
         return self.activate(self.encode_pre(x))
 
+    def encode_code(self, x: Tensor) -> tuple[Code, NormInfo]:
+        """The code of ``x`` in natural form, and what preprocessing removed."""
+        xp, info = self.preprocess(x)
+        return self.code(self.encode_pre(xp)), info
+
     def decode(self, z: Tensor, info: NormInfo | None = None) -> Tensor:
+        """A dense code back to the input's space."""
         return self.postprocess(z @ self.W_dec + self.b_dec, info)
 
-    def decode_sparse(
-        self, indices: Tensor, values: Tensor, info: NormInfo | None = None
-    ) -> Tensor:
-        """Decode a code given by ``indices``/``values`` ``[..., m]`` without a dense matmul."""
-        return self.postprocess(self.decode_delta_sparse(indices, values) + self.b_dec, info)
+    def decode_code(self, code: Code, info: NormInfo | None = None) -> Tensor:
+        """A dense or sparse code back to the input's space."""
+        if isinstance(code, SparseCode):
+            return self.postprocess(self._linear_sparse(code) + self.b_dec, info)
+        return self.decode(code, info)
 
-    def decode_delta_sparse(self, indices: Tensor, values: Tensor) -> Tensor:
-        """``values @ W_dec[indices]``: the decoder's linear part on a sparse code."""
-        lead = indices.shape[:-1]
-        m = indices.shape[-1]
+    def decode_change(self, change: Code, info: NormInfo | None = None) -> Tensor:
+        """The change of the input caused by changing the latents by ``change``.
+
+        Decoding is affine, so only the decoder's linear part and the preprocessing's scale act
+        on a difference; ``b_dec`` and the shift cancel.
+        """
+        if isinstance(change, SparseCode):
+            delta = self._linear_sparse(change)
+        else:
+            delta = change @ self.W_dec
+        return self.scale_change(delta, info)
+
+    def scale_change(self, delta: Tensor, info: NormInfo | None) -> Tensor:
+        """A change in the decoder's space, in the input's units."""
+        if info is None or info.scale is None:
+            return delta
+        return delta * info.scale
+
+    def _linear_sparse(self, code: SparseCode) -> Tensor:
+        """``values @ W_dec[indices]`` without a dense ``d_sae`` matmul (embedding_bag)."""
+        lead, m = code.indices.shape[:-1], code.indices.shape[-1]
         out = F.embedding_bag(
-            indices.reshape(-1, m),
+            code.indices.reshape(-1, m),
             self.W_dec,
-            per_sample_weights=values.reshape(-1, m).to(self.W_dec.dtype),
+            per_sample_weights=code.values.reshape(-1, m).to(self.W_dec.dtype),
             mode="sum",
         )
         return out.reshape(*lead, self.d_in)
 
     def forward(self, x: Tensor) -> Tensor:
         """The SAE round trip: ``decode(encode(x))`` in the input's space."""
-        xp, info = self.preprocess(x)
-        return self.decode(self.activate(self.encode_pre(xp)), info)
+        code, info = self.encode_code(x)
+        return self.decode_code(code, info)
 
     # -- identity ------------------------------------------------------------------------
     def fingerprint(self) -> str:
@@ -194,21 +231,37 @@ class SAE(nn.Module):
         k = f", k={c.k}" if c.activation == "topk" else ""
         return f"d_in={c.d_in}, d_sae={c.d_sae}, activation={c.activation}{k}{where}"
 
-    def config_dict(self) -> dict[str, Any]:
-        return json.loads(json.dumps(asdict(self.cfg), default=str))
-
     def save_pretrained(self, path: str | Path) -> Path:
-        """Write a SAELens-layout folder (``cfg.json`` + ``sae_weights.safetensors``)."""
-        from hf_sae_steer.sae.saelens import save_saelens
+        """Write a SAELens-layout folder (``cfg.json`` + ``sae_weights.safetensors``), the
+        library's native SAE format; :func:`~hf_sae_steer.sae.load_sae` reads it back."""
+        from hf_sae_steer.sae.saelens_format import write_folder
 
-        return save_saelens(self, path)
+        return write_folder(self.cfg, self.state_dict(), path)
+
+
+# -- the architecture registry -----------------------------------------------------------------
+ARCHITECTURES: dict[str, type[SAE]] = {}
+_SAEType = TypeVar("_SAEType", bound=type[SAE])
+
+
+def register_architecture(activation: str) -> Callable[[_SAEType], _SAEType]:
+    """Class decorator: the SAE class for ``SAEConfig.activation == activation``."""
+
+    def register(cls: _SAEType) -> _SAEType:
+        ARCHITECTURES[activation] = cls
+        return cls
+
+    return register
 
 
 def build_sae(cfg: SAEConfig, state: dict[str, Tensor]) -> SAE:
     """Instantiate the architecture named by ``cfg`` and load ``state`` (SAELens layout)."""
-    from hf_sae_steer.sae.architectures import ARCHITECTURES
-
-    sae = ARCHITECTURES[cfg.activation](cfg)
+    cls = ARCHITECTURES.get(cfg.activation)
+    if cls is None:
+        raise ValueError(
+            f"Unknown SAE activation {cfg.activation!r}; use one of {', '.join(ARCHITECTURES)}."
+        )
+    sae = cls(cfg)
     expected = dict(sae.state_dict())
     missing = sorted(set(expected) - set(state))
     if missing:
@@ -222,3 +275,4 @@ def build_sae(cfg: SAEConfig, state: dict[str, Tensor]) -> SAE:
             )
     sae.load_state_dict({k: state[k].to(torch.float32) for k in expected})
     return sae
+

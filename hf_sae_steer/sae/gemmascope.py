@@ -18,8 +18,9 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from hf_sae_steer.sae.base import SAE, SAEConfig, build_sae
-from hf_sae_steer.sae.saelens import read_safetensors
+from hf_sae_steer.sae.base import SAE, build_sae
+from hf_sae_steer.sae.config import SAEConfig
+from hf_sae_steer.sae.files import read_safetensors
 
 PARAM_FILES = ("params.safetensors", "params.npz")
 _KEYS = {"w_enc": "W_enc", "w_dec": "W_dec", "b_enc": "b_enc", "b_dec": "b_dec"}
@@ -53,7 +54,7 @@ def read_params(path: str | os.PathLike[str]) -> dict[str, Tensor]:
 
 
 def where_from_path(path: str) -> dict[str, Any]:
-    """Layer, site, model and hook name when ``path`` follows Gemma Scope's layout."""
+    """Layer, site and model when ``path`` follows Gemma Scope's layout."""
     text = path.replace("\\", "/")
     repo, layer_m = _REPO_RE.search(text), _LAYER_RE.search(text)
     if repo is None:
@@ -63,17 +64,17 @@ def where_from_path(path: str) -> dict[str, Any]:
     if layer_m is None:
         if repo["kind"] == "res" and re.search(r"(?:^|/)embedding/", text):
             # The embedding SAEs read the (scaled) embeddings: the input of block 0.
-            out.update(layer=0, site="resid_pre", hook_name="blocks.0.hook_resid_pre")
+            out.update(layer=0, site="resid_pre")
         return out
     layer = int(layer_m[1])
     out["layer"] = layer
     if repo["kind"] == "att":
         # Trained on the concatenated head outputs before o_proj (TransformerLens hook_z).
-        out["hook_name"] = f"blocks.{layer}.attn.hook_z"
+        out["extra"]["hook_name"] = f"blocks.{layer}.attn.hook_z"
         out["extra"]["note"] = "attention SAE on hook_z (heads before o_proj): not a hook site"
     else:
         site = _KIND_SITES[repo["kind"]]
-        out.update(site=site, hook_name=f"blocks.{layer}.hook_{site}")
+        out["site"] = site
     return out
 
 

@@ -12,7 +12,8 @@ import torch
 from hf_sae_steer.sae.base import SAE
 from hf_sae_steer.sae.gemmascope import PARAM_FILES, find_params, load_gemmascope
 from hf_sae_steer.sae.openai import load_openai, load_openai_name
-from hf_sae_steer.sae.saelens import CFG_FILENAME, WEIGHTS_FILENAME, load_saelens, sae_from_saelens
+from hf_sae_steer.sae.saelens import load_saelens, sae_from_saelens
+from hf_sae_steer.sae.saelens_format import CFG_FILENAME, WEIGHTS_FILENAME
 
 PathLike = str | os.PathLike[str]
 ACCEPTED = (

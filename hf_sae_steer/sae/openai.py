@@ -3,7 +3,7 @@
 A checkpoint is a plain state dict: ``pre_bias [d]``, ``encoder.weight [n, d]``,
 ``latent_bias [n]``, ``decoder.weight [d, n]``, three statistics buffers (ignored), the
 activation's class name (``"TopK"`` or ``"ReLU"``; absent means ReLU) and its state
-(``{"k": 32, "postact_fn": "ReLU"}``). TopK checkpoints layer-norm their input (METHOD.md §1).
+(``{"k": 32, "postact_fn": "ReLU"}``). TopK checkpoints layer-norm their input (docs/method.md §1).
 """
 
 from __future__ import annotations
@@ -21,7 +21,9 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from hf_sae_steer.sae.base import SAE, SAEConfig, build_sae
+from hf_sae_steer.sae.base import SAE, build_sae
+from hf_sae_steer.sae.config import SAEConfig
+from hf_sae_steer.sites.names import OPENAI_LOCATIONS
 
 BLOB_ROOT = "az://openaipublic/sparse-autoencoder/gpt2-small"
 N_LAYERS = 12  # gpt2-small
@@ -35,16 +37,8 @@ LOCATIONS: dict[str, tuple[str, ...]] = {
     "v5_32k": _V5_LOCATIONS,
     "v5_128k": _V5_LOCATIONS,
 }
-# OpenAI location -> (our site, TransformerLens hook suffix) at the same layer.
-LOCATION_SITES: dict[str, tuple[str | None, str]] = {
-    "resid_post_mlp": ("resid_post", "hook_resid_post"),
-    "resid_post_attn": ("resid_mid", "hook_resid_mid"),
-    "resid_delta_attn": ("attn_out", "hook_attn_out"),
-    "resid_delta_mlp": ("mlp_out", "hook_mlp_out"),
-    "mlp_post_act": (None, "mlp.hook_post"),
-}
 _PATH_RE = re.compile(
-    r"(?P<location>" + "|".join(LOCATION_SITES) + r")(?P<suffix>_v4|_v5_32k|_v5_128k)?"
+    r"(?P<location>" + "|".join(OPENAI_LOCATIONS) + r")(?P<suffix>_v4|_v5_32k|_v5_128k)?"
     r"/autoencoders/(?P<layer>\d+)\.pt$"
 )
 _NEEDS_CODE_RE = re.compile(r"GLOBAL|unrecognized function|allowlisted")
@@ -225,17 +219,17 @@ def openai_state_to_sae(
                 f"for encoder.weight {tuple(enc.shape)}."
             )
     activation, k = _activation(state, source)
-    site = hook_name = None
+    site = None
     extra: dict[str, Any] = {"format": "openai"}
     if location is not None:
-        site, hook = LOCATION_SITES[location]
+        site = OPENAI_LOCATIONS[location]
         extra["location"] = location
-        if layer is not None:
-            hook_name = f"blocks.{layer}.{hook}"
         if site is None:
             extra["note"] = (
                 f"{location} is the MLP hidden activation (d={d}), a site that cannot be hooked."
             )
+            if layer is not None:
+                extra["hook_name"] = f"blocks.{layer}.mlp.hook_post"
     try:
         cfg = SAEConfig(
             d_in=d,
@@ -247,7 +241,6 @@ def openai_state_to_sae(
             apply_b_dec_to_input=True,
             layer=layer,
             site=site,
-            hook_name=hook_name,
             model_name=MODEL_NAME if location is not None else None,
             extra=extra,
         )

@@ -1,0 +1,264 @@
+"""The commands behind ``hf-sae-steer``: each turns parsed arguments into API calls and prints
+the result; no logic of its own."""
+
+from __future__ import annotations
+
+import argparse
+import warnings
+from typing import Any
+
+import torch
+
+from hf_sae_steer.cli.demo import run_demo
+from hf_sae_steer.evaluation.sweep import evaluate
+from hf_sae_steer.generation import compare_methods
+from hf_sae_steer.models import load_model
+from hf_sae_steer.sae.loading import load_sae
+from hf_sae_steer.scoring import FeatureScores
+from hf_sae_steer.scoring.examples import latent_examples
+from hf_sae_steer.scoring.prompts import load_prompts
+from hf_sae_steer.scoring.record import load_scores
+from hf_sae_steer.steering.interventions import METHODS
+
+
+def run(args: argparse.Namespace) -> Any:
+    """Run the parsed command; returns what ``--json`` prints."""
+    torch.manual_seed(args.seed)
+    if not _progress(args):
+        from transformers.utils import logging as hf_logging
+
+        hf_logging.disable_progress_bar()
+    return COMMANDS[args.command](args)
+
+
+def _progress(args: argparse.Namespace) -> bool:
+    return not (args.quiet or args.json)
+
+
+def _prompts(args: argparse.Namespace) -> list[str]:
+    prompts = list(args.prompt)
+    if args.prompts:
+        prompts += load_prompts(args.prompts)
+    if not prompts:
+        raise ValueError("No prompts: pass --prompt TEXT (repeatable) or --prompts FILE.")
+    return prompts
+
+
+def _methods(text: str) -> list[str]:
+    methods = [m.strip() for m in text.split(",") if m.strip()]
+    unknown = [m for m in methods if m not in METHODS]
+    if unknown or not methods:
+        raise ValueError(f"Unknown method {unknown or text!r}; use one of {', '.join(METHODS)}.")
+    return methods
+
+
+def _floats(text: str, flag: str) -> tuple[float, ...]:
+    try:
+        values = tuple(float(v) for v in text.split(",") if v.strip())
+    except ValueError:
+        values = ()
+    if not values:
+        raise ValueError(f"{flag} must be comma-separated numbers, e.g. 0.5,1,2; got {text!r}.")
+    return values
+
+
+def _gen_options(args: argparse.Namespace) -> dict[str, Any]:
+    return dict(
+        max_new_tokens=args.max_new_tokens,
+        do_sample=args.sample,
+        temperature=args.temperature,
+        top_k=args.top_k,
+        top_p=args.top_p,
+        seed=args.seed,
+        batch_size=args.batch_size,
+        progress=_progress(args),
+    )
+
+
+def cmd_score(args: argparse.Namespace) -> dict[str, Any]:
+    model, tokenizer = load_model(args.model, device=args.device, dtype=args.dtype)
+    reference, alignment = (
+        load_prompts(
+            getattr(args, which),
+            column=getattr(args, f"{which}_column") or args.column,
+            split=getattr(args, f"{which}_split") or args.split,
+            config=args.config,
+        )
+        for which in ("reference", "alignment")
+    )
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", UserWarning)  # the report below prints them, once
+        scores = FeatureScores.fit(
+            model,
+            tokenizer,
+            load_sae(args.sae),
+            layer=args.layer,
+            site=args.site,
+            reference=reference,
+            alignment=alignment,
+            summary=args.summary,
+            embedder=args.embedder,
+            batch_size=args.batch_size,
+            embed_max_seq_length=args.embed_max_seq_length,
+            progress=_progress(args),
+        )
+    scores.model_id = args.model
+    path = scores.save_pretrained(args.out)
+    if args.push_to_hub:
+        scores.push_to_hub(args.push_to_hub)
+    if not args.json:
+        print(f"Wrote {path}\n{scores.report()}")
+    return {"path": str(path), "report": scores.report().to_dict()}
+
+
+def cmd_generate(args: argparse.Namespace) -> list[dict[str, str]]:
+    methods, prompts = _methods(args.methods), _prompts(args)
+    sae, scores = load_sae(args.sae), load_scores(args.scores)  # cheap checks before the model
+    model, tokenizer = load_model(args.model, device=args.device, dtype=args.dtype)
+    rows = compare_methods(
+        model,
+        tokenizer,
+        sae,
+        scores,
+        prompts,
+        methods,
+        layer=args.layer,
+        site=args.site,
+        strength=args.strength,
+        preserve_error=args.preserve_error,
+        positions=args.positions,
+        include_base=args.compare,
+        **_gen_options(args),
+    )
+    if not args.json:
+        _print_rows(rows, methods, show_base=args.compare)
+    return rows
+
+
+def _print_rows(rows: list[dict[str, str]], methods: list[str], show_base: bool) -> None:
+    for row in rows:
+        print(f"\n>>> {row['prompt']}")
+        if show_base:
+            print(f"  [base ] {row['base']!r}")
+        for method in methods:
+            print(f"  [{method:<5}] {row[method]!r}")
+
+
+def cmd_inspect(args: argparse.Namespace) -> dict[str, Any]:
+    sae, scores, prompts = load_sae(args.sae), load_scores(args.scores), load_prompts(args.prompts)
+    model, tokenizer = load_model(args.model, device=args.device, dtype=args.dtype)
+    top = scores.top_latents(args.top).tolist()
+    examples = latent_examples(
+        model,
+        tokenizer,
+        sae,
+        prompts,
+        top,
+        layer=args.layer,
+        site=args.site,
+        scores=scores,
+        per_latent=args.examples,
+        batch_size=args.batch_size,
+        progress=_progress(args),
+    )
+    report = scores.report()
+    if not args.json:
+        for latent in top:
+            print(f"\nlatent {latent}  score {float(scores.scores[latent]):.4f}")
+            for ex in examples[latent] or []:
+                print(f"  {ex.activation:8.3f}  token {ex.token!r} in: {ex.prompt[:90]!r}")
+            if not examples[latent]:
+                print("  (never fires on these prompts)")
+        print(f"\n{report}")
+    return {
+        "latents": [
+            {
+                "latent": i,
+                "score": float(scores.scores[i]),
+                "examples": [vars(ex) for ex in examples[i]],
+            }
+            for i in top
+        ],
+        "report": report.to_dict(),
+    }
+
+
+def cmd_demo(args: argparse.Namespace) -> dict[str, Any]:
+    methods = _methods(args.methods)
+    result = run_demo(
+        args.assets,
+        model=args.model,
+        sae=args.sae,
+        scores=args.scores,
+        prompts=args.prompts,
+        alignment=args.alignment,
+        methods=methods,
+        strength=args.strength,
+        preserve_error=args.preserve_error,
+        n_prompts=args.n_prompts,
+        max_new_tokens=args.max_new_tokens,
+        do_sample=args.sample,
+        temperature=args.temperature,
+        top_k=args.top_k,
+        top_p=args.top_p,
+        batch_size=args.batch_size,
+        seed=args.seed,
+        device=args.device,
+        dtype=args.dtype,
+        progress=_progress(args),
+    )
+    if not args.json:
+        print(f"model {result.setup['model']}  sae {result.setup['sae']}")
+        _print_rows(result.rows, methods, show_base=True)
+        if result.report is not None:
+            print(f"\n{result.report}")
+        print(f"\n{result.relevance_line()}")
+    return result.to_dict()
+
+
+def cmd_eval(args: argparse.Namespace) -> dict[str, Any]:
+    strengths = _floats(args.strengths, "--strengths")
+    preserve = {"both": (False, True), "on": (True,), "off": (False,)}[args.preserve_error]
+    methods = tuple(_methods(args.methods))
+    import matplotlib  # noqa: F401 - fail now, not after the whole sweep, if plotting can't work
+
+    prompts, alignment = load_prompts(args.prompts)[: args.n_prompts], load_prompts(args.alignment)
+    sae, scores = load_sae(args.sae), load_scores(args.scores)  # cheap checks before the model
+    model, tokenizer = load_model(args.model, device=args.device, dtype=args.dtype)
+    result = evaluate(
+        model,
+        tokenizer,
+        sae,
+        scores,
+        prompts,
+        alignment,
+        methods=methods,
+        embedder=args.embedder,
+        temperature=args.temperature,
+        top_k=args.top_k,
+        batch_size=args.batch_size,
+        preserve_error=preserve,
+        strengths=strengths,
+        samples=args.samples,
+        max_new_tokens=args.max_new_tokens,
+        seed=args.seed,
+        layer=args.layer,
+        site=args.site,
+        progress=_progress(args),
+    )
+    files = result.save(args.out)
+    if not args.json:
+        print(result.to_markdown())
+        print(f"\nWrote {', '.join(str(path) for path in files.values())}")
+    return {"files": {name: str(path) for name, path in files.items()}, "rows": result.rows}
+
+
+
+
+COMMANDS = {
+    "score": cmd_score,
+    "generate": cmd_generate,
+    "inspect": cmd_inspect,
+    "demo": cmd_demo,
+    "eval": cmd_eval,
+}

@@ -1,0 +1,169 @@
+"""``hf-sae-steer``: the argument parser and the entry point.
+
+Parsing needs no torch, so ``--help`` is instant; the commands (:mod:`.commands`) import the
+library when they run."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+from collections.abc import Sequence
+
+EXIT_BAD_INPUT = 2
+EXIT_FAILURE = 1
+# What bad input raises; anything else is a failure of ours (exit 1, still one line).
+BAD_INPUT = (ValueError, TypeError, KeyError, OSError, ImportError)
+
+
+def positive_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        value = 0
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}")
+    return value
+
+
+def _common(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--device", help="torch device, e.g. cpu or cuda (default: cpu)")
+    p.add_argument("--dtype", choices=["float32", "bfloat16", "float16"], help="model dtype")
+    p.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
+    p.add_argument("--json", action="store_true", help="print machine-readable JSON")
+    p.add_argument("--quiet", action="store_true", help="no progress bars")
+    p.add_argument("--debug", action="store_true", help="show full tracebacks on errors")
+
+
+def _model_sae(p: argparse.ArgumentParser, scores: bool = True) -> None:
+    p.add_argument("--model", required=True, help="HF model id or local folder")
+    p.add_argument("--sae", required=True, help="SAE spec: openai:..., hf://..., a .pt or folder")
+    p.add_argument("--layer", type=int, help="block index (default: from the SAE / scores)")
+    p.add_argument("--site", help="resid_pre, resid_mid, resid_post, attn_out or mlp_out")
+    if scores:
+        p.add_argument("--scores", required=True, help="score folder, Hub repo id, or CSV")
+
+
+def _generation(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--max-new-tokens", type=positive_int, default=32)
+    p.add_argument("--sample", action="store_true", help="sample instead of greedy decoding")
+    p.add_argument("--temperature", type=float, default=1.0)
+    p.add_argument("--top-k", type=int, default=50)
+    p.add_argument("--top-p", type=float, default=1.0)
+    p.add_argument("--batch-size", type=positive_int, default=8)
+
+
+def _steering(p: argparse.ArgumentParser, several: bool) -> None:
+    if several:
+        p.add_argument("--methods", default="swap", help="comma-separated, e.g. swap,clamp")
+    else:
+        p.add_argument("--method", default="swap", help="orig, sae, clamp, weight or swap")
+    p.add_argument("--strength", type=float, default=1.0)
+    p.add_argument("--preserve-error", action="store_true", help="keep the SAE's error term")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="hf-sae-steer", description="Steer Hugging Face causal LMs with sparse autoencoders."
+    )
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    p = sub.add_parser("score", help="score SAE latents against an alignment set")
+    _model_sae(p, scores=False)
+    p.add_argument("--reference", required=True, help="reference prompts (file or dataset id)")
+    p.add_argument("--alignment", required=True, help="alignment prompts (file or dataset id)")
+    p.add_argument("--column", help="text column of both prompt sources")
+    p.add_argument("--split", help="split of both prompt sources, e.g. train[:20]")
+    p.add_argument("--config", help="dataset config of both prompt sources (Hub datasets)")
+    for which in ("reference", "alignment"):
+        p.add_argument(f"--{which}-column", help=f"text column of the {which} set")
+        p.add_argument(f"--{which}-split", help=f"split of the {which} set")
+    p.add_argument(
+        "--embed-max-seq-length",
+        type=positive_int,
+        help="embedder truncation in tokens (MiniLM: 256 by default; the reference used 512)",
+    )
+    p.add_argument("--summary", default="avg", choices=["avg", "max", "counts"])
+    p.add_argument("--embedder", default="sentence-transformers/all-MiniLM-L6-v2")
+    p.add_argument("--batch-size", type=positive_int, default=16)
+    p.add_argument("--out", required=True, help="folder to write the score artifact to")
+    p.add_argument("--push-to-hub", metavar="REPO", help="also upload the artifact")
+    _common(p)
+
+    p = sub.add_parser("generate", help="generate steered text")
+    _model_sae(p)
+    p.add_argument("--prompt", action="append", default=[], help="a prompt (repeatable)")
+    p.add_argument("--prompts", help="file of prompts (txt/csv/json/jsonl/parquet)")
+    p.add_argument("--compare", action="store_true", help="print base and steered side by side")
+    p.add_argument("--positions", default="all", choices=["all", "prompt", "generated"])
+    _steering(p, several=True)
+    _generation(p)
+    _common(p)
+
+    p = sub.add_parser("inspect", help="top latents, what fires them, the uncertainty report")
+    _model_sae(p)
+    p.add_argument("--prompts", required=True, help="prompts to search (e.g. the reference set)")
+    p.add_argument("--top", type=positive_int, default=10, help="how many latents")
+    p.add_argument("--examples", type=positive_int, default=3, help="examples per latent")
+    p.add_argument("--batch-size", type=positive_int, default=16)
+    _common(p)
+
+    p = sub.add_parser("demo", help="base vs steered on the shipped demo (offline) or your setup")
+    p.add_argument("--assets", help="demo asset folder (default: storage/demo)")
+    p.add_argument("--model")
+    p.add_argument("--sae")
+    p.add_argument("--scores")
+    p.add_argument("--prompts", help="prompts file (default: the demo's)")
+    p.add_argument("--alignment", help="alignment set, for the relevance line")
+    p.add_argument("--n-prompts", type=positive_int, default=6)
+    _steering(p, several=True)
+    _generation(p)
+    _common(p)
+
+    p = sub.add_parser("eval", help="relevance vs fluency across methods and strengths")
+    _model_sae(p)
+    p.add_argument("--prompts", required=True, help="held-out prompts")
+    p.add_argument("--alignment", required=True, help="the alignment set")
+    p.add_argument("--methods", default="orig,sae,clamp,weight,swap")
+    p.add_argument("--strengths", default="0.5,1,2")
+    p.add_argument("--preserve-error", default="both", choices=["both", "on", "off"])
+    p.add_argument("--samples", type=positive_int, default=3)
+    p.add_argument("--max-new-tokens", type=positive_int, default=24)
+    p.add_argument("--n-prompts", type=positive_int, help="use only the first N prompts")
+    p.add_argument("--embedder", help="sentence embedder (default: the one the scores used)")
+    p.add_argument("--temperature", type=float, default=1.0, help="sampling temperature")
+    p.add_argument("--top-k", type=int, default=50)
+    p.add_argument("--batch-size", type=positive_int, default=16)
+    p.add_argument("--out", required=True, help="folder for table.md/csv, samples, plot.png")
+    _common(p)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        from hf_sae_steer.cli import commands
+
+        result = commands.run(args)
+    except KeyboardInterrupt:
+        return 130
+    except Exception as error:  # noqa: BLE001 - one line for users; --debug shows the rest
+        if args.debug or os.environ.get("HF_SAE_STEER_DEBUG"):
+            raise
+        bad_input = isinstance(error, BAD_INPUT)
+        kind = "error" if bad_input else f"internal error ({type(error).__name__}; --debug)"
+        print(f"hf-sae-steer {args.command}: {kind}: {_one_line(error)}", file=sys.stderr)
+        return EXIT_BAD_INPUT if bad_input else EXIT_FAILURE
+    if args.json:
+        print(json.dumps(result, indent=2, default=str))
+    return 0
+
+
+def _one_line(error: BaseException) -> str:
+    lines = str(error).strip().splitlines()
+    return lines[0] if lines else type(error).__name__
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,193 @@
+"""Batched continuations with one seeding scheme, shared by the CLI, the demo and the evaluation.
+
+Batch ``b`` of a run is seeded with ``seed * 1_000_003 + b`` inside a forked RNG, so the base
+model and every steering see the same random numbers for the same rows (common random numbers),
+and the caller's RNG state is left as it was.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+from tqdm.auto import tqdm
+
+from hf_sae_steer.models import eos_token_ids, model_device, pad_token_id
+from hf_sae_steer.sae.base import SAE
+from hf_sae_steer.steering.interventions import Method
+from hf_sae_steer.steering.positions import Positions
+from hf_sae_steer.steering.steered import Scores, SteeredModel
+
+SEED_STRIDE = 1_000_003
+
+
+@dataclass
+class Continuation:
+    """One generated continuation: the new tokens up to (not including) the first EOS."""
+
+    prompt_index: int
+    sample: int
+    seed: int
+    token_ids: list[int]
+    text: str
+    steps: int  # decoding steps it cost (a generated EOS counts)
+
+
+def sampling_options(
+    *,
+    max_new_tokens: int = 32,
+    do_sample: bool = False,
+    temperature: float = 1.0,
+    top_k: int | None = 50,
+    top_p: float = 1.0,
+) -> dict[str, Any]:
+    """``generate`` keyword arguments; sampling settings only when sampling."""
+    options: dict[str, Any] = {"max_new_tokens": max_new_tokens, "do_sample": do_sample}
+    if do_sample:
+        options.update(temperature=temperature, top_k=top_k, top_p=top_p)
+    return options
+
+
+class Generator:
+    """Continuations of fixed prompts, ``samples`` per prompt, seeded by batch position."""
+
+    def __init__(
+        self,
+        tokenizer: Any,
+        prompts: Sequence[str],
+        *,
+        samples: int = 1,
+        seed: int = 0,
+        batch_size: int = 8,
+        options: dict[str, Any] | None = None,
+    ) -> None:
+        self.tokenizer, self.prompts, self.seed = tokenizer, list(prompts), seed
+        self.prompt_ids = [list(t) for t in tokenizer(self.prompts)["input_ids"]]
+        self.items = [(p, j) for p in range(len(self.prompts)) for j in range(samples)]
+        self.batch_size = max(1, batch_size)
+        self.options = options if options is not None else sampling_options()
+
+    def run(self, model: nn.Module, *, progress: bool = False) -> tuple[list[Continuation], float]:
+        """Every item's continuation under ``model`` (plain or steered), and the seconds spent
+        inside ``generate`` (synchronised on CUDA)."""
+        device = model_device(model)
+        kwargs = {**self.options, "pad_token_id": pad_token_id(self.tokenizer)}
+        eos = eos_token_ids(model, self.tokenizer)
+        out: list[Continuation] = []
+        seconds = 0.0
+        starts = range(0, len(self.items), self.batch_size)
+        for b, start in enumerate(tqdm(starts, desc="generate", disable=not progress, leave=False)):
+            batch = self.items[start : start + self.batch_size]
+            ids, mask = self.left_padded([self.prompt_ids[p] for p, _ in batch], device)
+            batch_seed = self.seed * SEED_STRIDE + b
+            with torch.random.fork_rng(devices=_cuda_devices(device)):  # caller's RNG kept
+                torch.manual_seed(batch_seed)
+                t0 = time.perf_counter()
+                generated = model.generate(input_ids=ids, attention_mask=mask, **kwargs)
+                if device.type == "cuda":
+                    torch.cuda.synchronize(device)
+                seconds += time.perf_counter() - t0
+            for row, (p, j) in enumerate(batch):
+                new = generated[row, ids.shape[1] :].tolist()
+                stop = next((i for i, t in enumerate(new) if t in eos), len(new))
+                text = self.tokenizer.decode(new[:stop], skip_special_tokens=True)
+                steps = min(stop + 1, len(new))
+                out.append(Continuation(p, j, batch_seed, new[:stop], text, steps))
+        return out, seconds
+
+    def warm_up(self, model: nn.Module) -> None:
+        """One short untimed generation, so the first timed run pays no one-time start-up costs
+        (allocator, kernels, lazy imports)."""
+        device = model_device(model)
+        ids, mask = self.left_padded([self.prompt_ids[p] for p, _ in self.items[:2]], device)
+        kwargs = {**self.options, "max_new_tokens": 2, "pad_token_id": pad_token_id(self.tokenizer)}
+        with torch.random.fork_rng(devices=_cuda_devices(device)):
+            model.generate(input_ids=ids, attention_mask=mask, **kwargs)
+
+    def left_padded(self, seqs: list[list[int]], device: torch.device) -> tuple[Tensor, Tensor]:
+        """Left padding whatever the tokenizer's side: generation continues at the right edge."""
+        width = max(map(len, seqs))
+        ids = torch.full((len(seqs), width), pad_token_id(self.tokenizer), dtype=torch.long)
+        mask = torch.zeros_like(ids)
+        for r, s in enumerate(seqs):
+            ids[r, width - len(s) :] = torch.tensor(s, dtype=torch.long)
+            mask[r, width - len(s) :] = 1
+        return ids.to(device), mask.to(device)
+
+
+def continue_prompts(
+    model: nn.Module,
+    tokenizer: Any,
+    prompts: Sequence[str],
+    *,
+    max_new_tokens: int = 32,
+    do_sample: bool = False,
+    temperature: float = 1.0,
+    top_k: int | None = 50,
+    top_p: float = 1.0,
+    seed: int = 0,
+    batch_size: int = 8,
+    progress: bool = False,
+) -> list[str]:
+    """Continuations (new text only) of ``prompts``; ``model`` may be a :class:`SteeredModel`."""
+    options = sampling_options(
+        max_new_tokens=max_new_tokens,
+        do_sample=do_sample,
+        temperature=temperature,
+        top_k=top_k,
+        top_p=top_p,
+    )
+    gen = Generator(tokenizer, prompts, seed=seed, batch_size=batch_size, options=options)
+    continuations, _ = gen.run(model, progress=progress)
+    return [c.text for c in continuations]
+
+
+def compare_methods(
+    model: nn.Module,
+    tokenizer: Any,
+    sae: SAE,
+    scores: Scores,
+    prompts: Sequence[str],
+    methods: Sequence[Method] = ("swap",),
+    *,
+    layer: int | None = None,
+    site: str | None = None,
+    strength: float = 1.0,
+    preserve_error: bool = False,
+    positions: Positions = "all",
+    allow_score_mismatch: bool = False,
+    include_base: bool = True,
+    **generation: Any,
+) -> list[dict[str, str]]:
+    """Base and steered continuations side by side: one row per prompt, one key per method
+    (``"base"`` too unless ``include_base=False``); every run draws the same random numbers."""
+    rows: list[dict[str, str]] = [{"prompt": p} for p in prompts]
+    if include_base:
+        texts = continue_prompts(model, tokenizer, prompts, **generation)
+        for row, text in zip(rows, texts, strict=True):
+            row["base"] = text
+    for method in methods:
+        with SteeredModel(
+            model,
+            sae,
+            layer=layer,
+            site=site,  # type: ignore[arg-type]
+            method=method,
+            scores=scores,
+            strength=strength,
+            preserve_error=preserve_error,
+            positions=positions,
+            allow_score_mismatch=allow_score_mismatch,
+        ) as steered:
+            texts = continue_prompts(steered, tokenizer, prompts, **generation)
+        for row, text in zip(rows, texts, strict=True):
+            row[method] = text
+    return rows
+
+
+def _cuda_devices(device: torch.device) -> list[int]:
+    return [device.index or 0] if device.type == "cuda" else []

@@ -1,0 +1,97 @@
+"""Hugging Face models and tokenizers: loading them for steering, and the facts the rest of the
+library reads off them (device, hidden size, context length, pad and EOS ids, name)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+
+
+def load_model(
+    name_or_path: str, *, device: str | None = None, dtype: str | torch.dtype | None = None
+) -> tuple[nn.Module, Any]:
+    """A causal LM and its tokenizer, ready for batched generation (left padding, a pad token)."""
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    if isinstance(dtype, str):
+        if dtype not in DTYPES:
+            raise ValueError(f"Unknown dtype {dtype!r}; use one of {', '.join(DTYPES)}.")
+        dtype = DTYPES[dtype]
+    local = Path(name_or_path).expanduser()
+    if name_or_path.startswith((".", "/", "~")) or local.exists():
+        if not (local / "config.json").is_file():
+            raise FileNotFoundError(f"Model folder {local} does not exist or has no config.json.")
+        name_or_path = str(local)
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(name_or_path)
+        model = AutoModelForCausalLM.from_pretrained(name_or_path, dtype=dtype or torch.float32)
+    except OSError as error:
+        first = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
+        raise OSError(
+            f"Cannot load model {name_or_path!r}: not a local folder, and not fetchable "
+            f"from the Hugging Face Hub or its cache ({first})."
+        ) from error
+    if device is not None:
+        model.to(device)
+    model.eval()
+    if tokenizer.pad_token is None:
+        tokenizer.pad_token = tokenizer.eos_token
+    tokenizer.padding_side = "left"  # decoder-only models continue from the right edge
+    if model.generation_config.pad_token_id is None:
+        model.generation_config.pad_token_id = tokenizer.pad_token_id
+    return model, tokenizer
+
+
+def model_device(model: nn.Module) -> torch.device:
+    """Where the model's first materialised parameter lives (CPU for a parameterless model)."""
+    param = next((p for p in model.parameters() if p.device.type != "meta"), None)
+    return param.device if param is not None else torch.device("cpu")
+
+
+def hidden_size(model: nn.Module) -> int | None:
+    """The residual stream's width, from the config (text config of multimodal models)."""
+    config = getattr(model, "config", None)
+    config = getattr(config, "text_config", None) or config
+    for name in ("hidden_size", "n_embd", "d_model"):
+        value = getattr(config, name, None)
+        if isinstance(value, int):
+            return value
+    return None
+
+
+def context_length(model: nn.Module, tokenizer: Any = None) -> int | None:
+    """The longest sequence the model takes (its position table), else the tokenizer's limit."""
+    config = getattr(model, "config", None)
+    config = getattr(config, "text_config", None) or config
+    for name in ("max_position_embeddings", "n_positions", "n_ctx"):
+        value = getattr(config, name, None)
+        if isinstance(value, int) and value > 0:
+            return value
+    value = getattr(tokenizer, "model_max_length", None)
+    return value if isinstance(value, int) and 0 < value < 10**7 else None
+
+
+def pad_token_id(tokenizer: Any) -> int:
+    """The pad id, else the EOS id, else 0 (padding is always masked out)."""
+    for name in ("pad_token_id", "eos_token_id"):
+        value = getattr(tokenizer, name, None)
+        if value is not None:
+            return int(value)
+    return 0
+
+
+def eos_token_ids(model: nn.Module, tokenizer: Any) -> set[int]:
+    """Every id that ends a generation: the generation config's and the tokenizer's."""
+    found = getattr(getattr(model, "generation_config", None), "eos_token_id", None)
+    found = found if isinstance(found, list) else [found]
+    return {int(t) for t in [*found, getattr(tokenizer, "eos_token_id", None)] if t is not None}
+
+
+def model_id(model: nn.Module) -> str | None:
+    """The id or path the model was loaded from, when transformers recorded it."""
+    return getattr(getattr(model, "config", None), "_name_or_path", None) or None

@@ -1,0 +1,65 @@
+"""The model card (``README.md``) of a score artifact: YAML front matter and a summary table."""
+
+from __future__ import annotations
+
+import json
+import re
+from pathlib import Path
+from typing import Any
+
+CARD_FILE = "README.md"
+TAGS = ("hf_sae_steer", "sparse-autoencoder", "sae", "steering", "feature-scores")
+HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*(/[\w.-]+)?$")
+
+
+def model_card(config: dict[str, Any]) -> str:
+    """A README.md with YAML front matter (JSON strings are valid YAML scalars)."""
+    front = ["---", "library_name: hf_sae_steer", "tags:"] + [f"- {t}" for t in TAGS]
+    base = config.get("model_id")
+    if isinstance(base, str) and HUB_ID.match(base) and not Path(base).exists():
+        front.append(f"base_model: {json.dumps(base)}")
+    front.append("---")
+    report = config["report"]
+    where = f"layer {config['layer']}, site `{config['site']}`"
+    rows: list[tuple[str, Any]] = [
+        ("model", config.get("model_id")),
+        ("SAE", f"{config['sae']['spec']} (fingerprint `{config['sae']['fingerprint']}`)"),
+        ("hook", where),
+        ("summary", config.get("summary")),
+        ("embedder", config.get("embedder")),
+        ("reference set", _count(config["reference"]["size"])),
+        ("alignment set", _count(config["alignment"]["size"])),
+        ("coverage", f"{config['coverage']:.3f}"),
+        ("FVU on the alignment set", _fmt(report.get("fvu"))),
+        (f"top-{report.get('top_k')} latents firing on it", report.get("top_firing")),
+        ("effective latents (exp entropy)", f"{report.get('effective_latents', 0.0):.1f}"),
+    ]
+    body = [
+        f"# Feature scores: {config.get('model_id')}, {where}",
+        "",
+        "Per-latent steering scores in [0, 1] for a sparse autoencoder, fitted with "
+        f"[hf_sae_steer](https://pypi.org/project/hf-sae-steer/) {config['library_version']}.",
+        "",
+        "| | |",
+        "|---|---|",
+        *[f"| {k} | {'unknown' if v is None else v} |" for k, v in rows],
+        "",
+        *[f"> Warning: {w}" for w in report.get("warnings", [])],
+        "",
+        "```python",
+        "from hf_sae_steer import FeatureScores, SteeredModel, load_sae",
+        "",
+        'scores = FeatureScores.from_pretrained("<this repo>")',
+        f"sae = load_sae({json.dumps(config['sae']['spec'] or '<the SAE these scores fit>')})",
+        'steered = SteeredModel(model, sae, method="swap", scores=scores)',
+        "```",
+    ]
+    return "\n".join(front + body) + "\n"
+
+
+def _count(size: int | None) -> str | None:
+    return None if size is None else f"{size} prompts"
+
+
+def _fmt(value: Any) -> Any:
+    return f"{value:.3f}" if isinstance(value, float) else value

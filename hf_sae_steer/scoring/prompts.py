@@ -1,0 +1,211 @@
+"""Prompt sets: loading them (Hub datasets, files, lists) and hashing them.
+
+>>> load_prompts(["a prompt", "another"])
+['a prompt', 'another']
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+# Column names picked automatically, in this order, when no single string column stands out.
+# "0" is what pandas writes for an unnamed Series (the reference demo's CSV layout).
+PREFERRED_COLUMNS = ("text", "prompt", "0")
+FILE_SUFFIXES = (".csv", ".json", ".jsonl", ".parquet", ".txt")
+
+
+def load_prompts(
+    source: Any,
+    column: str | None = None,
+    split: str | None = None,
+    config: str | None = None,
+) -> list[str]:
+    """Load a list of prompts from ``source``.
+
+    ``source`` is a list of strings, a ``datasets.Dataset`` / ``DatasetDict``, a local ``.csv``,
+    ``.json``, ``.jsonl``, ``.parquet`` or ``.txt`` file (one prompt per line), a local dataset
+    folder, or a Hub dataset id (loaded with ``datasets.load_dataset(source, config, split=...)``;
+    split strings such as ``"train[:20]"`` work). With ``column=None`` the column is picked when
+    there is a single string column or one named ``text``, ``prompt`` or ``0``.
+    """
+    if isinstance(source, (str, Path)):
+        return _from_path_or_id(source, column, split, config)
+    # A Dataset object means datasets is already imported; lists need not pay for the import.
+    datasets = sys.modules.get("datasets")
+    if datasets is not None and isinstance(source, datasets.DatasetDict):
+        return _from_dataset(_pick_split(source, split), column, "the dataset")
+    if datasets is not None and isinstance(source, datasets.Dataset):
+        return _from_dataset(source, column, "the dataset")
+    if isinstance(source, Sequence):
+        return _check_strings(list(source), "the list")
+    raise TypeError(
+        f"Cannot load prompts from a {type(source).__name__}; pass a list of strings, a "
+        "datasets.Dataset, a file path (csv, json, jsonl, parquet, txt) or a Hub dataset id."
+    )
+
+
+def _from_path_or_id(
+    source: str | Path, column: str | None, split: str | None, config: str | None
+) -> list[str]:
+    path = Path(source).expanduser()
+    suffix = path.suffix.lower()
+    if path.is_file():
+        return _slice(_from_file(path, suffix, column), split, str(path))
+    if suffix in FILE_SUFFIXES or isinstance(source, Path):
+        raise FileNotFoundError(f"No such prompt file: {path}")
+    # A local folder (data files or a repo clone) or a Hub dataset id: datasets resolves both.
+    import datasets
+
+    if path.is_dir() and (path / "state.json").exists():
+        loaded: Any = datasets.load_from_disk(str(path))
+    else:
+        loaded = datasets.load_dataset(str(source), config, split=split)
+    if isinstance(loaded, datasets.DatasetDict):
+        loaded = _pick_split(loaded, split)
+    return _from_dataset(loaded, column, str(source))
+
+
+def _slice(prompts: list[str], split: str | None, where: str) -> list[str]:
+    """A local file is one split; ``split`` may still take a slice of it: ``"train[:20]"``."""
+    if split is None:
+        return prompts
+    match = re.fullmatch(r"\s*\w*\s*(?:\[\s*(-?\d*)\s*:\s*(-?\d*)\s*\])?\s*", split)
+    if match is None:
+        raise ValueError(
+            f"Cannot apply split {split!r} to {where}: a local file takes a slice such as "
+            "'train[:20]' or '[10:30]' (percentages are for Hub datasets)."
+        )
+    start, stop = (int(g) if g else None for g in match.groups())
+    chosen = prompts[start:stop]
+    if not chosen:
+        raise ValueError(f"Split {split!r} leaves no prompts of the {len(prompts)} in {where}.")
+    return chosen
+
+
+def _from_file(path: Path, suffix: str, column: str | None) -> list[str]:
+    if suffix == ".txt":
+        lines = path.read_text(encoding="utf-8").splitlines()
+        return _check_strings([line for line in lines if line.strip()], str(path))
+    if suffix in (".json", ".jsonl"):
+        return _from_records(_read_json(path, suffix == ".jsonl"), column, str(path))
+    if suffix in (".csv", ".parquet"):
+        return _from_frame(_read_frame(path, suffix), column, str(path))
+    raise ValueError(
+        f"Unsupported prompt file {path.name!r}; use one of {', '.join(FILE_SUFFIXES)}."
+    )
+
+
+def _pick_split(dataset_dict: Any, split: str | None) -> Any:
+    names = list(dataset_dict.keys())
+    if split is not None:
+        if split not in dataset_dict:
+            raise ValueError(f"No split {split!r}; the splits are {names}.")
+        return dataset_dict[split]
+    if len(names) == 1:
+        return dataset_dict[names[0]]
+    if "train" in dataset_dict:
+        return dataset_dict["train"]
+    raise ValueError(f"Several splits and none named 'train': pass split= one of {names}.")
+
+
+def _read_json(path: Path, lines: bool) -> list[Any] | dict[str, Any]:
+    text = path.read_text(encoding="utf-8")
+    if lines:
+        return [json.loads(line) for line in text.splitlines() if line.strip()]
+    return json.loads(text)
+
+
+def _read_frame(path: Path, suffix: str) -> Any:
+    import pandas as pd
+
+    if suffix == ".parquet":
+        return pd.read_parquet(path)
+    # keep_default_na=False: an empty cell is "" (caught below), and "NA" stays a prompt.
+    return pd.read_csv(path, keep_default_na=False)
+
+
+def _from_records(data: list[Any] | dict[str, Any], column: str | None, where: str) -> list[str]:
+    """JSON: a list of strings, a list of objects, or an object of columns."""
+    if isinstance(data, dict):
+        columns = {str(k): list(v) for k, v in data.items() if isinstance(v, list)}
+        if not columns:
+            raise ValueError(f"{where} holds an object without list-valued columns.")
+        return _from_columns(columns, column, where)
+    if not isinstance(data, list):
+        raise ValueError(f"{where} holds a JSON {type(data).__name__}, not a list of prompts.")
+    if column is None and all(isinstance(row, str) for row in data):
+        return _check_strings(data, where)
+    if not all(isinstance(row, dict) for row in data):
+        raise ValueError(f"{where} mixes objects and other values; expected one kind of row.")
+    names = list(dict.fromkeys(k for row in data for k in row))
+    columns = {str(k): [row.get(k) for row in data] for k in names}
+    return _from_columns(columns, column, where)
+
+
+def _from_frame(frame: Any, column: str | None, where: str) -> list[str]:
+    columns = {str(name): frame[name].tolist() for name in frame.columns}
+    return _from_columns(columns, column, where)
+
+
+def _from_dataset(dataset: Any, column: str | None, where: str) -> list[str]:
+    names = list(dataset.column_names)
+    if column is None:
+        strings = [
+            n
+            for n in names
+            if getattr(dataset.features[n], "dtype", None) in ("string", "large_string")
+        ]
+        column = _auto_column(names, strings, where)
+    if column not in names:
+        raise ValueError(f"No column {column!r} in {where}; the columns are {names}.")
+    return _check_strings(list(dataset[column]), f"column {column!r} of {where}")
+
+
+def _from_columns(columns: dict[str, list[Any]], column: str | None, where: str) -> list[str]:
+    names = list(columns)
+    if column is None:
+        # The unnamed index pandas writes ("Unnamed: 0") is never a prompt column.
+        candidates = [n for n in names if not n.startswith("Unnamed:")]
+        strings = [n for n in candidates if all(isinstance(v, str) for v in columns[n])]
+        column = _auto_column(names, strings, where)
+    if column not in columns:
+        raise ValueError(f"No column {column!r} in {where}; the columns are {names}.")
+    return _check_strings(columns[column], f"column {column!r} of {where}")
+
+
+def _auto_column(names: list[str], strings: list[str], where: str) -> str:
+    if len(strings) == 1:
+        return strings[0]
+    for name in PREFERRED_COLUMNS:
+        if name in names:
+            return name
+    found = f"string columns {strings}" if strings else "no string column"
+    raise ValueError(
+        f"Cannot tell which column of {where} holds the prompts ({found}; all columns: {names}). "
+        "Pass column='...'."
+    )
+
+
+def _check_strings(values: list[Any], where: str) -> list[str]:
+    if not values:
+        raise ValueError(f"No prompts in {where}: the prompt set is empty.")
+    for i, value in enumerate(values):
+        if not isinstance(value, str):
+            raise ValueError(
+                f"Row {i} of {where} is {type(value).__name__} ({value!r}), not a string."
+            )
+        if not value.strip():
+            raise ValueError(f"Row {i} of {where} is an empty prompt.")
+    return values
+
+
+def hash_prompts(prompts: Sequence[str]) -> str:
+    """A short content hash of a prompt set, to record which sets produced a score artifact."""
+    import hashlib
+
+    return hashlib.sha256(json.dumps(list(prompts), ensure_ascii=False).encode()).hexdigest()[:16]

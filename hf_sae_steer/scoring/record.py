@@ -1,0 +1,307 @@
+"""The score record, :class:`FeatureScores`: per-latent scores, where they came from, their
+uncertainty report, and their artifact (a folder, local or on the Hub, or the reference's CSV).
+
+This module is a leaf of the scoring package: it holds data and reads and writes it, and runs no
+algorithm. Fitting lives in :mod:`hf_sae_steer.scoring.fit` (``FeatureScores.fit`` is attached
+there). An artifact folder holds ``scores.safetensors`` (scores and per-latent statistics),
+``steering_config.json`` (provenance) and a ``README.md`` model card. Nothing is ever unpickled.
+
+>>> scores.save_pretrained("out/medical-gpt2-l9")                      # doctest: +SKIP
+>>> scores = FeatureScores.from_pretrained("out/medical-gpt2-l9")  # or "owner/repo"
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import tempfile
+import warnings
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, ClassVar
+
+import torch
+from safetensors.torch import load_file, save_file
+from torch import Tensor
+
+from hf_sae_steer.sae.base import SAE
+from hf_sae_steer.scoring.card import CARD_FILE, HUB_ID, model_card
+from hf_sae_steer.scoring.csv_scores import read_score_csv
+from hf_sae_steer.scoring.uncertainty import TOP_K, ScoreReport, build_report
+
+SCORES_FILE = "scores.safetensors"
+CONFIG_FILE = "steering_config.json"
+FORMAT = "hf_sae_steer/feature_scores"
+FORMAT_VERSION = 1
+
+
+@dataclass(repr=False)
+class FeatureScores:
+    """Per-latent scores in [0, 1] for one SAE at one site, with where they came from."""
+
+    scores: Tensor
+    coverage: float
+    layer: int | None = None
+    site: str | None = None
+    summary: str | None = None
+    sae_fingerprint: str | None = None
+    sae_spec: str | None = None
+    model_id: str | None = None
+    embedder: str | None = None
+    reference_size: int | None = None
+    reference_hash: str | None = None
+    alignment_size: int | None = None
+    alignment_hash: str | None = None
+    options: dict[str, Any] = field(default_factory=dict)
+    stats: dict[str, Tensor] = field(default_factory=dict)
+    quality: ScoreReport | None = None
+
+    # ``FeatureScores.fit(model, tokenizer, sae, ...)``: set by hf_sae_steer.scoring.fit, so that
+    # the record imports no algorithm (see that module for the arguments).
+    fit: ClassVar[Callable[..., FeatureScores]]
+
+    def __post_init__(self) -> None:
+        self.scores = torch.as_tensor(self.scores, dtype=torch.float32).detach().cpu().flatten()
+        self.coverage = float(self.coverage)
+
+    @property
+    def d_sae(self) -> int:
+        return self.scores.numel()
+
+    def __repr__(self) -> str:
+        where = f"layer={self.layer}, site={self.site}, " if self.layer is not None else ""
+        return (
+            f"FeatureScores(d_sae={self.d_sae}, {where}summary={self.summary}, "
+            f"coverage={self.coverage:.3f}, sae_fingerprint={self.sae_fingerprint})"
+        )
+
+    def report(self) -> ScoreReport:
+        """Coverage, FVU, top latents firing on the alignment set, effective latents, warnings."""
+        if self.quality is not None:
+            return self.quality
+        return build_report(self.scores, self.coverage, None, self.stats.get("align_fire_counts"))
+
+    def top_latents(self, k: int = TOP_K) -> Tensor:
+        """Indices of the ``k`` highest-scoring latents, best first."""
+        return torch.topk(self.scores, min(k, self.d_sae)).indices
+
+    # -- the artifact --------------------------------------------------------------------
+    def to_config(self) -> dict[str, Any]:
+        """The JSON side of the artifact: provenance, options and the uncertainty report."""
+        from hf_sae_steer import __version__
+
+        return {
+            "format": FORMAT,
+            "format_version": FORMAT_VERSION,
+            "library_version": __version__,
+            "model_id": self.model_id,
+            "sae": {
+                "spec": self.sae_spec,
+                "fingerprint": self.sae_fingerprint,
+                "d_sae": self.d_sae,
+            },
+            "layer": self.layer,
+            "site": self.site,
+            "summary": self.summary,
+            "embedder": self.embedder,
+            "coverage": self.coverage,
+            "reference": {"size": self.reference_size, "hash": self.reference_hash},
+            "alignment": {"size": self.alignment_size, "hash": self.alignment_hash},
+            "options": self.options,
+            "report": _finite(self.report().to_dict()),
+        }
+
+    def save_pretrained(self, path: str | Path) -> Path:
+        """Write the artifact folder ``path``; returns it."""
+        folder = Path(path)
+        folder.mkdir(parents=True, exist_ok=True)
+        tensors = {"scores": self.scores}
+        for name, value in self.stats.items():
+            if name == "scores":
+                raise ValueError("A per-latent statistic may not be called 'scores'.")
+            tensors[name] = value.detach().cpu()
+        save_file({k: v.contiguous() for k, v in tensors.items()}, folder / SCORES_FILE)
+        config = self.to_config()
+        (folder / CONFIG_FILE).write_text(json.dumps(config, indent=2, allow_nan=False) + "\n")
+        (folder / CARD_FILE).write_text(model_card(config))
+        return folder
+
+    def push_to_hub(
+        self,
+        repo_id: str,
+        *,
+        private: bool | None = None,
+        token: str | None = None,
+        revision: str | None = None,
+        commit_message: str = "Upload feature scores with hf_sae_steer",
+        create_pr: bool = False,
+    ) -> Any:
+        """Create ``repo_id`` (if needed) and upload the artifact folder; returns the commit."""
+        from huggingface_hub import HfApi
+
+        api = HfApi(token=token)
+        api.create_repo(repo_id, private=private, exist_ok=True, repo_type="model")
+        with tempfile.TemporaryDirectory() as tmp:
+            self.save_pretrained(tmp)
+            return api.upload_folder(
+                repo_id=repo_id,
+                folder_path=tmp,
+                repo_type="model",
+                revision=revision,
+                commit_message=commit_message,
+                create_pr=create_pr,
+            )
+
+    @classmethod
+    def from_pretrained(
+        cls, path_or_repo_id: str | Path, revision: str | None = None
+    ) -> FeatureScores:
+        """Load an artifact from a folder or a Hub repo (``HF_HUB_OFFLINE=1`` uses the cache)."""
+        folder = _resolve(path_or_repo_id, revision)
+        config_path = folder / CONFIG_FILE
+        if not config_path.is_file():
+            raise FileNotFoundError(f"{folder} has no {CONFIG_FILE}: not a FeatureScores artifact.")
+        config = json.loads(config_path.read_text())
+        if config.get("format") != FORMAT:
+            raise ValueError(f"{config_path} is not a FeatureScores artifact (format {FORMAT!r}).")
+        if int(config.get("format_version", 0)) > FORMAT_VERSION:
+            raise ValueError(
+                f"{config_path} has format version {config['format_version']}; this hf_sae_steer "
+                f"reads up to {FORMAT_VERSION}. Upgrade hf_sae_steer."
+            )
+        tensors = load_file(folder / SCORES_FILE)
+        scores = tensors.pop("scores", None)
+        d_sae = config["sae"].get("d_sae")
+        if scores is None or scores.ndim != 1 or (d_sae is not None and scores.numel() != d_sae):
+            raise ValueError(
+                f"{folder / SCORES_FILE} lacks a 1-D 'scores' tensor of d_sae={d_sae}."
+            )
+        if not torch.isfinite(scores).all():
+            raise ValueError(f"{folder / SCORES_FILE} holds non-finite scores.")
+        return cls(
+            scores=scores,
+            coverage=config["coverage"],
+            layer=config.get("layer"),
+            site=config.get("site"),
+            summary=config.get("summary"),
+            sae_fingerprint=config["sae"].get("fingerprint"),
+            sae_spec=config["sae"].get("spec"),
+            model_id=config.get("model_id"),
+            embedder=config.get("embedder"),
+            reference_size=config.get("reference", {}).get("size"),
+            reference_hash=config.get("reference", {}).get("hash"),
+            alignment_size=config.get("alignment", {}).get("size"),
+            alignment_hash=config.get("alignment", {}).get("hash"),
+            options=config.get("options", {}),
+            stats=tensors,
+            quality=ScoreReport.from_dict(config["report"]) if config.get("report") else None,
+        )
+
+    @classmethod
+    def from_csv(
+        cls,
+        path: str | Path,
+        *,
+        layer: int | None = None,
+        site: str | None = None,
+        sae_spec: str | None = None,
+        sae_fingerprint: str | None = None,
+        model_id: str | None = None,
+        summary: str | None = None,
+    ) -> FeatureScores:
+        """Import the reference demo's scores CSV (an index column and one score column).
+
+        An empty (or ``nan``) cell is a latent that never fired: its score is 0 and it does not
+        count towards coverage. The keyword arguments record what the CSV does not say.
+        """
+        scores, coverage, column = read_score_csv(path)
+        return cls(
+            scores=scores,
+            coverage=coverage,
+            layer=layer,
+            site=site,
+            summary=summary,
+            sae_fingerprint=sae_fingerprint,
+            sae_spec=sae_spec,
+            model_id=model_id,
+            options={"source": Path(path).name, "column": column},
+        )
+
+
+def load_scores(spec: str | Path, revision: str | None = None) -> FeatureScores:
+    """Scores from an artifact folder, a Hub repo id, or the reference demo's CSV format."""
+    path = Path(spec).expanduser()
+    if path.suffix.lower() == ".csv":
+        if not path.is_file():
+            raise FileNotFoundError(f"Scores file {path} does not exist.")
+        return FeatureScores.from_csv(path)
+    if path.exists() or str(spec).startswith((".", "/", "~")):
+        if not path.is_dir():
+            raise FileNotFoundError(f"Scores folder {path} does not exist.")
+        return FeatureScores.from_pretrained(path)
+    return FeatureScores.from_pretrained(str(spec), revision=revision)
+
+
+def check_compatible(scores: FeatureScores, sae: SAE, allow_mismatch: bool = False) -> None:
+    """Refuse scores computed for another SAE (a different width, or different weights).
+
+    Scores without a fingerprint (imported from CSV) are only checked for width.
+    """
+    n = int(scores.scores.numel())
+    if n != sae.d_sae:
+        raise ValueError(
+            f"These scores have {n} entries but the SAE has d_sae={sae.d_sae} latents: they belong "
+            "to another SAE. Fit scores for this SAE with FeatureScores.fit (no override exists: "
+            "the latents cannot be matched)."
+        )
+    expected = scores.sae_fingerprint
+    if expected is None:
+        return
+    actual = sae.fingerprint()
+    if expected != actual:
+        fitted_on = scores.sae_spec or "spec unknown"
+        message = (
+            f"These scores were fitted on SAE {expected} ({fitted_on}), but the SAE in use has "
+            f"fingerprint {actual} ({sae.cfg.spec or 'spec unknown'}): its latents may mean "
+            "other things. Fit scores for this SAE, or pass allow_score_mismatch=True to "
+            "SteeredModel (allow_mismatch=True to check_compatible) to steer anyway."
+        )
+        if not allow_mismatch:
+            raise ValueError(message)
+        warnings.warn(message, stacklevel=2)
+
+
+def _resolve(path_or_repo_id: str | Path, revision: str | None) -> Path:
+    path = Path(path_or_repo_id).expanduser()
+    if path.is_dir():
+        return path
+    text = str(path_or_repo_id)
+    if isinstance(path_or_repo_id, Path) or path.exists() or not HUB_ID.match(text):
+        raise FileNotFoundError(
+            f"{text!r} is neither an artifact folder nor a Hub repo id ('owner/name')."
+        )
+    from huggingface_hub import snapshot_download
+
+    from hf_sae_steer import __version__
+
+    return Path(
+        snapshot_download(
+            text,
+            revision=revision,
+            allow_patterns=[SCORES_FILE, CONFIG_FILE, CARD_FILE],
+            library_name="hf_sae_steer",
+            library_version=__version__,
+        )
+    )
+
+
+def _finite(data: Any) -> Any:
+    """JSON has no NaN: non-finite floats become null."""
+    if isinstance(data, float) and not math.isfinite(data):
+        return None
+    if isinstance(data, dict):
+        return {k: _finite(v) for k, v in data.items()}
+    if isinstance(data, list):
+        return [_finite(v) for v in data]
+    return data

@@ -1,0 +1,149 @@
+"""Hooks at a site: make a site's hidden state ``x`` become ``edit(x)``, or read it and stop.
+
+Hooks do no maths: they locate the hidden state in whatever a block passes around (a tensor in
+transformers 5, a tuple before; ``[batch*seq, d]`` in OPT's ``fc2``) and hand it to ``edit``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+from torch.utils.hooks import RemovableHandle
+
+from hf_sae_steer.sites.layouts import ModelLayout
+from hf_sae_steer.sites.names import Site
+
+Edit = Callable[[Tensor], Tensor]
+
+
+def _first(value: Any) -> Tensor:
+    return value[0] if isinstance(value, tuple | list) else value
+
+
+def _replace_first(value: Any, new: Tensor) -> Any:
+    if isinstance(value, tuple):
+        return (new, *value[1:])
+    if isinstance(value, list):
+        return [new, *value[1:]]
+    return new
+
+
+def _input_hidden(args: tuple, kwargs: dict) -> Tensor:
+    return args[0] if args else kwargs["hidden_states"]
+
+
+def _with_input_hidden(args: tuple, kwargs: dict, new: Tensor) -> tuple[tuple, dict]:
+    if args:
+        return (new, *args[1:]), kwargs
+    return args, {**kwargs, "hidden_states": new}
+
+
+def hook_site(layout: ModelLayout, site: Site, edit: Edit) -> list[RemovableHandle]:
+    """Register hooks so that ``site``'s hidden state ``x`` becomes ``edit(x)``.
+
+    Returns the handles; removing them all restores the model. Whatever container the block
+    returns (a tensor in transformers 5, a tuple before) is returned in kind. A ``resid_mid``
+    hook reads the block input as earlier pre-hooks left it: hook ``resid_pre`` first.
+    """
+    layout.check_layer(site.layer)
+    block = layout.blocks[site.layer]
+    kind = site.kind
+
+    if kind == "resid_pre":
+
+        def pre_hook(module: nn.Module, args: tuple, kwargs: dict) -> tuple[tuple, dict]:
+            return _with_input_hidden(args, kwargs, edit(_input_hidden(args, kwargs)))
+
+        return [block.register_forward_pre_hook(pre_hook, with_kwargs=True)]
+
+    if kind == "resid_post":
+
+        def post_hook(module: nn.Module, args: tuple, output: Any) -> Any:
+            return _replace_first(output, edit(_first(output)))
+
+        # First in line, so transformers' output_hidden_states recorders see the steered state.
+        return [block.register_forward_hook(post_hook, prepend=True)]
+
+    if kind in ("attn_out", "mlp_out"):
+        target = layout.sublayer(site.layer, _sublayer(layout, kind))
+        # Some sublayers run on [batch*seq, d] (OPT's fc2); edits always see [batch, seq, d].
+        lead: list[torch.Size] = []
+
+        def note_shape(module: nn.Module, args: tuple, kwargs: dict) -> None:
+            lead[:] = [_input_hidden(args, kwargs).shape[:-1]]
+
+        def out_hook(module: nn.Module, args: tuple, output: Any) -> Any:
+            x = _first(output)
+            shape = lead[0] if lead else x.shape[:-1]
+            if x.shape[:-1] != shape and x.shape[:-1].numel() == shape.numel():
+                return _replace_first(output, edit(x.reshape(*shape, x.shape[-1])).reshape(x.shape))
+            return _replace_first(output, edit(x))
+
+        return [
+            block.register_forward_pre_hook(note_shape, with_kwargs=True),
+            target.register_forward_hook(out_hook),
+        ]
+
+    # resid_mid = block input + attention output. Editing it means editing what attention
+    # adds: attn' = edit(resid_pre + attn) - resid_pre, which both the MLP and the stream see.
+    if layout.parallel or layout.post_ln:
+        why = (
+            "attention and MLP read the same input in parallel"
+            if layout.parallel
+            else "post-LN blocks normalise the stream between attention and MLP"
+        )
+        raise ValueError(
+            f"resid_mid does not exist in {type(block).__name__}: {why}. "
+            "Use resid_pre, resid_post, attn_out or mlp_out."
+        )
+    attn = layout.sublayer(site.layer, layout.attn)
+    stash: list[Tensor] = []
+
+    def stash_input(module: nn.Module, args: tuple, kwargs: dict) -> None:
+        stash[:] = [_input_hidden(args, kwargs)]
+
+    def mid_hook(module: nn.Module, args: tuple, output: Any) -> Any:
+        added = _first(output)
+        mid = stash.pop() + added
+        return _replace_first(output, added + (edit(mid) - mid))
+
+    return [
+        block.register_forward_pre_hook(stash_input, with_kwargs=True),
+        attn.register_forward_hook(mid_hook),
+    ]
+
+
+def _sublayer(layout: ModelLayout, kind: str) -> str:
+    return layout.attn if kind == "attn_out" else layout.mlp
+
+
+class StopForward(Exception):
+    """Raised by a capture hook to end a forward pass once the site has been read."""
+
+
+@torch.no_grad()
+def run_to_site(model: nn.Module, layout: ModelLayout, site: Site, **inputs: Any) -> Tensor:
+    """Run ``model(**inputs)`` only as far as ``site`` and return its hidden state.
+
+    Later blocks and the LM head never run, which is what makes scoring cheap.
+    """
+    captured: list[Tensor] = []
+
+    def capture(x: Tensor) -> Tensor:
+        captured.append(x)
+        raise StopForward
+
+    handles = hook_site(layout, site, capture)
+    try:
+        model(**inputs, use_cache=False)
+    except StopForward:
+        pass
+    finally:
+        for handle in handles:
+            handle.remove()
+    if not captured:
+        raise RuntimeError(f"The forward pass never reached {site.hook_name}.")
+    return captured[0]

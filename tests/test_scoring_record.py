@@ -1,0 +1,220 @@
+"""Score artifacts: save/load (local, offline HF cache, push), CSV import, the SAE check."""
+
+from __future__ import annotations
+
+import hashlib
+import math
+import os
+import shutil
+import warnings
+
+import huggingface_hub
+import pytest
+import torch
+import yaml
+from huggingface_hub import constants
+
+from hf_sae_steer import FeatureScores
+from hf_sae_steer.sae import SAEConfig, build_sae
+from hf_sae_steer.sae.loading import load_sae
+from hf_sae_steer.scoring.record import check_compatible
+
+D, N = 32, 40
+COMMIT = "0123456789abcdef0123456789abcdef01234567"
+
+
+def make_sae(folder, seed=0, n=N):
+    g = torch.Generator().manual_seed(seed)
+    state = {
+        "W_enc": torch.randn(D, n, generator=g),
+        "b_enc": torch.zeros(n),
+        "W_dec": torch.randn(n, D, generator=g),
+        "b_dec": torch.zeros(D),
+    }
+    cfg = SAEConfig(d_in=D, d_sae=n, activation="topk", k=4, layer=1, site="resid_post")
+    return load_sae(build_sae(cfg, state).save_pretrained(folder))
+
+
+@pytest.fixture(scope="module")
+def sae(tmp_path_factory):
+    return make_sae(tmp_path_factory.mktemp("sae") / "sae")
+
+
+def lengths(texts: list[str]) -> torch.Tensor:
+    return torch.tensor([[len(t), t.count("e")] for t in texts], dtype=torch.float32)
+
+
+@pytest.fixture(scope="module")
+def fitted(sae, tokenizer):
+    from tiny_models import tiny_gpt2
+
+    model = tiny_gpt2(len(tokenizer), d=D)
+    model.config._name_or_path = "openai-community/gpt2"
+    reference = ["The patient has a fever.", "Engineers built a bridge of steel.", "A farmer."]
+    alignment = ["Symptoms include fever and cough."]
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        return FeatureScores.fit(
+            model,
+            tokenizer,
+            sae,
+            reference=reference,
+            alignment=alignment,
+            embedder=lengths,
+            progress=False,
+        )
+
+
+def assert_same(a: FeatureScores, b: FeatureScores) -> None:
+    assert torch.equal(a.scores, b.scores) and a.scores.dtype == b.scores.dtype
+    assert a.stats.keys() == b.stats.keys()
+    for name in a.stats:
+        assert (
+            torch.equal(a.stats[name], b.stats[name]) and a.stats[name].dtype == b.stats[name].dtype
+        )
+    assert a.to_config() == b.to_config()
+    assert a.report() == b.report()
+
+
+def test_save_and_load_local(fitted, tmp_path):
+    folder = fitted.save_pretrained(tmp_path / "art")
+    assert sorted(p.name for p in folder.iterdir()) == [
+        "README.md",
+        "scores.safetensors",
+        "steering_config.json",
+    ]
+    loaded = FeatureScores.from_pretrained(folder)
+    assert_same(fitted, loaded)
+    assert (loaded.layer, loaded.site, loaded.summary) == (1, "resid_post", "avg")
+    config = loaded.to_config()
+    assert config["sae"]["fingerprint"] == fitted.sae_fingerprint
+    assert config["reference"]["size"] == 3 and config["library_version"]
+    assert "coverage" in config["report"] and "fvu" in config["report"]
+
+
+def test_model_card_front_matter(fitted, tmp_path):
+    text = (fitted.save_pretrained(tmp_path / "art") / "README.md").read_text()
+    _, front, body = text.split("---\n", 2)
+    meta = yaml.safe_load(front)
+    assert meta["library_name"] == "hf_sae_steer"
+    assert meta["base_model"] == "openai-community/gpt2"
+    assert "sparse-autoencoder" in meta["tags"]
+    assert "FeatureScores.from_pretrained" in body
+
+
+def hf_cache_repo(cache, repo_id, source):
+    """Lay ``source``'s files out as huggingface_hub's cache does: blobs, snapshots, refs."""
+    repo = cache / f"models--{repo_id.replace('/', '--')}"
+    (repo / "blobs").mkdir(parents=True)
+    (repo / "snapshots" / COMMIT).mkdir(parents=True)
+    (repo / "refs").mkdir()
+    for file in source.iterdir():
+        blob = repo / "blobs" / hashlib.sha256(file.read_bytes()).hexdigest()
+        shutil.copy(file, blob)
+        os.symlink(
+            os.path.relpath(blob, repo / "snapshots" / COMMIT),
+            repo / "snapshots" / COMMIT / file.name,
+        )
+    (repo / "refs" / "main").write_text(COMMIT)
+
+
+@pytest.fixture
+def offline_cache(tmp_path, monkeypatch):
+    cache = tmp_path / "hub"
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    monkeypatch.setattr(constants, "HF_HUB_OFFLINE", True)
+    monkeypatch.setattr(constants, "HF_HUB_CACHE", str(cache))
+    return cache
+
+
+def test_load_from_offline_hf_cache(fitted, tmp_path, offline_cache):
+    hf_cache_repo(offline_cache, "owner/medical-scores", fitted.save_pretrained(tmp_path / "art"))
+    assert_same(fitted, FeatureScores.from_pretrained("owner/medical-scores"))
+    assert_same(fitted, FeatureScores.from_pretrained("owner/medical-scores", revision=COMMIT))
+    with pytest.raises(huggingface_hub.errors.LocalEntryNotFoundError):
+        FeatureScores.from_pretrained("owner/not-cached")
+    with pytest.raises(FileNotFoundError):
+        FeatureScores.from_pretrained("./no/such/folder")
+
+
+def test_push_to_hub_uploads_the_saved_folder(fitted, tmp_path, offline_cache, monkeypatch):
+    calls = {}
+    remote = tmp_path / "remote"
+
+    def create_repo(self, repo_id, **kw):
+        calls["create"] = (repo_id, kw)
+
+    def upload_folder(self, *, repo_id, folder_path, **kw):
+        calls["upload"] = (repo_id, kw)
+        shutil.copytree(folder_path, remote)  # what the Hub would now hold
+        return "commit-info"
+
+    monkeypatch.setattr(huggingface_hub.HfApi, "create_repo", create_repo)
+    monkeypatch.setattr(huggingface_hub.HfApi, "upload_folder", upload_folder)
+    assert fitted.push_to_hub("owner/pushed", private=True) == "commit-info"
+    assert calls["create"] == (
+        "owner/pushed",
+        {"private": True, "exist_ok": True, "repo_type": "model"},
+    )
+    assert calls["upload"][0] == "owner/pushed"
+    hf_cache_repo(offline_cache, "owner/pushed", remote)
+    assert_same(fitted, FeatureScores.from_pretrained("owner/pushed"))
+
+
+def test_loading_never_unpickles(fitted, tmp_path, monkeypatch):
+    folder = fitted.save_pretrained(tmp_path / "art")
+
+    def refuse(*a, **kw):
+        raise AssertionError("unpickling")
+
+    monkeypatch.setattr(torch, "load", refuse)
+    monkeypatch.setattr("pickle.load", refuse)
+    monkeypatch.setattr("pickle.loads", refuse)
+    assert_same(fitted, FeatureScores.from_pretrained(folder))
+
+
+def write_reference_csv(path, cells):
+    """The demo's published format: an unnamed index column and one score column."""
+    lines = [",med.train_20.csv"] + [f"{i},{c}" for i, c in enumerate(cells)]
+    path.write_text("\n".join(lines) + "\n")
+    return path
+
+
+def test_from_csv_reference_format(tmp_path):
+    cells = ["0.25", "", "1.0", "0", "", "nan", "0.5"]
+    scores = FeatureScores.from_csv(write_reference_csv(tmp_path / "s.csv", cells), layer=0)
+    expected = torch.tensor([0.25, 0, 1.0, 0, 0, 0, 0.5])
+    assert torch.equal(scores.scores, expected) and scores.scores.dtype == torch.float32
+    assert not torch.isnan(scores.scores).any()
+    assert scores.coverage == pytest.approx(4 / 7)  # empty / nan cells never fired
+    assert scores.layer == 0 and scores.sae_fingerprint is None
+    again = FeatureScores.from_pretrained(scores.save_pretrained(tmp_path / "art"))
+    assert torch.equal(again.scores, expected) and again.coverage == scores.coverage
+    assert again.report().fvu is None and math.isfinite(again.report().effective_latents)
+
+
+def test_from_csv_errors(tmp_path):
+    bad = tmp_path / "bad.csv"
+    bad.write_text(",a,b\n0,1,2\n")
+    with pytest.raises(ValueError, match="one score column"):
+        FeatureScores.from_csv(bad)
+    bad.write_text(",s\n0,0.5\n2,0.1\n")
+    with pytest.raises(ValueError, match="0..1"):
+        FeatureScores.from_csv(bad)
+    bad.write_text(",s\n0,high\n")
+    with pytest.raises(ValueError, match="not a number"):
+        FeatureScores.from_csv(bad)
+
+
+def test_check_compatible(fitted, sae, tmp_path):
+    check_compatible(fitted, sae)  # the SAE it was fitted on
+    other = make_sae(tmp_path / "other", seed=1)
+    with pytest.raises(ValueError, match="allow_score_mismatch=True"):
+        check_compatible(fitted, other)
+    with pytest.warns(UserWarning, match="fingerprint"):
+        check_compatible(fitted, other, allow_mismatch=True)
+    wider = make_sae(tmp_path / "wider", n=N + 8)
+    with pytest.raises(ValueError, match="d_sae=48"):
+        check_compatible(fitted, wider, allow_mismatch=True)
+    imported = FeatureScores(scores=torch.zeros(N), coverage=0.0)  # e.g. from CSV
+    check_compatible(imported, other)

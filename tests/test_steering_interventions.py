@@ -1,0 +1,184 @@
+"""Interventions on bare tensors, against the plain docs/method.md implementation in
+method_reference."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from method_reference import ReferenceOpenAISAE, steer_sequence
+from sae_factories import openai_state
+
+from hf_sae_steer import METHODS, Intervention, LatentEdit, SAEConfig
+from hf_sae_steer.sae import TopKSAE, load_sae
+
+D, N = 24, 96
+
+
+@pytest.fixture(params=["topk", "relu"])
+def openai_pair(request, tmp_path):
+    k = 6 if request.param == "topk" else None
+    state = openai_state(D, N, k=k, seed=1)
+    path = tmp_path / "sae.pt"
+    torch.save(state, path)
+    return load_sae(path), ReferenceOpenAISAE(state)
+
+
+@pytest.fixture
+def scores():
+    return torch.rand(N, generator=torch.Generator().manual_seed(2))
+
+
+def hidden(batch=2, seq=5, seed=3):
+    return torch.randn(batch, seq, D, generator=torch.Generator().manual_seed(seed)) * 3 + 0.5
+
+
+@pytest.mark.parametrize("preserve_error", [False, True])
+@pytest.mark.parametrize("method", METHODS)
+def test_methods_match_reference(openai_pair, scores, method, preserve_error):
+    sae, ref = openai_pair
+    x = hidden()
+    got = Intervention(sae, method, scores, preserve_error=preserve_error)(x)
+    want = steer_sequence(ref, x, method, scores, preserve_error=preserve_error)
+    torch.testing.assert_close(got, want, atol=1e-5, rtol=1e-5)
+
+
+@pytest.mark.parametrize("method", ["sae", "clamp", "weight", "swap"])
+def test_methods_change_the_state(openai_pair, scores, method):
+    sae, _ = openai_pair
+    x = hidden()
+    assert (Intervention(sae, method, scores)(x) - x).abs().max() > 1e-3
+
+
+def test_weight_and_swap_differ_in_values_not_selection(openai_pair, scores):
+    sae, _ = openai_pair
+    x = hidden()
+    weight = Intervention(sae, "weight", scores)(x)
+    swap = Intervention(sae, "swap", scores)(x)
+    assert (weight - swap).abs().max() > 1e-4
+
+
+@pytest.mark.parametrize("strength", [0.0, 0.5, 2.0])
+@pytest.mark.parametrize("preserve_error", [False, True])
+def test_strength_interpolates(openai_pair, scores, strength, preserve_error):
+    sae, ref = openai_pair
+    x = hidden()
+    got = Intervention(sae, "swap", scores, strength=strength, preserve_error=preserve_error)(x)
+    want = steer_sequence(ref, x, "swap", scores, preserve_error=preserve_error, strength=strength)
+    torch.testing.assert_close(got, want, atol=1e-5, rtol=1e-5)
+    if strength == 0.0:
+        assert torch.equal(got, x)
+
+
+class DenseTopK(TopKSAE):
+    """The same TopK SAE, but without the k-sparse fast path (forces dense decoding)."""
+
+    @property
+    def k(self):
+        return None
+
+
+@pytest.mark.parametrize("preserve_error", [False, True])
+@pytest.mark.parametrize("method", METHODS)
+def test_sparse_and_dense_paths_agree(scores, method, preserve_error):
+    state = openai_state(D, N, k=6, seed=4)
+    cfg = SAEConfig(d_in=D, d_sae=N, activation="topk", k=6, normalize_activations="layer_norm")
+    weights = dict(
+        W_enc=state["encoder.weight"].T.contiguous(),
+        b_enc=state["latent_bias"],
+        W_dec=state["decoder.weight"].T.contiguous(),
+        b_dec=state["pre_bias"],
+    )
+    sparse, dense = TopKSAE(cfg), DenseTopK(cfg)
+    sparse.load_state_dict(weights)
+    dense.load_state_dict(weights)
+    x = hidden()
+    edits = [LatentEdit(1, 2.0, "add")]
+    a = Intervention(sparse, method, scores, preserve_error=preserve_error, edits=edits)(x)
+    b = Intervention(dense, method, scores, preserve_error=preserve_error, edits=edits)(x)
+    torch.testing.assert_close(a, b, atol=1e-5, rtol=1e-5)
+
+
+def _dense_edit_reference(ref, x, scores, method, edits):
+    """Apply edits by hand on the reference's dense code (docs/method.md's sae/orig cases)."""
+    out = torch.empty_like(x, dtype=torch.float64)
+    for b in range(x.shape[0]):
+        for t in range(x.shape[1]):
+            xt = x[b, t].double()
+            xp, info = ref.preprocess(xt)
+            z = ref.act(ref.pre(xp))
+            z_new = z.clone()
+            for index, value, mode in edits:
+                if mode == "pin":
+                    z_new[index] = value
+                elif mode == "add":
+                    z_new[index] = z_new[index] + value
+                else:
+                    z_new[index] = z_new[index] * value
+            if method == "orig":
+                out[b, t] = xt + ref.decode(z_new, info) - ref.decode(z, info)
+            else:
+                out[b, t] = ref.decode(z_new, info)
+    return out.float()
+
+
+@pytest.mark.parametrize("method", ["orig", "sae"])
+def test_direct_latent_edits(openai_pair, scores, method):
+    sae, ref = openai_pair
+    x = hidden()
+    pre = sae.encode_pre(sae.preprocess(x)[0])
+    active = int(sae.activate(pre)[0, 0].argmax())  # a latent that fires, so multiply matters
+    edits = [(3, 4.0, "pin"), (active, 2.5, "multiply"), (7, -1.5, "add")]
+    step = Intervention(sae, method, scores, edits=[LatentEdit(i, v, m) for i, v, m in edits])
+    torch.testing.assert_close(
+        step(x), _dense_edit_reference(ref, x, scores, method, edits), atol=1e-5, rtol=1e-5
+    )
+
+
+def test_identity_shortcuts(openai_pair, scores):
+    sae, _ = openai_pair
+    x = hidden()
+    assert Intervention(sae, "orig").is_identity
+    assert Intervention(sae, "sae", preserve_error=True).is_identity
+    assert Intervention(sae, "swap", scores, strength=0.0).is_identity
+    assert not Intervention(sae, "orig", edits=[LatentEdit(0, 1.0)]).is_identity
+    assert Intervention(sae, "orig")(x) is x
+
+
+def test_follows_input_dtype_without_touching_the_users_sae(openai_pair, scores):
+    sae, _ = openai_pair
+    x = hidden().to(torch.bfloat16)
+    out = Intervention(sae, "swap", scores)(x)
+    assert out.dtype == torch.bfloat16
+    assert sae.dtype == torch.float32
+
+
+@pytest.mark.parametrize(
+    "kwargs, message",
+    [
+        (dict(method="steer"), "Unknown method 'steer'"),
+        (dict(method="swap"), "needs scores"),
+        (dict(method="swap", scores=torch.rand(N + 1)), "length d_sae=96"),
+        (dict(method="swap", scores=torch.rand(N, 2)), "1-D vector"),
+        (dict(method="clamp", scores=torch.rand(N), clamp_k=N + 1), "clamp_k=97"),
+        (dict(method="sae", strength=float("nan")), "strength must be a finite"),
+        (dict(method="sae", edits=[LatentEdit(N, 1.0)]), "out of range for d_sae=96"),
+    ],
+)
+def test_bad_input(openai_pair, kwargs, message):
+    sae, _ = openai_pair
+    with pytest.raises(ValueError, match=message):
+        Intervention(sae, **kwargs)
+
+
+@pytest.mark.parametrize("bad", [float("nan"), float("inf")])
+def test_non_finite_scores_are_refused(openai_pair, bad):
+    sae, _ = openai_pair
+    s = torch.rand(N)
+    s[5] = bad
+    with pytest.raises(ValueError, match="NaN/inf"):
+        Intervention(sae, "swap", s)
+
+
+def test_bad_edit_mode():
+    with pytest.raises(ValueError, match="Unknown edit mode"):
+        LatentEdit(0, 1.0, "scale")  # type: ignore[arg-type]
