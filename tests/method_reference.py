@@ -45,10 +45,19 @@ class ReferenceOpenAISAE:
         return y
 
 
-def steer_token(sae, x, method, scores, preserve_error=False, strength=1.0):
-    """x: one position's hidden state [d]; returns the steered state (float64)."""
+def steer_token(
+    sae, x, method, scores, preserve_error=False, strength=1.0, *, clamp=None, added=None,
+    vector=None,
+):  # fmt: skip
+    """x: one position's hidden state [d]; returns the steered state (float64).
+
+    ``clamp``: per-latent values for clamp's top 5 (default: the reference's 10 each);
+    ``added``: {latent: weight} for ``add``; ``vector``: the vector of ``vector``.
+    """
     x = x.double()
-    s = torch.as_tensor(scores).double()
+    if method == "vector":
+        return x + strength * torch.as_tensor(vector).double()
+    s = None if scores is None else torch.as_tensor(scores).double()
     xp, info = sae.preprocess(x)
     pre = sae.pre(xp)
     z = sae.act(pre)
@@ -59,7 +68,11 @@ def steer_token(sae, x, method, scores, preserve_error=False, strength=1.0):
     elif method == "clamp":
         z_new = z.clone()
         for i in torch.topk(s, 5).indices.tolist():
-            z_new[i] = z_new[i] + 10.0
+            z_new[i] = z_new[i] + (10.0 if clamp is None else float(clamp[i]))
+    elif method == "add":
+        z_new = z.clone()
+        for i, w in added.items():
+            z_new[i] = z_new[i] + w
     elif method == "weight":
         z_new = sae.act(pre * s)
     elif method == "swap":

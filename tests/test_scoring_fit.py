@@ -161,6 +161,7 @@ def fit(model, tok, sae, **kw):
     kw.setdefault("reference", REFERENCE)
     kw.setdefault("alignment", ALIGNMENT)
     kw.setdefault("embedder", letters)
+    kw.setdefault("rule", "seed")  # the reference rule: what the plain implementation computes
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # random SAEs reconstruct badly: the FVU warning
         return FeatureScores.fit(model, tok, sae, progress=False, **kw)

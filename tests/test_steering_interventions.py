@@ -9,7 +9,7 @@ from method_reference import ReferenceOpenAISAE, steer_sequence
 from sae_factories import openai_state
 
 from hf_sae_steer import METHODS, Intervention, LatentEdit, SAEConfig
-from hf_sae_steer.sae import TopKSAE, load_sae
+from hf_sae_steer.sae import SparseCode, TopKSAE, load_sae
 
 D, N = 24, 96
 
@@ -32,13 +32,48 @@ def hidden(batch=2, seq=5, seed=3):
     return torch.randn(batch, seq, D, generator=torch.Generator().manual_seed(seed)) * 3 + 0.5
 
 
+ADDED = {7: 1.5, 30: 0.25, 61: 2.0}
+
+
+def extra_arguments(method):
+    """What add and vector need: latents with weights, a vector (for the library and the
+    plain reference alike)."""
+    vector = torch.randn(D, generator=torch.Generator().manual_seed(9))
+    latents = SparseCode(torch.tensor(list(ADDED)), torch.tensor(list(ADDED.values())))
+    if method == "add":
+        return {"latents": latents}, {"added": ADDED}
+    return ({"vector": vector}, {"vector": vector}) if method == "vector" else ({}, {})
+
+
 @pytest.mark.parametrize("preserve_error", [False, True])
 @pytest.mark.parametrize("method", METHODS)
 def test_methods_match_reference(openai_pair, scores, method, preserve_error):
     sae, ref = openai_pair
     x = hidden()
-    got = Intervention(sae, method, scores, preserve_error=preserve_error)(x)
-    want = steer_sequence(ref, x, method, scores, preserve_error=preserve_error)
+    mine, plain = extra_arguments(method)
+    got = Intervention(sae, method, scores, preserve_error=preserve_error, **mine)(x)
+    want = steer_sequence(ref, x, method, scores, preserve_error=preserve_error, **plain)
+    torch.testing.assert_close(got, want, atol=1e-5, rtol=1e-5)
+
+
+@pytest.mark.parametrize("strength", [0.5, 3.0])
+def test_calibrated_clamp_and_additive_strengths(openai_pair, scores, strength):
+    """clamp_value=None adds each top latent's typical activation; with preserve_error the
+    additive methods skip the encoder yet match the plain per-token reference."""
+    sae, ref = openai_pair
+    x = hidden()
+    typical = torch.rand(N, generator=torch.Generator().manual_seed(5)) * 3
+    got = Intervention(
+        sae, "clamp", scores, clamp_value=None, typical=typical, strength=strength,
+        preserve_error=True,
+    )(x)  # fmt: skip
+    want = steer_sequence(
+        ref, x, "clamp", scores, preserve_error=True, strength=strength, clamp=typical
+    )
+    torch.testing.assert_close(got, want, atol=1e-5, rtol=1e-5)
+    mine, plain = extra_arguments("add")
+    got = Intervention(sae, "add", preserve_error=True, strength=strength, **mine)(x)
+    want = steer_sequence(ref, x, "add", None, preserve_error=True, strength=strength, **plain)
     torch.testing.assert_close(got, want, atol=1e-5, rtol=1e-5)
 
 
@@ -93,8 +128,10 @@ def test_sparse_and_dense_paths_agree(scores, method, preserve_error):
     dense.load_state_dict(weights)
     x = hidden()
     edits = [LatentEdit(1, 2.0, "add")]
-    a = Intervention(sparse, method, scores, preserve_error=preserve_error, edits=edits)(x)
-    b = Intervention(dense, method, scores, preserve_error=preserve_error, edits=edits)(x)
+    mine, _ = extra_arguments(method)
+    options = dict(preserve_error=preserve_error, edits=edits, **mine)
+    a = Intervention(sparse, method, scores, **options)(x)
+    b = Intervention(dense, method, scores, **options)(x)
     torch.testing.assert_close(a, b, atol=1e-5, rtol=1e-5)
 
 

@@ -42,11 +42,16 @@ def prompts(tokenizer):
     return tokenizer(["The patient was treated for", "A doctor"], return_tensors="pt", padding=True)
 
 
+ADDED = {3: 1.0, 90: 2.5}
+VECTOR = torch.linspace(-1.0, 1.0, 32)
+
+
 def reference_logits(model, state, input_ids, method, scores, preserve_error):
     ref = ReferenceOpenAISAE(state)
+    extra = {"added": ADDED} if method == "add" else {"vector": VECTOR}
 
     def hook(module, args, output):
-        return steer_sequence(ref, output, method, scores, preserve_error=preserve_error)
+        return steer_sequence(ref, output, method, scores, preserve_error=preserve_error, **extra)
 
     handle = model.transformer.h[LAYER].register_forward_hook(hook)
     try:
@@ -68,6 +73,9 @@ def test_logits_match_independent_reference(gpt2, state, sae, scores, method, pr
         method=method,
         scores=scores,
         preserve_error=preserve_error,
+        strength=1.0,
+        latents=ADDED if method == "add" else None,
+        vector=VECTOR if method == "vector" else None,
     ) as steered:
         got = steered(ids).logits
     torch.testing.assert_close(got, want, atol=1e-5, rtol=1e-5)

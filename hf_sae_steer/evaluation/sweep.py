@@ -27,7 +27,7 @@ from hf_sae_steer.scoring.prompts import load_prompts
 from hf_sae_steer.scoring.record import FeatureScores
 from hf_sae_steer.sites.layouts import find_layout
 from hf_sae_steer.sites.resolve import resolve_site
-from hf_sae_steer.steering.interventions import METHODS, Method
+from hf_sae_steer.steering.interventions import METHODS, REFERENCE_METHODS, Method
 from hf_sae_steer.steering.steered import Scores, SteeredModel
 
 NEAREST_K = 5
@@ -41,7 +41,7 @@ def evaluate(
     prompts: Any,
     alignment: Any,
     *,
-    methods: Sequence[Method] = METHODS,
+    methods: Sequence[Method] = REFERENCE_METHODS,
     preserve_error: Sequence[bool] = (False, True),
     strengths: Sequence[float] = (0.5, 1.0, 2.0),
     samples: int = 3,

@@ -1,10 +1,15 @@
-"""Passes over prompts: batched forward passes to the site, SAE encoding, per-prompt summaries
-and the sums scoring needs, with memory bounded by the batch and not by the prompt set."""
+"""Passes over prompts: batched forward passes to the site, SAE encoding, and the sums that the
+selection rules and the uncertainty report need.
+
+Everything a pass produces is a *sum* (:class:`ScoringSums`), so prompts can be fed in any
+order and in any number of chunks, from a list or a stream, in one process or several: the
+sums of the parts add up to the sums of the whole. Memory is bounded by a batch and ``d_sae``.
+"""
 
 from __future__ import annotations
 
 from collections.abc import Callable, Iterator, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field, fields
 from typing import Any, Literal, get_args
 
 import torch
@@ -21,6 +26,108 @@ Summary = Literal["avg", "max", "counts"]
 SUMMARIES: tuple[Summary, ...] = get_args(Summary)
 # Tokens per SAE call: bounds the dense [tokens, d_sae] pre-activations (~256 MB at 32k latents).
 TOKEN_SLICE = 2048
+OnTokens = Callable[[Tensor, Tensor, Tensor, NormInfo], None]
+
+
+def _zeros(n: int, dtype: torch.dtype = torch.float64) -> Tensor:
+    return torch.zeros(n, dtype=dtype)
+
+
+@dataclass
+class ScoringSums:
+    """Additive statistics of a scoring run (float64 / int64, on CPU).
+
+    Reference prompts, per latent ``f``: ``num = Σ_i d_i² a_if``, ``den = Σ_i a_if`` (§3 of
+    ``docs/method.md``), ``ref_prompts`` = prompts it fires on. Reference tokens: their count,
+    the sums of their hidden states in the SAE's input space (``x_sum``) and raw (``x_raw_sum``),
+    of their norms, and per latent the activation sum and count of active tokens. Alignment:
+    the same token sums, prompts each latent fires on, and the SAE's squared error.
+    """
+
+    d_in: int
+    d_sae: int
+    num: Tensor = field(init=False)
+    den: Tensor = field(init=False)
+    ref_prompts: Tensor = field(init=False)
+    ref_n: Tensor = field(init=False)
+    ref_tokens: Tensor = field(init=False)
+    ref_x_sum: Tensor = field(init=False)
+    ref_x_raw_sum: Tensor = field(init=False)
+    ref_norm_sum: Tensor = field(init=False)
+    ref_norm_raw_sum: Tensor = field(init=False)
+    act_sum: Tensor = field(init=False)
+    act_tokens: Tensor = field(init=False)
+    align_prompts: Tensor = field(init=False)
+    align_n: Tensor = field(init=False)
+    align_tokens: Tensor = field(init=False)
+    align_x_sum: Tensor = field(init=False)
+    align_x_raw_sum: Tensor = field(init=False)
+    align_sq_sum: Tensor = field(init=False)
+    align_sse: Tensor = field(init=False)
+
+    def __post_init__(self) -> None:
+        d, n = self.d_in, self.d_sae
+        shapes = {
+            "num": (n, torch.float64), "den": (n, torch.float64),
+            "ref_prompts": (n, torch.int64), "ref_n": (1, torch.int64),
+            "ref_tokens": (1, torch.int64), "ref_x_sum": (d, torch.float64),
+            "ref_x_raw_sum": (d, torch.float64), "ref_norm_sum": (1, torch.float64),
+            "ref_norm_raw_sum": (1, torch.float64), "act_sum": (n, torch.float64),
+            "act_tokens": (n, torch.int64), "align_prompts": (n, torch.int64),
+            "align_n": (1, torch.int64), "align_tokens": (1, torch.int64),
+            "align_x_sum": (d, torch.float64), "align_x_raw_sum": (d, torch.float64),
+            "align_sq_sum": (1, torch.float64), "align_sse": (1, torch.float64),
+        }  # fmt: skip
+        for name, (size, dtype) in shapes.items():
+            setattr(self, name, _zeros(size, dtype))
+
+    def tensors(self) -> dict[str, Tensor]:
+        """Every sum by name (what a checkpoint stores and what processes all-reduce)."""
+        return {f.name: getattr(self, f.name) for f in fields(self) if not f.init}
+
+    def load(self, tensors: dict[str, Tensor]) -> ScoringSums:
+        """Set every sum from ``tensors`` (as returned by :meth:`tensors`); returns self."""
+        for name, value in self.tensors().items():
+            got = tensors[name]
+            if got.shape != value.shape:
+                raise ValueError(
+                    f"Sum {name!r} has shape {tuple(got.shape)}, not {tuple(value.shape)}."
+                )
+            setattr(self, name, got.to("cpu", value.dtype).clone())
+        return self
+
+    def add(self, other: ScoringSums) -> ScoringSums:
+        for name, value in self.tensors().items():
+            value += getattr(other, name)
+        return self
+
+    # -- derived quantities ----------------------------------------------------------------
+    @property
+    def fired(self) -> Tensor:
+        """Latents with a non-zero summary on at least one reference prompt."""
+        return self.den > 0
+
+    def reference_mean(self, raw: bool = False) -> Tensor:
+        return (self.ref_x_raw_sum if raw else self.ref_x_sum) / max(int(self.ref_tokens), 1)
+
+    def alignment_mean(self, raw: bool = False) -> Tensor:
+        return (self.align_x_raw_sum if raw else self.align_x_sum) / max(int(self.align_tokens), 1)
+
+    def mean_norm(self, raw: bool = False) -> float:
+        """Mean norm of a reference token's hidden state (in the SAE's input space, or raw)."""
+        total = self.ref_norm_raw_sum if raw else self.ref_norm_sum
+        return float(total) / max(int(self.ref_tokens), 1)
+
+    def typical_activation(self) -> Tensor:
+        """Per latent, its mean value on the reference tokens where it is active (0 if never)."""
+        return torch.where(self.act_tokens > 0, self.act_sum / self.act_tokens.clamp_min(1), 0.0)
+
+    def fvu(self) -> float | None:
+        """The SAE's fraction of variance unexplained on the alignment tokens' hidden states."""
+        count = int(self.align_tokens)
+        mean_sq = float(self.align_x_raw_sum.pow(2).sum()) / max(count, 1)
+        variance = float(self.align_sq_sum) - mean_sq
+        return float(self.align_sse) / variance if variance > 0 else None
 
 
 @dataclass
@@ -41,6 +148,55 @@ class PromptPasses:
     def __post_init__(self) -> None:
         self.pad_id = pad_token_id(self.tokenizer)
 
+    def add_reference(
+        self, prompts: Sequence[str], d2: Tensor, summary: Summary, sums: ScoringSums
+    ) -> None:
+        """Add reference ``prompts`` (with their squared distances ``d2`` to the alignment set)."""
+        d2 = d2.to("cpu", torch.float64)
+
+        def on_tokens(x: Tensor, xp: Tensor, z: Tensor, info: NormInfo) -> None:
+            sums.ref_tokens += x.shape[0]
+            sums.ref_x_sum += xp.sum(dim=0, dtype=torch.float64).cpu()
+            sums.ref_x_raw_sum += x.sum(dim=0, dtype=torch.float64).cpu()
+            sums.ref_norm_sum += xp.double().norm(dim=-1).sum().cpu()
+            sums.ref_norm_raw_sum += x.double().norm(dim=-1).sum().cpu()
+            sums.act_sum += z.sum(dim=0, dtype=torch.float64).cpu()
+            sums.act_tokens += (z > 0).sum(dim=0).cpu()
+
+        for idx, raw in self.summaries(prompts, summary, "reference", on_tokens):
+            raw = raw.double()
+            total = raw.sum(dim=1, keepdim=True)
+            a = torch.where(total > 0, raw / total.clamp_min(1e-30), 0.0)  # 0/0 -> 0
+            sums.num += d2[idx] @ a
+            sums.den += a.sum(dim=0)
+            sums.ref_prompts += (a > 0).sum(dim=0)
+        sums.ref_n += len(prompts)
+
+    def add_alignment(
+        self, prompts: Sequence[str], sums: ScoringSums, limit: int | None = None
+    ) -> None:
+        """Add alignment ``prompts``: token sums, latents firing, the SAE's squared error.
+
+        Only the first ``limit`` tokens of each prompt are read (``None``: all of them).
+        """
+
+        def on_tokens(x: Tensor, xp: Tensor, z: Tensor, info: NormInfo) -> None:
+            if self.sae.k is not None:  # k-sparse: decode the k selected latents only
+                top = z.topk(self.sae.k, dim=-1)
+                recon = self.sae.decode_code(SparseCode(top.indices, top.values), info)
+            else:
+                recon = self.sae.decode(z, info)
+            sums.align_sse += (x - recon).pow(2).sum(dtype=torch.float64).cpu()
+            sums.align_sq_sum += x.pow(2).sum(dtype=torch.float64).cpu()
+            sums.align_tokens += x.shape[0]
+            sums.align_x_sum += xp.sum(dim=0, dtype=torch.float64).cpu()
+            sums.align_x_raw_sum += x.sum(dim=0, dtype=torch.float64).cpu()
+
+        for _, raw in self.summaries(prompts, "counts", "alignment", on_tokens, limit):
+            sums.align_prompts += (raw > 0).sum(dim=0)
+        sums.align_n += len(prompts)
+
+    # -- the batched pass ------------------------------------------------------------------
     def windows(
         self, prompts: Sequence[str], limit: int | None = None
     ) -> list[tuple[int, list[int]]]:
@@ -56,7 +212,7 @@ class PromptPasses:
         prompts: Sequence[str],
         summary: Summary,
         desc: str,
-        on_tokens: Callable[[Tensor, Tensor, NormInfo], None] | None = None,
+        on_tokens: OnTokens | None = None,
         limit: int | None = None,
     ) -> Iterator[tuple[Tensor, Tensor]]:
         """Yield ``(prompt indices, raw summaries [m, d_sae])`` as prompts complete."""
@@ -88,55 +244,8 @@ class PromptPasses:
                 yield torch.tensor(done), torch.stack(rows)
         bar.close()
 
-    def accumulate(
-        self, prompts: Sequence[str], summary: Summary, d2: Tensor
-    ) -> tuple[Tensor, Tensor, Tensor]:
-        """``sum_i d_i^2 a_if``, ``sum_i a_if`` and per-latent firing counts over ``prompts``."""
-        num = torch.zeros(self.sae.d_sae, dtype=torch.float64)
-        den = torch.zeros(self.sae.d_sae, dtype=torch.float64)
-        counts = torch.zeros(self.sae.d_sae, dtype=torch.int64)
-        for idx, raw in self.summaries(prompts, summary, "reference"):
-            raw = raw.double()
-            total = raw.sum(dim=1, keepdim=True)
-            a = torch.where(total > 0, raw / total.clamp_min(1e-30), 0.0)  # 0/0 -> 0
-            num += d2[idx] @ a
-            den += a.sum(dim=0)
-            counts += (a > 0).sum(dim=0)
-        return num, den, counts
-
-    def alignment_stats(
-        self, prompts: Sequence[str], limit: int | None
-    ) -> tuple[Tensor, float | None]:
-        """Per-latent count of alignment prompts it fires on, and the SAE's FVU on them.
-
-        Only the first ``limit`` tokens of each prompt are read (``None``: all of them).
-        """
-        sse = sum_sq = count = 0.0
-        total = torch.zeros(self.sae.d_in, dtype=torch.float64)
-
-        def on_tokens(x: Tensor, z: Tensor, info: NormInfo) -> None:
-            nonlocal sse, sum_sq, count
-            if self.sae.k is not None:  # k-sparse: decode the k selected latents only
-                top = z.topk(self.sae.k, dim=-1)
-                recon = self.sae.decode_code(SparseCode(top.indices, top.values), info)
-            else:
-                recon = self.sae.decode(z, info)
-            sse += float((x - recon).pow(2).sum(dtype=torch.float64))
-            sum_sq += float(x.pow(2).sum(dtype=torch.float64))
-            total.add_(x.sum(dim=0, dtype=torch.float64).cpu())
-            count += x.shape[0]
-
-        counts = torch.zeros(self.sae.d_sae, dtype=torch.int64)
-        for _, raw in self.summaries(prompts, "counts", "alignment", on_tokens, limit):
-            counts += (raw > 0).sum(dim=0)
-        variance = sum_sq - float(total.pow(2).sum()) / max(count, 1)
-        return counts, (sse / variance if variance > 0 else None)
-
     def _batch(
-        self,
-        batch: list[tuple[int, list[int]]],
-        summary: Summary,
-        on_tokens: Callable[[Tensor, Tensor, NormInfo], None] | None,
+        self, batch: list[tuple[int, list[int]]], summary: Summary, on_tokens: OnTokens | None
     ) -> Tensor:
         """Raw (unnormalised) summaries ``[len(batch), d_sae]`` of one batch of windows."""
         width = max(len(ids) for _, ids in batch)
@@ -163,7 +272,7 @@ class PromptPasses:
             xp, info = self.sae.preprocess(x)
             z = self.sae.activate(self.sae.encode_pre(xp))
             if on_tokens is not None:
-                on_tokens(x, z, info)
+                on_tokens(x, xp, z, info)
             for row, (size, end) in enumerate(zip(sizes, ends, strict=True)):
                 lo, hi = max(end - size, s), min(end, s + x.shape[0])
                 if lo < hi:

@@ -33,12 +33,20 @@ from hf_sae_steer.scoring.uncertainty import TOP_K, ScoreReport, build_report
 SCORES_FILE = "scores.safetensors"
 CONFIG_FILE = "steering_config.json"
 FORMAT = "hf_sae_steer/feature_scores"
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2  # 2: rule, recommended steering, calibration norms (1 still reads)
 
 
 @dataclass(repr=False)
 class FeatureScores:
-    """Per-latent scores in [0, 1] for one SAE at one site, with where they came from."""
+    """Per-latent scores in [0, 1] for one SAE at one site, with where they came from.
+
+    ``rule`` is the selection rule that made them (``None``: imported, or from before rules).
+    ``recommended`` is the steering the rule's scores are meant for (method, strength,
+    preserve_error; ``SteeredModel`` uses it when no method is given). ``calibration`` holds
+    the mean hidden-state norms that turn norm fractions into strengths. ``stats`` holds
+    per-latent statistics (``typical_activation``, fire counts) and the rule's tensors (for
+    ``mean_diff``: ``latents``, ``weights``, ``delta``, ``delta_raw``).
+    """
 
     scores: Tensor
     coverage: float
@@ -56,6 +64,9 @@ class FeatureScores:
     options: dict[str, Any] = field(default_factory=dict)
     stats: dict[str, Tensor] = field(default_factory=dict)
     quality: ScoreReport | None = None
+    rule: str | None = None
+    recommended: dict[str, Any] | None = None
+    calibration: dict[str, float] = field(default_factory=dict)
 
     # ``FeatureScores.fit(model, tokenizer, sae, ...)``: set by hf_sae_steer.scoring.fit, so that
     # the record imports no algorithm (see that module for the arguments).
@@ -82,6 +93,12 @@ class FeatureScores:
             return self.quality
         return build_report(self.scores, self.coverage, None, self.stats.get("align_fire_counts"))
 
+    def latent_weights(self) -> tuple[Tensor, Tensor] | None:
+        """``(latents, weights)`` chosen by a rule that picks latents (``mean_diff``), else None."""
+        if "latents" in self.stats and "weights" in self.stats:
+            return self.stats["latents"].long(), self.stats["weights"].float()
+        return None
+
     def top_latents(self, k: int = TOP_K) -> Tensor:
         """Indices of the ``k`` highest-scoring latents, best first."""
         return torch.topk(self.scores, min(k, self.d_sae)).indices
@@ -103,6 +120,9 @@ class FeatureScores:
             },
             "layer": self.layer,
             "site": self.site,
+            "rule": self.rule,
+            "recommended": self.recommended,
+            "calibration": self.calibration,
             "summary": self.summary,
             "embedder": self.embedder,
             "coverage": self.coverage,
@@ -196,6 +216,9 @@ class FeatureScores:
             options=config.get("options", {}),
             stats=tensors,
             quality=ScoreReport.from_dict(config["report"]) if config.get("report") else None,
+            rule=config.get("rule"),
+            recommended=config.get("recommended"),
+            calibration=config.get("calibration") or {},
         )
 
     @classmethod

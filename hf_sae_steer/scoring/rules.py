@@ -1,13 +1,45 @@
-"""Selection rules: how accumulated sums become per-latent scores.
+"""Selection rules: how the sums of a scoring run become per-latent scores (``docs/method.md`` §3
+and §6).
 
-``seed`` is the reference rule (``docs/method.md`` §3): the ``d²``-weighted mean of where a
-latent fires, min-max normalised over the latents that fired.
+- ``seed``: the reference rule, exactly: the ``d²``-weighted mean of where a latent fires,
+  min-max normalised over the latents that fired. It ranks latents that fired once or twice,
+  near the topic, first.
+- ``support``: the reference rule with each latent's raw score shrunk towards the mean by how
+  few reference prompts it fired on, so a latent needs support before it can rank high.
+- ``mean_diff``: the direction from the reference set's mean hidden state to the alignment
+  set's, in the SAE's input space, written as a non-negative combination of ``k`` decoder rows
+  (non-negative orthogonal matching pursuit). It picks latents by what they *write*, which is
+  what steers.
 """
 
 from __future__ import annotations
 
+import math
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any, Literal, get_args
+
 import torch
 from torch import Tensor
+
+from hf_sae_steer.sae.base import SAE
+from hf_sae_steer.scoring.passes import ScoringSums
+
+Rule = Literal["seed", "support", "mean_diff"]
+RULES: tuple[Rule, ...] = get_args(Rule)
+DEFAULT_RULE: Rule = "mean_diff"
+PRIOR_PROMPTS = 5  # support: pseudo-prompts at the mean raw score
+MEAN_DIFF_K = 5  # mean_diff: latents chosen
+
+
+@dataclass
+class RuleResult:
+    """What a rule produces: scores in [0, 1], tensors for the artifact, options it used."""
+
+    scores: Tensor
+    stats: dict[str, Tensor] = field(default_factory=dict)
+    options: dict[str, Any] = field(default_factory=dict)
+    delta_explained: float | None = None
 
 
 def normalise(raw: Tensor, fired: Tensor) -> Tensor:
@@ -22,3 +54,133 @@ def normalise(raw: Tensor, fired: Tensor) -> Tensor:
         top = r.max()
         scores[fired] = 1 - r / top if top > 0 else 1.0
     return scores.float()
+
+
+def raw_scores(sums: ScoringSums) -> Tensor:
+    """``r_f = Σ_i d_i² a_if / Σ_i a_if`` (0 for latents that never fired)."""
+    return torch.where(sums.fired, sums.num / sums.den.clamp_min(1e-300), 0.0)
+
+
+def seed_rule(sums: ScoringSums, sae: SAE) -> RuleResult:
+    """The reference rule (§3), unchanged."""
+    raw = raw_scores(sums)
+    return RuleResult(normalise(raw, sums.fired), {"raw_scores": raw.float()})
+
+
+def support_rule(
+    sums: ScoringSums, sae: SAE, *, prior_prompts: float = PRIOR_PROMPTS
+) -> RuleResult:
+    """The reference rule with ``r_f`` shrunk to the mean: ``(n_f r_f + m r̄) / (n_f + m)``.
+
+    ``n_f`` is the number of reference prompts latent ``f`` fires on, ``m = prior_prompts`` and
+    ``r̄ = Σ num / Σ den`` the mean ``d²`` of the activation mass. A latent seen on one prompt
+    keeps about ``1 / (1 + m)`` of its distance from the mean; one seen on fifty keeps most.
+    """
+    if prior_prompts < 0:
+        raise ValueError(f"prior_prompts must be >= 0, got {prior_prompts}.")
+    raw = raw_scores(sums)
+    fired = sums.fired
+    mean = float(sums.num.sum() / sums.den.sum()) if fired.any() else 0.0
+    n = sums.ref_prompts.double()
+    shrunk = torch.where(fired, (n * raw + prior_prompts * mean) / (n + prior_prompts), 0.0)
+    return RuleResult(
+        normalise(shrunk, fired),
+        {"raw_scores": raw.float(), "shrunk_scores": shrunk.float()},
+        {"prior_prompts": prior_prompts},
+    )
+
+
+def mean_diff_rule(sums: ScoringSums, sae: SAE, *, k: int = MEAN_DIFF_K) -> RuleResult:
+    """``Δ = mean(alignment) - mean(reference)`` in the SAE's input space, approximated by a
+    non-negative combination of ``k`` decoder rows; scores are the weights over their maximum."""
+    if not 1 <= k <= sae.d_sae:
+        raise ValueError(f"k must be between 1 and d_sae={sae.d_sae}, got {k}.")
+    if int(sums.align_tokens) == 0 or int(sums.ref_tokens) == 0:
+        raise ValueError("mean_diff needs tokens in both the reference and the alignment set.")
+    delta = sums.alignment_mean() - sums.reference_mean()
+    delta_raw = sums.alignment_mean(raw=True) - sums.reference_mean(raw=True)
+    latents, weights, residual = nn_omp(sae.W_dec.detach().double().cpu(), delta, k)
+    scores = torch.zeros(sae.d_sae, dtype=torch.float32)
+    if len(latents):
+        scores[latents] = (weights / weights.max()).float()
+    norm2 = float(delta.pow(2).sum())
+    explained = 1.0 - float(residual.pow(2).sum()) / norm2 if norm2 > 0 else 0.0
+    stats = {
+        "latents": latents,
+        "weights": weights.float(),
+        "delta": delta.float(),
+        "delta_raw": delta_raw.float(),
+    }
+    return RuleResult(scores, stats, {"k": k}, explained)
+
+
+RULE_FUNCTIONS: dict[str, Callable[..., RuleResult]] = {
+    "seed": seed_rule,
+    "support": support_rule,
+    "mean_diff": mean_diff_rule,
+}
+
+
+def apply_rule(rule: str, sums: ScoringSums, sae: SAE, **options: Any) -> RuleResult:
+    """Run selection rule ``rule`` (one of :data:`RULES`) with its ``options``."""
+    if rule not in RULE_FUNCTIONS:
+        raise ValueError(f"Unknown rule {rule!r}; use one of {', '.join(RULES)}.")
+    try:
+        return RULE_FUNCTIONS[rule](sums, sae, **options)
+    except TypeError as error:
+        raise ValueError(f"Bad options {sorted(options)} for rule {rule!r}: {error}") from None
+
+
+# -- non-negative orthogonal matching pursuit ----------------------------------------------
+def nn_omp(rows: Tensor, target: Tensor, k: int) -> tuple[Tensor, Tensor, Tensor]:
+    """Pick up to ``k`` of ``rows`` [n, d] whose non-negative combination best fits ``target``.
+
+    Greedy: add the row most positively aligned with the residual (by cosine), refit all weights
+    by non-negative least squares, repeat; stop early when no row points along the residual.
+    Returns ``(indices, weights, residual)``; rows whose refitted weight is 0 are dropped.
+    """
+    rows, target = rows.double(), target.double()
+    norms = rows.norm(dim=1).clamp_min(1e-12)
+    chosen: list[int] = []
+    weights = torch.zeros(0, dtype=torch.float64)
+    residual = target.clone()
+    for _ in range(k):
+        cosine = (rows @ residual) / norms
+        if chosen:
+            cosine[chosen] = -math.inf
+        best = int(cosine.argmax())
+        if not cosine[best] > 1e-12:
+            break
+        chosen.append(best)
+        weights = nnls(rows[chosen].T, target)
+        residual = target - rows[chosen].T @ weights
+    keep = weights > 0
+    index = torch.tensor(chosen, dtype=torch.int64)[keep] if chosen else torch.zeros(0).long()
+    return index, weights[keep], residual
+
+
+def nnls(a: Tensor, b: Tensor, tol: float = 1e-10) -> Tensor:
+    """``argmin_{x >= 0} ||a x - b||`` by Lawson and Hanson's active-set method (small ``a``)."""
+    m = a.shape[1]
+    x = torch.zeros(m, dtype=torch.float64)
+    passive = torch.zeros(m, dtype=torch.bool)
+    for _ in range(3 * m + 10):
+        gradient = a.T @ (b - a @ x)
+        candidates = (~passive) & (gradient > tol)
+        if not candidates.any():
+            break
+        passive[int(torch.where(candidates, gradient, -math.inf).argmax())] = True
+        while True:
+            trial = torch.zeros(m, dtype=torch.float64)
+            trial[passive] = torch.linalg.lstsq(a[:, passive], b.unsqueeze(1)).solution.squeeze(1)
+            if (trial[passive] > tol).all():
+                x = trial
+                break
+            blocking = passive & (trial <= tol)
+            step = (x[blocking] / (x[blocking] - trial[blocking])).min()
+            x = x + step * (trial - x)
+            passive &= x > tol
+            x[~passive] = 0.0
+            if not passive.any():
+                break
+    return x

@@ -1,4 +1,5 @@
-"""The uncertainty report: how far a set of feature scores can be trusted."""
+"""The uncertainty report: how far a set of feature scores can be trusted (``docs/method.md``
+§4)."""
 
 from __future__ import annotations
 
@@ -9,6 +10,7 @@ import torch
 from torch import Tensor
 
 TOP_K = 20
+THIN_SUPPORT = 2  # a top latent seen on this many reference prompts or fewer rests on anecdote
 
 
 @dataclass
@@ -16,8 +18,12 @@ class ScoreReport:
     """How far the scores can be trusted (see :meth:`FeatureScores.report`).
 
     ``effective_latents`` is ``exp(entropy)`` of ``s / sum(s)``: the number of equally scored
-    latents that would carry the same score mass. ``fvu`` and ``top_firing`` need the model and
-    are ``None`` for scores imported from CSV.
+    latents that would carry the same score mass. ``top_k`` is the number of top latents the
+    next figures look at (20, or fewer when fewer latents have a score): ``top_firing`` how many
+    fire on the alignment set, ``thin_support`` how many fire on at most two reference prompts.
+    ``delta_explained`` (``mean_diff`` only) is the share of the alignment-minus-reference
+    direction that the chosen decoder rows reproduce. Figures that need the model are ``None``
+    for scores imported from CSV.
     """
 
     coverage: float
@@ -27,6 +33,8 @@ class ScoreReport:
     fvu: float | None = None
     top_k: int = TOP_K
     top_firing: int | None = None
+    thin_support: int | None = None
+    delta_explained: float | None = None
     warnings: list[str] = field(default_factory=list)
 
     def to_dict(self) -> dict[str, Any]:
@@ -45,23 +53,41 @@ class ScoreReport:
             lines.append(f"FVU on alignment   {self.fvu:.3f}")
         if self.top_firing is not None:
             lines.append(f"top-{self.top_k} firing      {self.top_firing} on the alignment set")
+        if self.thin_support is not None:
+            lines.append(
+                f"thin support       {self.thin_support} of the top {self.top_k} fire on "
+                f"<= {THIN_SUPPORT} reference prompts"
+            )
+        if self.delta_explained is not None:
+            lines.append(
+                f"target explained   {self.delta_explained:.1%} of the alignment direction"
+            )
         return "\n".join(lines + [f"warning: {w}" for w in self.warnings])
 
 
 def build_report(
-    scores: Tensor, coverage: float, fvu: float | None = None, align_counts: Tensor | None = None
+    scores: Tensor,
+    coverage: float,
+    fvu: float | None = None,
+    align_counts: Tensor | None = None,
+    ref_counts: Tensor | None = None,
+    delta_explained: float | None = None,
+    top_k: int | None = None,
 ) -> ScoreReport:
-    """The uncertainty report of a score vector; low-quality cases get a warning saying why."""
+    """The uncertainty report of a score vector; low-quality cases get a warning saying why.
+
+    ``top_k`` is how many top latents the figures look at (default 20, at most those that fired).
+    """
     s = scores.double()
     d_sae = s.numel()
     n_fired = round(coverage * d_sae)
     total = s.sum()
     p = s[s > 0] / total if total > 0 else s[:0]
     effective = float(torch.exp(-(p * p.log()).sum())) if p.numel() else 0.0
-    top_k = min(TOP_K, max(n_fired, 1))
-    top_firing = None
-    if align_counts is not None:
-        top_firing = int((align_counts[torch.topk(s, top_k).indices] > 0).sum())
+    top_k = min(top_k or TOP_K, max(n_fired, 1))
+    top = torch.topk(s, top_k).indices
+    top_firing = None if align_counts is None else int((align_counts[top] > 0).sum())
+    thin = None if ref_counts is None else int((ref_counts[top] <= THIN_SUPPORT).sum())
     notes = []
     if n_fired == 0:
         notes.append(
@@ -82,4 +108,18 @@ def build_report(
             f"Only {top_firing} of the {top_k} highest-scoring latents fire on the alignment set: "
             "the scores favour latents the target texts do not use, so steering may be weak."
         )
-    return ScoreReport(coverage, n_fired, d_sae, effective, fvu, top_k, top_firing, notes)
+    if thin is not None and n_fired and thin > top_k / 2:
+        notes.append(
+            f"{thin} of the {top_k} highest-scoring latents fire on only {THIN_SUPPORT} or fewer "
+            "reference prompts: their scores rest on anecdote (rule='support' or "
+            "rule='mean_diff' do not rank such latents first)."
+        )
+    if delta_explained is not None and delta_explained < 0.25:
+        notes.append(
+            f"The chosen latents reproduce only {delta_explained:.0%} of the direction from the "
+            "reference set to the alignment set: the SAE represents this target poorly (more "
+            "latents, k, or another SAE may help)."
+        )
+    return ScoreReport(
+        coverage, n_fired, d_sae, effective, fvu, top_k, top_firing, thin, delta_explained, notes
+    )

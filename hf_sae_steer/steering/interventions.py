@@ -1,19 +1,25 @@
 """What hooks do: pure tensor functions from a site's hidden state ``x`` to the steered ``x'``.
 
-The methods are ``docs/method.md`` §2. With ``s`` the per-latent scores and ``pre`` the SAE's
-pre-activations of ``x``:
+The methods are ``docs/method.md`` §2 and §6. With ``s`` the per-latent scores, ``pre`` the
+SAE's pre-activations of ``x`` and ``z = act(pre)``:
 
-======  =============================================  ======================================
-orig    ``x`` unchanged                                baseline
-sae     ``act(pre)``                                   the SAE round trip
-clamp   ``act(pre)``, +10 on the 5 top-scoring latents  the usual SAE steering
-weight  ``act(pre * s)``                               score-weighted pre-activations
-swap    ``pre * (act(pre * s) != 0)``                  latents chosen by the weighted code,
-                                                       with their unweighted pre-activations
-======  =============================================  ======================================
+======  ================================================  ====================================
+orig    ``x`` unchanged                                   baseline
+sae     ``z``                                             the SAE round trip
+clamp   ``z``, +c on the K top-scoring latents            the usual SAE steering; ``c`` is 10
+                                                          in the reference, else each latent's
+                                                          typical activation
+weight  ``act(pre * s)``                                  score-weighted pre-activations
+swap    ``pre * (act(pre * s) != 0)``                     latents chosen by the weighted code,
+                                                          with their unweighted pre-activations
+add     ``z``, +w_i on chosen latents i                   a rule's latents with their weights
+vector  (no SAE) ``x + v``                                a steering vector, e.g. mean difference
+======  ================================================  ====================================
 
-``x' = decode(z')``, or with ``preserve_error`` ``x + decode(z') - decode(act(pre))``, then
-``x + strength * (x' - x)``. Nothing here knows about models or hooks.
+``x' = decode(z')``, or with ``preserve_error`` ``x + decode(z') - decode(z)``, then
+``x + strength * (x' - x)``. ``clamp`` and ``add`` with ``preserve_error`` add a constant change
+of latents, so they need no encoder at all: ``x + strength * scale(x) * (c @ W_dec)``. Nothing
+here knows about models or hooks.
 """
 
 from __future__ import annotations
@@ -27,13 +33,16 @@ import torch
 from torch import Tensor
 
 from hf_sae_steer.sae.base import SAE, Code, SparseCode
+from hf_sae_steer.scoring.calibration import clamp_values
 
-Method = Literal["orig", "sae", "clamp", "weight", "swap"]
+Method = Literal["orig", "sae", "clamp", "weight", "swap", "add", "vector"]
 METHODS: tuple[Method, ...] = get_args(Method)
+REFERENCE_METHODS: tuple[Method, ...] = ("orig", "sae", "clamp", "weight", "swap")
+NEEDS_SCORES: tuple[Method, ...] = ("clamp", "weight", "swap")
 EditMode = Literal["pin", "add", "multiply"]
 EDIT_MODES: tuple[EditMode, ...] = get_args(EditMode)
-# Methods whose new code is the plain activation act(pre); clamp adds a constant on top.
-_UNWEIGHTED = ("orig", "sae", "clamp")
+# Methods whose new code is the plain activation act(pre); clamp and add put a constant on top.
+_UNWEIGHTED = ("orig", "sae", "clamp", "add")
 
 
 @dataclass(frozen=True)
@@ -79,7 +88,7 @@ class Intervention:
 
     def __init__(
         self,
-        sae: SAE,
+        sae: SAE | None,
         method: Method = "swap",
         scores: Tensor | None = None,
         *,
@@ -87,32 +96,55 @@ class Intervention:
         preserve_error: bool = False,
         edits: Sequence[LatentEdit] = (),
         clamp_k: int = 5,
-        clamp_value: float = 10.0,
+        clamp_value: float | None = 10.0,
+        typical: Tensor | None = None,
+        latents: SparseCode | None = None,
+        vector: Tensor | None = None,
     ) -> None:
         if method not in METHODS:
             raise ValueError(f"Unknown method {method!r}; use one of {', '.join(METHODS)}.")
         if not math.isfinite(strength):
             raise ValueError(f"strength must be a finite number, got {strength}.")
-        n = sae.d_sae
-        if method in ("clamp", "weight", "swap") and scores is None:
+        if sae is None and method != "vector":
+            raise ValueError(f"Method {method!r} needs an SAE; only 'vector' steers without one.")
+        if method in NEEDS_SCORES and scores is None:
             raise ValueError(
                 f"Method {method!r} needs scores (one per latent, from FeatureScores)."
             )
+        if method == "vector":
+            if vector is None:
+                raise ValueError("Method 'vector' needs a steering vector (vector=, or scores "
+                                 "fitted with rule='mean_diff').")  # fmt: skip
+            vector = _check_vector(vector, sae)
+        if method == "add":
+            if latents is None:
+                raise ValueError("Method 'add' needs latents and weights (latents=, or scores "
+                                 "fitted with rule='mean_diff').")  # fmt: skip
+            latents = _check_latents(latents, sae)
+        n = sae.d_sae if sae is not None else 0
         if method == "clamp" and not 0 < clamp_k <= n:
             raise ValueError(f"clamp_k={clamp_k} must be between 1 and d_sae={n}.")
+        if clamp_value is not None and not math.isfinite(clamp_value):
+            raise ValueError(f"clamp_value must be finite, got {clamp_value}.")
         for edit in edits:
-            if not 0 <= edit.index < n:
+            if sae is None or not 0 <= edit.index < n:
                 raise ValueError(f"Edited latent {edit.index} is out of range for d_sae={n}.")
         self.sae = sae
         self.method = method
-        self.scores = None if scores is None else check_scores(scores, n)
+        self.scores = None if scores is None or sae is None else check_scores(scores, n)
         self.strength = float(strength)
         self.preserve_error = preserve_error
         self.edits = tuple(edits)
         self.clamp_k = clamp_k
         self.clamp_value = clamp_value
+        self.typical = typical
+        self.latents = latents
+        self.vector = vector
         self._placed: tuple[torch.device, torch.dtype] | None = None
-        self.place(sae.device, sae.dtype)
+        if sae is not None:
+            self.place(sae.device, sae.dtype)
+        else:
+            self.place(vector.device, vector.dtype)
 
     @property
     def is_identity(self) -> bool:
@@ -123,32 +155,66 @@ class Intervention:
     @property
     def keeps_error(self) -> bool:
         """Whether the result is ``x`` plus a change (the SAE's error term survives)."""
-        return self.preserve_error or self.method == "orig"
+        return self.preserve_error or self.method in ("orig", "vector")
+
+    @property
+    def clamped(self) -> SparseCode | None:
+        """The latents ``clamp`` raises and by how much (None for other methods)."""
+        if self.method != "clamp" or self.scores is None:
+            return None
+        return clamp_values(self.scores, self.clamp_k, self.clamp_value, self.typical)
+
+    @property
+    def added(self) -> Tensor | None:
+        """What this intervention adds at strength 1 when it is a constant (``vector``; ``add``
+        and ``clamp`` keeping the error) in the SAE's input space for the SAE methods (scaled by
+        each token's preprocessing scale), else ``None``."""
+        if self.method == "vector":
+            return self._vector
+        if self.keeps_error and self.method in ("add", "clamp") and not self.edits:
+            return self._shift
+        return None
 
     def place(self, device: torch.device, dtype: torch.dtype) -> None:
         """Prepare for inputs on ``device`` in ``dtype``: the SAE (a copy if it must move; the
         user's stays put), the scores, and the constant decoder-space vectors."""
+        self._placed = (device, dtype)
+        if self.sae is None:
+            self._vector = self.vector.to(device, dtype)
+            return
         sae = self._sae = self.sae.placed(device, dtype)
         self._s = None if self.scores is None else self.scores.to(device, dtype)
-        self._clamp_shift = None
-        if self.method == "clamp":
-            top = torch.topk(self.scores, self.clamp_k).indices.to(device)
-            # Decoding is linear, so +c on fixed latents is one constant change.
-            shift = SparseCode(top, torch.full(top.shape, self.clamp_value, device=device))
-            self._clamp_shift = sae.decode_change(shift)
+        self._vector = None if self.vector is None else self.vector.to(device, dtype)
+        # Decoding is linear, so a constant change of latents is one constant vector.
+        constant = self.clamped if self.method == "clamp" else self.latents
+        self._shift = None
+        if self.method in ("clamp", "add") and constant is not None:
+            code = SparseCode(constant.indices.to(device), constant.values.to(device, dtype))
+            self._shift = sae.decode_change(code)
         if self.edits:
             self._edit_index = torch.tensor([e.index for e in self.edits], device=device)
             self._edit_value = torch.tensor(
                 [e.value for e in self.edits], device=device, dtype=dtype
             )
             self._edit_mode = [e.mode for e in self.edits]
-        self._placed = (device, dtype)
 
     def __call__(self, x: Tensor) -> Tensor:
         if self.is_identity:
             return x
         if self._placed != (x.device, x.dtype):
             self.place(x.device, x.dtype)
+        if self.method == "vector":
+            x_new = x + self._vector
+        elif self.added is not None:  # a constant change of latents: no encoder needed
+            _, info = self._sae.preprocess(x)
+            x_new = x + self._sae.scale_change(self._shift, info)
+        else:
+            x_new = self._through_sae(x)
+        if self.strength == 1.0:
+            return x_new
+        return x + self.strength * (x_new - x)
+
+    def _through_sae(self, x: Tensor) -> Tensor:
         sae = self._sae
         xp, info = sae.preprocess(x)
         pre = sae.encode_pre(xp)
@@ -162,15 +228,13 @@ class Intervention:
                 changes.append(sae.decode_change(diff))
         else:
             x_new = sae.decode_code(code, info)
-        if self._clamp_shift is not None:
-            changes.append(self._clamp_shift)
+        if self._shift is not None:
+            changes.append(self._shift)
         if self.edits:
             changes.append(self._edit_change(code))
         if changes:
             x_new = x_new + sae.scale_change(sum(changes[1:], changes[0]), info)
-        if self.strength == 1.0:
-            return x_new
-        return x + self.strength * (x_new - x)
+        return x_new
 
     # -- the method table ----------------------------------------------------------------
     def _new_code(self, pre: Tensor) -> Code:
@@ -205,3 +269,28 @@ class Intervention:
             else:
                 target[..., j] = current[..., j] * v
         return (target - current) @ self._sae.W_dec.index_select(0, idx)
+
+
+def _check_vector(vector: Tensor, sae: SAE | None) -> Tensor:
+    vector = torch.as_tensor(vector).detach().flatten()
+    if sae is not None and vector.numel() != sae.d_in:
+        raise ValueError(
+            f"The steering vector has {vector.numel()} entries but the site has width "
+            f"d_in={sae.d_in}."
+        )
+    if not torch.isfinite(vector).all():
+        raise ValueError("The steering vector holds NaN/inf values.")
+    return vector.float() if not vector.is_floating_point() else vector
+
+
+def _check_latents(latents: SparseCode, sae: SAE | None) -> SparseCode:
+    indices = torch.as_tensor(latents.indices).long().flatten()
+    values = torch.as_tensor(latents.values, dtype=torch.float32).flatten()
+    n = sae.d_sae if sae is not None else 0
+    if indices.numel() != values.numel() or indices.numel() == 0:
+        raise ValueError("latents= needs as many weights as latents, and at least one.")
+    if ((indices < 0) | (indices >= n)).any():
+        raise ValueError(f"A latent of latents= is out of range for d_sae={n}.")
+    if not torch.isfinite(values).all():
+        raise ValueError("The latent weights hold NaN/inf values.")
+    return SparseCode(indices, values)
