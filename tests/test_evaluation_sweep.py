@@ -159,7 +159,7 @@ def test_evaluate_end_to_end(tokenizer, sae, scores, tmp_path):
     assert all_hooks(model) == 0
     labels = [(r["label"], r["strength"]) for r in result.rows]
     expected = [("orig", None)] + [
-        (f"{m}+err" if e else m, s) if not (m == "sae" and e) else ("sae+err (identity)", s)
+        (f"{m}+err" if e else m, s)
         for m in ("sae", "clamp", "weight", "swap")
         for e in (False, True)
         for s in (1.0, 2.0)
@@ -169,22 +169,22 @@ def test_evaluate_end_to_end(tokenizer, sae, scores, tmp_path):
     for r in result.rows:
         assert r["relevance_centroid_lo"] <= r["relevance_centroid"] <= r["relevance_centroid_hi"]
         assert r["tokens_per_s"] > 0
-    # Same seeds everywhere: the identity configuration reproduces orig token for token.
+    # Same seeds everywhere: sae+err, the identity, reproduces orig token for token.
     base = [s["continuation"] for s in result.samples if s["method"] == "orig"]
-    same = [s["continuation"] for s in result.samples if s["label"] == "sae+err (identity)"]
+    same = [s["continuation"] for s in result.samples if s["label"] == "sae+err"]
     assert same == base * 2
-    assert result.row("sae", True, 2.0)["relevance_delta"] == 0.0
+    assert result.row("sae+err", 2.0)["relevance_centroid_delta"] == 0.0
+    assert result.row("sae+err", 2.0)["perplexity_ratio"] == pytest.approx(1.0)
 
     paths = result.save(tmp_path / "eval")
     assert paths["plot.png"].read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     with paths["table.csv"].open() as f:
         assert len(list(csv.DictReader(f))) == 17
     table = paths["table.md"].read_text()
-    assert table.count("\n") == 2 + 17 and "sae+err" not in table  # method column, not labels
-    assert "yes (identity)" in table
+    assert table.count("\n") == 2 + 17 and "| sae+err | ×2 |" in table
     lines = paths["samples.jsonl"].read_text().splitlines()
     assert len(lines) == 34 and "perplexity" in json.loads(lines[0])
-    assert json.loads(paths["config.json"].read_text())["strengths"] == [1.0, 2.0]
+    assert json.loads(paths["config.json"].read_text())["conditions"][:2] == ["orig", "sae"]
 
 
 def test_evaluate_removes_hooks_on_error(tokenizer, sae, scores, monkeypatch):

@@ -10,6 +10,7 @@ from typing import Any
 import torch
 
 from hf_sae_steer.cli.demo import run_demo
+from hf_sae_steer.evaluation.conditions import BASELINES, CONTROLS
 from hf_sae_steer.evaluation.sweep import evaluate
 from hf_sae_steer.generation import compare_methods
 from hf_sae_steer.models import load_model
@@ -45,11 +46,22 @@ def _prompts(args: argparse.Namespace) -> list[str]:
 
 
 def _methods(text: str) -> list[str]:
+    """Method names; ``recommended`` is the scores' own steering."""
     methods = [m.strip() for m in text.split(",") if m.strip()]
-    unknown = [m for m in methods if m not in METHODS]
+    unknown = [m for m in methods if m not in (*METHODS, "recommended")]
     if unknown or not methods:
-        raise ValueError(f"Unknown method {unknown or text!r}; use one of {', '.join(METHODS)}.")
+        raise ValueError(
+            f"Unknown method {unknown or text!r}; use recommended or one of {', '.join(METHODS)}."
+        )
     return methods
+
+
+def _names(text: str, allowed: tuple[str, ...], flag: str) -> list[str]:
+    names = [n.strip() for n in text.split(",") if n.strip()]
+    unknown = [n for n in names if n not in allowed]
+    if unknown:
+        raise ValueError(f"{flag}: unknown {unknown}; use some of {', '.join(allowed)}.")
+    return names
 
 
 def _floats(text: str, flag: str) -> tuple[float, ...]:
@@ -96,6 +108,10 @@ def cmd_score(args: argparse.Namespace) -> dict[str, Any]:
             site=args.site,
             reference=reference,
             alignment=alignment,
+            rule=args.rule,
+            k=args.k,
+            prior_prompts=args.prior_prompts,
+            norm_fraction=args.norm_fraction,
             summary=args.summary,
             embedder=args.embedder,
             batch_size=args.batch_size,
@@ -107,8 +123,16 @@ def cmd_score(args: argparse.Namespace) -> dict[str, Any]:
     if args.push_to_hub:
         scores.push_to_hub(args.push_to_hub)
     if not args.json:
-        print(f"Wrote {path}\n{scores.report()}")
-    return {"path": str(path), "report": scores.report().to_dict()}
+        rec = scores.recommended
+        steer = f"{rec['method']} at strength {rec['strength']:.3g}" if rec else "none"
+        print(f"Wrote {path} (rule {scores.rule}; recommended steering: {steer})")
+        print(scores.report())
+    return {
+        "path": str(path),
+        "rule": scores.rule,
+        "recommended": scores.recommended,
+        "report": scores.report().to_dict(),
+    }
 
 
 def cmd_generate(args: argparse.Namespace) -> list[dict[str, str]]:
@@ -121,27 +145,27 @@ def cmd_generate(args: argparse.Namespace) -> list[dict[str, str]]:
         sae,
         scores,
         prompts,
-        methods,
+        [None if m == "recommended" else m for m in methods],
         layer=args.layer,
         site=args.site,
         strength=args.strength,
         preserve_error=args.preserve_error,
+        clamp_value=args.clamp_value,
         positions=args.positions,
         include_base=args.compare,
         **_gen_options(args),
     )
     if not args.json:
-        _print_rows(rows, methods, show_base=args.compare)
+        _print_rows(rows, (["base"] if args.compare else []) + methods)
     return rows
 
 
-def _print_rows(rows: list[dict[str, str]], methods: list[str], show_base: bool) -> None:
+def _print_rows(rows: list[dict[str, str]], columns: list[str]) -> None:
+    width = max(len(c) for c in columns)
     for row in rows:
         print(f"\n>>> {row['prompt']}")
-        if show_base:
-            print(f"  [base ] {row['base']!r}")
-        for method in methods:
-            print(f"  [{method:<5}] {row[method]!r}")
+        for column in columns:
+            print(f"  [{column:<{width}}] {row[column]!r}")
 
 
 def cmd_inspect(args: argparse.Namespace) -> dict[str, Any]:
@@ -184,23 +208,18 @@ def cmd_inspect(args: argparse.Namespace) -> dict[str, Any]:
 
 
 def cmd_demo(args: argparse.Namespace) -> dict[str, Any]:
-    methods = _methods(args.methods)
     result = run_demo(
         args.assets,
         model=args.model,
         sae=args.sae,
         scores=args.scores,
+        reference_scores=args.reference_scores,
         prompts=args.prompts,
         alignment=args.alignment,
-        methods=methods,
-        strength=args.strength,
-        preserve_error=args.preserve_error,
+        reference=args.reference,
         n_prompts=args.n_prompts,
+        samples=args.samples,
         max_new_tokens=args.max_new_tokens,
-        do_sample=args.sample,
-        temperature=args.temperature,
-        top_k=args.top_k,
-        top_p=args.top_p,
         batch_size=args.batch_size,
         seed=args.seed,
         device=args.device,
@@ -209,17 +228,20 @@ def cmd_demo(args: argparse.Namespace) -> dict[str, Any]:
     )
     if not args.json:
         print(f"model {result.setup['model']}  sae {result.setup['sae']}")
-        _print_rows(result.rows, methods, show_base=True)
-        if result.report is not None:
-            print(f"\n{result.report}")
-        print(f"\n{result.relevance_line()}")
+        print(result.steering_line())
+        _print_rows(result.rows, result.columns)
+        print(f"\nUncertainty report of the scores:\n{result.scores.report()}\n")
+        print("\n".join(result.measured_lines()))
     return result.to_dict()
 
 
 def cmd_eval(args: argparse.Namespace) -> dict[str, Any]:
     strengths = _floats(args.strengths, "--strengths")
+    rhos = _floats(args.norm_fractions, "--norm-fractions")
     preserve = {"both": (False, True), "on": (True,), "off": (False,)}[args.preserve_error]
-    methods = tuple(_methods(args.methods))
+    methods = tuple(m for m in _methods(args.methods) if m != "recommended")
+    baselines = _names(args.baselines, BASELINES, "--baselines")
+    controls = _names(args.controls, CONTROLS, "--controls")
     import matplotlib  # noqa: F401 - fail now, not after the whole sweep, if plotting can't work
 
     prompts, alignment = load_prompts(args.prompts)[: args.n_prompts], load_prompts(args.alignment)
@@ -232,7 +254,11 @@ def cmd_eval(args: argparse.Namespace) -> dict[str, Any]:
         scores,
         prompts,
         alignment,
+        reference=args.reference,
         methods=methods,
+        norm_fractions=rhos,
+        baselines=baselines,
+        controls=controls,
         embedder=args.embedder,
         temperature=args.temperature,
         top_k=args.top_k,

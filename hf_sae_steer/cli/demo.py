@@ -1,20 +1,25 @@
-"""The demo: base vs steered continuations on the shipped assets (offline), or on any setup."""
+"""The demo: base vs the recommended steering vs the reference's method, with the measured gain.
+
+On the shipped assets (offline) it needs no argument; ``model``/``sae``/``scores`` run the same
+steps on any setup.
+"""
 
 from __future__ import annotations
 
-from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from hf_sae_steer.evaluation.metrics import concept_relevance
-from hf_sae_steer.generation import compare_methods
+from hf_sae_steer.evaluation.conditions import Condition, recommended_condition
+from hf_sae_steer.evaluation.result import EvalResult, ci
+from hf_sae_steer.evaluation.sweep import evaluate
+from hf_sae_steer.generation import continue_prompts
 from hf_sae_steer.models import load_model
 from hf_sae_steer.sae.loading import load_sae
-from hf_sae_steer.scoring.embedders import DEFAULT_EMBEDDER, embed_prompts, load_embedder
+from hf_sae_steer.scoring.embedders import DEFAULT_EMBEDDER, load_embedder
 from hf_sae_steer.scoring.prompts import load_prompts
-from hf_sae_steer.scoring.record import load_scores
-from hf_sae_steer.scoring.uncertainty import ScoreReport
+from hf_sae_steer.scoring.record import FeatureScores, load_scores
+from hf_sae_steer.steering.steered import SteeredModel
 
 BUILD_COMMAND = "python scripts/build_demo_assets.py"
 EMBEDDER_HINT = (
@@ -25,6 +30,7 @@ EMBEDDER_HINT = (
 # source checkout (storage/demo is the single source of both).
 _PACKAGE = Path(__file__).resolve().parents[1]
 DEFAULT_LOCATIONS = (_PACKAGE / "_demo", _PACKAGE.parent / "storage" / "demo")
+RECOMMENDED, REFERENCE = "recommended", "swap (reference)"
 
 
 def find_assets(assets: str | Path | None = None) -> Path:
@@ -41,35 +47,63 @@ def find_assets(assets: str | Path | None = None) -> Path:
 
 @dataclass
 class DemoResult:
-    """What the demo shows: continuations, the uncertainty report, and the shift in relevance."""
+    """What the demo shows: continuations, the uncertainty report, the measured gains."""
 
     rows: list[dict[str, str]]
-    methods: list[str]
-    report: ScoreReport | None
-    relevance: dict[str, float] = field(default_factory=dict)
+    columns: list[str]
+    scores: FeatureScores
+    measured: EvalResult | None = None
     setup: dict[str, Any] = field(default_factory=dict)
-    relevance_missing: str | None = None
+    missing: str | None = None
 
-    def relevance_line(self) -> str:
-        if self.relevance_missing is not None:
-            return self.relevance_missing
-        if not self.relevance:
-            return "No alignment set given, so no relevance figure (pass --alignment)."
-        base = self.relevance["base"]
-        parts = [
-            f"{m} {self.relevance[m]:.3f} ({self.relevance[m] - base:+.3f})" for m in self.methods
-        ]
+    def steering_line(self) -> str:
+        rec = self.scores.recommended
+        if not rec:
+            return "The scores recommend no steering; showing swap, the reference's method."
+        keep = " with preserve_error" if rec.get("preserve_error") else ""
         return (
-            "Similarity of continuations to the alignment set (cosine to its centroid): "
-            f"base {base:.3f}; " + "; ".join(parts)
+            f"Recommended steering (rule {self.scores.rule}): {rec['method']} at strength "
+            f"{rec['strength']:.3g}{keep}; {rec.get('why', '')}."
         )
+
+    def measured_lines(self) -> list[str]:
+        if self.missing is not None:
+            return [self.missing]
+        if self.measured is None:
+            return ["No alignment set given, so no measured gain (pass --alignment)."]
+        m = self.measured
+        c = m.config
+        head = (
+            f"Measured on {c['n_prompts']} prompts x {c['samples']} samples, paired against the "
+            "base model (95% intervals over prompts):"
+        )
+        lines = [head]
+        for label in self.columns[1:]:
+            r = m.row(label)
+            topic = (
+                f"  Δ P(topic) {ci(r, 'p_topic_delta', signed=True)}"
+                if c.get("classifier_cv_auc") is not None
+                else ""
+            )
+            lines.append(
+                f"  {label:<18} Δ cosine {ci(r, 'relevance_centroid_delta', signed=True)}{topic}"
+                f"  perplexity x{r['perplexity_ratio']:.2f}"
+            )
+        if c.get("classifier_cv_auc") is not None:
+            lines.append(
+                f"  (P(topic): a classifier of alignment vs reference texts, CV AUC "
+                f"{c['classifier_cv_auc']:.2f}; cosine: to the alignment centroid.)"
+            )
+        return lines
 
     def to_dict(self) -> dict[str, Any]:
         return {
             "setup": self.setup,
             "rows": self.rows,
-            "report": self.report.to_dict() if self.report is not None else None,
-            "relevance": self.relevance,
+            "report": self.scores.report().to_dict(),
+            "recommended": self.scores.recommended,
+            "measured": None if self.measured is None else self.measured.rows,
+            "missing": self.missing,
         }
 
 
@@ -79,82 +113,93 @@ def run_demo(
     model: str | None = None,
     sae: str | None = None,
     scores: str | None = None,
+    reference_scores: str | None = None,
     prompts: Any = None,
     alignment: Any = None,
-    methods: Sequence[str] = ("swap",),
-    strength: float = 1.0,
-    preserve_error: bool = False,
+    reference: Any = None,
     n_prompts: int = 6,
+    samples: int = 3,
     max_new_tokens: int = 24,
-    do_sample: bool = False,
-    temperature: float = 1.0,
-    top_k: int | None = 50,
-    top_p: float = 1.0,
-    batch_size: int = 8,
+    batch_size: int = 16,
     seed: int = 0,
     device: str | None = None,
     dtype: str | None = None,
     progress: bool = True,
 ) -> DemoResult:
-    """Run the shipped demo (no arguments), or the same steps on ``model``/``sae``/``scores``."""
+    """Run the shipped demo (no arguments), or the same steps on ``model``/``sae``/``scores``.
+
+    Shows greedy continuations of the first ``n_prompts`` prompts under the base model, the
+    scores' recommended steering and (given ``reference_scores``, the reference rule's) the
+    reference method, ``swap``; then measures the gains on all the prompts, ``samples``
+    sampled continuations each.
+    """
     if model is None or sae is None or scores is None:
         if any(v is not None for v in (model, sae, scores)):
             raise ValueError("Pass all of model, sae and scores, or none of them (shipped demo).")
         root = find_assets(assets)
         model, sae, scores = str(root / "model"), str(root / "sae"), str(root / "scores")
+        if reference_scores is None and (root / "scores_seed").is_dir():
+            reference_scores = str(root / "scores_seed")
         prompts = prompts if prompts is not None else root / "prompts.txt"
         alignment = alignment if alignment is not None else root / "alignment.txt"
+        reference = reference if reference is not None else root / "reference.txt"
     lm, tokenizer = load_model(model, device=device, dtype=dtype)
     autoencoder = load_sae(sae)
-    feature_scores = load_scores(scores)
+    artifacts = {"default": load_scores(scores)}
+    if reference_scores is not None:
+        artifacts["seed"] = load_scores(reference_scores)
     texts = load_prompts(prompts) if prompts is not None else list(DEFAULT_PROMPTS)
-    texts = texts[:n_prompts]
-    rows = compare_methods(
-        lm,
-        tokenizer,
-        autoencoder,
-        feature_scores,
-        texts,
-        list(methods),
-        strength=strength,
-        preserve_error=preserve_error,
-        max_new_tokens=max_new_tokens,
-        do_sample=do_sample,
-        temperature=temperature,
-        top_k=top_k,
-        top_p=top_p,
-        batch_size=batch_size,
-        seed=seed,
-        progress=progress,
-    )
-    relevance: dict[str, float] = {}
-    missing = None
+    conditions = [Condition("base"), recommended_condition(artifacts["default"].recommended)]
+    if "seed" in artifacts:
+        conditions.append(Condition(REFERENCE, "swap", scores="seed"))
+    shown = texts[:n_prompts]
+    options = {"max_new_tokens": max_new_tokens, "batch_size": batch_size, "progress": progress}
+    rows = _show(lm, tokenizer, autoencoder, artifacts, conditions, shown, **options)
+    measured, missing = None, None
     if alignment is not None:
-        name = feature_scores.embedder or DEFAULT_EMBEDDER
+        name = artifacts["default"].embedder or DEFAULT_EMBEDDER
         try:
-            embedder, _ = load_embedder(name)
+            load_embedder(name)
         except OSError as error:  # no network and no local copy
-            embedder = None
             missing = (
                 f"No similarity figure: the sentence embedder {name!r} cannot be loaded here "
                 f"({type(error).__name__}); for it, {EMBEDDER_HINT}."
             )
-        if embedder is not None:
-            (align,), _ = embed_prompts(embedder, [load_prompts(alignment)], progress=False)
-            for column in ("base", *methods):
-                centroid, _ = concept_relevance([r[column] for r in rows], align, embedder)
-                relevance[column] = float(centroid.mean())
-    report = feature_scores.report()
-    setup = {
-        "model": model,
-        "sae": sae,
-        "scores": scores,
-        "methods": list(methods),
-        "strength": strength,
-        "preserve_error": preserve_error,
-        "seed": seed,
-    }
-    return DemoResult(rows, list(methods), report, relevance, setup, missing)
+        else:
+            measured = evaluate(
+                lm, tokenizer, autoencoder, artifacts, texts, alignment, reference=reference,
+                conditions=[Condition("orig"), *conditions[1:]], samples=samples,
+                max_new_tokens=max_new_tokens, seed=seed, batch_size=batch_size, progress=False,
+            )  # fmt: skip
+    setup = {"model": model, "sae": sae, "scores": scores, "reference_scores": reference_scores,
+             "seed": seed}  # fmt: skip
+    columns = [c.name for c in conditions]
+    return DemoResult(rows, columns, artifacts["default"], measured, setup, missing)
+
+
+def _show(
+    lm: Any,
+    tokenizer: Any,
+    sae: Any,
+    artifacts: dict[str, FeatureScores],
+    conditions: list[Condition],
+    texts: list[str],
+    **generation: Any,
+) -> list[dict[str, str]]:
+    """Greedy continuations of ``texts`` under every condition (a row per prompt)."""
+    rows: list[dict[str, str]] = [{"prompt": t} for t in texts]
+    for cond in conditions:
+        if cond.method is None:
+            outs = continue_prompts(lm, tokenizer, texts, **generation)
+        else:
+            with SteeredModel(
+                lm, sae, scores=artifacts[cond.scores], method=cond.method,
+                strength=cond.strengths[0], preserve_error=cond.preserve_error,
+            ) as steered:  # fmt: skip
+                outs = continue_prompts(steered, tokenizer, texts, **generation)
+        for row, text in zip(rows, outs, strict=True):
+            row[cond.name] = text
+    return rows
 
 
 DEFAULT_PROMPTS = (

@@ -54,13 +54,24 @@ def _generation(p: argparse.ArgumentParser) -> None:
     p.add_argument("--batch-size", type=positive_int, default=8)
 
 
-def _steering(p: argparse.ArgumentParser, several: bool) -> None:
-    if several:
-        p.add_argument("--methods", default="swap", help="comma-separated, e.g. swap,clamp")
-    else:
-        p.add_argument("--method", default="swap", help="orig, sae, clamp, weight or swap")
-    p.add_argument("--strength", type=float, default=1.0)
-    p.add_argument("--preserve-error", action="store_true", help="keep the SAE's error term")
+METHOD_HELP = (
+    "recommended (the scores' own steering), add, vector, clamp, swap, weight, sae or orig"
+)
+
+
+def _steering(p: argparse.ArgumentParser) -> None:
+    p.add_argument(
+        "--methods", default="recommended", help=f"comma-separated, of: {METHOD_HELP}"
+    )
+    p.add_argument(
+        "--strength", type=float, help="default: the recommended one, or calibrated, or 1"
+    )
+    p.add_argument(
+        "--preserve-error",
+        action=argparse.BooleanOptionalAction,
+        help="keep the SAE's error term (default: as recommended; on for add)",
+    )
+    p.add_argument("--clamp-value", type=float, help="clamp: add this (default: calibrated)")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -84,6 +95,20 @@ def build_parser() -> argparse.ArgumentParser:
         type=positive_int,
         help="embedder truncation in tokens (MiniLM: 256 by default; the reference used 512)",
     )
+    p.add_argument(
+        "--rule",
+        default="mean_diff",
+        choices=["mean_diff", "support", "seed"],
+        help="selection rule (seed: the reference's, exactly; default mean_diff)",
+    )
+    p.add_argument("--k", type=positive_int, help="mean_diff: latents to choose (default 5)")
+    p.add_argument("--prior-prompts", type=float, help="support: shrinkage (default 5)")
+    p.add_argument(
+        "--norm-fraction",
+        type=float,
+        default=0.5,
+        help="strength of the recommended steering, as a fraction of the hidden-state norm",
+    )
     p.add_argument("--summary", default="avg", choices=["avg", "max", "counts"])
     p.add_argument("--embedder", default="sentence-transformers/all-MiniLM-L6-v2")
     p.add_argument("--batch-size", type=positive_int, default=16)
@@ -97,7 +122,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--prompts", help="file of prompts (txt/csv/json/jsonl/parquet)")
     p.add_argument("--compare", action="store_true", help="print base and steered side by side")
     p.add_argument("--positions", default="all", choices=["all", "prompt", "generated"])
-    _steering(p, several=True)
+    _steering(p)
     _generation(p)
     _common(p)
 
@@ -110,24 +135,31 @@ def build_parser() -> argparse.ArgumentParser:
     _common(p)
 
     p = sub.add_parser("demo", help="base vs steered on the shipped demo (offline) or your setup")
-    p.add_argument("--assets", help="demo asset folder (default: storage/demo)")
+    p.add_argument("--assets", help="demo asset folder (default: the shipped demo)")
     p.add_argument("--model")
     p.add_argument("--sae")
-    p.add_argument("--scores")
+    p.add_argument("--scores", help="score artifact (its recommended steering is shown)")
+    p.add_argument("--reference-scores", help="reference-rule scores, to show swap beside it")
     p.add_argument("--prompts", help="prompts file (default: the demo's)")
-    p.add_argument("--alignment", help="alignment set, for the relevance line")
-    p.add_argument("--n-prompts", type=positive_int, default=6)
-    _steering(p, several=True)
-    _generation(p)
+    p.add_argument("--alignment", help="alignment set, for the measured gain")
+    p.add_argument("--reference", help="reference set, for the topic classifier")
+    p.add_argument("--n-prompts", type=positive_int, default=6, help="prompts shown")
+    p.add_argument("--samples", type=positive_int, default=3, help="samples per measured prompt")
+    p.add_argument("--max-new-tokens", type=positive_int, default=24)
+    p.add_argument("--batch-size", type=positive_int, default=16)
     _common(p)
 
     p = sub.add_parser("eval", help="relevance vs fluency across methods and strengths")
     _model_sae(p)
     p.add_argument("--prompts", required=True, help="held-out prompts")
     p.add_argument("--alignment", required=True, help="the alignment set")
-    p.add_argument("--methods", default="orig,sae,clamp,weight,swap")
-    p.add_argument("--strengths", default="0.5,1,2")
+    p.add_argument("--reference", help="reference texts: train the topic classifier on them")
+    p.add_argument("--methods", default="add,vector,swap", help=f"of: {METHOD_HELP}")
+    p.add_argument("--strengths", default="0.5,1,2", help="for the non-additive methods")
+    p.add_argument("--norm-fractions", default="0.125,0.25,0.5,1", help="for add and vector")
     p.add_argument("--preserve-error", default="both", choices=["both", "on", "off"])
+    p.add_argument("--baselines", default="", help="comma-separated: prefix, finetune")
+    p.add_argument("--controls", default="", help="comma-separated: random_latents, random_vector")
     p.add_argument("--samples", type=positive_int, default=3)
     p.add_argument("--max-new-tokens", type=positive_int, default=24)
     p.add_argument("--n-prompts", type=positive_int, help="use only the first N prompts")

@@ -1,5 +1,8 @@
-"""``EVAL.md``: an evaluation of the demo assets written out as a report, every number (the
-findings' sentences too) computed from the rows, so it is regenerated rather than edited."""
+"""``EVAL.md``: the evaluation of the demo assets written out as a report. Every number, and every
+sentence of the findings, is computed from the rows, so the report is regenerated, never edited.
+
+:func:`demo_conditions` is what the demo's evaluation compares; :func:`write_eval_md` writes it.
+"""
 
 from __future__ import annotations
 
@@ -11,39 +14,54 @@ from typing import Any
 
 import torch
 
-from hf_sae_steer.evaluation.metrics import bootstrap_ci, concept_relevance
-from hf_sae_steer.evaluation.result import EvalResult, label
-from hf_sae_steer.scoring.embedders import embed_prompts
-from hf_sae_steer.scoring.prompts import load_prompts
+from hf_sae_steer.evaluation.conditions import FINETUNE_EPOCHS, NORM_FRACTIONS, Condition
+from hf_sae_steer.evaluation.metrics import bootstrap_ci
+from hf_sae_steer.evaluation.result import PAIRED, EvalResult, ci, point, steers
+from hf_sae_steer.scoring.calibration import NORM_FRACTION
 from hf_sae_steer.scoring.record import FeatureScores
 
-STEERING = ("clamp", "weight", "swap")
+MAX_RATIO = 2.0  # the fluency budget of a "works" verdict: at most 2x orig's perplexity
+MATCHED = (1.25, 1.5, 2.0)
+NAMES = {"relevance_centroid": "Δ cosine", "p_topic": "Δ P(topic)"}
 
 
-def show(path: Path, root: Path) -> str:
-    return str(path.relative_to(root)) if path.is_relative_to(root) else str(path)
+def demo_conditions() -> list[Condition]:
+    """The demo's comparison: the recommended steering and its random control, a steering
+    vector (CAA) and its control, the support rule, the reference's methods, and two baselines.
+    Artifacts: ``default`` (mean_diff), ``seed`` (the reference rule), ``support``."""
+    rhos = NORM_FRACTIONS
+    return [
+        Condition("orig"),
+        Condition("add (recommended)", "add", preserve_error=True, norm_fractions=rhos),
+        Condition("random latents", "add", preserve_error=True, norm_fractions=rhos,
+                  control="random_latents"),
+        Condition("vector (CAA)", "vector", norm_fractions=rhos),
+        Condition("random vector", "vector", norm_fractions=rhos, control="random_vector"),
+        Condition("clamp (support rule)", "clamp", scores="support", preserve_error=True,
+                  norm_fractions=rhos),
+        Condition("swap (reference)", "swap", scores="seed"),
+        Condition("swap+err (reference)", "swap", scores="seed", preserve_error=True),
+        Condition("clamp +10 (reference)", "clamp", scores="seed", clamp_value=10.0),
+        Condition("weight (reference)", "weight", scores="seed"),
+        Condition("prefix", baseline="prefix"),
+        Condition("fine-tuning", baseline="finetune", epochs=FINETUNE_EPOCHS),
+    ]  # fmt: skip
 
 
-# -- findings, computed from the rows --------------------------------------------------------
-def ci(r: dict[str, Any], name: str, d: int = 3) -> str:
-    return f"{r[name]:.{d}f} [{r[name + '_lo']:.{d}f}, {r[name + '_hi']:.{d}f}]"
+def paired_difference(
+    result: EvalResult, a: tuple[str, float | None], b: tuple[str, float | None], measure: str
+) -> tuple[float, float, float]:
+    """``a - b`` on ``measure``, paired by prompt and sample, bootstrapped over prompts; each of
+    ``a``/``b`` is ``(label, norm fraction or None)``."""
 
-
-def fmt(m_lo_hi: tuple[float, float, float]) -> str:
-    return "{:+.3f} [{:+.3f}, {:+.3f}]".format(*m_lo_hi)
-
-
-def paired_gain(result: EvalResult, a: str, b: str, strength: float) -> tuple[float, float, float]:
-    """Relevance of config ``a`` minus config ``b`` (labels) at ``strength``, paired by prompt
-    and sample, bootstrapped over prompts."""
-    def by_key(name: str) -> dict[tuple[int, int], float]:
+    def values(label: str, rho: float | None) -> dict[tuple[int, int], float]:
         return {
-            (x["prompt_index"], x["sample"]): x["relevance_centroid"]
-            for x in result.samples
-            if x["label"] == name and x["strength"] == strength
+            (s["prompt_index"], s["sample"]): s[measure]
+            for s in result.samples
+            if s["label"] == label and (rho is None or s["norm_fraction"] == rho)
         }
 
-    va, vb = by_key(a), by_key(b)
+    va, vb = values(*a), values(*b)
     keys = sorted(va.keys() & vb.keys())
     c = result.config
     return bootstrap_ci(
@@ -51,286 +69,101 @@ def paired_gain(result: EvalResult, a: str, b: str, strength: float) -> tuple[fl
     )
 
 
-def curve(result: EvalResult, name: str) -> list[dict[str, Any]]:
-    """One curve's rows by strength, starting from ``orig``: every method at strength 0 *is*
-    orig (``x + 0 * (x' - x) = x``), so orig is each curve's first point."""
-    rows = sorted((r for r in result.rows if r["label"] == name), key=lambda r: r["strength"])
-    return [result.row("orig"), *rows]
+def fmt(m_lo_hi: tuple[float, float, float]) -> str:
+    return "{:+.3f} [{:+.3f}, {:+.3f}]".format(*m_lo_hi)
 
 
-def relevance_at(points: list[dict[str, Any]], ppl: float) -> tuple[float, str] | None:
-    """Relevance of a curve at perplexity ``ppl``, linear in log-perplexity between the first
-    two consecutive strengths that bracket it; None when the curve never reaches ``ppl``."""
-    for a, b in zip(points, points[1:], strict=False):
-        pa, pb = math.log(a["perplexity"]), math.log(b["perplexity"])
-        lo, hi = min(pa, pb), max(pa, pb)
-        if lo <= math.log(ppl) <= hi:
-            t = 0.0 if hi == lo else (math.log(ppl) - pa) / (pb - pa)
-            rel = a["relevance_centroid"] + t * (b["relevance_centroid"] - a["relevance_centroid"])
-            return rel, f"{a['strength'] or 0:g}–{b['strength']:g}"
+def at_ratio(rows: list[dict[str, Any]], ratio: float, measure: str) -> float | None:
+    """A curve's paired gain at perplexity ratio ``ratio`` (orig = ratio 1, gain 0), linear in
+    log-ratio between the two neighbouring points; None outside the curve's range."""
+    points = [(0.0, 0.0)] + [(math.log(r["perplexity_ratio"]), r[f"{measure}_delta"]) for r in rows]
+    target = math.log(ratio)
+    for (xa, ya), (xb, yb) in zip(points, points[1:], strict=False):
+        if min(xa, xb) <= target <= max(xa, xb):
+            t = 0.0 if xb == xa else (target - xa) / (xb - xa)
+            return ya + t * (yb - ya)
     return None
 
 
-def findings(result: EvalResult) -> tuple[list[str], dict[str, Any]]:
-    orig = result.row("orig")
-    strengths = result.config["strengths"]
-    errs = result.config["preserve_error"]
-    lines, facts = [], {}
+def verdicts(result: EvalResult) -> tuple[list[str], list[str]]:
+    """Conditions with a point that steers (both gains above 0) within the perplexity budget,
+    and those without."""
+    works, fails = [], []
+    for label in dict.fromkeys(r["label"] for r in result.rows if r["label"] != "orig"):
+        good = [
+            r for r in result.curve(label)
+            if steers(r) and r["perplexity_ratio"] <= MAX_RATIO
+        ]  # fmt: skip
+        (works if good else fails).append(
+            f"`{label}` ({', '.join(point(r) for r in good)})" if good else f"`{label}`"
+        )
+    return works, fails
 
-    # 1. swap against orig
-    lines += [
-        "### 1. Does `swap` move continuations towards the alignment set more than `orig`?",
-        "",
-        f"`orig`: relevance {ci(orig, 'relevance_centroid')}, perplexity "
-        f"{ci(orig, 'perplexity', 1)}.",
-        "",
-        "| config | strength | relevance (centroid) | Δ vs orig, paired | intervals "
-        "overlap orig's? | perplexity |",
-        "|---|---|---|---|---|---|",
+
+def curve_table(result: EvalResult, labels: list[str]) -> list[str]:
+    lines = [
+        "| condition | point | strength | Δ cosine | Δ P(topic) | perplexity × orig's | steers? |",
+        "|---|---|---|---|---|---|---|",
     ]
-    wins = []
-    for e in errs:
-        for s in strengths:
-            r = result.row("swap", e, s)
-            apart = r["relevance_centroid_lo"] > orig["relevance_centroid_hi"]
-            below = r["relevance_centroid_hi"] < orig["relevance_centroid_lo"]
-            overlap = "no: above" if apart else "no: below" if below else "yes"
-            if apart:
-                wins.append(f"{label('swap', e)} at strength {s:g}")
+    for label in labels:
+        for r in result.curve(label):
+            strength = "–" if r["strength"] is None else f"{r['strength']:.3g}"
+            verdict = "yes" if steers(r) and r["perplexity_ratio"] <= MAX_RATIO else "no"
+            gains = [ci(r, f"{m}_delta", signed=True) for m in PAIRED]
             lines.append(
-                f"| {label('swap', e)} | {s:g} | {ci(r, 'relevance_centroid')} | "
-                f"{ci(r, 'relevance_delta')} | {overlap} | "
-                f"{ci(r, 'perplexity', 1)} |"
+                f"| {label} | {point(r)} | {strength} | {gains[0]} | {gains[1]} "
+                f"| {ci(r, 'perplexity_ratio', 2)} | {verdict} |"
             )
-    facts["swap_beats_orig"] = wins
-    lines += [
-        "",
-        (
-            f"**Yes**, with non-overlapping 95% intervals for: {', '.join(wins)}."
-            if wins
-            else "**No**: at no strength do swap's relevance interval and orig's stop overlapping."
-        ),
+    return lines
+
+
+def controls_section(result: EvalResult) -> list[str]:
+    lines = [
+        "| comparison (paired, same norm) | point | Δ cosine | Δ P(topic) |",
+        "|---|---|---|---|",
     ]
-    paired = [
-        f"{label('swap', e)} {s:g}"
-        for e in errs
-        for s in strengths
-        if result.row("swap", e, s)["relevance_delta_lo"] > 0
-    ]
-    lines.append(
-        f"The paired difference (same prompt, same seed) is above 0 for: "
-        f"{', '.join(paired) or 'none'}."
-    )
-    if False in errs and "sae" in result.config["methods"]:
-        cells = [f"{s:g}: {fmt(paired_gain(result, 'swap', 'sae', s))}" for s in strengths]
-        lines.append(
-            "Against `sae` at the same strength (the SAE round trip alone, which swap without "
-            "preserve_error includes), the paired relevance change of `swap` is "
-            + "; ".join(cells)
-            + ". This isolates what the scores add on top of the reconstruction."
-        )
-
-    # 2. equal perplexity cost
-    lines += [
-        "",
-        "### 2. `swap` against `clamp` and `weight` at equal perplexity cost",
-        "",
-        "Relevance of `clamp`/`weight` (same preserve_error setting) interpolated to the "
-        "perplexity that swap reaches (linear in log-perplexity between neighbouring "
-        "strengths, orig counting as strength 0; '–' = that method never reaches this "
-        "perplexity in the sweep).",
-        "",
-        "| swap config | perplexity | swap relevance | clamp at same perplexity | "
-        "weight at same perplexity |",
-        "|---|---|---|---|---|",
-    ]
-    compare = []
-    for e in errs:
-        for s in strengths:
-            r = result.row("swap", e, s)
-            cells = []
-            for m in ("clamp", "weight"):
-                got = relevance_at(curve(result, label(m, e)), r["perplexity"])
-                cells.append("–" if got is None else f"{got[0]:.3f} (strength {got[1]})")
-                if got is not None:
-                    compare.append((m, e, s, r["relevance_centroid"] - got[0]))
-            lines.append(
-                f"| {label('swap', e)} {s:g} | {r['perplexity']:.1f} | "
-                f"{r['relevance_centroid']:.3f} | {cells[0]} | {cells[1]} |"
-            )
-    for m in ("clamp", "weight"):
-        diffs = [d for mm, _, _, d in compare if mm == m]
-        if diffs:
-            better = sum(d > 0 for d in diffs)
-            lines.append(
-                f"- vs `{m}`: swap is more relevant at {better} of {len(diffs)} "
-                f"comparable points (mean difference {sum(diffs) / len(diffs):+.3f})."
-            )
-        else:
-            lines.append(f"- vs `{m}`: no swap point lies within {m}'s perplexity range.")
-    facts["equal_ppl"] = compare
-    best = {
-        m: max((r for r in result.rows if r["method"] == m), key=lambda r: r["relevance_centroid"])
-        for m in STEERING
-    }
-    lines.append(
-        "- Highest relevance reached: "
-        + "; ".join(
-            f"`{r['label']}` {r['strength']:g}: {r['relevance_centroid']:.3f} at perplexity "
-            f"{r['perplexity']:.1f}"
-            for r in best.values()
-        )
-        + "."
-    )
-
-    # 3. preserve_error
-    if len(errs) == 2:
-        lines += [
-            "",
-            "### 3. What `preserve_error` changes",
-            "",
-            "Each cell: relevance change, perplexity ratio (with / without "
-            "preserve_error), same method and strength.",
-            "",
-            "| method | " + " | ".join(f"strength {s:g}" for s in strengths) + " |",
-            "|---|" + "---|" * len(strengths),
-        ]
-        for m in ("sae", *STEERING):
-            cells = []
-            for s in strengths:
-                a, b = result.row(m, False, s), result.row(m, True, s)
-                cells.append(
-                    f"{b['relevance_centroid'] - a['relevance_centroid']:+.3f}, "
-                    f"×{b['perplexity'] / a['perplexity']:.2f}"
-                )
-            lines.append(f"| {m} | " + " | ".join(cells) + " |")
-        sae1 = result.row("sae", False, max(strengths))
-        lines.append(
-            f"\n`sae` without preserve_error (the round trip alone) at strength "
-            f"{max(strengths):g}: perplexity {ci(sae1, 'perplexity', 1)} against orig's "
-            f"{orig['perplexity']:.1f}, relevance Δ {ci(sae1, 'relevance_delta')}: the "
-            "cost of the SAE's reconstruction error, which preserve_error removes "
-            "(`sae+err` is the identity and reproduces orig token for token)."
-        )
-
-    # 4. where it does not help
-    flat = [
-        f"{r['label']} {r['strength']:g}"
-        for r in result.rows
-        if r["method"] in STEERING and r["relevance_delta_lo"] <= 0
-    ]
-    worse = [
-        f"{r['label']} {r['strength']:g}"
-        for r in result.rows
-        if r["method"] in STEERING and r["relevance_delta_hi"] < 0
-    ]
-    lines += [
-        "",
-        "### 4. Where steering does not help",
-        "",
-        f"- No paired relevance gain shown (the interval's lower end is at or below 0): "
-        f"{', '.join(flat) or 'none'}.",
-        f"- Relevance significantly *lower* than orig: {', '.join(worse) or 'none'}.",
-    ]
-    rep = [
-        f"{r['label']} {r['strength']:g} ({r['repetition']:.3f})"
-        for r in result.rows
-        if r["repetition_lo"] > orig["repetition_hi"]
-    ]
-    lines.append(
-        f"- More repeated 3-grams than orig (non-overlapping intervals; orig "
-        f"{orig['repetition']:.3f}): {', '.join(rep) or 'none'}."
-    )
-    return lines, facts
+    for method, control in (("add (recommended)", "random latents"),
+                            ("vector (CAA)", "random vector")):  # fmt: skip
+        for r in result.curve(method):
+            rho = r["norm_fraction"]
+            pair = ((method, rho), (control, rho))
+            cells = [fmt(paired_difference(result, *pair, m)) for m in PAIRED]
+            lines.append(f"| {method} − {control} | ρ={rho:g} | {cells[0]} | {cells[1]} |")
+    return lines
 
 
-def summary(result: EvalResult, facts: dict[str, Any]) -> list[str]:
-    """The findings in a few sentences, every number from the rows."""
-    orig = result.row("orig")
-    swaps = [r for r in result.rows if r["method"] == "swap"]
-    best = max(swaps, key=lambda r: r["relevance_delta"])
-    out = [
-        "**In short** (relevance = cosine to the alignment centroid; Δ = paired gain over "
-        f"orig, whose relevance is {orig['relevance_centroid']:.3f} at perplexity "
-        f"{orig['perplexity']:.1f}):",
-        "",
-    ]
-    wins = facts["swap_beats_orig"]
-    out.append(
-        f"- `swap` beats `orig` with non-overlapping intervals at {', '.join(wins)}."
-        if wins
-        else "- `swap` does **not** move continuations towards the alignment set here: no "
-        "strength lifts its relevance interval above orig's. Its best configuration, "
-        f"`{best['label']}` {best['strength']:g}, has Δ {ci(best, 'relevance_delta')}."
-    )
-    gains = [r for r in result.rows if r["method"] in STEERING and r["relevance_delta_lo"] > 0]
-    out.append(
-        "- Paired gains with intervals above 0: "
-        + "; ".join(
-            f"`{r['label']}` {r['strength']:g}: Δ {r['relevance_delta']:+.3f} at "
-            f"perplexity {r['perplexity']:.0f}"
-            for r in gains
-        )
-        + "."
-        if gains
-        else "- No steering configuration has a paired gain whose interval lies above 0."
-    )
-    for m in ("clamp", "weight"):
-        diffs = [d for mm, _, _, d in facts["equal_ppl"] if mm == m]
-        if diffs:
-            out.append(
-                f"- At equal perplexity, swap is more relevant than `{m}` at "
-                f"{sum(d > 0 for d in diffs)} of {len(diffs)} comparable points "
-                f"(mean difference {sum(diffs) / len(diffs):+.3f})."
-            )
-    top = max(result.config["strengths"])
-    if len(result.config["preserve_error"]) == 2:
-        a, b = result.row("swap", False, top), result.row("swap", True, top)
-        out.append(
-            f"- preserve_error, swap at strength {top:g}: perplexity "
-            f"{a['perplexity']:.1f} → {b['perplexity']:.1f}, relevance "
-            f"{a['relevance_centroid']:.3f} → {b['relevance_centroid']:.3f}."
-        )
-    return out
+def matched_section(result: EvalResult, labels: list[str]) -> list[str]:
+    head = " | ".join(f"{NAMES[m]} at {x:g}× perplexity" for m in PAIRED for x in MATCHED)
+    lines = [f"| condition | {head} |", "|---|" + "---|" * (len(PAIRED) * len(MATCHED))]
+    for label in labels:
+        rows = result.curve(label)
+        cells = []
+        for m in PAIRED:
+            for x in MATCHED:
+                got = at_ratio(rows, x, m)
+                cells.append("–" if got is None else f"{got:+.3f}")
+        lines.append(f"| {label} | " + " | ".join(cells) + " |")
+    return lines
 
 
-def scale(result: EvalResult, demo: Path) -> str:
-    """What relevance numbers mean here: the alignment texts' own score (in-sample, an upper
-    reference) and the non-medical reference texts' (an off-topic reference)."""
-    name = result.config["embedder"]
-    align = load_prompts(demo / "alignment.txt")
-    (emb,), _ = embed_prompts(name, [align], progress=False)
-    own = concept_relevance(align, emb, name)[0].mean().item()
-    if not (demo / "reference.txt").exists():
-        return f"For scale: the alignment texts themselves score {own:.3f} (in-sample)."
-    reference = load_prompts(demo / "reference.txt")
-    ref = concept_relevance(reference, emb, name)[0].mean().item()
-    return (
-        f"For scale: the alignment texts themselves score {own:.3f} (in-sample, each counts in "
-        f"the centroid), the {len(reference)} non-medical reference texts {ref:.3f}."
-    )
-
-
-def examples(result: EvalResult, strength: float, n: int = 3) -> list[str]:
+def examples(result: EvalResult, labels: list[str], rho: float, n: int = 3) -> list[str]:
     out = []
     for p in range(n):
         picked = [
-            s
-            for s in result.samples
-            if s["prompt_index"] == p
-            and s["sample"] == 0
-            and (s["method"] == "orig" or (s["strength"] == strength and not s["preserve_error"]))
-        ]
-        if not picked:
-            continue
-        out += ["", f"*{picked[0]['prompt']}* …"]
-        out += [f"- `{s['label']}`: “{s['continuation'].strip()}”" for s in picked]
+            s for s in result.samples
+            if s["prompt_index"] == p and s["sample"] == 0 and s["label"] in labels
+            and (s["norm_fraction"] in (None, rho))
+            and (s["method"] != "finetune" or s["strength"] == max(FINETUNE_EPOCHS))
+        ]  # fmt: skip
+        if picked:
+            out += ["", f"*{picked[0]['prompt']}* …"]
+            out += [f"- `{s['label']}`: “{s['continuation'].strip()}”" for s in picked]
     return out
 
 
 def write_eval_md(
     result: EvalResult,
-    scores: FeatureScores,
+    scores: dict[str, FeatureScores],
     *,
     demo: Path,
     command: str,
@@ -338,17 +171,35 @@ def write_eval_md(
     threads: int,
     root: Path | None = None,
 ) -> str:
-    """EVAL.md for an evaluation of the demo assets in ``demo``: setup, findings computed from
-    the rows, caveats, the table and examples. ``command`` is what reproduces it."""
+    """EVAL.md for an evaluation of the demo assets in ``demo`` (``scores``: the artifacts by
+    condition key): setup, findings computed from the rows, caveats, the table and examples.
+    ``command`` is what reproduces it."""
     root = root or demo.parent.parent
     c = result.config
-    lines, facts = findings(result)
-    build = demo / "build_info.json"
-    info = json.loads(build.read_text()) if build.exists() else {}
-    sae_info, lm = info.get("sae", {}), info.get("lm", {})
-    quality = scores.report()
+    info_path = demo / "build_info.json"
+    info = json.loads(info_path.read_text()) if info_path.exists() else {}
+    tuning_path = demo / "tuning.json"
+    tuning = json.loads(tuning_path.read_text()) if tuning_path.exists() else {}
+    lm, sae_info = info.get("lm", {}), info.get("sae", {})
+    main = scores["default"]
+    rec = main.recommended or {}
+    report = main.report()
+    rho = rec.get("norm_fraction") or NORM_FRACTION
+    works, fails = verdicts(result)
+    orig = result.row("orig")
+    add = result.row("add (recommended)", norm_fraction=rho)
+    fit_s = main.options.get("fit_seconds")
+    ft = result.curve("fine-tuning")
+    steering = ["add (recommended)", "vector (CAA)", "clamp (support rule)"]
+    reference = ["swap (reference)", "swap+err (reference)", "clamp +10 (reference)",
+                 "weight (reference)"]  # fmt: skip
+    baselines = ["prefix", "fine-tuning"]
+    controls = ["random latents", "random vector"]
     timing = ", ".join(f"{k} {v:.0f} s" for k, v in c["seconds"].items())
-    mid = sorted(c["strengths"])[len(c["strengths"]) // 2]
+
+    def show(path: Path) -> str:
+        return str(path.relative_to(root)) if path.is_relative_to(root) else str(path)
+
     text = [
         "# Steering evaluation on the demo assets",
         "",
@@ -358,49 +209,117 @@ def write_eval_md(
         "",
         "## Setup",
         "",
-        f"- Model `{show(demo / 'model', root)}`: GPT-2 architecture, {lm.get('params', 0):,} "
-        f"parameters, held-out perplexity {lm.get('lm_ppl', math.nan):.1f}.",
-        f"- SAE `{show(demo / 'sae', root)}`: TopK, layer {c['layer']} `{c['site']}`, d_sae "
+        f"- Model `{show(demo / 'model')}`: GPT-2 architecture, {lm.get('params', 0):,} "
+        f"parameters, held-out perplexity {lm.get('lm_ppl', math.nan):.1f}. SAE "
+        f"`{show(demo / 'sae')}`: TopK, layer {c['layer']} `{c['site']}`, d_sae "
         f"{sae_info.get('d_sae', '?')}, k {sae_info.get('k', '?')}, held-out FVU "
         f"{sae_info.get('fvu', math.nan):.3f}.",
-        f"- Scores `{show(demo / 'scores', root)}`: coverage {quality.coverage:.1%}, effective "
-        f"latents {quality.effective_latents:.1f}, top-{quality.top_k} latents firing on the "
-        f"alignment set {quality.top_firing}."
-        + "".join(f" Warning from `scores.report()`: {w}" for w in quality.warnings),
-        f"- {c['n_prompts']} held-out prompts (`prompts.txt`, neutral openings, in neither the "
-        f"alignment nor the reference set) × {c['samples']} sampled continuations of up to "
-        f"{c['max_new_tokens']} tokens (temperature {c.get('temperature', 0)}, top-k "
-        f"{c.get('top_k', '-')}). Sample j of a prompt uses the same seed under every "
-        "configuration, so differences between rows are paired.",
-        f"- Methods {', '.join(c['methods'])}, preserve_error {c['preserve_error']}, strengths "
-        f"{', '.join(f'{s:g}' for s in c['strengths'])}.",
-        f"- Concept relevance: cosine of the continuation's {c['embedder']} embedding to the "
-        f"centroid of the {c['n_alignment']} alignment texts (`alignment.txt`), and the mean "
-        f"cosine to its {c['nearest_k']} nearest alignment texts. Fluency: perplexity of the "
-        "continuation under the unsteered model (geometric mean over continuations) and the "
-        "share of 3-gram occurrences that repeat within a continuation. Cost: generated tokens "
-        "per second (batched, KV cache; wall clock on a machine shared with other jobs, so "
-        "only large differences mean anything).",
-        f"- Intervals: 95% percentile bootstrap ({c['n_boot']} resamples) over prompts (the "
-        "samples of one prompt are resampled together).",
+        f"- Scores: `scores/` (`rule=\"mean_diff\"`, the default; its chosen latents reproduce "
+        f"{_pct(report.delta_explained)} of the alignment-minus-reference direction; recommended "
+        f"steering `{rec.get('method')}` at strength {rec.get('strength', math.nan):.3g}, i.e. "
+        f"norm fraction ρ = {rho:g}), `scores_seed/` (`rule=\"seed\"`, the reference rule "
+        "exactly) and the `support` rule fitted for this run.",
+        f"- **{c['n_prompts']} held-out prompts** (`eval_prompts.txt`, neutral openings in none of "
+        f"the other sets) × {c['samples']} sampled continuations of up to {c['max_new_tokens']} "
+        f"tokens (temperature {c.get('temperature', 0)}, top-k {c.get('top_k', '-')}). Nothing "
+        "was chosen on them: the norm fraction ρ was chosen on `tune_prompts.txt`"
+        + (f" ({tuning['rule']}; chose {tuning['chosen']:g})" if tuning else "")
+        + ". Sample j of a prompt uses the same seed under every condition, so every "
+        "comparison is paired.",
+        f"- Two topic measures. **Cosine**: the continuation's {c['embedder']} embedding against "
+        f"the centroid of the {c['n_alignment']} alignment texts. **P(topic)**: a logistic "
+        f"regression on the same embeddings, trained to tell the {c['classifier_examples'][0]} "
+        f"alignment texts from the {c['classifier_examples'][1]} reference texts "
+        f"(cross-validated AUC **{c['classifier_cv_auc']:.3f}**); the cosine alone rewards "
+        "word salad made of topical pieces, the classifier asks whether the text reads like the "
+        "topic. Fluency: perplexity of the continuation under the unsteered model (geometric "
+        "mean; the ratio to orig is paired).",
+        "- Controls at equal norm: `random latents` adds random decoder rows with the recommended "
+        "latents' weights, `random vector` a random direction with the steering vector's norm, "
+        "each at the same norm fraction as what it controls. Baselines: `prefix` puts the most "
+        f"typical alignment text before the prompt (“{c.get('prefix')}”) and scores the "
+        "continuation only; `fine-tuning` trains the whole model on the alignment texts "
+        "(AdamW, lr 5e-4, batch 8).",
+        f"- A condition **steers** at a point when both paired gains have 95% intervals above 0 "
+        f"at no more than {MAX_RATIO:g}× orig's perplexity. Intervals: percentile bootstrap "
+        f"({c['n_boot']} resamples) over prompts.",
         "",
-        "![relevance against perplexity](eval_plot.png)",
+        "![paired gains against perplexity](eval_plot.png)",
         "",
         "## Findings",
         "",
-        *summary(result, facts),
+        f"- **Steers**: {', '.join(works) or 'nothing'}.",
+        f"- **Does not steer**: {', '.join(fails) or 'nothing'}.",
+        f"- The default (`scores/`, {rec.get('method')} at ρ = {rho:g}): Δ cosine "
+        f"{ci(add, 'relevance_centroid_delta', signed=True)}, Δ P(topic) "
+        f"{ci(add, 'p_topic_delta', signed=True)}, at {ci(add, 'perplexity_ratio', 2)}× the "
+        f"unsteered perplexity (orig: cosine {orig['relevance_centroid']:.3f}, P(topic) "
+        f"{orig['p_topic']:.3f}, perplexity {orig['perplexity']:.1f}).",
+        "- Against its control at the same norm (random latents, same weights): Δ cosine "
+        + fmt(paired_difference(result, ("add (recommended)", rho), ("random latents", rho),
+                                "relevance_centroid"))
+        + ", Δ P(topic) "
+        + fmt(paired_difference(result, ("add (recommended)", rho), ("random latents", rho),
+                                "p_topic"))
+        + ".",
+        "- Against a plain steering vector (CAA) at the same norm: Δ cosine "
+        + fmt(paired_difference(result, ("add (recommended)", rho), ("vector (CAA)", rho),
+                                "relevance_centroid"))
+        + ", Δ P(topic) "
+        + fmt(paired_difference(result, ("add (recommended)", rho), ("vector (CAA)", rho),
+                                "p_topic"))
+        + " (add minus vector).",
+        f"- Scoring took {fit_s:.1f} s; fine-tuning took {ft[-1]['train_seconds']:.1f} s for "
+        f"{ft[-1]['strength']:g} epochs (Δ P(topic) {ci(ft[-1], 'p_topic_delta', signed=True)} "
+        f"at {ci(ft[-1], 'perplexity_ratio', 2)}× perplexity)."
+        if ft and fit_s is not None
+        else "- (no fine-tuning baseline in this run)",
         "",
-        scale(result, demo),
+        "### 1. The steerings, point by point",
         "",
-        *lines,
+        *curve_table(result, steering),
+        "",
+        "### 2. Controls at equal norm",
+        "",
+        "Each row: the steering minus its random control at the same norm fraction, paired by "
+        "prompt and seed. A steering that only works because it perturbs the stream would be "
+        "matched by its control.",
+        "",
+        *curve_table(result, controls),
+        "",
+        *controls_section(result),
+        "",
+        "### 3. The reference method and rule",
+        "",
+        "The reference's methods with the reference rule's scores (`scores_seed/`), at strength "
+        "1 as published (`clamp` with the reference's +10 on 5 latents):",
+        "",
+        *curve_table(result, reference),
+        "",
+        "The reference rule's uncertainty report says why: "
+        + " ".join(scores["seed"].report().warnings),
+        "",
+        "### 4. Baselines",
+        "",
+        *curve_table(result, baselines),
+        "",
+        *[f"- fine-tuning, {r['strength']:g} epochs: {r['train_seconds']:.1f} s of training"
+          for r in ft],  # fmt: skip
+        "",
+        "### 5. At matched perplexity",
+        "",
+        "Paired gains interpolated to the same fluency cost (linear in log perplexity between "
+        "neighbouring points, orig as the origin; '–' where a curve does not reach that cost).",
+        "",
+        *matched_section(result, steering + controls + ["fine-tuning"]),
         "",
         "## Caveats",
         "",
-        "- Relevance is an embedding cosine: word salad made of topical tokens scores as "
-        "relevant, so read it together with perplexity (the examples below show what high "
-        "perplexity looks like).",
-        "- Perplexity under the unsteered model penalises any change of topic a little, since "
-        "the model did not expect it; compare methods at equal perplexity, not relevance alone.",
+        "- Both topic measures read sentence embeddings of short continuations; the classifier is "
+        "trained on whole alignment and reference texts, so its probabilities on 32-token "
+        "continuations are lower than on the texts themselves. Compare conditions, not levels.",
+        "- Perplexity under the unsteered model penalises any change of topic a little, since the "
+        "model did not expect it; compare at matched perplexity (§5).",
         f"- A {lm.get('params', 0) / 1e6:.1f}M-parameter model trained on WordNet glosses with a "
         f"{sae_info.get('d_sae', '?')}-latent SAE: what holds here need not hold for a real "
         "model, in either direction.",
@@ -410,8 +329,13 @@ def write_eval_md(
         result.to_markdown(),
         "Machine-readable: `eval_table.csv` beside this file.",
         "",
-        f"## Examples (sample 0, strength {mid:g}, without preserve_error)",
-        *examples(result, mid),
+        f"## Examples (sample 0; additive steerings at ρ = {rho:g}; fine-tuning at "
+        f"{max(FINETUNE_EPOCHS)} epochs)",
+        *examples(result, ["orig", *steering, *reference[:1], *baselines], rho),
         "",
     ]
     return "\n".join(text)
+
+
+def _pct(value: float | None) -> str:
+    return "?" if value is None else f"{value:.0%}"

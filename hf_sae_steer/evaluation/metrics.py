@@ -32,7 +32,14 @@ def concept_relevance(
     if not texts:
         return torch.zeros(0, dtype=torch.float64), torch.zeros(0, dtype=torch.float64)
     (emb,), _ = embed_prompts(embedder, [list(texts)], progress=False)
-    emb = F.normalize(emb.double(), dim=-1)
+    return relevance_of_embeddings(emb, alignment_embeddings, k=k)
+
+
+def relevance_of_embeddings(
+    embeddings: Tensor, alignment_embeddings: Tensor, *, k: int = 5
+) -> tuple[Tensor, Tensor]:
+    """:func:`concept_relevance` of texts already embedded: ``(centroid, nearest)``."""
+    emb = F.normalize(embeddings.double(), dim=-1)
     align = F.normalize(torch.as_tensor(alignment_embeddings).double(), dim=-1)
     centroid = F.normalize(align.mean(dim=0), dim=0)
     sims = emb @ align.T

@@ -15,41 +15,41 @@ import numpy as np
 from hf_sae_steer.evaluation.metrics import bootstrap_ci
 
 # Per-continuation measures summarised in every row (mean, _lo, _hi).
-MEASURES = ("relevance_centroid", "relevance_nearest", "perplexity", "repetition")
-COLORS = {
-    "orig": "black",
-    "sae": "tab:gray",
-    "clamp": "tab:blue",
-    "weight": "tab:orange",
-    "swap": "tab:red",
-}
+MEASURES = ("relevance_centroid", "relevance_nearest", "p_topic", "perplexity", "repetition")
+# Measures also compared with orig's continuation from the same prompt and seed.
+PAIRED = ("relevance_centroid", "p_topic")
+Key = tuple[str, float | None, float | None]  # (condition, strength, norm fraction)
 
 
-def label(method: str, preserve_error: bool | None) -> str:
-    """``swap``, ``swap+err`` (preserve_error), ``sae+err (identity)``."""
-    if not preserve_error:
-        return method
-    return "sae+err (identity)" if method == "sae" else f"{method}+err"
+def point(row: dict[str, Any]) -> str:
+    """How a row's point reads: ``ρ=0.5``, ``×2``, ``5 epochs`` or ``–``."""
+    if row.get("norm_fraction") is not None:
+        return f"ρ={row['norm_fraction']:g}"
+    if row.get("method") == "finetune":
+        return f"{row['strength']:g} epochs"
+    return "–" if row.get("strength") is None else f"×{row['strength']:g}"
 
 
 def summarise(
-    records: list[dict[str, Any]], timing: dict[tuple, tuple[int, float]], n_boot: int, seed: int
+    records: list[dict[str, Any]], timing: dict[Key, tuple[int, float]], n_boot: int, seed: int
 ) -> list[dict[str, Any]]:
-    """One row per configuration: means and 95% intervals, bootstrapped over prompts."""
-    by_config: dict[tuple, list[dict[str, Any]]] = {}
+    """One row per condition point: means and 95% intervals, bootstrapped over prompts; the
+    paired gains over ``orig`` (same prompt, same seed) and the perplexity ratio to it."""
+    by_key: dict[Key, list[dict[str, Any]]] = {}
     for r in records:
-        by_config.setdefault((r["method"], r["preserve_error"], r["strength"]), []).append(r)
-    base = {(r["prompt_index"], r["sample"]): r for r in by_config.get(("orig", None, None), [])}
+        by_key.setdefault((r["label"], r["strength"], r["norm_fraction"]), []).append(r)
+    base = {(r["prompt_index"], r["sample"]): r for r in by_key.get(("orig", None, None), [])}
     rows = []
-    for (method, keep_err, strength), recs in by_config.items():
+    for key, recs in by_key.items():
         groups = [r["prompt_index"] for r in recs]
+        first = recs[0]
         row: dict[str, Any] = {
-            "method": method,
-            "preserve_error": keep_err,
-            "strength": strength,
-            "label": label(method, keep_err),
-            "n": len(recs),
+            name: first[name]
+            for name in ("label", "kind", "method", "preserve_error", "strength", "norm_fraction")
         }
+        row["n"] = len(recs)
+        if first.get("train_seconds") is not None:
+            row["train_seconds"] = first["train_seconds"]
         for name in MEASURES:
             values = np.array([r[name] for r in recs], dtype=np.float64)
             if name == "perplexity":  # heavy-tailed: a geometric mean, interval on the log scale
@@ -59,90 +59,87 @@ def summarise(
             else:
                 m, lo, hi = bootstrap_ci(values, n_boot, seed, groups=groups)
             row.update({name: m, f"{name}_lo": lo, f"{name}_hi": hi})
-        if base:  # paired with orig's continuation from the same prompt and seed
-            diffs = [
-                r["relevance_centroid"]
-                - base[(r["prompt_index"], r["sample"])]["relevance_centroid"]
+        if base:
+            for name in PAIRED:
+                diffs = [r[name] - base[(r["prompt_index"], r["sample"])][name] for r in recs]
+                m, lo, hi = bootstrap_ci(diffs, n_boot, seed, groups=groups)
+                row.update({f"{name}_delta": m, f"{name}_delta_lo": lo, f"{name}_delta_hi": hi})
+            logs = [
+                math.log(r["perplexity"] / base[(r["prompt_index"], r["sample"])]["perplexity"])
                 for r in recs
             ]
-            m, lo, hi = bootstrap_ci(diffs, n_boot, seed, groups=groups)
-            row.update(relevance_delta=m, relevance_delta_lo=lo, relevance_delta_hi=hi)
-        n_tokens, seconds = timing[(method, keep_err, strength)]
+            m, lo, hi = (math.exp(v) for v in bootstrap_ci(logs, n_boot, seed, groups=groups))
+            row.update(perplexity_ratio=m, perplexity_ratio_lo=lo, perplexity_ratio_hi=hi)
+        n_tokens, seconds = timing[key]
         row["n_tokens_mean"] = float(np.mean([r["n_tokens"] for r in recs]))
         row["tokens_per_s"] = n_tokens / seconds if seconds > 0 else math.nan
         rows.append(row)
     return rows
 
 
-def _bars(rows: list[dict[str, Any]], name: str) -> tuple[list[float], list[list[float]]]:
-    """Means and matplotlib's asymmetric error bars ``[[below], [above]]`` of one measure."""
-    means = [r[name] for r in rows]
-    below = [r[name] - r[f"{name}_lo"] for r in rows]
-    above = [r[f"{name}_hi"] - r[name] for r in rows]
-    return means, [below, above]
-
-
-def _ci(row: dict[str, Any], name: str, digits: int = 3) -> str:
-    m, lo, hi = row.get(name), row.get(f"{name}_lo"), row.get(f"{name}_hi")
+def ci(row: dict[str, Any], name: str, digits: int = 3, signed: bool = False) -> str:
+    """``mean [lo, hi]`` of one measure of a row (``–`` when absent)."""
+    m = row.get(name)
     if m is None or (isinstance(m, float) and math.isnan(m)):
         return "–"
-    return f"{m:.{digits}f} [{lo:.{digits}f}, {hi:.{digits}f}]"
+    f = f"{{:{'+' if signed else ''}.{digits}f}}"
+    return f"{f.format(m)} [{f.format(row[name + '_lo'])}, {f.format(row[name + '_hi'])}]"
+
+
+def steers(row: dict[str, Any]) -> bool:
+    """Both relevance measures' paired gains have intervals above 0."""
+    return all(row.get(f"{name}_delta_lo", -1.0) > 0 for name in PAIRED)
 
 
 @dataclass
 class EvalResult:
-    """``rows``: one dict per configuration (method, preserve_error, strength, n, each measure's
-    mean with ``_lo``/``_hi`` 95% bootstrap bounds, ``relevance_delta`` paired against orig,
-    ``n_tokens_mean``, ``tokens_per_s``); ``samples``: one dict per continuation; ``config``:
-    the evaluation settings."""
+    """``rows``: one dict per condition point (label, kind, method, preserve_error, strength,
+    norm_fraction, n, each measure's mean with ``_lo``/``_hi`` 95% bootstrap bounds, the paired
+    ``*_delta`` gains over orig, ``perplexity_ratio``, ``n_tokens_mean``, ``tokens_per_s``);
+    ``samples``: one dict per continuation; ``config``: the evaluation settings."""
 
     rows: list[dict[str, Any]]
     samples: list[dict[str, Any]]
     config: dict[str, Any] = field(default_factory=dict)
 
     def row(
-        self, method: str, preserve_error: bool | None = None, strength: float | None = None
+        self, label: str, strength: float | None = None, norm_fraction: float | None = None
     ) -> dict[str, Any]:
-        """The row of one configuration (``orig`` needs no preserve_error or strength)."""
+        """The row of one condition point (``orig`` and ``prefix`` need no point)."""
         for r in self.rows:
-            if r["method"] == method and (
-                method == "orig"
-                or (r["preserve_error"] == preserve_error and r["strength"] == strength)
+            if r["label"] == label and (
+                r["strength"] is None and r["norm_fraction"] is None
+                or (strength is None or r["strength"] == strength)
+                and (norm_fraction is None or r["norm_fraction"] == norm_fraction)
             ):
                 return r
-        raise KeyError(f"No row for {label(method, preserve_error)} at strength {strength}.")
+        raise KeyError(f"No row for {label} at strength {strength}, norm fraction {norm_fraction}.")
+
+    def curve(self, label: str) -> list[dict[str, Any]]:
+        """The rows of one condition in the order of their points."""
+        rows = [r for r in self.rows if r["label"] == label]
+        return sorted(rows, key=lambda r: (r["norm_fraction"] or 0.0, r["strength"] or 0.0))
 
     def to_markdown(self) -> str:
-        """A markdown table: mean [95% CI] of each measure per configuration."""
+        """A markdown table: mean [95% CI] of each measure per condition point."""
         head = [
-            "method",
-            "preserve_error",
-            "strength",
-            "n",
-            "relevance (centroid)",
-            "relevance (nearest)",
-            "Δ relevance vs orig (paired)",
-            "perplexity (geo. mean)",
-            "repeated 3-grams",
-            "tokens",
-            "tokens/s",
-        ]
+            "condition", "point", "n", "cosine to centroid", "Δ cosine (paired)", "P(topic)",
+            "Δ P(topic) (paired)", "perplexity", "× orig's", "repeated 3-grams", "tokens/s",
+        ]  # fmt: skip
         lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
         for r in self.rows:
-            pe = "–" if r["preserve_error"] is None else ("yes" if r["preserve_error"] else "no")
-            if r["method"] == "sae" and r["preserve_error"]:
-                pe = "yes (identity)"
+            base = r["label"] == "orig"
             cells = [
-                r["method"],
-                pe,
-                "–" if r["strength"] is None else f"{r['strength']:g}",
+                r["label"],
+                point(r),
                 str(r["n"]),
-                _ci(r, "relevance_centroid"),
-                _ci(r, "relevance_nearest"),
-                "–" if r["method"] == "orig" else _ci(r, "relevance_delta"),
-                _ci(r, "perplexity", 1),
-                _ci(r, "repetition"),
-                f"{r['n_tokens_mean']:.1f}",
+                ci(r, "relevance_centroid"),
+                "–" if base else ci(r, "relevance_centroid_delta", signed=True),
+                ci(r, "p_topic"),
+                "–" if base else ci(r, "p_topic_delta", signed=True),
+                ci(r, "perplexity", 1),
+                "–" if base else ci(r, "perplexity_ratio", 2),
+                ci(r, "repetition"),
                 f"{r['tokens_per_s']:.0f}",
             ]
             lines.append("| " + " | ".join(cells) + " |")
@@ -166,89 +163,56 @@ class EvalResult:
         return path
 
     def plot(self, path: str | Path, title: str | None = None) -> Path:
-        """PNG, two panels. Left: concept relevance (centroid) against perplexity, one curve per
-        method and preserve_error across strengths, 95% intervals as error bars, ``orig`` as a
-        star. Right: the paired relevance gain over orig against strength."""
+        """PNG: the paired gain in each relevance measure against the perplexity ratio to orig,
+        one curve per condition through its points, 95% intervals as error bars; orig at (1, 0).
+        Reading across at a fixed perplexity compares conditions at matched fluency cost."""
         from matplotlib.backends.backend_agg import FigureCanvasAgg
         from matplotlib.figure import Figure  # no pyplot: no global backend state
 
-        fig = Figure(figsize=(14, 6.5))
+        measures = [m for m in PAIRED if any(f"{m}_delta" in r for r in self.rows)]
+        has_p = any(not math.isnan(r.get("p_topic", math.nan)) for r in self.rows)
+        measures = [m for m in measures if m != "p_topic" or has_p]
+        fig = Figure(figsize=(7 * len(measures), 6.5))
         FigureCanvasAgg(fig)
-        left, right = fig.subplots(1, 2, gridspec_kw={"width_ratios": [3, 2]})
-        curves: dict[str, list[dict[str, Any]]] = {}
-        for r in self.rows:
-            curves.setdefault(r["label"], []).append(r)
-        dodged: list[str] = []
-        for name, rows in curves.items():
-            rows = sorted(rows, key=lambda r: r["strength"] or 0.0)
-            method, keep_err = rows[0]["method"], rows[0]["preserve_error"]
-            if method == "orig":
-                x, y = _bars(rows, "perplexity"), _bars(rows, "relevance_centroid")
-                left.errorbar(
-                    x[0],
-                    y[0],
-                    xerr=x[1],
-                    yerr=y[1],
-                    fmt="*",
-                    ms=16,
-                    color="black",
-                    capsize=3,
-                    label="orig (unsteered)",
-                    zorder=5,
-                )
-                left.axhline(y[0][0], color="black", lw=0.6, ls=":", zorder=0)
-                continue
-            style = {
-                "color": COLORS.get(method),
-                "ls": "--" if keep_err else "-",
-                "marker": "s" if keep_err else "o",
-                "mfc": "white" if keep_err else None,
-                "capsize": 2,
-                "lw": 1.4,
-                "alpha": 0.9,
-                "label": name,
-            }
-            x, y = _bars(rows, "perplexity"), _bars(rows, "relevance_centroid")
-            left.errorbar(x[0], y[0], xerr=x[1], yerr=y[1], **style)
-            for r in rows:
-                left.annotate(
-                    f"{r['strength']:g}",
-                    (r["perplexity"], r["relevance_centroid"]),
-                    textcoords="offset points",
-                    xytext=(4, 4),
-                    fontsize=7,
-                    color=style["color"],
-                )
-            if "relevance_delta" in rows[0]:
-                d = _bars(rows, "relevance_delta")
-                shift = 2 ** (0.025 * (len(dodged) - 4))  # side by side, bars readable
-                dodged.append(name)
-                right.errorbar([r["strength"] * shift for r in rows], d[0], yerr=d[1], **style)
-        xs = [r[k] for r in self.rows for k in ("perplexity_lo", "perplexity_hi")]
-        if xs and min(xs) > 0 and max(xs) / min(xs) > 8:
-            left.set_xscale("log")
-        left.set_xlabel("perplexity of the continuation under the unsteered model (geometric mean)")
-        left.set_ylabel("concept relevance: cosine to the alignment centroid")
-        left.set_title("relevance vs fluency cost (numbers = strength)", fontsize=10)
-        left.legend(
-            fontsize=8, loc="best", title="method (+err = preserve_error)", title_fontsize=8
-        )
-        right.axhline(0.0, color="black", lw=0.8, ls=":")
-        strengths = sorted({r["strength"] for r in self.rows if r["strength"] is not None})
-        if strengths and strengths[0] > 0:
-            right.set_xscale("log", base=2)
-        right.set_xticks(strengths, [f"{s:g}" for s in strengths])
-        right.minorticks_off()
-        right.set_xlabel("strength")
-        right.set_ylabel("relevance gain over orig (paired: same prompt and seed)")
-        right.set_title("paired gain in relevance", fontsize=10)
-        for ax in (left, right):
+        axes = np.atleast_1d(fig.subplots(1, len(measures)))
+        titles = {"relevance_centroid": "Δ cosine to the alignment centroid",
+                  "p_topic": "Δ P(topic) (classifier)"}  # fmt: skip
+        from matplotlib import colormaps
+
+        palette = colormaps["tab20"].colors[::2] + colormaps["tab20"].colors[1::2]
+        labels = [lab for lab in dict.fromkeys(r["label"] for r in self.rows) if lab != "orig"]
+        steered = [lab for lab in labels if self.curve(lab)[0]["kind"] != "control"]
+        colour = {lab: palette[i % len(palette)] for i, lab in enumerate(steered)}
+        for ax, name in zip(axes, measures, strict=True):
+            for lab in labels:
+                rows = self.curve(lab)
+                if not rows or f"{name}_delta" not in rows[0]:
+                    continue
+                kind = rows[0]["kind"]
+                x = [r["perplexity_ratio"] for r in rows]
+                y = [r[f"{name}_delta"] for r in rows]
+                yerr = [[r[f"{name}_delta"] - r[f"{name}_delta_lo"] for r in rows],
+                        [r[f"{name}_delta_hi"] - r[f"{name}_delta"] for r in rows]]  # fmt: skip
+                style = {"ls": ":" if kind == "control" else "--" if kind == "baseline" else "-",
+                         "marker": "x" if kind == "control" else "s" if kind == "baseline" else "o",
+                         "color": colour.get(lab, "gray")}  # fmt: skip
+                ax.errorbar(x, y, yerr=yerr, capsize=2, lw=1.3, alpha=0.9, label=lab, **style)
+                for r, xi, yi in zip(rows, x, y, strict=True):
+                    ax.annotate(point(r), (xi, yi), textcoords="offset points", xytext=(3, 3),
+                                fontsize=6, color=style["color"])  # fmt: skip
+            ax.axhline(0.0, color="black", lw=0.8, ls=":")
+            ax.plot([1.0], [0.0], marker="*", ms=14, color="black", label="orig (unsteered)")
+            ax.set_xscale("log")
+            ax.set_xlabel("perplexity under the unsteered model, × orig's (paired)")
+            ax.set_ylabel(f"{titles[name]}, paired gain over orig")
+            ax.set_title(titles[name], fontsize=10)
             ax.grid(alpha=0.3)
+        axes[0].legend(fontsize=7, loc="best")
         n = self.config.get("n_prompts"), self.config.get("samples")
         fig.suptitle(
             title
-            or f"Steering towards the alignment set: {n[0]} prompts × {n[1]} samples per "
-            "point, bars = 95% bootstrap CI over prompts",
+            or f"Steering towards the alignment set: {n[0]} held-out prompts × {n[1]} samples "
+            "per point; bars = 95% bootstrap CI over prompts",
             fontsize=11,
         )
         path = Path(path)

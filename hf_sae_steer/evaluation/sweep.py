@@ -1,33 +1,51 @@
-"""Steering quality, measured: concept relevance against fluency for each method and strength.
+"""Steering quality, measured: topic relevance against fluency for every condition.
 
-No LLM judge is needed: relevance is the sentence-embedding cosine of a continuation to the
-alignment set, fluency is the continuation's perplexity under the *unsteered* model and its
-share of repeated 3-grams, cost is generated tokens per second. Every method sees the same
-prompts and the same sampling seeds (common random numbers), so differences between methods
-are not sampling noise between runs; intervals are 95% percentile bootstraps over prompts.
+No LLM judge is needed. Relevance is measured twice: the sentence-embedding cosine of a
+continuation to the alignment set's centroid, and ``P(topic)`` from a classifier trained on the
+alignment texts against the reference texts (:mod:`~hf_sae_steer.evaluation.classifier`), since
+the cosine alone rewards topical word salad. Fluency is the continuation's perplexity under the
+*unsteered* model and its share of repeated 3-grams; cost is generated tokens per second. Every
+condition sees the same prompts and the same sampling seeds (common random numbers), so
+differences are paired; intervals are 95% percentile bootstraps over prompts.
 """
 
 from __future__ import annotations
 
 import time
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
+from pathlib import Path
 from typing import Any
 
 import numpy as np
+import torch
 from torch import nn
 from tqdm.auto import tqdm
 
-from hf_sae_steer.evaluation.metrics import concept_relevance, perplexity, repeated_ngram_share
-from hf_sae_steer.evaluation.result import EvalResult, label, summarise
-from hf_sae_steer.generation import Generator, sampling_options
+from hf_sae_steer.evaluation.baselines import FineTuner, topic_prefix
+from hf_sae_steer.evaluation.classifier import TopicClassifier
+from hf_sae_steer.evaluation.conditions import (
+    NORM_FRACTIONS,
+    Baseline,
+    Condition,
+    Control,
+    standard_conditions,
+)
+from hf_sae_steer.evaluation.metrics import (
+    perplexity,
+    relevance_of_embeddings,
+    repeated_ngram_share,
+)
+from hf_sae_steer.evaluation.result import EvalResult, summarise
+from hf_sae_steer.generation import Continuation, Generator, sampling_options
 from hf_sae_steer.models import model_id
-from hf_sae_steer.sae.base import SAE
+from hf_sae_steer.sae.base import SAE, SparseCode
+from hf_sae_steer.scoring.calibration import strength_for
 from hf_sae_steer.scoring.embedders import DEFAULT_EMBEDDER, Embedder, embed_prompts, load_embedder
 from hf_sae_steer.scoring.prompts import load_prompts
-from hf_sae_steer.scoring.record import FeatureScores
+from hf_sae_steer.scoring.record import FeatureScores, load_scores
 from hf_sae_steer.sites.layouts import find_layout
 from hf_sae_steer.sites.resolve import resolve_site
-from hf_sae_steer.steering.interventions import METHODS, REFERENCE_METHODS, Method
+from hf_sae_steer.steering.interventions import REFERENCE_METHODS, Method
 from hf_sae_steer.steering.steered import Scores, SteeredModel
 
 NEAREST_K = 5
@@ -36,14 +54,19 @@ NEAREST_K = 5
 def evaluate(
     model: nn.Module,
     tokenizer: Any,
-    sae: SAE,
-    scores: Scores,
+    sae: SAE | None,
+    scores: Scores | Mapping[str, Scores] | None,
     prompts: Any,
     alignment: Any,
     *,
+    reference: Any = None,
+    conditions: Sequence[Condition] | None = None,
     methods: Sequence[Method] = REFERENCE_METHODS,
     preserve_error: Sequence[bool] = (False, True),
     strengths: Sequence[float] = (0.5, 1.0, 2.0),
+    norm_fractions: Sequence[float] = NORM_FRACTIONS,
+    baselines: Sequence[Baseline] = (),
+    controls: Sequence[Control] = (),
     samples: int = 3,
     max_new_tokens: int = 24,
     seed: int = 0,
@@ -56,31 +79,46 @@ def evaluate(
     n_boot: int = 1000,
     progress: bool = True,
 ) -> EvalResult:
-    """Generate from held-out ``prompts`` under each method x preserve_error x strength and
-    measure concept relevance, fluency and cost against the unsteered ``orig`` baseline.
+    """Generate from held-out ``prompts`` under every condition and measure relevance (centroid
+    cosine, and ``P(topic)`` when ``reference`` texts are given to train the classifier),
+    fluency and cost, paired against the unsteered model.
 
     >>> result = evaluate(model, tok, load_sae("storage/demo/sae"),              # doctest: +SKIP
-    ...                   FeatureScores.from_pretrained("storage/demo/scores"),
-    ...                   prompts="storage/demo/prompts.txt",
-    ...                   alignment="storage/demo/alignment.txt", strengths=(1.0, 2.0))
+    ...                   "storage/demo/scores", prompts="storage/demo/eval_prompts.txt",
+    ...                   alignment="storage/demo/alignment.txt",
+    ...                   reference="storage/demo/reference.txt",
+    ...                   methods=("add", "swap"), controls=("random_latents",))
     >>> print(result.to_markdown()); result.save("eval/")
 
-    ``prompts``/``alignment`` take anything :func:`load_prompts` does; prompts should be held
-    out from the alignment and reference sets. ``orig`` runs once (it ignores strength and
-    preserve_error); ``sae`` with preserve_error is the identity and is reported as such.
-    Sample ``j`` of every prompt uses the same seed under every configuration; results depend
-    on ``batch_size`` only through which rows share a seeded batch. ``temperature <= 0`` is
-    greedy decoding (then use ``samples=1``). ``embedder`` defaults to the scores' embedder.
+    ``conditions`` (:class:`~hf_sae_steer.evaluation.conditions.Condition`) say exactly what to
+    run; without them :func:`~hf_sae_steer.evaluation.conditions.standard_conditions` builds
+    them from ``methods`` (``add``/``vector`` by ``norm_fractions``, the others by ``strengths``
+    × ``preserve_error``), ``baselines`` (``prefix``, ``finetune``) and ``controls``
+    (``random_latents``, ``random_vector``: the same weights or norm in random directions).
+    ``scores`` is one artifact (condition key ``"default"``) or a mapping of named artifacts.
+    Sample ``j`` of every prompt uses the same seed under every condition. ``temperature <= 0``
+    is greedy decoding (then use ``samples=1``). ``embedder`` defaults to the scores'.
     """
     prompt_texts, align_texts = load_prompts(prompts), load_prompts(alignment)
-    unknown = [m for m in methods if m not in METHODS]
-    if unknown:
-        raise ValueError(f"Unknown methods {unknown}; use some of {', '.join(METHODS)}.")
+    reference_texts = load_prompts(reference) if reference is not None else None
     if samples < 1 or max_new_tokens < 1:
         raise ValueError("samples and max_new_tokens must be at least 1.")
-    if not strengths and any(m != "orig" for m in methods):
-        raise ValueError("Give at least one strength for the steering methods.")
-    embed_model, embedder_name = _embedder_for(embedder, scores)  # loaded once, used twice
+    artifacts = _artifacts(scores)
+    if conditions is None:
+        conditions = standard_conditions(
+            methods, strengths=strengths, preserve_error=preserve_error,
+            norm_fractions=norm_fractions, baselines=baselines, controls=controls,
+        )  # fmt: skip
+    _check(conditions, artifacts, sae)
+    first = artifacts.get("default", next(iter(artifacts.values()), None))
+    main = first if isinstance(first, FeatureScores) else None
+    embed_model, embedder_name = _embedder_for(embedder, main)
+    (align_emb,), _ = embed_prompts(embed_model, [align_texts], progress=False)
+    classifier = (
+        TopicClassifier.fit(embed_model, align_texts, reference_texts, seed=seed)
+        if reference_texts is not None
+        else None
+    )
     sampling = sampling_options(
         max_new_tokens=max_new_tokens, do_sample=temperature > 0, temperature=temperature,
         top_k=top_k, top_p=1.0,
@@ -89,61 +127,41 @@ def evaluate(
         tokenizer, prompt_texts, samples=samples, seed=seed, batch_size=batch_size, options=sampling
     )
     where = resolve_site(
-        find_layout(model), layer, site, scores=_artifact(scores), trained=sae.cfg, warn=False
+        find_layout(model), layer, site, scores=main, trained=sae.cfg if sae else None, warn=False
     )
-    groups = [("orig", None)] if "orig" in methods else []
-    groups += [(m, bool(e)) for m in dict.fromkeys(methods) if m != "orig" for e in preserve_error]
-    n_configs = sum(1 if m == "orig" else len(strengths) for m, _ in groups)
-    records: list[dict[str, Any]] = []
-    timing: dict[tuple, tuple[int, float]] = {}  # config -> (tokens, seconds)
-
-    def run(target: nn.Module, method: str, keep_err: bool | None, strength: float | None) -> None:
-        continuations, seconds = gen.run(target)
-        timing[(method, keep_err, strength)] = (sum(c.steps for c in continuations), seconds)
-        for c in continuations:
-            records.append(
-                {
-                    "method": method,
-                    "preserve_error": keep_err,
-                    "strength": strength,
-                    "label": label(method, keep_err),
-                    "prompt_index": c.prompt_index,
-                    "sample": c.sample,
-                    "seed": c.seed,
-                    "prompt": prompt_texts[c.prompt_index],
-                    "continuation": c.text,
-                    "n_tokens": len(c.token_ids),
-                    "repetition": repeated_ngram_share(c.token_ids, 3),
-                    "_ids": c.token_ids,
-                }
-            )
-
+    run = _Runner(gen, prompt_texts)
+    prefix = topic_prefix(tokenizer, align_texts, align_emb) if _has(conditions, "prefix") else None
+    extra: dict[str, Any] = {}
+    n_points = sum(len(c.points()) for c in conditions)
     clock = [time.perf_counter()]
-    bar = tqdm(total=n_configs, desc="eval", unit="config", disable=not progress)
+    bar = tqdm(total=n_points, desc="eval", unit="point", disable=not progress)
     was_training = model.training
     model.eval()
     try:
         gen.warm_up(model)
-        for method, keep_err in groups:
-            if method == "orig":  # the plain model: the unsteered baseline and its speed
-                run(model, method, None, None)
-                bar.update(1)
-                continue
-            with SteeredModel(
-                model,
-                sae,
-                layer=where.layer,
-                site=where.kind,
-                method=method,  # type: ignore[arg-type]
-                scores=scores,
-                strength=strengths[0],
-                preserve_error=bool(keep_err),
-            ) as steered:  # no hooks survive, even on error
-                for strength in strengths:
-                    steered.set_strength(strength)  # cheap: no hook moves
-                    run(steered, method, keep_err, float(strength))
+        for cond in conditions:
+            if cond.baseline == "prefix":
+                prefixed = Generator(
+                    tokenizer, [f"{prefix} {p}" for p in prompt_texts], samples=samples,
+                    seed=seed, batch_size=batch_size, options=sampling,
+                )  # fmt: skip
+                run(model, cond, None, None, generator=prefixed)
+            elif cond.baseline == "finetune":
+                tuner = FineTuner(model, tokenizer, align_texts, seed=seed)
+                for epochs, _ in cond.points():
+                    tuned = tuner.train_to(int(epochs))
+                    run(tuned, cond, epochs, None, train_seconds=tuner.seconds)
                     bar.update(1)
+                extra["finetune_loss"] = tuner.last_loss
+                continue
+            elif cond.method is None:
+                run(model, cond, None, None)
+            else:
+                _run_steering(run, model, sae, artifacts, cond, where, seed, bar)
+                continue
+            bar.update(1)
         # Every hook is gone now, so this is the unsteered model's perplexity.
+        records = run.records
         prompt_ids = [gen.prompt_ids[r["prompt_index"]] for r in records]
         ids = [r.pop("_ids") for r in records]
         clock.append(time.perf_counter())
@@ -152,16 +170,18 @@ def evaluate(
     finally:
         bar.close()
         model.train(was_training)
-    (align_emb,), _ = embed_prompts(embed_model, [align_texts], progress=False)
-    texts = [r["continuation"] for r in records]
-    centroid, nearest = concept_relevance(texts, align_emb, embed_model, k=NEAREST_K)
-    for r, c, n, p in zip(records, centroid.tolist(), nearest.tolist(), ppl.tolist(), strict=True):
-        r.update(relevance_centroid=c, relevance_nearest=n, perplexity=p)
+    (emb,), _ = embed_prompts(embed_model, [[r["continuation"] for r in records]], progress=False)
+    centroid, nearest = relevance_of_embeddings(emb, align_emb, k=NEAREST_K)
+    p_topic = classifier.probability_of_embeddings(emb) if classifier is not None else None
+    for i, r in enumerate(records):
+        r.update(
+            relevance_centroid=float(centroid[i]), relevance_nearest=float(nearest[i]),
+            perplexity=float(ppl[i]),
+            p_topic=float(p_topic[i]) if p_topic is not None else float("nan"),
+        )  # fmt: skip
     clock.append(time.perf_counter())
     config = {
-        "methods": list(methods),
-        "preserve_error": [bool(e) for e in preserve_error],
-        "strengths": [float(s) for s in strengths],
+        "conditions": [c.name for c in conditions],
         "samples": samples,
         "seed": seed,
         **sampling,
@@ -169,19 +189,180 @@ def evaluate(
         "n_boot": n_boot,
         "embedder": embedder_name,
         "nearest_k": min(NEAREST_K, len(align_texts)),
+        "classifier_cv_auc": None if classifier is None else classifier.cv_auc,
+        "classifier_examples": None
+        if classifier is None
+        else [classifier.n_positive, classifier.n_negative],
+        "prefix": prefix,
         "layer": where.layer,
         "site": where.kind,
         "n_prompts": len(prompt_texts),
         "n_alignment": len(align_texts),
+        "n_reference": None if reference_texts is None else len(reference_texts),
         "model": model_id(model),
-        "sae": sae.cfg.spec,
-        "sae_fingerprint": sae.fingerprint(),
+        "sae": sae.cfg.spec if sae is not None else None,
+        "sae_fingerprint": sae.fingerprint() if sae is not None else None,
+        "scores": {k: _describe(v) for k, v in artifacts.items()},
         "seconds": dict(
             zip(("generate", "perplexity", "embed"), np.diff(clock).tolist(), strict=True)
         ),
+        **extra,
     }
-    rows = summarise(records, timing, n_boot, seed)
+    rows = summarise(records, run.timing, n_boot, seed)
     return EvalResult(rows=rows, samples=records, config=config)
+
+
+class _Runner:
+    """Runs one point of a condition and records its continuations."""
+
+    def __init__(self, gen: Generator, prompts: list[str]) -> None:
+        self.gen, self.prompts = gen, prompts
+        self.records: list[dict[str, Any]] = []
+        self.timing: dict[tuple, tuple[int, float]] = {}
+
+    def __call__(
+        self,
+        target: nn.Module,
+        cond: Condition,
+        strength: float | None,
+        norm_fraction: float | None,
+        *,
+        generator: Generator | None = None,
+        train_seconds: float | None = None,
+    ) -> None:
+        continuations, seconds = (generator or self.gen).run(target)
+        key = (cond.name, strength, norm_fraction)
+        self.timing[key] = (sum(c.steps for c in continuations), seconds)
+        for c in continuations:
+            self.records.append(self._record(cond, strength, norm_fraction, c, train_seconds))
+
+    def _record(
+        self,
+        cond: Condition,
+        strength: float | None,
+        norm_fraction: float | None,
+        c: Continuation,
+        train_seconds: float | None,
+    ) -> dict[str, Any]:
+        return {
+            "label": cond.name,
+            "kind": cond.kind,
+            "method": cond.method or cond.baseline or "orig",
+            "preserve_error": cond.preserve_error if cond.method else None,
+            "strength": strength,
+            "norm_fraction": norm_fraction,
+            "train_seconds": train_seconds,
+            "prompt_index": c.prompt_index,
+            "sample": c.sample,
+            "seed": c.seed,
+            "prompt": self.prompts[c.prompt_index],
+            "continuation": c.text,
+            "n_tokens": len(c.token_ids),
+            "repetition": repeated_ngram_share(c.token_ids, 3),
+            "_ids": c.token_ids,
+        }
+
+
+def _run_steering(
+    run: _Runner,
+    model: nn.Module,
+    sae: SAE | None,
+    artifacts: dict[str, FeatureScores | Any],
+    cond: Condition,
+    where: Any,
+    seed: int,
+    bar: Any,
+) -> None:
+    artifact = artifacts.get(cond.scores)
+    override = _control(cond, artifact, sae, seed)
+    with SteeredModel(
+        model,
+        sae,
+        layer=where.layer,
+        site=where.kind,
+        method=cond.method,
+        scores=artifact,
+        strength=1.0,
+        preserve_error=cond.preserve_error,
+        clamp_value=cond.clamp_value,
+        **override,
+    ) as steered:  # no hooks survive, even on error
+        step = steered.interventions[0]
+        for strength, rho in cond.points():
+            if rho is not None:
+                strength = _strength_at(rho, step, artifact, cond)
+            steered.set_strength(float(strength))  # cheap: no hook moves
+            run(steered, cond, float(strength), rho)
+            bar.update(1)
+
+
+def _strength_at(rho: float, step: Any, artifact: Any, cond: Condition) -> float:
+    """The strength at which the condition adds ``rho`` times the mean hidden-state norm."""
+    calibration = getattr(artifact, "calibration", None) or {}
+    key = "mean_norm_raw" if cond.method == "vector" else "mean_norm"
+    if step.added is None or key not in calibration:
+        raise ValueError(
+            f"Condition {cond.name!r} is placed by norm fraction, which needs an additive method "
+            "(add, vector, or clamp with preserve_error) and scores fitted by this version of "
+            "hf_sae_steer (they record the mean norms); give strengths instead."
+        )
+    return strength_for(rho, step.added.double().cpu(), float(calibration[key]))
+
+
+def _control(cond: Condition, artifact: Any, sae: SAE | None, seed: int) -> dict[str, Any]:
+    """Random latents with the artifact's weights, or a random vector of its vector's norm."""
+    if cond.control is None:
+        return {}
+    g = torch.Generator().manual_seed(seed + 7919)
+    if cond.control == "random_latents":
+        chosen = artifact.latent_weights() if artifact is not None else None
+        if chosen is None or sae is None:
+            raise ValueError("The random-latents control needs scores fitted with mean_diff.")
+        latents, weights = chosen
+        pool = torch.ones(sae.d_sae).index_fill_(0, latents, 0.0)  # never the chosen ones
+        random = torch.multinomial(pool, len(latents), replacement=False, generator=g)
+        return {"latents": SparseCode(random, weights)}
+    delta = artifact.stats.get("delta_raw") if artifact is not None else None
+    if delta is None:
+        raise ValueError("The random-vector control needs scores fitted with mean_diff.")
+    direction = torch.randn(delta.numel(), generator=g)
+    return {"vector": direction * (delta.float().norm() / direction.norm())}
+
+
+def _artifacts(scores: Scores | Mapping[str, Scores] | None) -> dict[str, Any]:
+    if scores is None:
+        return {}
+    items = dict(scores) if isinstance(scores, Mapping) else {"default": scores}
+    return {k: load_scores(v) if isinstance(v, str | Path) else v for k, v in items.items()}
+
+
+def _check(conditions: Sequence[Condition], artifacts: dict[str, Any], sae: SAE | None) -> None:
+    names = [c.name for c in conditions]
+    if len(set(names)) != len(names):
+        raise ValueError(f"Condition names must be unique, got {names}.")
+    for c in conditions:
+        if c.method not in (None, "sae") and c.scores not in artifacts:
+            raise ValueError(
+                f"Condition {c.name!r} steers with scores {c.scores!r}, which were not given "
+                f"(have: {sorted(artifacts) or 'none'})."
+            )
+        if c.method is not None and c.method != "vector" and sae is None:
+            raise ValueError(f"Condition {c.name!r} needs an SAE.")
+
+
+def _has(conditions: Sequence[Condition], baseline: str) -> bool:
+    return any(c.baseline == baseline for c in conditions)
+
+
+def _describe(scores: Any) -> dict[str, Any] | None:
+    if not isinstance(scores, FeatureScores):
+        return None
+    return {
+        "rule": scores.rule,
+        "recommended": scores.recommended,
+        "fit_seconds": scores.options.get("fit_seconds"),
+        "coverage": scores.coverage,
+    }
 
 
 def _embedder_for(embedder: Embedder | None, scores: Any) -> tuple[Any, str]:
@@ -195,7 +376,3 @@ def _embedder_for(embedder: Embedder | None, scores: Any) -> tuple[Any, str]:
         raise ValueError(
             f"Cannot load the embedder the scores were fitted with ({name!r}); pass embedder=."
         ) from err
-
-
-def _artifact(scores: Scores) -> FeatureScores | None:
-    return scores if isinstance(scores, FeatureScores) else None

@@ -25,6 +25,8 @@ def model_card(config: dict[str, Any]) -> str:
         ("model", config.get("model_id")),
         ("SAE", f"{config['sae']['spec']} (fingerprint `{config['sae']['fingerprint']}`)"),
         ("hook", where),
+        ("selection rule", config.get("rule")),
+        ("recommended steering", _steering(config.get("recommended"))),
         ("summary", config.get("summary")),
         ("embedder", config.get("embedder")),
         ("reference set", _count(config["reference"]["size"])),
@@ -33,6 +35,7 @@ def model_card(config: dict[str, Any]) -> str:
         ("FVU on the alignment set", _fmt(report.get("fvu"))),
         (f"top-{report.get('top_k')} latents firing on it", report.get("top_firing")),
         ("effective latents (exp entropy)", f"{report.get('effective_latents', 0.0):.1f}"),
+        ("target direction explained", _share(report.get("delta_explained"))),
     ]
     body = [
         f"# Feature scores: {config.get('model_id')}, {where}",
@@ -51,10 +54,21 @@ def model_card(config: dict[str, Any]) -> str:
         "",
         'scores = FeatureScores.from_pretrained("<this repo>")',
         f"sae = load_sae({json.dumps(config['sae']['spec'] or '<the SAE these scores fit>')})",
-        'steered = SteeredModel(model, sae, method="swap", scores=scores)',
+        "steered = SteeredModel(model, sae, scores=scores)  # the recommended steering",
         "```",
     ]
     return "\n".join(front + body) + "\n"
+
+
+def _steering(rec: dict[str, Any] | None) -> str | None:
+    if not rec:
+        return None
+    keep = ", preserve_error" if rec.get("preserve_error") else ""
+    return f"`{rec['method']}` at strength {rec['strength']:.3g}{keep} ({rec.get('why', '')})"
+
+
+def _share(value: float | None) -> str | None:
+    return None if value is None else f"{value:.1%}"
 
 
 def _count(size: int | None) -> str | None:
