@@ -203,3 +203,47 @@ def test_evaluate_removes_hooks_on_error(tokenizer, sae, scores, monkeypatch):
     with pytest.raises(RuntimeError, match="boom"):
         run_small(model, tokenizer, sae, scores, methods=("orig", "swap"))
     assert all_hooks(model) == 0
+
+
+def test_controls_baselines_and_the_classifier(tokenizer, sae):
+    """add and vector by norm fraction, their random controls at equal norm, the prefix and
+    fine-tuning baselines and the topic classifier, all on a tiny model."""
+    import warnings
+
+    from hf_sae_steer import FeatureScores
+
+    model = tiny_gpt2(len(tokenizer), d=D)
+    reference = ["The river flows through the valley.", "Engineers built a bridge of steel.",
+                 "The orchestra played a symphony.", "A farmer planted wheat."]  # fmt: skip
+    alignment = ["Antibiotics are used to treat bacterial infections.", "Symptoms include fever.",
+                 "The doctor examined the patient."]  # fmt: skip
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        scores = FeatureScores.fit(model, tokenizer, sae, reference=reference, alignment=alignment,
+                                   embedder=char_embedder, progress=False)  # fmt: skip
+    result = evaluate(
+        model, tokenizer, sae, scores, ["The patient was", "A farmer planted"], alignment,
+        reference=reference, methods=("add", "vector"), norm_fractions=(0.25, 1.0),
+        controls=("random_latents", "random_vector"), baselines=("prefix", "finetune"),
+        samples=1, max_new_tokens=4, embedder=char_embedder, progress=False, n_boot=100,
+    )  # fmt: skip
+    assert all_hooks(model) == 0
+    labels = list(dict.fromkeys(r["label"] for r in result.rows))
+    assert labels == ["orig", "add", "vector", "random latents", "random vector", "prefix",
+                      "finetune"]  # fmt: skip
+    for rho in (0.25, 1.0):
+        vec = result.row("vector", norm_fraction=rho)
+        rand = result.row("random vector", norm_fraction=rho)
+        assert vec["strength"] == pytest.approx(rand["strength"])  # the same norm, at every ρ
+        assert result.row("add", norm_fraction=rho)["kind"] == "steering"
+    assert result.row("add", norm_fraction=1.0)["strength"] == pytest.approx(
+        4 * result.row("add", norm_fraction=0.25)["strength"]
+    )
+    tuned = result.curve(labels[-1])
+    assert [r["strength"] for r in tuned] == [2.0, 5.0, 10.0]
+    seconds = [r["train_seconds"] for r in tuned]
+    assert seconds == sorted(seconds) and seconds[0] > 0
+    assert any(text.startswith(result.config["prefix"][:10]) for text in alignment)
+    assert 0.0 <= result.config["classifier_cv_auc"] <= 1.0
+    assert all(0.0 <= s["p_topic"] <= 1.0 for s in result.samples)
+    assert all("p_topic_delta" in r for r in result.rows if r["label"] != "orig")

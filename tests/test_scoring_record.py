@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+import json
 import math
 import os
 import shutil
@@ -90,6 +91,26 @@ def test_save_and_load_local(fitted, tmp_path):
     assert config["sae"]["fingerprint"] == fitted.sae_fingerprint
     assert config["reference"]["size"] == 3 and config["library_version"]
     assert "coverage" in config["report"] and "fvu" in config["report"]
+    # Format 2: the rule, its recommended steering and the calibration norms survive.
+    assert (loaded.rule, loaded.recommended, loaded.calibration) == (
+        fitted.rule, fitted.recommended, fitted.calibration
+    )
+    assert loaded.rule == "mean_diff" and loaded.recommended["method"] == "add"
+    assert {"latents", "weights", "delta", "delta_raw", "typical_activation"} <= set(loaded.stats)
+    assert torch.equal(loaded.latent_weights()[0], fitted.latent_weights()[0])
+
+
+def test_format_1_artifacts_still_load(fitted, tmp_path):
+    """An artifact written before rules existed: no rule, no recommendation, no calibration."""
+    folder = fitted.save_pretrained(tmp_path / "old")
+    config = json.loads((folder / "steering_config.json").read_text())
+    for key in ("rule", "recommended", "calibration"):
+        del config[key]
+    config["format_version"] = 1
+    (folder / "steering_config.json").write_text(json.dumps(config))
+    old = FeatureScores.from_pretrained(folder)
+    assert old.rule is None and old.recommended is None and old.calibration == {}
+    assert torch.equal(old.scores, fitted.scores)
 
 
 def test_model_card_front_matter(fitted, tmp_path):
