@@ -378,6 +378,9 @@ Princeton University. All rights reserved."
   on) and `eval_prompts.txt` ({info["sets"].get("eval_prompts", 0)} neutral openings held out
   for the evaluation); the three sets are disjoint. Alignment and reference texts come from the
   held-out documents; one text per line.
+- `tuning.json`: how the recommended norm fraction was chosen on `tune_prompts.txt`
+  (`python scripts/tune_norm_fraction.py`); `EVAL.md`: the evaluation on `eval_prompts.txt`
+  (`python scripts/run_demo_eval.py`).
 - `build_info.json`: every number below, machine-readable.
 
 ## Language model

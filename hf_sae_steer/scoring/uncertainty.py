@@ -52,7 +52,8 @@ class ScoreReport:
         if self.fvu is not None:
             lines.append(f"FVU on alignment   {self.fvu:.3f}")
         if self.top_firing is not None:
-            lines.append(f"top-{self.top_k} firing      {self.top_firing} on the alignment set")
+            label = f"top-{self.top_k} firing".ljust(19)
+            lines.append(f"{label}{self.top_firing} on the alignment set")
         if self.thin_support is not None:
             lines.append(
                 f"thin support       {self.thin_support} of the top {self.top_k} fire on "
