@@ -192,8 +192,9 @@ def main() -> None:
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         FeatureScores.fit(
-            model, tok, sae, reference=ref[:4], alignment=align[:2], embedder=cached, progress=False
-        )
+            model, tok, sae, reference=ref[:4], alignment=align[:2], embedder=cached,
+            rule="seed", progress=False,
+        )  # fmt: skip
         reference_style(model, tok, sae, layer, ref[:4], ref_emb[:4], align_emb)
         start = time.perf_counter()
         fitted = FeatureScores.fit(
@@ -203,6 +204,7 @@ def main() -> None:
             reference=ref,
             alignment=align,
             embedder=cached,
+            rule="seed",  # the reference rule: what the reference-style procedure computes
             batch_size=args.batch_size,
             progress=False,
         )
