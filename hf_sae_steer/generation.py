@@ -16,7 +16,7 @@ import torch
 from torch import Tensor, nn
 from tqdm.auto import tqdm
 
-from hf_sae_steer.models import eos_token_ids, model_device, pad_token_id
+from hf_sae_steer.models import context_length, eos_token_ids, model_device, pad_token_id
 from hf_sae_steer.sae.base import SAE
 from hf_sae_steer.steering.interventions import Method
 from hf_sae_steer.steering.positions import Positions
@@ -67,6 +67,9 @@ class Generator:
     ) -> None:
         self.tokenizer, self.prompts, self.seed = tokenizer, list(prompts), seed
         self.prompt_ids = [list(t) for t in tokenizer(self.prompts)["input_ids"]]
+        empty = [i for i, ids in enumerate(self.prompt_ids) if not ids]
+        if empty:
+            raise ValueError(f"Prompt {empty[0]} is empty (no tokens): give every prompt text.")
         self.items = [(p, j) for p in range(len(self.prompts)) for j in range(samples)]
         self.batch_size = max(1, batch_size)
         self.options = options if options is not None else sampling_options()
@@ -75,6 +78,7 @@ class Generator:
         """Every item's continuation under ``model`` (plain or steered), and the seconds spent
         inside ``generate`` (synchronised on CUDA)."""
         device = model_device(model)
+        self.check_length(model)
         kwargs = {**self.options, "pad_token_id": pad_token_id(self.tokenizer)}
         eos = eos_token_ids(model, self.tokenizer)
         out: list[Continuation] = []
@@ -98,6 +102,19 @@ class Generator:
                 steps = min(stop + 1, len(new))
                 out.append(Continuation(p, j, batch_seed, new[:stop], text, steps))
         return out, seconds
+
+    def check_length(self, model: nn.Module) -> None:
+        """Refuse prompts that leave no room in the model's context for the new tokens (rather
+        than truncating them silently): one error naming the limit."""
+        limit = context_length(model, self.tokenizer)
+        wanted = int(self.options.get("max_new_tokens", 0))
+        longest = max((len(ids) for ids in self.prompt_ids), default=0)
+        if limit is not None and longest + wanted > limit:
+            raise ValueError(
+                f"A prompt has {longest} tokens; with {wanted} new tokens that exceeds the "
+                f"model's context of {limit} tokens. Shorten the prompt to at most "
+                f"{max(limit - wanted, 0)} tokens or ask for fewer new tokens."
+            )
 
     def warm_up(self, model: nn.Module) -> None:
         """One short untimed generation, so the first timed run pays no one-time start-up costs

@@ -7,6 +7,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from safetensors import SafetensorError
 from torch import nn
 
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
@@ -22,6 +23,7 @@ def load_model(
         if dtype not in DTYPES:
             raise ValueError(f"Unknown dtype {dtype!r}; use one of {', '.join(DTYPES)}.")
         dtype = DTYPES[dtype]
+    where = check_device(device) if device is not None else None
     local = Path(name_or_path).expanduser()
     if name_or_path.startswith((".", "/", "~")) or local.exists():
         if not (local / "config.json").is_file():
@@ -29,15 +31,25 @@ def load_model(
         name_or_path = str(local)
     try:
         tokenizer = AutoTokenizer.from_pretrained(name_or_path)
+    except OSError as error:
+        raise OSError(
+            f"Cannot load the tokenizer of {name_or_path!r}: not a local folder, and not "
+            f"fetchable from the Hugging Face Hub or its cache ({_first_line(error)})."
+        ) from error
+    try:
         model = AutoModelForCausalLM.from_pretrained(name_or_path, dtype=dtype or torch.float32)
     except OSError as error:
-        first = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
         raise OSError(
             f"Cannot load model {name_or_path!r}: not a local folder, and not fetchable "
-            f"from the Hugging Face Hub or its cache ({first})."
+            f"from the Hugging Face Hub or its cache ({_first_line(error)})."
         ) from error
-    if device is not None:
-        model.to(device)
+    except SafetensorError as error:  # truncated or corrupt weights
+        raise ValueError(
+            f"The weights of model {name_or_path!r} are corrupt or truncated "
+            f"({_first_line(error)}); download or save the model again."
+        ) from error
+    if where is not None:
+        model.to(where)
     model.eval()
     if tokenizer.pad_token is None:
         tokenizer.pad_token = tokenizer.eos_token
@@ -45,6 +57,31 @@ def load_model(
     if model.generation_config.pad_token_id is None:
         model.generation_config.pad_token_id = tokenizer.pad_token_id
     return model, tokenizer
+
+
+def check_device(device: str | torch.device) -> torch.device:
+    """``device`` as a torch.device, when this machine has it; one clear error otherwise."""
+    try:
+        where = torch.device(device)
+    except (RuntimeError, TypeError) as error:
+        raise ValueError(
+            f"Unknown device {device!r}; use cpu, cuda, cuda:N or mps ({_first_line(error)})."
+        ) from None
+    if where.type == "cuda":
+        if not torch.cuda.is_available():
+            raise ValueError(f"Device {device!r}: CUDA is not available here; use --device cpu.")
+        if where.index is not None and where.index >= torch.cuda.device_count():
+            raise ValueError(
+                f"Device {device!r}: this machine has {torch.cuda.device_count()} CUDA device(s)."
+            )
+    if where.type == "mps" and not torch.backends.mps.is_available():
+        raise ValueError(f"Device {device!r}: MPS is not available here; use --device cpu.")
+    return where
+
+
+def _first_line(error: BaseException) -> str:
+    text = str(error).strip()
+    return text.splitlines()[0] if text else type(error).__name__
 
 
 def model_device(model: nn.Module) -> torch.device:

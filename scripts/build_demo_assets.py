@@ -228,7 +228,7 @@ def save_sae(state: dict[str, Tensor], a: argparse.Namespace, out: Path) -> SAE:
         site="resid_post", model_name="hf-sae-steer-demo",
     )  # fmt: skip
     sae = build_sae(cfg, state)
-    sae.save_pretrained(out)
+    sae.save_pretrained(out, overwrite=True)
     loaded = load_sae(str(out))
     assert loaded.fingerprint() == sae.fingerprint(), "SAE changed in the save/load round trip"
     return loaded

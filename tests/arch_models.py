@@ -349,4 +349,4 @@ def tiny_sae(
 
 
 def random_scores(n: int = 64) -> Tensor:
-    return torch.randn(n, generator=torch.Generator().manual_seed(4))
+    return torch.rand(n, generator=torch.Generator().manual_seed(4))  # in [0, 1], as scores are

@@ -184,7 +184,9 @@ def test_evaluate_end_to_end(tokenizer, sae, scores, tmp_path):
     assert table.count("\n") == 2 + 17 and "| sae+err | ×2 |" in table
     lines = paths["samples.jsonl"].read_text().splitlines()
     assert len(lines) == 34 and "perplexity" in json.loads(lines[0])
-    assert json.loads(paths["config.json"].read_text())["conditions"][:2] == ["orig", "sae"]
+    config = json.loads(paths["eval_config.json"].read_text())
+    assert config["conditions"][:2] == ["orig", "sae"]
+    assert config["kind"] == "hf_sae_steer/evaluation"
 
 
 def test_evaluate_removes_hooks_on_error(tokenizer, sae, scores, monkeypatch):

@@ -200,7 +200,7 @@ def test_generation_error_leaks_nothing(gpt2, sae, scores, prompts):
     with pytest.raises(RuntimeError, match="processor failed"):
         steered.generate(**prompts, max_new_tokens=4, logits_processor=[Explode()])
     assert all_hooks(gpt2) == hooks
-    assert steered.tracker._pinned is None and steered.tracker.enabled
+    assert steered.tracker._state.pinned is None and steered.tracker.enabled
     assert torch.equal(steered.generate(**prompts, max_new_tokens=4, do_sample=False), expected)
 
 

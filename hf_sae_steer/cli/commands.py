@@ -11,23 +11,27 @@ import torch
 
 from hf_sae_steer.cli.demo import run_demo
 from hf_sae_steer.evaluation.conditions import BASELINES, CONTROLS
+from hf_sae_steer.evaluation.result import EVAL_FILES, is_evaluation
 from hf_sae_steer.evaluation.sweep import evaluate
+from hf_sae_steer.folders import check_output_folder
 from hf_sae_steer.generation import compare_methods
-from hf_sae_steer.models import load_model
+from hf_sae_steer.models import check_device, load_model
 from hf_sae_steer.sae.loading import load_sae
 from hf_sae_steer.scoring import FeatureScores
 from hf_sae_steer.scoring.examples import latent_examples
 from hf_sae_steer.scoring.prompts import load_prompts
-from hf_sae_steer.scoring.record import load_scores
+from hf_sae_steer.scoring.record import ARTIFACT_FILES, is_artifact, load_scores
 from hf_sae_steer.steering.interventions import METHODS
 
 
 def run(args: argparse.Namespace) -> Any:
     """Run the parsed command; returns what ``--json`` prints."""
-    torch.manual_seed(args.seed)
-    if not _progress(args):
-        from transformers.utils import logging as hf_logging
+    from transformers.utils import logging as hf_logging
 
+    torch.manual_seed(args.seed)
+    if not args.debug:
+        hf_logging.set_verbosity_error()  # our own messages say what matters, once
+    if not _progress(args):
         hf_logging.disable_progress_bar()
     return COMMANDS[args.command](args)
 
@@ -37,6 +41,9 @@ def _progress(args: argparse.Namespace) -> bool:
 
 
 def _prompts(args: argparse.Namespace) -> list[str]:
+    for i, text in enumerate(args.prompt, start=1):
+        if not text.strip():
+            raise ValueError(f"--prompt number {i} is empty: give it some text.")
     prompts = list(args.prompt)
     if args.prompts:
         prompts += load_prompts(args.prompts)
@@ -88,6 +95,10 @@ def _gen_options(args: argparse.Namespace) -> dict[str, Any]:
 
 
 def cmd_score(args: argparse.Namespace) -> dict[str, Any]:
+    # Every cheap check before the model loads and the scoring runs.
+    check_output_folder(args.out, ARTIFACT_FILES, overwrite=args.overwrite, is_ours=is_artifact)
+    if args.device is not None:
+        check_device(args.device)
     model, tokenizer = load_model(args.model, device=args.device, dtype=args.dtype)
     reference, alignment = (
         load_prompts(
@@ -119,7 +130,7 @@ def cmd_score(args: argparse.Namespace) -> dict[str, Any]:
             progress=_progress(args),
         )
     scores.model_id = args.model
-    path = scores.save_pretrained(args.out)
+    path = scores.save_pretrained(args.out, overwrite=args.overwrite)
     if args.push_to_hub:
         scores.push_to_hub(args.push_to_hub)
     if not args.json:
@@ -242,7 +253,14 @@ def cmd_eval(args: argparse.Namespace) -> dict[str, Any]:
     methods = tuple(m for m in _methods(args.methods) if m != "recommended")
     baselines = _names(args.baselines, BASELINES, "--baselines")
     controls = _names(args.controls, CONTROLS, "--controls")
-    import matplotlib  # noqa: F401 - fail now, not after the whole sweep, if plotting can't work
+    try:
+        import matplotlib  # noqa: F401 - fail now, not after the whole sweep
+    except ImportError:
+        raise ImportError(
+            "hf-sae-steer eval draws a plot, which needs matplotlib: "
+            "pip install 'hf_sae_steer[eval]'"
+        ) from None
+    check_output_folder(args.out, EVAL_FILES, overwrite=args.overwrite, is_ours=is_evaluation)
 
     prompts, alignment = load_prompts(args.prompts)[: args.n_prompts], load_prompts(args.alignment)
     sae, scores = load_sae(args.sae), load_scores(args.scores)  # cheap checks before the model
@@ -272,7 +290,7 @@ def cmd_eval(args: argparse.Namespace) -> dict[str, Any]:
         site=args.site,
         progress=_progress(args),
     )
-    files = result.save(args.out)
+    files = result.save(args.out, overwrite=args.overwrite)
     if not args.json:
         print(result.to_markdown())
         print(f"\nWrote {', '.join(str(path) for path in files.values())}")

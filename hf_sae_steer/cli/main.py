@@ -13,8 +13,9 @@ from collections.abc import Sequence
 
 EXIT_BAD_INPUT = 2
 EXIT_FAILURE = 1
-# What bad input raises; anything else is a failure of ours (exit 1, still one line).
-BAD_INPUT = (ValueError, TypeError, KeyError, OSError, ImportError)
+# What bad input raises; anything else (TypeError, KeyError, IndexError, ...) is a failure of
+# ours: exit 1, still one line, and --debug shows the traceback.
+BAD_INPUT = (ValueError, OSError, ImportError)
 
 
 def positive_int(text: str) -> int:
@@ -113,6 +114,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--embedder", default="sentence-transformers/all-MiniLM-L6-v2")
     p.add_argument("--batch-size", type=positive_int, default=16)
     p.add_argument("--out", required=True, help="folder to write the score artifact to")
+    p.add_argument(
+        "--overwrite", action="store_true", help="write into a folder holding other files"
+    )
     p.add_argument("--push-to-hub", metavar="REPO", help="also upload the artifact")
     _common(p)
 
@@ -168,6 +172,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--top-k", type=int, default=50)
     p.add_argument("--batch-size", type=positive_int, default=16)
     p.add_argument("--out", required=True, help="folder for table.md/csv, samples, plot.png")
+    p.add_argument(
+        "--overwrite", action="store_true", help="write into a folder holding other files"
+    )
     _common(p)
     return parser
 

@@ -13,6 +13,7 @@ from typing import Any
 import numpy as np
 
 from hf_sae_steer.evaluation.metrics import bootstrap_ci
+from hf_sae_steer.folders import write_folder
 
 # Per-continuation measures summarised in every row (mean, _lo, _hi).
 MEASURES = ("relevance_centroid", "relevance_nearest", "p_topic", "perplexity", "repetition")
@@ -220,16 +221,29 @@ class EvalResult:
         fig.savefig(path, dpi=110, bbox_inches="tight")
         return path
 
-    def save(self, folder: str | Path) -> dict[str, Path]:
-        """Write table.md, table.csv, samples.jsonl, plot.png and config.json into ``folder``."""
-        folder = Path(folder)
-        folder.mkdir(parents=True, exist_ok=True)
-        (folder / "table.md").write_text(self.to_markdown(), encoding="utf-8")
-        (folder / "config.json").write_text(json.dumps(self.config, indent=2) + "\n")
-        return {
-            "table.md": folder / "table.md",
-            "table.csv": self.to_csv(folder / "table.csv"),
-            "samples.jsonl": self.to_jsonl(folder / "samples.jsonl"),
-            "plot.png": self.plot(folder / "plot.png"),
-            "config.json": folder / "config.json",
-        }
+    def save(self, folder: str | Path, *, overwrite: bool = False) -> dict[str, Path]:
+        """Write table.md, table.csv, samples.jsonl, plot.png and eval_config.json into
+        ``folder``, atomically. A folder holding other files is refused unless ``overwrite``."""
+
+        def write(tmp: Path) -> None:
+            (tmp / "table.md").write_text(self.to_markdown(), encoding="utf-8")
+            config = {"kind": EVAL_KIND, **self.config}
+            (tmp / "eval_config.json").write_text(json.dumps(config, indent=2) + "\n")
+            self.to_csv(tmp / "table.csv")
+            self.to_jsonl(tmp / "samples.jsonl")
+            self.plot(tmp / "plot.png")
+
+        path = write_folder(folder, EVAL_FILES, write, overwrite=overwrite, is_ours=is_evaluation)
+        return {name: path / name for name in EVAL_FILES}
+
+
+EVAL_KIND = "hf_sae_steer/evaluation"
+EVAL_FILES = ("table.md", "table.csv", "samples.jsonl", "plot.png", "eval_config.json")
+
+
+def is_evaluation(folder: Path) -> bool:
+    try:
+        config = json.loads((folder / "eval_config.json").read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return False
+    return isinstance(config, dict) and config.get("kind") == EVAL_KIND

@@ -24,7 +24,7 @@ import copy
 import hashlib
 from collections.abc import Callable
 from pathlib import Path
-from typing import NamedTuple, TypeVar
+from typing import Any, NamedTuple, TypeVar
 
 import torch
 import torch.nn.functional as F
@@ -216,7 +216,27 @@ class SAE(nn.Module):
 
     # -- identity ------------------------------------------------------------------------
     def fingerprint(self) -> str:
-        """A short hash of the weights (not the dtype/device) to tie score artifacts to an SAE."""
+        """A short hash of the weights as loaded, to tie score artifacts to an SAE.
+
+        It does not depend on the device or the dtype: a conversion (``.to(torch.bfloat16)``,
+        ``load_sae(..., dtype=...)``) keeps the fingerprint of the weights before it.
+        """
+        return self.__dict__.get("_fingerprint") or self._hash_weights()
+
+    def _apply(self, fn: Any, recurse: bool = True) -> SAE:
+        # Every .to()/.half()/.cuda() comes through here: remember the identity first when the
+        # conversion changes the precision (rounding would change the hash, not the SAE). A
+        # probe tensor tells whether it will, without hashing on every move.
+        probe = fn(torch.zeros(0, dtype=self.dtype, device=self.device))
+        if probe.dtype != self.dtype and "_fingerprint" not in self.__dict__:
+            self.__dict__["_fingerprint"] = self._hash_weights()
+        return super()._apply(fn, recurse)
+
+    def load_state_dict(self, state_dict: Any, strict: bool = True, assign: bool = False) -> Any:
+        self.__dict__.pop("_fingerprint", None)  # new weights, new identity
+        return super().load_state_dict(state_dict, strict=strict, assign=assign)
+
+    def _hash_weights(self) -> str:
         h = hashlib.sha256()
         for name, tensor in sorted(self.state_dict().items()):
             t = tensor.detach().to("cpu", torch.float32).contiguous()
@@ -231,12 +251,13 @@ class SAE(nn.Module):
         k = f", k={c.k}" if c.activation == "topk" else ""
         return f"d_in={c.d_in}, d_sae={c.d_sae}, activation={c.activation}{k}{where}"
 
-    def save_pretrained(self, path: str | Path) -> Path:
+    def save_pretrained(self, path: str | Path, *, overwrite: bool = False) -> Path:
         """Write a SAELens-layout folder (``cfg.json`` + ``sae_weights.safetensors``), the
-        library's native SAE format; :func:`~hf_sae_steer.sae.load_sae` reads it back."""
+        library's native SAE format, atomically; :func:`~hf_sae_steer.sae.load_sae` reads it
+        back. A non-empty folder is refused unless ``overwrite=True``."""
         from hf_sae_steer.sae.saelens_format import write_folder
 
-        return write_folder(self.cfg, self.state_dict(), path)
+        return write_folder(self.cfg, self.state_dict(), path, overwrite=overwrite)
 
 
 # -- the architecture registry -----------------------------------------------------------------

@@ -18,6 +18,7 @@ import torch
 from safetensors.torch import save_file
 from torch import Tensor
 
+from hf_sae_steer import folders
 from hf_sae_steer.sae.config import SAEConfig
 from hf_sae_steer.sites.names import parse_hook_name
 
@@ -164,17 +165,22 @@ def saelens_cfg_dict(c: SAEConfig, dtype: torch.dtype = torch.float32) -> dict[s
 
 
 def write_folder(
-    cfg: SAEConfig, state: dict[str, Tensor], path: str | os.PathLike[str]
+    cfg: SAEConfig,
+    state: dict[str, Tensor],
+    path: str | os.PathLike[str],
+    *,
+    overwrite: bool = False,
 ) -> Path:
     """Write a SAELens folder (``cfg.json`` + ``sae_weights.safetensors``) from a config and a
-    state dict in our tensor names."""
-    folder = Path(path).expanduser()
-    folder.mkdir(parents=True, exist_ok=True)
+    state dict in our tensor names, atomically; a non-empty folder needs ``overwrite``."""
     tensors = {k: v.detach().to("cpu").contiguous() for k, v in state.items()}
     dtype = tensors["W_enc"].dtype if "W_enc" in tensors else torch.float32
     if cfg.activation == "gated":
         tensors["b_gate"] = tensors.pop("b_enc")  # SAELens's name for the gate bias
-    save_file(tensors, str(folder / WEIGHTS_FILENAME))
-    text = json.dumps(saelens_cfg_dict(cfg, dtype), indent=2)
-    (folder / CFG_FILENAME).write_text(text + "\n", encoding="utf-8")
-    return folder
+
+    def write(folder: Path) -> None:
+        save_file(tensors, str(folder / WEIGHTS_FILENAME))
+        text = json.dumps(saelens_cfg_dict(cfg, dtype), indent=2)
+        (folder / CFG_FILENAME).write_text(text + "\n", encoding="utf-8")
+
+    return folders.write_folder(path, (CFG_FILENAME, WEIGHTS_FILENAME), write, overwrite=overwrite)

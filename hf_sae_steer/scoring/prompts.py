@@ -88,6 +88,21 @@ def _slice(prompts: list[str], split: str | None, where: str) -> list[str]:
 
 
 def _from_file(path: Path, suffix: str, column: str | None) -> list[str]:
+    try:
+        return _parse_file(path, suffix, column)
+    except UnicodeDecodeError as e:
+        raise ValueError(
+            f"Prompt file {path} is not UTF-8 text ({e.reason} at byte {e.start}); save it as "
+            "UTF-8."
+        ) from None
+    except json.JSONDecodeError as e:
+        raise ValueError(
+            f"Prompt file {path} is not valid JSON{'L' if suffix == '.jsonl' else ''} "
+            f"(line {e.lineno}, column {e.colno}: {e.msg})."
+        ) from None
+
+
+def _parse_file(path: Path, suffix: str, column: str | None) -> list[str]:
     if suffix == ".txt":
         lines = path.read_text(encoding="utf-8").splitlines()
         return _check_strings([line for line in lines if line.strip()], str(path))

@@ -12,6 +12,7 @@ there). An artifact folder holds ``scores.safetensors`` (scores and per-latent s
 
 from __future__ import annotations
 
+import hashlib
 import json
 import math
 import tempfile
@@ -25,6 +26,7 @@ import torch
 from safetensors.torch import load_file, save_file
 from torch import Tensor
 
+from hf_sae_steer.folders import write_folder
 from hf_sae_steer.sae.base import SAE
 from hf_sae_steer.scoring.card import CARD_FILE, HUB_ID, model_card
 from hf_sae_steer.scoring.csv_scores import read_score_csv
@@ -132,20 +134,28 @@ class FeatureScores:
             "report": _finite(self.report().to_dict()),
         }
 
-    def save_pretrained(self, path: str | Path) -> Path:
-        """Write the artifact folder ``path``; returns it."""
-        folder = Path(path)
-        folder.mkdir(parents=True, exist_ok=True)
+    def save_pretrained(self, path: str | Path, *, overwrite: bool = False) -> Path:
+        """Write the artifact folder ``path`` atomically; returns it.
+
+        ``path`` must be new, empty or an earlier artifact; a folder with other files (a model,
+        your own README) is refused unless ``overwrite=True``, which replaces only the three
+        artifact files.
+        """
         tensors = {"scores": self.scores}
         for name, value in self.stats.items():
             if name == "scores":
                 raise ValueError("A per-latent statistic may not be called 'scores'.")
             tensors[name] = value.detach().cpu()
-        save_file({k: v.contiguous() for k, v in tensors.items()}, folder / SCORES_FILE)
-        config = self.to_config()
-        (folder / CONFIG_FILE).write_text(json.dumps(config, indent=2, allow_nan=False) + "\n")
-        (folder / CARD_FILE).write_text(model_card(config))
-        return folder
+
+        def write(folder: Path) -> None:
+            save_file({k: v.contiguous() for k, v in tensors.items()}, folder / SCORES_FILE)
+            config = self.to_config()
+            config["scores_sha256"] = _sha256(folder / SCORES_FILE)
+            text = json.dumps(config, indent=2, allow_nan=False) + "\n"
+            (folder / CONFIG_FILE).write_text(text, encoding="utf-8")
+            (folder / CARD_FILE).write_text(model_card(config), encoding="utf-8")
+
+        return write_folder(path, ARTIFACT_FILES, write, overwrite=overwrite, is_ours=is_artifact)
 
     def push_to_hub(
         self,
@@ -163,7 +173,7 @@ class FeatureScores:
         api = HfApi(token=token)
         api.create_repo(repo_id, private=private, exist_ok=True, repo_type="model")
         with tempfile.TemporaryDirectory() as tmp:
-            self.save_pretrained(tmp)
+            self.save_pretrained(tmp, overwrite=True)
             return api.upload_folder(
                 repo_id=repo_id,
                 folder_path=tmp,
@@ -179,18 +189,14 @@ class FeatureScores:
     ) -> FeatureScores:
         """Load an artifact from a folder or a Hub repo (``HF_HUB_OFFLINE=1`` uses the cache)."""
         folder = _resolve(path_or_repo_id, revision)
-        config_path = folder / CONFIG_FILE
-        if not config_path.is_file():
-            raise FileNotFoundError(f"{folder} has no {CONFIG_FILE}: not a FeatureScores artifact.")
-        config = json.loads(config_path.read_text())
-        if config.get("format") != FORMAT:
-            raise ValueError(f"{config_path} is not a FeatureScores artifact (format {FORMAT!r}).")
-        if int(config.get("format_version", 0)) > FORMAT_VERSION:
-            raise ValueError(
-                f"{config_path} has format version {config['format_version']}; this hf_sae_steer "
-                f"reads up to {FORMAT_VERSION}. Upgrade hf_sae_steer."
-            )
+        config = _read_config(folder)
         tensors = load_file(folder / SCORES_FILE)
+        expected = config.get("scores_sha256")
+        if expected is not None and expected != _sha256(folder / SCORES_FILE):
+            raise ValueError(
+                f"{folder} is inconsistent: {SCORES_FILE} is not the file {CONFIG_FILE} was "
+                "written with (an interrupted or mixed copy?). Write the artifact again."
+            )
         scores = tensors.pop("scores", None)
         d_sae = config["sae"].get("d_sae")
         if scores is None or scores.ndim != 1 or (d_sae is not None and scores.numel() != d_sae):
@@ -317,6 +323,48 @@ def _resolve(path_or_repo_id: str | Path, revision: str | None) -> Path:
             library_version=__version__,
         )
     )
+
+
+ARTIFACT_FILES = (SCORES_FILE, CONFIG_FILE, CARD_FILE)
+
+
+def is_artifact(folder: Path) -> bool:
+    """Whether ``folder`` holds a score artifact of ours (its config says so)."""
+    try:
+        config = json.loads((folder / CONFIG_FILE).read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return False
+    return isinstance(config, dict) and config.get("format") == FORMAT
+
+
+def _read_config(folder: Path) -> dict[str, Any]:
+    path = folder / CONFIG_FILE
+    if not path.is_file():
+        raise FileNotFoundError(f"{folder} has no {CONFIG_FILE}: not a FeatureScores artifact.")
+    try:
+        config = json.loads(path.read_text(encoding="utf-8"))
+    except (ValueError, UnicodeDecodeError) as e:
+        raise ValueError(f"{path} is corrupt (not valid JSON): {e}") from None
+    if not isinstance(config, dict) or config.get("format") != FORMAT:
+        raise ValueError(f"{path} is not a FeatureScores artifact (format {FORMAT!r}).")
+    if int(config.get("format_version", 0)) > FORMAT_VERSION:
+        raise ValueError(
+            f"{path} has format version {config['format_version']}; this hf_sae_steer reads up "
+            f"to {FORMAT_VERSION}. Upgrade hf_sae_steer."
+        )
+    missing = [key for key in ("sae", "coverage") if key not in config]
+    if missing or not isinstance(config.get("sae"), dict):
+        raise ValueError(f"{path} lacks {', '.join(missing) or 'a valid sae entry'}: not a "
+                         "complete FeatureScores artifact.")  # fmt: skip
+    return config
+
+
+def _sha256(path: Path) -> str:
+    h = hashlib.sha256()
+    with path.open("rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
 
 
 def _finite(data: Any) -> Any:

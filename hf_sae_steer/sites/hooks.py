@@ -17,6 +17,74 @@ from hf_sae_steer.sites.layouts import ModelLayout
 from hf_sae_steer.sites.names import Site
 
 Edit = Callable[[Tensor], Tensor]
+_HOOK_DICTS = ("_forward_hooks", "_forward_pre_hooks")
+_KEY_SETS = ("_forward_hooks_with_kwargs", "_forward_pre_hooks_with_kwargs",
+             "_forward_hooks_always_called")  # fmt: skip
+
+
+class SteeringHook:
+    """A hook that hf_sae_steer registered: it marks itself ours, and a deep copy of it is inert.
+
+    Steering belongs to a SteeredModel, not to the weights: ``copy.deepcopy`` of a steered model
+    gives an *unsteered* copy whose hook slots pass everything through (and that
+    :func:`remove_hooks` clears), never hooks that still read the original's state.
+    """
+
+    live = True
+
+    def __init__(self, fn: Callable[..., Any]) -> None:
+        self.fn = fn
+
+    def __call__(self, *args: Any) -> Any:
+        return self.fn(*args)
+
+    def __deepcopy__(self, memo: dict) -> InertHook:
+        return InertHook()
+
+
+class InertHook(SteeringHook):
+    """What a copied steering hook becomes: returns ``None``, which changes nothing."""
+
+    live = False
+
+    def __init__(self) -> None:
+        self.fn = lambda *args: None
+
+
+def register(
+    module: nn.Module, kind: str, fn: Callable[..., Any], **options: Any
+) -> RemovableHandle:
+    """``module.register_forward_hook`` (``kind="forward"``) or ``register_forward_pre_hook``
+    (``kind="pre"``) with ``fn`` marked as ours."""
+    hook = SteeringHook(fn)
+    if kind == "pre":
+        return module.register_forward_pre_hook(hook, **options)
+    return module.register_forward_hook(hook, **options)
+
+
+def steering_hooks(model: nn.Module) -> list[tuple[nn.Module, str, int, SteeringHook]]:
+    """Every hook of ours on ``model``'s modules: ``(module, dict name, key, hook)``."""
+    found = []
+    for module in model.modules():
+        for name in _HOOK_DICTS:
+            for key, hook in getattr(module, name).items():
+                if isinstance(hook, SteeringHook):
+                    found.append((module, name, key, hook))
+    return found
+
+
+def remove_hooks(model: nn.Module, *, live: bool = False) -> int:
+    """Remove inert hooks of ours from ``model`` (and live ones with ``live=True``); returns how
+    many."""
+    removed = 0
+    for module, name, key, hook in steering_hooks(model):
+        if hook.live and not live:
+            continue
+        getattr(module, name).pop(key, None)
+        for extra in _KEY_SETS:
+            getattr(module, extra, {}).pop(key, None)
+        removed += 1
+    return removed
 
 
 def _first(value: Any) -> Tensor:
@@ -57,7 +125,7 @@ def hook_site(layout: ModelLayout, site: Site, edit: Edit) -> list[RemovableHand
         def pre_hook(module: nn.Module, args: tuple, kwargs: dict) -> tuple[tuple, dict]:
             return _with_input_hidden(args, kwargs, edit(_input_hidden(args, kwargs)))
 
-        return [block.register_forward_pre_hook(pre_hook, with_kwargs=True)]
+        return [register(block, "pre", pre_hook, with_kwargs=True)]
 
     if kind == "resid_post":
 
@@ -65,7 +133,7 @@ def hook_site(layout: ModelLayout, site: Site, edit: Edit) -> list[RemovableHand
             return _replace_first(output, edit(_first(output)))
 
         # First in line, so transformers' output_hidden_states recorders see the steered state.
-        return [block.register_forward_hook(post_hook, prepend=True)]
+        return [register(block, "forward", post_hook, prepend=True)]
 
     if kind in ("attn_out", "mlp_out"):
         target = layout.sublayer(site.layer, _sublayer(layout, kind))
@@ -83,8 +151,8 @@ def hook_site(layout: ModelLayout, site: Site, edit: Edit) -> list[RemovableHand
             return _replace_first(output, edit(x))
 
         return [
-            block.register_forward_pre_hook(note_shape, with_kwargs=True),
-            target.register_forward_hook(out_hook),
+            register(block, "pre", note_shape, with_kwargs=True),
+            register(target, "forward", out_hook),
         ]
 
     # resid_mid = block input + attention output. Editing it means editing what attention
@@ -111,8 +179,8 @@ def hook_site(layout: ModelLayout, site: Site, edit: Edit) -> list[RemovableHand
         return _replace_first(output, added + (edit(mid) - mid))
 
     return [
-        block.register_forward_pre_hook(stash_input, with_kwargs=True),
-        attn.register_forward_hook(mid_hook),
+        register(block, "pre", stash_input, with_kwargs=True),
+        register(attn, "forward", mid_hook),
     ]
 
 

@@ -41,6 +41,9 @@ REFERENCE_METHODS: tuple[Method, ...] = ("orig", "sae", "clamp", "weight", "swap
 NEEDS_SCORES: tuple[Method, ...] = ("clamp", "weight", "swap")
 EditMode = Literal["pin", "add", "multiply"]
 EDIT_MODES: tuple[EditMode, ...] = get_args(EditMode)
+# Strength is a multiple of what the method does: beyond this, nothing meaningful is left (and
+# float16/bfloat16 overflow long before).
+MAX_STRENGTH = 1000.0
 # Methods whose new code is the plain activation act(pre); clamp and add put a constant on top.
 _UNWEIGHTED = ("orig", "sae", "clamp", "add")
 
@@ -75,6 +78,11 @@ def check_scores(scores: Tensor, d_sae: int) -> Tensor:
         raise ValueError(
             f"scores contain {bad} NaN/inf values; replace them (latents that never fired score 0)."
         )
+    if scores.numel() and (scores.min() < 0 or scores.max() > 1):
+        raise ValueError(
+            f"scores must lie in [0, 1] (docs/method.md §2), got values from {scores.min():.3g} to "
+            f"{scores.max():.3g}; rescale them, e.g. (s - s.min()) / (s.max() - s.min())."
+        )
     return scores
 
 
@@ -103,8 +111,7 @@ class Intervention:
     ) -> None:
         if method not in METHODS:
             raise ValueError(f"Unknown method {method!r}; use one of {', '.join(METHODS)}.")
-        if not math.isfinite(strength):
-            raise ValueError(f"strength must be a finite number, got {strength}.")
+        strength = self.check_strength(strength)
         if sae is None and method != "vector":
             raise ValueError(f"Method {method!r} needs an SAE; only 'vector' steers without one.")
         if method in NEEDS_SCORES and scores is None:
@@ -140,11 +147,20 @@ class Intervention:
         self.typical = typical
         self.latents = latents
         self.vector = vector
-        self._placed: tuple[torch.device, torch.dtype] | None = None
-        if sae is not None:
-            self.place(sae.device, sae.dtype)
-        else:
-            self.place(vector.device, vector.dtype)
+        self._placed: torch.device | None = None
+        self.place(sae.device if sae is not None else vector.device)
+
+    @staticmethod
+    def check_strength(strength: float) -> float:
+        """``strength`` as a float, when finite and at most :data:`MAX_STRENGTH` in size."""
+        strength = float(strength)
+        if not math.isfinite(strength) or abs(strength) > MAX_STRENGTH:
+            raise ValueError(
+                f"strength must be a finite number between -{MAX_STRENGTH:g} and "
+                f"{MAX_STRENGTH:g}, got {strength:g}: it multiplies what the method does, so "
+                "values near 1 (or the artifact's recommended strength) are the useful range."
+            )
+        return strength
 
     @property
     def is_identity(self) -> bool:
@@ -175,44 +191,46 @@ class Intervention:
             return self._shift
         return None
 
-    def place(self, device: torch.device, dtype: torch.dtype) -> None:
-        """Prepare for inputs on ``device`` in ``dtype``: the SAE (a copy if it must move; the
-        user's stays put), the scores, and the constant decoder-space vectors."""
-        self._placed = (device, dtype)
+    def place(self, device: torch.device, dtype: torch.dtype | None = None) -> None:
+        """Prepare for inputs on ``device``: the SAE (a copy if it must move; the user's stays
+        put), the scores and the constant decoder-space vectors, all in float32 whatever the
+        model's dtype (``dtype`` is accepted for symmetry and ignored): TopK selection is a hard
+        threshold, and bfloat16 pre-activations tie often enough to flip it."""
+        device = torch.device(device)
+        self._placed = device
+        f32 = torch.float32
+        self._vector = None if self.vector is None else self.vector.to(device, f32)
         if self.sae is None:
-            self._vector = self.vector.to(device, dtype)
             return
-        sae = self._sae = self.sae.placed(device, dtype)
-        self._s = None if self.scores is None else self.scores.to(device, dtype)
-        self._vector = None if self.vector is None else self.vector.to(device, dtype)
+        sae = self._sae = self.sae.placed(device, f32)
+        self._s = None if self.scores is None else self.scores.to(device, f32)
         # Decoding is linear, so a constant change of latents is one constant vector.
         constant = self.clamped if self.method == "clamp" else self.latents
         self._shift = None
         if self.method in ("clamp", "add") and constant is not None:
-            code = SparseCode(constant.indices.to(device), constant.values.to(device, dtype))
+            code = SparseCode(constant.indices.to(device), constant.values.to(device, f32))
             self._shift = sae.decode_change(code)
         if self.edits:
             self._edit_index = torch.tensor([e.index for e in self.edits], device=device)
-            self._edit_value = torch.tensor(
-                [e.value for e in self.edits], device=device, dtype=dtype
-            )
+            self._edit_value = torch.tensor([e.value for e in self.edits], device=device, dtype=f32)
             self._edit_mode = [e.mode for e in self.edits]
 
     def __call__(self, x: Tensor) -> Tensor:
         if self.is_identity:
             return x
-        if self._placed != (x.device, x.dtype):
-            self.place(x.device, x.dtype)
+        if self._placed != x.device:
+            self.place(x.device)
+        xf = x if x.dtype == torch.float32 else x.float()
         if self.method == "vector":
-            x_new = x + self._vector
+            x_new = xf + self._vector
         elif self.added is not None:  # a constant change of latents: no encoder needed
-            _, info = self._sae.preprocess(x)
-            x_new = x + self._sae.scale_change(self._shift, info)
+            _, info = self._sae.preprocess(xf)
+            x_new = xf + self._sae.scale_change(self._shift, info)
         else:
-            x_new = self._through_sae(x)
-        if self.strength == 1.0:
-            return x_new
-        return x + self.strength * (x_new - x)
+            x_new = self._through_sae(xf)
+        if self.strength != 1.0:
+            x_new = xf + self.strength * (x_new - xf)
+        return x_new if x_new.dtype == x.dtype else x_new.to(x.dtype)
 
     def _through_sae(self, x: Tensor) -> Tensor:
         sae = self._sae

@@ -15,6 +15,9 @@ from typing import Protocol
 
 from torch import nn
 
+from hf_sae_steer.sites.hooks import remove_hooks
+from hf_sae_steer.steering.pinned_generate import PinnedGenerate
+
 
 class LiveSteering(Protocol):
     """What the registry needs of a steering: a switch and a way to remove its hooks."""
@@ -51,8 +54,14 @@ def steering_suspended(model: nn.Module) -> Iterator[None]:
 
 
 def remove_steering(model: nn.Module) -> int:
-    """Remove every SteeredModel's hooks from ``model``; returns how many were removed."""
+    """Remove every SteeredModel's hooks from ``model``; returns how many were removed.
+
+    Also clears what a ``copy.deepcopy`` of a steered model carries over (inert hooks, a
+    pass-through ``generate``), so the copy is exactly a plain model again.
+    """
     live = live_steerings(model)
     for steering in live:
         steering.remove()
+    remove_hooks(model)
+    PinnedGenerate.drop(model)
     return len(live)

@@ -1,19 +1,28 @@
-"""Which token positions a hook steers: decided from the KV cache, never from call-local indices.
+"""Which token positions a hook steers, and the per-call state of a steering.
 
 With a KV cache each decode step sees one token, so "is this a prompt token?" can only be
 answered from the absolute position: ``past_length + i`` against the prompt length. A pre-hook
 on the decoder reads the cache once per forward pass; the per-site hooks only read the result.
+The prompt length is pinned for a whole ``generate()`` call (SteeredModel wraps the model's
+``generate``), so cache-less, assisted and prompt-lookup decoding, whose forward passes mix
+prompt and candidate tokens, label positions exactly as greedy decoding does.
+
+All of this state is per thread: one thread inside ``steered.disabled()`` or generating with
+its own prompt length never changes what another thread's forward passes see.
 """
 
 from __future__ import annotations
 
 import contextlib
+import threading
 from collections.abc import Callable, Iterator
 from typing import Any, Literal, get_args
 
 import torch
 from torch import Tensor, nn
 from torch.utils.hooks import RemovableHandle
+
+from hf_sae_steer.sites.hooks import register
 
 Positions = Literal["all", "prompt", "generated"]
 POSITIONS: tuple[Positions, ...] = get_args(Positions)
@@ -39,8 +48,8 @@ def _input_length(args: tuple, kwargs: dict) -> int | None:
     return None
 
 
-class PositionTracker:
-    """Per-forward position state shared by the hooks of one SteeredModel."""
+class _CallState(threading.local):
+    """What one thread's current call sees (``threading.local``: a fresh copy per thread)."""
 
     def __init__(self) -> None:
         self.enabled = True
@@ -48,43 +57,87 @@ class PositionTracker:
         self.input_length = 0
         self.prompt_length = 0
         self.attention_mask: Tensor | None = None
-        self._pinned: int | None = None
+        self.pinned: int | None = None
+        self.nonfinite: Tensor | None = None  # on the device: checked once per call, no sync
+
+
+class PositionTracker:
+    """Per-forward position state shared by the hooks of one SteeredModel, kept per thread."""
+
+    def __init__(self) -> None:
+        self._state = _CallState()
+
+    @property
+    def enabled(self) -> bool:
+        return self._state.enabled
+
+    @property
+    def past_length(self) -> int:
+        return self._state.past_length
+
+    @property
+    def prompt_length(self) -> int:
+        return self._state.prompt_length
+
+    @property
+    def attention_mask(self) -> Tensor | None:
+        return self._state.attention_mask
 
     def attach(self, decoder: nn.Module) -> RemovableHandle:
-        return decoder.register_forward_pre_hook(self._observe, with_kwargs=True)
+        return register(decoder, "pre", self._observe, with_kwargs=True)
 
     def _observe(self, module: nn.Module, args: tuple, kwargs: dict[str, Any]) -> None:
-        self.past_length = _past_length(args, kwargs)
-        self.input_length = _input_length(args, kwargs) or 0
+        state = self._state
+        state.past_length = _past_length(args, kwargs)
+        state.input_length = _input_length(args, kwargs) or 0
         mask = kwargs.get("attention_mask")
-        self.attention_mask = mask if isinstance(mask, Tensor) else None
-        if self._pinned is not None:
-            self.prompt_length = self._pinned
-        elif self.past_length == 0:
-            self.prompt_length = self.input_length  # a fresh sequence: all of it is prompt
+        state.attention_mask = mask if isinstance(mask, Tensor) else None
+        if state.pinned is not None:
+            state.prompt_length = state.pinned
+        elif state.past_length == 0:
+            state.prompt_length = state.input_length  # a fresh sequence: all of it is prompt
+
+    @contextlib.contextmanager
+    def checked(self) -> Iterator[None]:
+        """Raise, at the end of the block, if a steered hidden state was NaN or infinite."""
+        state = self._state
+        outer, state.nonfinite = state.nonfinite, None
+        try:
+            yield
+            bad = state.nonfinite is not None and bool(state.nonfinite)
+        finally:
+            state.nonfinite = outer
+        if bad:
+            raise ValueError(
+                "Steering produced NaN or infinite hidden states: the strength (or clamp value) is "
+                "too large for this model's dtype. Lower it."
+            )
 
     @contextlib.contextmanager
     def prompt(self, length: int | None) -> Iterator[None]:
         """Fix the prompt length for a generate() call (also right without a KV cache)."""
-        previous = self._pinned
-        self._pinned = length
+        state = self._state
+        previous = state.pinned
+        state.pinned = length
         try:
             yield
         finally:
-            self._pinned = previous
+            state.pinned = previous
 
     @contextlib.contextmanager
     def steering(self, enabled: bool) -> Iterator[None]:
-        previous = self.enabled
-        self.enabled = enabled
+        """Switch steering on or off for this thread's calls inside the block."""
+        state = self._state
+        previous = state.enabled
+        state.enabled = enabled
         try:
             yield
         finally:
-            self.enabled = previous
+            state.enabled = previous
 
     def generated_mask(self, seq_len: int, device: torch.device) -> Tensor | bool:
         """Which of this forward's positions were generated: a bool when uniform, else [seq]."""
-        start, boundary = self.past_length, self.prompt_length
+        start, boundary = self._state.past_length, self._state.prompt_length
         if start >= boundary:
             return True
         if start + seq_len <= boundary:
@@ -99,14 +152,21 @@ class PositionTracker:
             raise ValueError(f"Unknown positions {positions!r}; use one of {', '.join(POSITIONS)}.")
 
         def apply(x: Tensor) -> Tensor:
-            if not self.enabled:
+            state = self._state
+            if not state.enabled:
                 return x
             if positions == "all":
-                return step(x)
-            generated = self.generated_mask(x.shape[-2], x.device)
-            if isinstance(generated, bool):
-                return step(x) if generated == (positions == "generated") else x
-            keep = generated if positions == "generated" else ~generated
-            return torch.where(keep.unsqueeze(-1), step(x), x)
+                out = step(x)
+            else:
+                generated = self.generated_mask(x.shape[-2], x.device)
+                if isinstance(generated, bool):
+                    out = step(x) if generated == (positions == "generated") else x
+                else:
+                    keep = generated if positions == "generated" else ~generated
+                    out = torch.where(keep.unsqueeze(-1), step(x), x)
+            if out is not x:  # a device-side flag: no host sync on the hot path
+                bad = ~torch.isfinite(out).all()
+                state.nonfinite = bad if state.nonfinite is None else state.nonfinite | bad
+            return out
 
         return apply

@@ -1,195 +1,39 @@
-"""SteeredModel: SAE steering hooks on a Hugging Face causal LM, with generate() and pipeline()."""
+"""SteeredModel: SAE steering hooks on a Hugging Face causal LM, with generate() and pipeline().
+
+Thread safety: forward passes and ``generate`` calls from several threads on one SteeredModel
+are safe, and each thread's ``disabled()`` / positions state is its own. Changing the steering
+(``set_strength``, ``remove``) while another thread generates is not: do it between calls.
+"""
 
 from __future__ import annotations
 
 import contextlib
-import sys
-from collections.abc import Iterator, Mapping, Sequence
-from dataclasses import dataclass, field, replace
-from pathlib import Path
+import copy
+from collections.abc import Iterator, Sequence
+from dataclasses import replace
 from typing import Any
 
 import torch
 from torch import Tensor, nn
 from torch.utils.hooks import RemovableHandle
 
-from hf_sae_steer.models import hidden_size
-from hf_sae_steer.sae.base import SAE, SparseCode
-from hf_sae_steer.scoring.calibration import NORM_FRACTION, strength_for
-from hf_sae_steer.scoring.record import FeatureScores, check_compatible, load_scores
-from hf_sae_steer.sites.hooks import hook_site
-from hf_sae_steer.sites.layouts import ModelLayout, find_layout
+from hf_sae_steer.sae.base import SAE
+from hf_sae_steer.sites.hooks import hook_site, remove_hooks, steering_hooks
+from hf_sae_steer.sites.layouts import find_layout
 from hf_sae_steer.sites.names import Site, SiteKind
-from hf_sae_steer.sites.resolve import resolve_site
 from hf_sae_steer.steering import live
 from hf_sae_steer.steering.interventions import Intervention, LatentEdit, Method
-from hf_sae_steer.steering.positions import POSITIONS, Positions, PositionTracker
-
-Scores = FeatureScores | Tensor | str | Path
-# Latents to add, with their weights: {latent: weight}, (latents, weights), or a SparseCode.
-LatentsLike = Mapping[int, float] | tuple[Sequence[int], Sequence[float]] | SparseCode
-
-
-@dataclass
-class SteeringSpec:
-    """One steered site: an SAE at ``(layer, site)`` applying ``method`` with ``scores``.
-
-    ``layer``/``site`` default to the score artifact's, then to where the SAE was trained
-    (:func:`~hf_sae_steer.sites.resolve.resolve_site`). ``scores`` is a
-    :class:`FeatureScores`, a per-latent tensor, or a path / Hub id of a score artifact.
-
-    Left as ``None``, ``method``, ``strength`` and ``preserve_error`` come from the artifact's
-    recommended steering (``FeatureScores.recommended``); without one the method is ``swap``,
-    the reference's, at strength 1. ``add`` and ``vector`` without a strength get the strength of
-    the default norm fraction (``docs/method.md`` §6). ``clamp_value=None`` raises each clamped
-    latent by its typical activation when the artifact records them, else by the reference's
-    10. ``latents`` (for ``add``) and ``vector`` (for ``vector``) override the artifact's.
-    ``sae`` may be ``None`` for ``vector``, which needs no SAE.
-    """
-
-    sae: SAE | None
-    layer: int | None = None
-    site: SiteKind | None = None
-    method: Method | None = None
-    scores: Scores | None = None
-    strength: float | None = None
-    preserve_error: bool | None = None
-    edits: Sequence[LatentEdit] = field(default_factory=tuple)
-    positions: Positions = "all"
-    clamp_k: int = 5
-    clamp_value: float | None = None
-    latents: LatentsLike | None = None
-    vector: Tensor | None = None
-    allow_score_mismatch: bool = False
-
-
-SpecLike = SteeringSpec | Mapping[str, Any] | Sequence[Any]
-
-
-def as_spec(item: SpecLike) -> SteeringSpec:
-    """A :class:`SteeringSpec` from itself, a dict of its fields, or a tuple
-    ``(sae, layer, site[, method[, {options}]])`` (the field order of SteeringSpec)."""
-    if isinstance(item, SteeringSpec):
-        return item
-    if isinstance(item, Mapping):
-        return SteeringSpec(**item)
-    if isinstance(item, tuple | list) and 3 <= len(item) <= 5:
-        sae, layer, site, *rest = item
-        method = rest[0] if rest else "swap"
-        options = rest[1] if len(rest) > 1 else {}
-        return SteeringSpec(sae=sae, layer=layer, site=site, method=method, **options)
-    raise TypeError(
-        f"Cannot read a steering spec from {type(item).__name__}; pass SteeringSpec(...), a dict "
-        "of its fields, or a tuple (sae, layer, site[, method[, {options}]])."
-    )
-
-
-def _resolve(
-    spec: SteeringSpec, model: nn.Module, layout: ModelLayout
-) -> tuple[Site, Intervention]:
-    """Validate one spec against the model; build its intervention. Registers nothing."""
-    sae = spec.sae
-    if sae is not None and not isinstance(sae, SAE):
-        raise TypeError(
-            f"sae must be an hf_sae_steer SAE (from load_sae), got {type(sae).__name__}."
-        )
-    scores = spec.scores
-    if isinstance(scores, str | Path):
-        scores = load_scores(scores)
-    artifact = scores if isinstance(scores, FeatureScores) else None
-    if artifact is not None and sae is not None:
-        check_compatible(artifact, sae, allow_mismatch=spec.allow_score_mismatch)
-    trained = sae.cfg if sae is not None else None
-    site = resolve_site(layout, spec.layer, spec.site, scores=artifact, trained=trained)
-    if spec.positions not in POSITIONS:
-        raise ValueError(
-            f"Unknown positions {spec.positions!r}; use one of {', '.join(POSITIONS)}."
-        )
-    method, strength, preserve_error = _choose(spec, artifact)
-    latents = _as_latents(spec.latents) if spec.latents is not None else None
-    if latents is None and artifact is not None and artifact.latent_weights() is not None:
-        latents = SparseCode(*artifact.latent_weights())
-    vector = spec.vector
-    if vector is None and artifact is not None:
-        vector = artifact.stats.get("delta_raw")
-    width = hidden_size(model)
-    d_in = sae.d_in if sae is not None else (None if vector is None else vector.numel())
-    if width is not None and d_in is not None and d_in != width:
-        raise ValueError(
-            f"SAE width d_in={d_in} does not match the model's hidden size {width}: this SAE "
-            "was trained on another model. Load an SAE for this model."
-        )
-    step = Intervention(
-        sae,
-        method,
-        artifact.scores if artifact is not None else scores,
-        strength=1.0 if strength is None else strength,
-        preserve_error=preserve_error,
-        edits=spec.edits,
-        clamp_k=spec.clamp_k,
-        clamp_value=spec.clamp_value,
-        typical=None if artifact is None else artifact.stats.get("typical_activation"),
-        latents=latents,
-        vector=vector,
-    )
-    if strength is None:  # add / vector without a strength: the default norm fraction
-        given = spec.latents is not None or spec.vector is not None
-        step.strength = 1.0 if given else _calibrated_strength(step, artifact)
-    block = layout.blocks[site.layer]
-    param = next((p for p in block.parameters() if p.device.type != "meta"), None)
-    if param is not None and param.is_floating_point():
-        step.place(param.device, param.dtype)  # beside its block (device_map="auto" too)
-    return site, step
-
-
-def _choose(
-    spec: SteeringSpec, artifact: FeatureScores | None
-) -> tuple[Method, float | None, bool]:
-    """Method, strength (``None``: calibrate it) and preserve_error of a spec: what it says,
-    else the artifact's recommendation when the spec asks for that steering, else defaults."""
-    rec = artifact.recommended if artifact is not None else None
-    method = spec.method or (rec["method"] if rec else "swap")
-    as_recommended = (
-        rec is not None
-        and method == rec["method"]
-        and spec.clamp_value is None
-        and spec.latents is None
-        and spec.vector is None
-    )
-    if spec.strength is not None:
-        strength: float | None = float(spec.strength)
-    elif as_recommended:
-        strength = float(rec["strength"])  # type: ignore[index]
-    else:
-        strength = None if method in ("add", "vector") else 1.0
-    if spec.preserve_error is not None:
-        preserve_error = bool(spec.preserve_error)
-    else:
-        preserve_error = bool(rec["preserve_error"]) if as_recommended else method == "add"  # type: ignore[index]  # noqa: E501
-    return method, strength, preserve_error
-
-
-def _calibrated_strength(step: Intervention, artifact: FeatureScores | None) -> float:
-    """The strength of the default norm fraction, when the artifact records the mean norms;
-    else 1 (a vector or weights given by the user are taken as they are)."""
-    calibration = artifact.calibration if artifact is not None else {}
-    key = "mean_norm_raw" if step.method == "vector" else "mean_norm"
-    if step.added is None or key not in calibration:
-        return 1.0
-    return strength_for(NORM_FRACTION, step.added.double().cpu(), float(calibration[key]))
-
-
-def _as_latents(value: LatentsLike) -> SparseCode:
-    if isinstance(value, SparseCode):
-        return value
-    if isinstance(value, Mapping):
-        return SparseCode(torch.tensor(list(value.keys())), torch.tensor(list(value.values())))
-    if isinstance(value, tuple | list) and len(value) == 2:
-        return SparseCode(torch.as_tensor(value[0]), torch.as_tensor(value[1]))
-    raise TypeError(
-        "latents= takes {latent: weight}, (latents, weights) or a SparseCode, got "
-        f"{type(value).__name__}."
-    )
+from hf_sae_steer.steering.pinned_generate import PinnedGenerate
+from hf_sae_steer.steering.pipelines import register_with_pipelines
+from hf_sae_steer.steering.positions import Positions, PositionTracker
+from hf_sae_steer.steering.spec import (
+    LatentsLike,
+    Scores,
+    SpecLike,
+    SteeringSpec,
+    as_spec,
+    resolve_spec,
+)
 
 
 def _registration_order(
@@ -247,6 +91,8 @@ class SteeredModel(nn.Module):
         parallel: bool | None = None,
     ) -> None:
         super().__init__()
+        if isinstance(model, SteeredModel):
+            model = model.model  # steering a steered model: the guard below explains
         if sae is None or isinstance(sae, SAE):
             specs = [
                 SteeringSpec(
@@ -273,46 +119,52 @@ class SteeredModel(nn.Module):
                 "Pass an SAE (from load_sae), None (method='vector'), or a non-empty list of "
                 "SteeringSpec."
             )
-        if live.live_steerings(model):
+        if live.live_steerings(model) or any(h.live for *_, h in steering_hooks(model)):
             raise RuntimeError(
                 "This model is already steered by another SteeredModel; call .remove() on it (or "
                 "hf_sae_steer.remove_steering(model)), or pass several specs to one SteeredModel."
             )
         layout = find_layout(model, blocks=blocks, attn=attn, mlp=mlp, parallel=parallel)
-        resolved = [_resolve(spec, model, layout) for spec in specs]  # all checks before any hook
+        resolved = [resolve_spec(spec, model, layout) for spec in specs]  # checks first
         self.model = model
         self.layout = layout
         self.specs = specs
         self.sites = [site for site, _ in resolved]
         self.interventions = [step for _, step in resolved]
         self.tracker = PositionTracker()
+        self._layout_options = {"blocks": blocks, "attn": attn, "mlp": mlp, "parallel": parallel}
         self._handles: list[RemovableHandle] = []
+        self._generate: PinnedGenerate | None = None
         try:
             self._handles.append(self.tracker.attach(layout.decoder))
             for (site_, step), spec in _registration_order(resolved, specs):
                 self._handles += hook_site(layout, site_, self.tracker.edit(step, spec.positions))
+            self._generate = PinnedGenerate.install(model, self.tracker)
         except BaseException:
             self.remove()
             raise
         live.register(model, self)
-        _register_with_pipelines()
+        register_with_pipelines()
 
     # -- the model, steered --------------------------------------------------------------
     def forward(self, *args: Any, **kwargs: Any) -> Any:
         self._check_live()
-        return self.model(*args, **kwargs)
+        with self.tracker.checked():
+            out = self.model(*args, **kwargs)
+        logits = getattr(out, "logits", None)
+        if isinstance(logits, Tensor) and self.tracker.enabled and not torch.isfinite(logits).all():
+            raise ValueError(
+                "Steering made the logits NaN or infinite: the strength (or clamp value) is too "
+                "large for this model. Lower it."
+            )
+        return out
 
     @torch.no_grad()
     def generate(self, *args: Any, **kwargs: Any) -> Any:
-        """``model.generate`` with steering at every new token (KV cache on); same arguments."""
+        """``model.generate`` with steering at every new token; same arguments, every decoding
+        mode (the wrapped model's own ``generate`` is the same call while it is steered)."""
         self._check_live()
-        inputs = next(
-            (v for v in (kwargs.get("input_ids"), *args[:1], kwargs.get("inputs_embeds"))
-             if isinstance(v, Tensor)),
-            None,
-        )  # fmt: skip
-        with self.tracker.prompt(None if inputs is None else inputs.shape[1]):
-            return self.model.generate(*args, **kwargs)
+        return self.model.generate(*args, **kwargs)
 
     @contextlib.contextmanager
     def disabled(self) -> Iterator[SteeredModel]:
@@ -334,9 +186,10 @@ class SteeredModel(nn.Module):
         return bool(self._handles) and self.tracker.enabled
 
     def set_strength(self, strength: float) -> None:
-        """Change the strength of every site in place (cheap: no hooks move)."""
+        """Change the strength of every site in place (cheap: no hooks move; not while another
+        thread generates)."""
         for step in self.interventions:
-            step.strength = float(strength)
+            step.strength = Intervention.check_strength(strength)
         self.specs = [replace(spec, strength=float(strength)) for spec in self.specs]
 
     def remove(self) -> None:
@@ -344,9 +197,20 @@ class SteeredModel(nn.Module):
         for handle in self.__dict__.get("_handles", []):
             handle.remove()
         self.__dict__["_handles"] = []
+        patch = self.__dict__.pop("_generate", None)
+        if patch is not None:
+            patch.uninstall()
         model = self.__dict__.get("_modules", {}).get("model")
         if model is not None:
             live.unregister(model, self)
+
+    def __deepcopy__(self, memo: dict) -> SteeredModel:
+        """A steered copy of a copy of the model: its own hooks and state, none shared."""
+        self._check_live()
+        model = copy.deepcopy(self.model, memo)
+        remove_hooks(model)  # the copied hooks are inert: drop them before steering the copy
+        PinnedGenerate.drop(model)
+        return SteeredModel(model, [replace(spec) for spec in self.specs], **self._layout_options)
 
     def __enter__(self) -> SteeredModel:
         return self
@@ -379,16 +243,3 @@ class SteeredModel(nn.Module):
         ]
         state = "removed" if not self._handles else ("on" if self.tracker.enabled else "disabled")
         return f"SteeredModel({type(self.model).__name__}, {state}; " + "; ".join(parts) + ")"
-
-
-def _register_with_pipelines() -> None:
-    """Let ``pipeline("text-generation", model=steered)`` accept SteeredModel without logging
-    "model not supported": transformers checks the class name against a list that already
-    admits wrappers (PEFT's); we add ours the same way. Only once transformers.pipelines is
-    loaded (by whoever calls pipeline()): importing it here would cost seconds at import."""
-    base = sys.modules.get("transformers.pipelines.base")
-    if base is None or not hasattr(base, "SUPPORTED_PEFT_TASKS"):
-        return
-    names = base.SUPPORTED_PEFT_TASKS.setdefault("text-generation", [])
-    if SteeredModel.__name__ not in names:
-        names.append(SteeredModel.__name__)
