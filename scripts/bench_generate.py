@@ -165,7 +165,7 @@ def bench(args: argparse.Namespace) -> None:
     cuda = device.type == "cuda"
     model, sae, scores = build(args.shape, args.prompt_len + n)
     model.to(device=device, dtype=dtype)
-    sae.to(device=device, dtype=dtype)  # as SteeredModel would place it: no copy per build
+    sae.to(device=device)  # SteeredModel computes the SAE in float32 beside any model dtype
     cfg, layer = model.config, sae.cfg.layer
     variants: list[Variant] = [(m, m, False) for m in args.methods]
     if args.preserve_error:
@@ -177,9 +177,16 @@ def bench(args: argparse.Namespace) -> None:
         return {"input_ids": ids, "attention_mask": torch.ones_like(ids),
                 "generation_config": config}  # fmt: skip
 
+    # add: 5 latents with unit weights; vector: a random direction (the shapes are what count).
+    latents = {int(i): 1.0 for i in torch.topk(scores, 5).indices}
+    vector = torch.randn(cfg.n_embd, generator=torch.Generator().manual_seed(2))
+
     def steer(method: str, keep: bool, positions: str = "all") -> SteeredModel:
+        extra = {"latents": latents} if method == "add" else {}
+        extra = {"vector": vector} if method == "vector" else extra
         return SteeredModel(model, sae, layer=layer, site="resid_post", method=method,
-                            scores=scores, preserve_error=keep, positions=positions)  # fmt: skip
+                            scores=scores, preserve_error=keep, positions=positions,
+                            strength=1.0, **extra)  # fmt: skip
 
     def run(fn: Callable[..., Tensor], *a: Any, **kw: Any) -> tuple[float, Tensor]:
         return timed(partial(fn, *a, **kw), cuda, args.clock)
