@@ -161,8 +161,10 @@ def _choose(
         strength = None if method in ("add", "vector") else 1.0
     if spec.preserve_error is not None:
         preserve_error = bool(spec.preserve_error)
+    elif as_recommended:
+        preserve_error = bool(rec["preserve_error"])  # type: ignore[index]
     else:
-        preserve_error = bool(rec["preserve_error"]) if as_recommended else method == "add"  # type: ignore[index]  # noqa: E501
+        preserve_error = method == "add"  # additive: x plus a change, the error kept
     return method, strength, preserve_error
 
 
