@@ -47,8 +47,8 @@ def launched_size() -> int:
 
 def current_world(cpu: bool | None = None) -> World:
     """This process's rank and the number of processes, starting the process group if a
-    launcher asked for one. ``cpu`` forces gloo on a machine with GPUs (default: CPU only when
-    no GPU is available)."""
+    launcher asked for one. ``cpu=True`` takes gloo even on a machine with GPUs (without GPUs
+    it always is gloo)."""
     if not dist.is_available():
         return World()
     if not dist.is_initialized():
@@ -72,7 +72,7 @@ def process_device(requested: str | None) -> str | None:
 def _start_group(cpu: bool | None) -> None:
     from accelerate import PartialState
 
-    use_cpu = not torch.cuda.is_available() if cpu is None else cpu
+    use_cpu = bool(cpu) or not torch.cuda.is_available()
     # accelerate chooses NCCL on GPUs; on CPU it needs cpu=True and then takes gloo (MPI only
     # when torch was built with it, which pip wheels are not).
     state = PartialState(cpu=True, backend="gloo") if use_cpu else PartialState()

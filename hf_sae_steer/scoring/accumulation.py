@@ -89,7 +89,7 @@ class ScoringWalk:
         size = min(self.chunk, every) if every else self.chunk
         saved_at = start
         show = self.progress and self.world.is_main
-        bar = tqdm(total=reference.known_size, initial=start, desc="reference", unit="prompt",
+        bar = tqdm(total=reference.known_size, initial=start, desc="reference", unit=" prompts",
                    disable=not show)  # fmt: skip
         try:
             for index, prompt in enumerate(reference):
