@@ -116,11 +116,29 @@ class ScoringWalk:
                 f"The checkpoint counted {start} reference prompts, but {reference.where} has "
                 f"only {hasher.count}: it belongs to another reference set."
             )
-        per_process = all_gather_json(counted, self.world) if self.world.size > 1 else None
+        per_process = self._agree(counted, hasher.hexdigest())
         all_reduce_sum(sums.tensors(), self.world)
         if self.checkpoint is not None:  # the finished sums: a later resume only re-scores
             self._write(sums.tensors(), hasher, hasher.count, reference, finished=True)
         return Accumulated(sums, hasher.hexdigest(), start, per_process)
+
+    def _agree(self, counted: list[int], reference_hash: str) -> list[list[int]] | None:
+        """Each process's counts, after checking that all read the same prompt sets (on several
+        nodes each reads its own copy of the files)."""
+        if self.world.size == 1:
+            return None
+        mine = {"counted": counted, "reference": reference_hash,
+                "alignment": self.run.get("alignment_hash")}  # fmt: skip
+        everyone = all_gather_json(mine, self.world)
+        for which in ("reference", "alignment"):
+            seen = [part[which] for part in everyone]
+            if len(set(seen)) > 1:
+                raise ValueError(
+                    f"The processes read different {which} sets (hashes {seen} by rank): every "
+                    "process needs the same prompts in the same order (one shared file, or "
+                    "identical copies on every node)."
+                )
+        return [part["counted"] for part in everyone]
 
     def _add(self, pending: list[tuple[int, str]], align_emb: Tensor, sums: ScoringSums) -> int:
         """Pass this process's prompts of a chunk; returns how many."""
