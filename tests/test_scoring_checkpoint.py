@@ -11,7 +11,7 @@ from safetensors import safe_open
 from score_checks import REFERENCE, assert_same_scores, fit_tiny
 from tiny_models import tiny_gpt2, tiny_topk_sae
 
-import hf_sae_steer.scoring.checkpoint as checkpoint_module
+import hf_sae_steer.atomic as atomic
 from hf_sae_steer.scoring.checkpoint import META_KEY, read_checkpoint
 
 
@@ -134,7 +134,7 @@ def test_a_failed_write_keeps_the_last_checkpoint(setup, tmp_path, monkeypatch):
     def full_disk(src, dst):
         raise OSError(28, "No space left on device")
 
-    monkeypatch.setattr(checkpoint_module.os, "replace", full_disk)
+    monkeypatch.setattr(atomic.os, "replace", full_disk)
     with pytest.raises(OSError, match="No space left"):
         fit(setup, checkpoint=path, checkpoint_every=4, resume=True)
     assert path.read_bytes() == before

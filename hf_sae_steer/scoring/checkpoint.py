@@ -13,13 +13,13 @@ a run can resume with any number of processes.
 from __future__ import annotations
 
 import json
-import os
-import tempfile
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
 from torch import Tensor
+
+from hf_sae_steer.atomic import write_atomically
 
 FORMAT = "hf_sae_steer/scoring_checkpoint"
 FORMAT_VERSION = 1
@@ -58,19 +58,9 @@ def write_checkpoint(path: str | Path, tensors: dict[str, Tensor], state: Checkp
     """Write ``tensors`` and ``state`` to ``path`` atomically."""
     from safetensors.torch import save_file
 
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    os.close(fd)
-    try:
-        metadata = {META_KEY: json.dumps(state.to_json())}
-        save_file({k: v.detach().cpu().contiguous() for k, v in tensors.items()}, tmp, metadata)
-        with open(tmp, "rb+") as f:
-            os.fsync(f.fileno())  # on disk before it replaces the last good checkpoint
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    metadata = {META_KEY: json.dumps(state.to_json())}
+    plain = {k: v.detach().cpu().contiguous() for k, v in tensors.items()}
+    write_atomically(path, lambda tmp: save_file(plain, tmp, metadata))
 
 
 def read_checkpoint(path: str | Path) -> tuple[dict[str, Tensor], CheckpointState]:

@@ -25,6 +25,7 @@ import torch
 from safetensors.torch import load_file, save_file
 from torch import Tensor
 
+from hf_sae_steer.atomic import write_atomically, write_text_atomically
 from hf_sae_steer.sae.base import SAE
 from hf_sae_steer.scoring.card import CARD_FILE, HUB_ID, model_card
 from hf_sae_steer.scoring.csv_scores import read_score_csv
@@ -141,10 +142,14 @@ class FeatureScores:
             if name == "scores":
                 raise ValueError("A per-latent statistic may not be called 'scores'.")
             tensors[name] = value.detach().cpu()
-        save_file({k: v.contiguous() for k, v in tensors.items()}, folder / SCORES_FILE)
+        plain = {k: v.contiguous() for k, v in tensors.items()}
         config = self.to_config()
-        (folder / CONFIG_FILE).write_text(json.dumps(config, indent=2, allow_nan=False) + "\n")
-        (folder / CARD_FILE).write_text(model_card(config))
+        # Each file atomically: a reader never sees half a file, a crash leaves the old one.
+        write_atomically(folder / SCORES_FILE, lambda tmp: save_file(plain, tmp))
+        write_text_atomically(
+            folder / CONFIG_FILE, json.dumps(config, indent=2, allow_nan=False) + "\n"
+        )
+        write_text_atomically(folder / CARD_FILE, model_card(config))
         return folder
 
     def push_to_hub(
