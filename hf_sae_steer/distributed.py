@@ -92,8 +92,8 @@ def shutdown() -> None:
 
 def _comm_device() -> torch.device:
     """Where collective tensors must live: the current GPU under NCCL, else the CPU."""
-    if "nccl" in str(dist.get_backend()):
-        return torch.device("cuda", torch.cuda.current_device())
+    if "nccl" in str(dist.get_backend()):  # this process's GPU, as the launcher numbered it
+        return torch.device("cuda", int(os.environ.get("LOCAL_RANK", torch.cuda.current_device())))
     return torch.device("cpu")
 
 

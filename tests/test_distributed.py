@@ -54,17 +54,72 @@ def torchrun(tmp_path: Path, *argv: str, name: str) -> dict[int, str]:
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1",
            "TOKENIZERS_PARALLELISM": "false"}  # fmt: skip
     env.pop("WORLD_SIZE", None)
+    # "--script FILE ARGS": a Python script; otherwise the command line with these arguments.
+    target = argv[1:] if argv[0] == "--script" else ["-m", "hf_sae_steer", *argv, "--seed", "0"]
     done = subprocess.run(
         [*launcher, "--standalone", "--nproc-per-node", "2", "--log-dir", str(logs),
-         "--redirects", "3", "-m", "hf_sae_steer", *argv, "--seed", "0"],
+         "--redirects", "3", *target],
         capture_output=True, text=True, env=env, timeout=300,
     )  # fmt: skip
     out = {int(p.parent.name): p.read_text() for p in logs.rglob("stdout.log")}
     err = {int(p.parent.name): p.read_text() for p in logs.rglob("stderr.log")}
     assert done.returncode == 0, (done.stderr[-3000:], err)
     assert set(out) == {0, 1}
-    assert out[1] == "" and "error" not in err[1]  # rank 0 speaks for the run
+    assert "error" not in err[1].lower() and "traceback" not in err[1].lower()
+    if argv[0] != "--script":
+        assert out[1] == ""  # rank 0 speaks for the run
     return out
+
+
+FIT_EVERY_WAY = """
+import sys, warnings
+sys.path.insert(0, sys.argv[1])
+from safetensors.torch import save_file
+from score_checks import ALIGNMENT, REFERENCE
+from tiny_models import letters
+from hf_sae_steer import FeatureScores, load_sae
+from hf_sae_steer.distributed import current_world
+from hf_sae_steer.models import load_model
+
+model, tok = load_model(sys.argv[2])
+sae = load_sae(sys.argv[3])
+out = {}
+warnings.simplefilter("ignore")
+for summary in ("avg", "max", "counts"):
+    for rule in ("seed", "support", "mean_diff"):
+        got = FeatureScores.fit(model, tok, sae, reference=REFERENCE, alignment=ALIGNMENT,
+                                embedder=letters, rule=rule, summary=summary, batch_size=4,
+                                progress=False)
+        assert got.options["processes"]["reference_prompts"] == [15, 15]
+        out[f"{summary}/{rule}"] = got.scores
+        out[f"{summary}/{rule}/fired"] = got.stats["ref_fire_counts"]
+if current_world().is_main:
+    save_file(out, sys.argv[4])
+print(current_world().rank, "done")
+"""
+
+
+def test_python_fit_under_torchrun_every_rule_and_summary(tmp_path, tokenizer):
+    from safetensors.torch import load_file
+    from score_checks import fit_tiny
+    from tiny_models import tiny_gpt2, tiny_topk_sae
+
+    model, sae = tiny_gpt2(len(tokenizer)), tiny_topk_sae()
+    model.save_pretrained(tmp_path / "model")
+    tokenizer.save_pretrained(tmp_path / "model")
+    sae.save_pretrained(tmp_path / "sae")
+    script = tmp_path / "fit_every_way.py"
+    script.write_text(FIT_EVERY_WAY)
+    tests = str(Path(__file__).parent)
+    paths = [str(tmp_path / name) for name in ("model", "sae", "two.safetensors")]
+    out = torchrun(tmp_path, "--script", str(script), tests, *paths, name="fit")
+    assert out == {0: "0 done\n", 1: "1 done\n"}
+    two = load_file(tmp_path / "two.safetensors")
+    for summary in ("avg", "max", "counts"):
+        for rule in ("seed", "support", "mean_diff"):
+            one = fit_tiny((model, tokenizer, sae), rule=rule, summary=summary)
+            torch.testing.assert_close(two[f"{summary}/{rule}"], one.scores, atol=1e-6, rtol=0)
+            assert torch.equal(two[f"{summary}/{rule}/fired"], one.stats["ref_fire_counts"])
 
 
 def small_sets(tmp_path: Path) -> tuple[Path, Path]:
