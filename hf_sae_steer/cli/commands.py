@@ -55,8 +55,13 @@ def run(args: argparse.Namespace) -> Any:
     return result if world.is_main else None
 
 
+def _is_main(args: argparse.Namespace) -> bool:
+    """Rank 0 of a multi-process run (or the only process): it writes and prints."""
+    return getattr(args, "is_main", True)
+
+
 def _progress(args: argparse.Namespace) -> bool:
-    return not (args.quiet or args.json) and getattr(args, "is_main", True)
+    return not (args.quiet or args.json) and _is_main(args)
 
 
 def _prompts(args: argparse.Namespace) -> list[str]:
@@ -145,7 +150,7 @@ def cmd_score(args: argparse.Namespace) -> dict[str, Any]:
             resume=args.resume,
             progress=_progress(args),
         )
-    if not args.is_main:  # rank 0 writes the artifact and prints; the others are done
+    if not _is_main(args):  # rank 0 writes the artifact and prints; the others are done
         return {}
     scores.model_id = args.model
     path = scores.save_pretrained(args.out)
@@ -301,7 +306,7 @@ def cmd_eval(args: argparse.Namespace) -> dict[str, Any]:
         site=args.site,
         progress=_progress(args),
     )
-    if not args.is_main:
+    if not _is_main(args):
         return {}
     files = result.save(args.out)
     if not args.json:
