@@ -35,6 +35,7 @@ _EXPORTS = {
     "FeatureScores": "hf_sae_steer.scoring",
     "ScoreReport": "hf_sae_steer.scoring.uncertainty",
     "load_prompts": "hf_sae_steer.scoring.prompts",
+    "open_prompts": "hf_sae_steer.scoring.sources",
     "load_scores": "hf_sae_steer.scoring.record",
     "evaluate": "hf_sae_steer.evaluation.sweep",
     "EvalResult": "hf_sae_steer.evaluation.result",
@@ -62,6 +63,7 @@ __all__ = [
     "load_prompts",
     "load_sae",
     "load_scores",
+    "open_prompts",
     "remove_steering",
     "resolve_site",
     "steering_suspended",
@@ -76,6 +78,7 @@ if TYPE_CHECKING:
     from hf_sae_steer.scoring import FeatureScores
     from hf_sae_steer.scoring.prompts import load_prompts
     from hf_sae_steer.scoring.record import load_scores
+    from hf_sae_steer.scoring.sources import open_prompts
     from hf_sae_steer.scoring.uncertainty import ScoreReport
     from hf_sae_steer.sites.layouts import ModelLayout, find_layout
     from hf_sae_steer.sites.names import SITES, Site

@@ -74,9 +74,15 @@ class Generator:
         self.batch_size = max(1, batch_size)
         self.options = options if options is not None else sampling_options()
 
-    def run(self, model: nn.Module, *, progress: bool = False) -> tuple[list[Continuation], float]:
+    def run(
+        self, model: nn.Module, *, progress: bool = False, shard: tuple[int, int] = (0, 1)
+    ) -> tuple[list[Continuation], float]:
         """Every item's continuation under ``model`` (plain or steered), and the seconds spent
-        inside ``generate`` (synchronised on CUDA)."""
+        inside ``generate`` (synchronised on CUDA).
+
+        ``shard=(i, n)`` runs only the batches ``b`` with ``b mod n == i``: seeded by their
+        position, they come out exactly as in a run of all of them (n processes share a run).
+        """
         device = model_device(model)
         self.check_length(model)
         kwargs = {**self.options, "pad_token_id": pad_token_id(self.tokenizer)}
@@ -85,6 +91,8 @@ class Generator:
         seconds = 0.0
         starts = range(0, len(self.items), self.batch_size)
         for b, start in enumerate(tqdm(starts, desc="generate", disable=not progress, leave=False)):
+            if b % shard[1] != shard[0]:
+                continue
             batch = self.items[start : start + self.batch_size]
             ids, mask = self.left_padded([self.prompt_ids[p] for p, _ in batch], device)
             batch_seed = self.seed * SEED_STRIDE + b

@@ -90,6 +90,13 @@ def model_device(model: nn.Module) -> torch.device:
     return param.device if param is not None else torch.device("cpu")
 
 
+def module_device(module: nn.Module) -> torch.device | None:
+    """Where a module's first materialised parameter lives; None when it has none here (no
+    parameters, or offloaded to disk by accelerate and loaded only while it runs)."""
+    param = next((p for p in module.parameters() if p.device.type != "meta"), None)
+    return param.device if param is not None else None
+
+
 def hidden_size(model: nn.Module) -> int | None:
     """The residual stream's width, from the config (text config of multimodal models)."""
     config = getattr(model, "config", None)

@@ -103,6 +103,28 @@ def test_score_bad_input(capsys, tmp_path):
     assert_one_line_error(code, err, "nope.txt")
 
 
+def test_score_checkpoint_options_are_checked_before_the_model_runs(capsys, tmp_path):
+    reference, alignment = DEMO / "reference.txt", DEMO / "alignment.txt"
+    sets = f"--reference {reference} --alignment {alignment} --out {tmp_path / 'out'}"
+    mine = tmp_path / "notes.txt"
+    mine.write_text("not a checkpoint")
+    code, _, err = run(capsys, f"score {ASSETS} {sets} --checkpoint {mine}")
+    assert_one_line_error(code, err, "already exists: pass resume=True (--resume)")
+    code, _, err = run(capsys, f"score {ASSETS} {sets} --checkpoint {mine} --resume")
+    assert_one_line_error(code, err, "is not a scoring checkpoint")
+    assert mine.read_text() == "not a checkpoint" and not (tmp_path / "out").exists()
+    code, _, err = run(capsys, f"score {ASSETS} {sets} --checkpoint-every 10")
+    assert_one_line_error(code, err, "need checkpoint=PATH (--checkpoint)")
+
+
+def test_commands_that_do_not_share_work_refuse_a_launcher(capsys, monkeypatch):
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    monkeypatch.setenv("RANK", "1")
+    code, _, err = run(capsys, f"generate {STEER} --max-new-tokens 2", "--prompt", "x")
+    assert_one_line_error(code, err, "generate runs in one process")
+    assert err.startswith("hf-sae-steer generate [rank 1]: error:")
+
+
 def test_inspect_lists_top_latents_with_examples(capsys):
     code, out, err = run(
         capsys, f"inspect {STEER} --prompts {DEMO / 'reference.txt'} --top 3 --examples 2 --json"

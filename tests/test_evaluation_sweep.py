@@ -190,7 +190,7 @@ def test_evaluate_end_to_end(tokenizer, sae, scores, tmp_path):
 
 
 def test_evaluate_removes_hooks_on_error(tokenizer, sae, scores, monkeypatch):
-    import hf_sae_steer.evaluation.sweep as ev
+    import hf_sae_steer.evaluation.runner as runner
 
     model = tiny_gpt2(len(tokenizer), d=D)
     calls = []
@@ -201,7 +201,7 @@ def test_evaluate_removes_hooks_on_error(tokenizer, sae, scores, monkeypatch):
             raise RuntimeError("boom")
         return 0.0
 
-    monkeypatch.setattr(ev, "repeated_ngram_share", failing)
+    monkeypatch.setattr(runner, "repeated_ngram_share", failing)
     with pytest.raises(RuntimeError, match="boom"):
         run_small(model, tokenizer, sae, scores, methods=("orig", "swap"))
     assert all_hooks(model) == 0

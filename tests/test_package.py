@@ -72,7 +72,7 @@ def test_no_import_cycles():
 def test_the_score_record_imports_no_algorithm():
     record = module_imports()["hf_sae_steer.scoring.record"]
     assert record <= {
-        "hf_sae_steer.folders",
+        "hf_sae_steer.folders",  # writing files, not an algorithm
         "hf_sae_steer.sae.base",
         "hf_sae_steer.scoring.card",
         "hf_sae_steer.scoring.csv_scores",

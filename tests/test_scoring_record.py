@@ -100,6 +100,23 @@ def test_save_and_load_local(fitted, tmp_path):
     assert torch.equal(loaded.latent_weights()[0], fitted.latent_weights()[0])
 
 
+def test_a_failed_save_keeps_the_previous_artifact(fitted, tmp_path, monkeypatch):
+    import hf_sae_steer.scoring.record as record
+
+    folder = fitted.save_pretrained(tmp_path / "art")
+    before = {p.name: p.read_bytes() for p in folder.iterdir()}
+
+    def disk_full(tensors, path, *args, **kwargs):
+        with open(path, "wb") as f:
+            f.write(b"half a file")
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(record, "save_file", disk_full)
+    with pytest.raises(OSError, match="No space left"):
+        fitted.save_pretrained(folder)
+    assert {p.name: p.read_bytes() for p in folder.iterdir()} == before  # no temporary left
+
+
 def test_format_1_artifacts_still_load(fitted, tmp_path):
     """An artifact written before rules existed: no rule, no recommendation, no calibration."""
     folder = fitted.save_pretrained(tmp_path / "old")

@@ -10,6 +10,7 @@ from typing import Any
 import torch
 
 from hf_sae_steer.cli.demo import run_demo
+from hf_sae_steer.distributed import current_world, launched_size, process_device, shutdown
 from hf_sae_steer.evaluation.conditions import BASELINES, CONTROLS
 from hf_sae_steer.evaluation.result import EVAL_FILES, is_evaluation
 from hf_sae_steer.evaluation.sweep import evaluate
@@ -21,23 +22,47 @@ from hf_sae_steer.scoring import FeatureScores
 from hf_sae_steer.scoring.examples import latent_examples
 from hf_sae_steer.scoring.prompts import load_prompts
 from hf_sae_steer.scoring.record import ARTIFACT_FILES, is_artifact, load_scores
+from hf_sae_steer.scoring.sources import open_prompts
 from hf_sae_steer.steering.interventions import METHODS
+
+# Commands that share their work between processes under torchrun / accelerate launch.
+SHARED = ("score", "eval")
 
 
 def run(args: argparse.Namespace) -> Any:
-    """Run the parsed command; returns what ``--json`` prints."""
+    """Run the parsed command; returns what ``--json`` prints (None on ranks other than 0 of a
+    multi-process run: only rank 0 prints and writes)."""
+    if launched_size() > 1 and args.command not in SHARED:
+        raise ValueError(
+            f"{args.command} runs in one process; only {' and '.join(SHARED)} share their work "
+            "under torchrun / accelerate launch. Run it without a launcher."
+        )
+    torch.manual_seed(args.seed)
+    args.device = process_device(args.device)  # each process its own GPU under a launcher
+    world = current_world(cpu=args.device is not None and args.device.startswith("cpu"))
+    args.is_main = world.is_main
     from transformers.utils import logging as hf_logging
 
-    torch.manual_seed(args.seed)
     if not args.debug:
         hf_logging.set_verbosity_error()  # our own messages say what matters, once
-    if not _progress(args):
-        hf_logging.disable_progress_bar()
-    return COMMANDS[args.command](args)
+    if not world.is_main:  # rank 0 speaks for the run; the others report only errors
+        warnings.simplefilter("ignore")
+    try:
+        if not _progress(args):
+            hf_logging.disable_progress_bar()
+        result = COMMANDS[args.command](args)
+    finally:
+        shutdown()
+    return result if world.is_main else None
+
+
+def _is_main(args: argparse.Namespace) -> bool:
+    """Rank 0 of a multi-process run (or the only process): it writes and prints."""
+    return getattr(args, "is_main", True)
 
 
 def _progress(args: argparse.Namespace) -> bool:
-    return not (args.quiet or args.json)
+    return not (args.quiet or args.json) and _is_main(args)
 
 
 def _prompts(args: argparse.Namespace) -> list[str]:
@@ -99,16 +124,17 @@ def cmd_score(args: argparse.Namespace) -> dict[str, Any]:
     check_output_folder(args.out, ARTIFACT_FILES, overwrite=args.overwrite, is_ours=is_artifact)
     if args.device is not None:
         check_device(args.device)
+    def options(which: str) -> dict[str, Any]:
+        return {
+            "column": getattr(args, f"{which}_column") or args.column,
+            "split": getattr(args, f"{which}_split") or args.split,
+            "config": args.config,
+        }
+
+    # The reference set is read as a stream (a chunk at a time); the alignment set whole.
+    reference = open_prompts(args.reference, **options("reference"), streaming=args.stream)
+    alignment = load_prompts(args.alignment, **options("alignment"))
     model, tokenizer = load_model(args.model, device=args.device, dtype=args.dtype)
-    reference, alignment = (
-        load_prompts(
-            getattr(args, which),
-            column=getattr(args, f"{which}_column") or args.column,
-            split=getattr(args, f"{which}_split") or args.split,
-            config=args.config,
-        )
-        for which in ("reference", "alignment")
-    )
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", UserWarning)  # the report below prints them, once
         scores = FeatureScores.fit(
@@ -127,8 +153,13 @@ def cmd_score(args: argparse.Namespace) -> dict[str, Any]:
             embedder=args.embedder,
             batch_size=args.batch_size,
             embed_max_seq_length=args.embed_max_seq_length,
+            checkpoint=args.checkpoint,
+            checkpoint_every=args.checkpoint_every,
+            resume=args.resume,
             progress=_progress(args),
         )
+    if not _is_main(args):  # rank 0 writes the artifact and prints; the others are done
+        return {}
     scores.model_id = args.model
     path = scores.save_pretrained(args.out, overwrite=args.overwrite)
     if args.push_to_hub:
@@ -290,13 +321,13 @@ def cmd_eval(args: argparse.Namespace) -> dict[str, Any]:
         site=args.site,
         progress=_progress(args),
     )
+    if not _is_main(args):
+        return {}
     files = result.save(args.out, overwrite=args.overwrite)
     if not args.json:
         print(result.to_markdown())
         print(f"\nWrote {', '.join(str(path) for path in files.values())}")
     return {"files": {name: str(path) for name, path in files.items()}, "rows": result.rows}
-
-
 
 
 COMMANDS = {

@@ -113,6 +113,21 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--summary", default="avg", choices=["avg", "max", "counts"])
     p.add_argument("--embedder", default="sentence-transformers/all-MiniLM-L6-v2")
     p.add_argument("--batch-size", type=positive_int, default=16)
+    p.add_argument(
+        "--stream",
+        action="store_true",
+        help="read a Hub dataset reference set with streaming=True (local files always stream)",
+    )
+    p.add_argument("--checkpoint", metavar="PATH", help="file to save the partial sums to")
+    p.add_argument(
+        "--checkpoint-every",
+        type=positive_int,
+        metavar="N",
+        help="save the sums every N reference prompts (default 1024; needs --checkpoint)",
+    )
+    p.add_argument(
+        "--resume", action="store_true", help="continue the run saved in --checkpoint, if any"
+    )
     p.add_argument("--out", required=True, help="folder to write the score artifact to")
     p.add_argument(
         "--overwrite", action="store_true", help="write into a folder holding other files"
@@ -192,11 +207,18 @@ def main(argv: Sequence[str] | None = None) -> int:
             raise
         bad_input = isinstance(error, BAD_INPUT)
         kind = "error" if bad_input else f"internal error ({type(error).__name__}; --debug)"
-        print(f"hf-sae-steer {args.command}: {kind}: {_one_line(error)}", file=sys.stderr)
+        print(f"hf-sae-steer {args.command}{_rank()}: {kind}: {_one_line(error)}", file=sys.stderr)
         return EXIT_BAD_INPUT if bad_input else EXIT_FAILURE
-    if args.json:
+    if args.json and result is not None:  # None: not rank 0 of a multi-process run
         print(json.dumps(result, indent=2, default=str))
     return 0
+
+
+def _rank() -> str:
+    """`` [rank 1]`` under a launcher that started several processes, else nothing."""
+    if int(os.environ.get("WORLD_SIZE", "1") or 1) > 1:
+        return f" [rank {os.environ.get('RANK', '?')}]"
+    return ""
 
 
 def _one_line(error: BaseException) -> str:

@@ -71,6 +71,7 @@ def perplexity(
     continuations: Sequence[str | TokenIds],
     *,
     batch_size: int = 16,
+    shard: tuple[int, int] = (0, 1),
 ) -> Tensor:
     """``exp(mean NLL)`` of each continuation's tokens given its prompt, under ``model`` as is.
 
@@ -78,6 +79,9 @@ def perplexity(
     Strings are tokenised (prompts with the tokenizer's special tokens, continuations without);
     token ids are used as given. Sequences are right-padded and masked, so padding changes no
     score. An empty continuation has no perplexity: NaN. Returns float64 ``[n]``.
+
+    ``shard=(i, n)`` computes only batches ``b`` with ``b mod n == i`` (the others stay NaN):
+    the batches are those of the whole run, so n processes' shares merge into exactly its values.
     """
     if len(prompts) != len(continuations):
         raise ValueError(f"{len(prompts)} prompts but {len(continuations)} continuations.")
@@ -91,7 +95,9 @@ def perplexity(
     todo = sorted(
         (i for i, (_, c) in enumerate(pairs) if c), key=lambda i: -sum(map(len, pairs[i]))
     )
-    for start in range(0, len(todo), max(1, batch_size)):
+    for b, start in enumerate(range(0, len(todo), max(1, batch_size))):
+        if b % shard[1] != shard[0]:
+            continue
         rows = todo[start : start + batch_size]
         seqs = [pairs[i][0] + pairs[i][1] for i in rows]
         width = max(map(len, seqs))

@@ -21,6 +21,7 @@ import torch
 from torch import nn
 from tqdm.auto import tqdm
 
+from hf_sae_steer.distributed import current_world
 from hf_sae_steer.evaluation.baselines import FineTuner, topic_prefix
 from hf_sae_steer.evaluation.classifier import TopicClassifier
 from hf_sae_steer.evaluation.conditions import (
@@ -30,14 +31,11 @@ from hf_sae_steer.evaluation.conditions import (
     Control,
     standard_conditions,
 )
-from hf_sae_steer.evaluation.metrics import (
-    perplexity,
-    relevance_of_embeddings,
-    repeated_ngram_share,
-)
+from hf_sae_steer.evaluation.metrics import relevance_of_embeddings
 from hf_sae_steer.evaluation.result import EvalResult, summarise
-from hf_sae_steer.generation import Continuation, Generator, sampling_options
-from hf_sae_steer.models import model_id
+from hf_sae_steer.evaluation.runner import PointRunner
+from hf_sae_steer.generation import Generator, sampling_options
+from hf_sae_steer.models import model_device, model_id
 from hf_sae_steer.sae.base import SAE, SparseCode
 from hf_sae_steer.scoring.calibration import strength_for
 from hf_sae_steer.scoring.embedders import DEFAULT_EMBEDDER, Embedder, embed_prompts, load_embedder
@@ -129,12 +127,13 @@ def evaluate(
     where = resolve_site(
         find_layout(model), layer, site, scores=main, trained=sae.cfg if sae else None, warn=False
     )
-    run = _Runner(gen, prompt_texts)
+    world = current_world(cpu=model_device(model).type == "cpu")
+    run = PointRunner(gen, prompt_texts, world)
     prefix = topic_prefix(tokenizer, align_texts, align_emb) if _has(conditions, "prefix") else None
     extra: dict[str, Any] = {}
     n_points = sum(len(c.points()) for c in conditions)
     clock = [time.perf_counter()]
-    bar = tqdm(total=n_points, desc="eval", unit="point", disable=not progress)
+    bar = tqdm(total=n_points, desc="eval", unit="point", disable=not (progress and world.is_main))
     was_training = model.training
     model.eval()
     try:
@@ -165,7 +164,7 @@ def evaluate(
         prompt_ids = [gen.prompt_ids[r["prompt_index"]] for r in records]
         ids = [r.pop("_ids") for r in records]
         clock.append(time.perf_counter())
-        ppl = perplexity(model, tokenizer, prompt_ids, ids, batch_size=batch_size)
+        ppl = run.perplexity(model, tokenizer, prompt_ids, ids, batch_size)
         clock.append(time.perf_counter())
     finally:
         bar.close()
@@ -212,59 +211,8 @@ def evaluate(
     return EvalResult(rows=rows, samples=records, config=config)
 
 
-class _Runner:
-    """Runs one point of a condition and records its continuations."""
-
-    def __init__(self, gen: Generator, prompts: list[str]) -> None:
-        self.gen, self.prompts = gen, prompts
-        self.records: list[dict[str, Any]] = []
-        self.timing: dict[tuple, tuple[int, float]] = {}
-
-    def __call__(
-        self,
-        target: nn.Module,
-        cond: Condition,
-        strength: float | None,
-        norm_fraction: float | None,
-        *,
-        generator: Generator | None = None,
-        train_seconds: float | None = None,
-    ) -> None:
-        continuations, seconds = (generator or self.gen).run(target)
-        key = (cond.name, strength, norm_fraction)
-        self.timing[key] = (sum(c.steps for c in continuations), seconds)
-        for c in continuations:
-            self.records.append(self._record(cond, strength, norm_fraction, c, train_seconds))
-
-    def _record(
-        self,
-        cond: Condition,
-        strength: float | None,
-        norm_fraction: float | None,
-        c: Continuation,
-        train_seconds: float | None,
-    ) -> dict[str, Any]:
-        return {
-            "label": cond.name,
-            "kind": cond.kind,
-            "method": cond.method or cond.baseline or "orig",
-            "preserve_error": cond.preserve_error if cond.method else None,
-            "strength": strength,
-            "norm_fraction": norm_fraction,
-            "train_seconds": train_seconds,
-            "prompt_index": c.prompt_index,
-            "sample": c.sample,
-            "seed": c.seed,
-            "prompt": self.prompts[c.prompt_index],
-            "continuation": c.text,
-            "n_tokens": len(c.token_ids),
-            "repetition": repeated_ngram_share(c.token_ids, 3),
-            "_ids": c.token_ids,
-        }
-
-
 def _run_steering(
-    run: _Runner,
+    run: PointRunner,
     model: nn.Module,
     sae: SAE | None,
     artifacts: dict[str, FeatureScores | Any],

@@ -1,36 +1,47 @@
 """Fitting feature scores from an alignment set (``docs/method.md`` §3, §6): ``FeatureScores.fit``.
 
-Scoring walks forward once per set: embed the (small) alignment set and run it to the site,
-then take the reference set in chunks: embed a chunk, take each prompt's distance to the
-alignment set, run the model only up to the hooked site, encode with the SAE and add to the
-sums (:class:`~hf_sae_steer.scoring.passes.ScoringSums`). A selection rule turns the sums into
-scores; memory is bounded by a chunk and ``d_sae``, not by the size of the reference set.
+Scoring walks forward once per set (:mod:`~hf_sae_steer.scoring.accumulation`): embed the
+(small) alignment set and run it to the site, then read the reference set as a stream, in
+chunks: embed a chunk, take each prompt's distance to the alignment set, run the model only up
+to the hooked site, encode with the SAE and add to the sums
+(:class:`~hf_sae_steer.scoring.passes.ScoringSums`). Under ``torchrun`` / ``accelerate launch``
+the processes share the prompts and add up their sums; a checkpoint lets a run resume. A
+selection rule turns the sums into scores; memory is bounded by a chunk and ``d_sae``, not by
+the size of the reference set.
 """
 
 from __future__ import annotations
 
 import time
 import warnings
-from collections.abc import Iterable, Sequence
+from pathlib import Path
 from typing import Any
 
 import torch
-from torch import Tensor, nn
+from torch import nn
 
-from hf_sae_steer.models import context_length, model_device, model_id
+from hf_sae_steer.distributed import current_world
+from hf_sae_steer.models import context_length, model_device, model_id, module_device
 from hf_sae_steer.sae.base import SAE
+from hf_sae_steer.scoring.accumulation import (
+    CHUNK,
+    Checkpointing,
+    ScoringWalk,
+    squared_distances,
+)
 from hf_sae_steer.scoring.calibration import NORM_FRACTION, recommend
-from hf_sae_steer.scoring.embedders import DEFAULT_EMBEDDER, Embedder, embed_prompts, load_embedder
+from hf_sae_steer.scoring.embedders import DEFAULT_EMBEDDER, Embedder, load_embedder
 from hf_sae_steer.scoring.passes import SUMMARIES, PromptPasses, ScoringSums, Summary
 from hf_sae_steer.scoring.prompts import hash_prompts, load_prompts
 from hf_sae_steer.scoring.record import FeatureScores
 from hf_sae_steer.scoring.rules import DEFAULT_RULE, RULES, Rule, apply_rule
+from hf_sae_steer.scoring.sources import open_prompts
 from hf_sae_steer.scoring.uncertainty import build_report
 from hf_sae_steer.sites.layouts import find_layout
 from hf_sae_steer.sites.resolve import resolve_site
 from hf_sae_steer.steering.live import steering_suspended
 
-CHUNK = 1024  # reference prompts embedded and passed at a time
+__all__ = ["CHUNK", "fit", "from_sums", "squared_distances"]
 
 
 def fit(
@@ -54,6 +65,9 @@ def fit(
     embed_max_seq_length: int | None = None,
     report_max_tokens: int | None = 256,
     device: str | torch.device | None = None,
+    checkpoint: str | Path | None = None,
+    checkpoint_every: int | None = None,
+    resume: bool = False,
     progress: bool = True,
 ) -> FeatureScores:
     """Score every latent of ``sae`` for steering towards ``alignment``.
@@ -70,87 +84,116 @@ def fit(
     (:mod:`~hf_sae_steer.scoring.calibration`).
 
     ``layer``/``site`` default to where the SAE was trained
-    (:func:`~hf_sae_steer.sites.resolve.resolve_site`). ``reference``/``alignment`` take anything
-    :func:`~hf_sae_steer.scoring.prompts.load_prompts` does. ``embedder`` is a
+    (:func:`~hf_sae_steer.sites.resolve.resolve_site`). ``alignment`` takes anything
+    :func:`~hf_sae_steer.scoring.prompts.load_prompts` does; ``reference`` also takes a stream
+    (:func:`~hf_sae_steer.scoring.sources.open_prompts`: large local files, a ``datasets``
+    ``IterableDataset``), read a chunk at a time. ``embedder`` is a
     sentence-transformers id or path, a ``SentenceTransformer``, or any callable
     ``list[str] -> Tensor[n, dim]`` (used as is). Prompts longer than ``max_length`` (default:
     the model's context) are scored in windows of that length, each a fresh sequence. The
     alignment statistics (FVU, latents firing, its mean hidden state) read the first
     ``report_max_tokens`` tokens of each alignment text (``None``: all): about what the embedder
-    reads.
+    reads. The SAE runs on ``device`` (default: beside its block, ``device_map="auto"`` too).
+
+    Under ``torchrun`` or ``accelerate launch`` the processes share the prompts (prompt ``i``
+    to rank ``i mod world_size``) and add up their sums; every rank returns the same record.
+    ``checkpoint`` (a file) receives the sums every ``checkpoint_every`` reference prompts
+    (default 1,024) and at the end; ``resume=True`` continues from it and gives the same
+    scores as an uninterrupted run. An existing checkpoint is never overwritten otherwise.
     """
     if summary not in SUMMARIES:
         raise ValueError(f"Unknown summary {summary!r}; use one of {', '.join(SUMMARIES)}.")
     if rule not in RULES:
         raise ValueError(f"Unknown rule {rule!r}; use one of {', '.join(RULES)}.")
+    saving = _checkpointing(checkpoint, checkpoint_every, resume)
     given = {"k": k, "prior_prompts": prior_prompts}
     rule_options = {name: value for name, value in given.items() if value is not None}
     started = time.perf_counter()
-    reference, alignment = load_prompts(reference), load_prompts(alignment)
+    source, alignment = open_prompts(reference), load_prompts(alignment)
     layout = find_layout(model)
     where = resolve_site(layout, layer, site, trained=sae.cfg)
-    device = torch.device(device) if device is not None else model_device(model)
-    placed = sae.placed(device, torch.float32)
+    inputs_on = model_device(model)
+    beside = module_device(layout.blocks[where.layer]) or inputs_on
+    sae_on = torch.device(device) if device is not None else beside
+    world = current_world(cpu=sae_on.type == "cpu")
     passes = PromptPasses(
         model,
         tokenizer,
         layout,
         where,
-        placed,
-        device,
+        sae.placed(sae_on, torch.float32),
+        inputs_on,
         skip_first=skip_first_token,
         batch_size=batch_size,
         max_length=max_length or context_length(model, tokenizer),
+        progress=False,  # the walk shows one bar, on rank 0
+    )
+    embed_model, embedder_name = load_embedder(embedder, sae_on)
+    options = {
+        "skip_first_token": skip_first_token,
+        "max_length": passes.max_length,
+        "embed_max_seq_length": embed_max_seq_length,
+        "report_max_tokens": report_max_tokens,
+    }
+    walk = ScoringWalk(
+        passes,
+        embed_model,
+        summary,
+        world,
+        run={
+            "sae_fingerprint": sae.fingerprint(), "d_in": sae.d_in, "d_sae": sae.d_sae,
+            "model": model_id(model), "layer": where.layer, "site": where.kind,
+            "summary": summary, "embedder": embedder_name, **options,
+            "alignment_size": len(alignment), "alignment_hash": hash_prompts(alignment),
+        },  # fmt: skip
+        embed_max_seq_length=embed_max_seq_length,
+        report_max_tokens=report_max_tokens,
+        checkpoint=saving,
         progress=progress,
     )
-    embed_model, embedder_name = load_embedder(embedder, device)
-    sums = ScoringSums(sae.d_in, sae.d_sae)
     was_training = model.training
     model.eval()  # dropout would make the summaries random
     try:
         with torch.inference_mode(), steering_suspended(model):  # score the base model
-            (align_emb,), _ = embed_prompts(
-                embed_model, [alignment], device, embed_max_seq_length, progress=False
-            )
-            passes.add_alignment(alignment, sums, report_max_tokens)
-            for chunk in _chunks(reference, CHUNK):
-                d2 = squared_distances(embed_model, chunk, align_emb, device, embed_max_seq_length)
-                passes.add_reference(chunk, d2, summary, sums)
+            done = walk(source, alignment)
     finally:
         model.train(was_training)
+    if done.resumed_at:
+        options["resumed_at"] = done.resumed_at
+    if done.per_process is not None:  # what each process passed: the prompts were shared
+        options["processes"] = {
+            "count": world.size,
+            "reference_prompts": [counts[0] for counts in done.per_process],
+            "alignment_prompts": [counts[1] for counts in done.per_process],
+        }
     return from_sums(
-        sums,
+        done.sums,
         sae,
         rule=rule,
         rule_options=rule_options,
         norm_fraction=norm_fraction,
+        warn=world.is_main,
         layer=where.layer,
         site=where.kind,
         summary=summary,
         model_id=model_id(model),
         embedder=embedder_name,
-        reference_hash=hash_prompts(reference),
+        reference_hash=done.reference_hash,
         alignment_hash=hash_prompts(alignment),
-        options={
-            "skip_first_token": skip_first_token,
-            "max_length": passes.max_length,
-            "embed_max_seq_length": embed_max_seq_length,
-            "report_max_tokens": report_max_tokens,
-            "fit_seconds": time.perf_counter() - started,
-        },
+        options={**options, "fit_seconds": time.perf_counter() - started},
     )
 
 
-def squared_distances(
-    embedder: Any,
-    prompts: Sequence[str],
-    align_emb: Tensor,
-    device: torch.device | None = None,
-    max_seq_length: int | None = None,
-) -> Tensor:
-    """``d_i²``: each prompt's squared distance to its nearest alignment text (§3, step 3)."""
-    (emb,), _ = embed_prompts(embedder, [list(prompts)], device, max_seq_length, progress=False)
-    return torch.cdist(emb, align_emb).min(dim=1).values.pow(2)
+def _checkpointing(
+    path: str | Path | None, every: int | None, resume: bool
+) -> Checkpointing | None:
+    if path is None:
+        if every is not None or resume:
+            raise ValueError("checkpoint_every and resume need checkpoint=PATH (--checkpoint).")
+        return None
+    if every is not None and every < 1:
+        raise ValueError(f"checkpoint_every must be a positive number of prompts, got {every}.")
+    return Checkpointing(Path(path).expanduser(), every or CHUNK, resume)
 
 
 def from_sums(
@@ -207,14 +250,3 @@ def from_sums(
         calibration={"mean_norm": sums.mean_norm(), "mean_norm_raw": sums.mean_norm(raw=True)},
         **fields,
     )
-
-
-def _chunks(items: Iterable[str], size: int) -> Iterable[list[str]]:
-    chunk: list[str] = []
-    for item in items:
-        chunk.append(item)
-        if len(chunk) == size:
-            yield chunk
-            chunk = []
-    if chunk:
-        yield chunk

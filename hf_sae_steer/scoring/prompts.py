@@ -6,6 +6,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
 import re
 import sys
@@ -38,7 +39,7 @@ def load_prompts(
     # A Dataset object means datasets is already imported; lists need not pay for the import.
     datasets = sys.modules.get("datasets")
     if datasets is not None and isinstance(source, datasets.DatasetDict):
-        return _from_dataset(_pick_split(source, split), column, "the dataset")
+        return _from_dataset(pick_split(source, split), column, "the dataset")
     if datasets is not None and isinstance(source, datasets.Dataset):
         return _from_dataset(source, column, "the dataset")
     if isinstance(source, Sequence):
@@ -66,21 +67,27 @@ def _from_path_or_id(
     else:
         loaded = datasets.load_dataset(str(source), config, split=split)
     if isinstance(loaded, datasets.DatasetDict):
-        loaded = _pick_split(loaded, split)
+        loaded = pick_split(loaded, split)
     return _from_dataset(loaded, column, str(source))
+
+
+def parse_slice(split: str, where: str) -> tuple[str, int | None, int | None]:
+    """``"train[10:30]"`` -> ``("train", 10, 30)``; the name may be empty, the slice absent."""
+    match = re.fullmatch(r"\s*(\w*)\s*(?:\[\s*(-?\d*)\s*:\s*(-?\d*)\s*\])?\s*", split)
+    if match is None:
+        raise ValueError(
+            f"Cannot apply split {split!r} to {where}: a local file takes a slice such as "
+            "'train[:20]' or '[10:30]' (percentages are for Hub datasets)."
+        )
+    name, start, stop = match.groups()
+    return name, int(start) if start else None, int(stop) if stop else None
 
 
 def _slice(prompts: list[str], split: str | None, where: str) -> list[str]:
     """A local file is one split; ``split`` may still take a slice of it: ``"train[:20]"``."""
     if split is None:
         return prompts
-    match = re.fullmatch(r"\s*\w*\s*(?:\[\s*(-?\d*)\s*:\s*(-?\d*)\s*\])?\s*", split)
-    if match is None:
-        raise ValueError(
-            f"Cannot apply split {split!r} to {where}: a local file takes a slice such as "
-            "'train[:20]' or '[10:30]' (percentages are for Hub datasets)."
-        )
-    start, stop = (int(g) if g else None for g in match.groups())
+    _, start, stop = parse_slice(split, where)
     chosen = prompts[start:stop]
     if not chosen:
         raise ValueError(f"Split {split!r} leaves no prompts of the {len(prompts)} in {where}.")
@@ -115,7 +122,7 @@ def _parse_file(path: Path, suffix: str, column: str | None) -> list[str]:
     )
 
 
-def _pick_split(dataset_dict: Any, split: str | None) -> Any:
+def pick_split(dataset_dict: Any, split: str | None) -> Any:
     names = list(dataset_dict.keys())
     if split is not None:
         if split not in dataset_dict:
@@ -175,7 +182,7 @@ def _from_dataset(dataset: Any, column: str | None, where: str) -> list[str]:
             for n in names
             if getattr(dataset.features[n], "dtype", None) in ("string", "large_string")
         ]
-        column = _auto_column(names, strings, where)
+        column = pick_column(names, strings, where)
     if column not in names:
         raise ValueError(f"No column {column!r} in {where}; the columns are {names}.")
     return _check_strings(list(dataset[column]), f"column {column!r} of {where}")
@@ -187,13 +194,13 @@ def _from_columns(columns: dict[str, list[Any]], column: str | None, where: str)
         # The unnamed index pandas writes ("Unnamed: 0") is never a prompt column.
         candidates = [n for n in names if not n.startswith("Unnamed:")]
         strings = [n for n in candidates if all(isinstance(v, str) for v in columns[n])]
-        column = _auto_column(names, strings, where)
+        column = pick_column(names, strings, where)
     if column not in columns:
         raise ValueError(f"No column {column!r} in {where}; the columns are {names}.")
     return _check_strings(columns[column], f"column {column!r} of {where}")
 
 
-def _auto_column(names: list[str], strings: list[str], where: str) -> str:
+def pick_column(names: list[str], strings: list[str], where: str) -> str:
     if len(strings) == 1:
         return strings[0]
     for name in PREFERRED_COLUMNS:
@@ -208,19 +215,55 @@ def _auto_column(names: list[str], strings: list[str], where: str) -> str:
 
 def _check_strings(values: list[Any], where: str) -> list[str]:
     if not values:
-        raise ValueError(f"No prompts in {where}: the prompt set is empty.")
+        raise ValueError(empty_message(where))
     for i, value in enumerate(values):
-        if not isinstance(value, str):
-            raise ValueError(
-                f"Row {i} of {where} is {type(value).__name__} ({value!r}), not a string."
-            )
-        if not value.strip():
-            raise ValueError(f"Row {i} of {where} is an empty prompt.")
+        check_prompt(value, i, where)
     return values
+
+
+def empty_message(where: str) -> str:
+    return f"No prompts in {where}: the prompt set is empty."
+
+
+def check_prompt(value: Any, row: int, where: str) -> str:
+    """``value`` if it is a usable prompt (a non-blank string), else one clear ValueError."""
+    if not isinstance(value, str):
+        kind = type(value).__name__
+        raise ValueError(f"Row {row} of {where} is {kind} ({value!r}), not a string.")
+    if not value.strip():
+        raise ValueError(f"Row {row} of {where} is an empty prompt.")
+    return value
 
 
 def hash_prompts(prompts: Sequence[str]) -> str:
     """A short content hash of a prompt set, to record which sets produced a score artifact."""
-    import hashlib
-
     return hashlib.sha256(json.dumps(list(prompts), ensure_ascii=False).encode()).hexdigest()[:16]
+
+
+class PromptHash:
+    """:func:`hash_prompts` of a stream, one prompt at a time (equal for the same prompts).
+
+    The hash is of the JSON list ``["a", "b"]``, so it is fed ``[``, each prompt's JSON with
+    ``", "`` between them, and ``]`` when read. :meth:`prefix` identifies the prompts seen so far
+    (a checkpoint records it, and a resumed run checks the same prompts came first).
+    """
+
+    def __init__(self) -> None:
+        self._sha = hashlib.sha256(b"[")
+        self.count = 0
+
+    def update(self, prompt: str) -> None:
+        if self.count:
+            self._sha.update(b", ")
+        self._sha.update(json.dumps(prompt, ensure_ascii=False).encode())
+        self.count += 1
+
+    def prefix(self) -> str:
+        """The full sha256 of the prompts so far (not a :func:`hash_prompts` value)."""
+        return self._sha.copy().hexdigest()
+
+    def hexdigest(self) -> str:
+        """:func:`hash_prompts` of every prompt fed so far."""
+        final = self._sha.copy()
+        final.update(b"]")
+        return final.hexdigest()[:16]
