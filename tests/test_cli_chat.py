@@ -3,6 +3,7 @@ process, readline and the keys a person would press, on the shipped demo offline
 
 from __future__ import annotations
 
+import io
 import os
 import re
 import sys
@@ -35,8 +36,15 @@ def spawn(tmp_path: Path, *args: str):
         sys.executable, command, cwd=str(tmp_path), env=env, encoding="utf-8",
         dimensions=(50, 200), timeout=WAIT,
     )  # fmt: skip
+    child.logfile_read = io.StringIO()  # the whole transcript, for the checks at the end
     child.expect_exact("Type a prompt; :help for commands")
     return child, child.before  # the banner
+
+
+def type_line(child, line: str) -> None:
+    """Wait for the prompt (readline is then reading the terminal), then type ``line``."""
+    child.expect_exact("> ")
+    child.sendline(line)
 
 
 def turn_line(name: str, text: str) -> str:
@@ -57,30 +65,31 @@ def test_chat_in_a_terminal(tmp_path):
     child, banner = spawn(tmp_path)
     try:
         assert "steering: add (the scores' recommendation) at strength 4.05" in banner
-        child.sendline(PROMPT)
+        type_line(child, PROMPT)
         child.expect(turn_line("base", base))
         child.expect(turn_line("steered", steered))
+        child.expect_exact("> ")
         child.send(UP_ARROW + "\r")  # readline history: the same prompt again
         child.expect(turn_line("base", base))
         child.expect(turn_line("steered", steered))
 
-        child.sendline(":method swap")
+        type_line(child, ":method swap")
         child.expect_exact("steering: swap at strength 1, preserve_error off, positions all")
-        child.sendline(":strength 0.5")
+        type_line(child, ":strength 0.5")
         child.expect_exact("steering: swap at strength 0.5,")
-        child.sendline(":positions generated")
+        type_line(child, ":positions generated")
         child.expect_exact("positions generated")
-        child.sendline(":error on")
+        type_line(child, ":error on")
         child.expect_exact("preserve_error on")
-        child.sendline(PROMPT)
+        type_line(child, PROMPT)
         child.expect(r"steered\s+\d+\.\d\d s\s+'")
 
-        child.sendline(":latents 3")
+        type_line(child, ":latents 3")
         child.expect_exact("fires most on (token, activation)")
         child.expect(r"\n\s+3\s+\d+\s+\d\.\d{3}")  # the third row
-        child.sendline(":report")
+        type_line(child, ":report")
         child.expect_exact("coverage")
-        child.sendline(":history")
+        type_line(child, ":history")
         child.expect(rf"1  {PROMPT}\s+2  {PROMPT}\s+3  {PROMPT}")
 
         for line, message in [
@@ -90,18 +99,20 @@ def test_chat_in_a_terminal(tmp_path):
             ("", "! The prompt is empty; type some text to continue."),
             ("word " * 200, "exceeds the model's context of 128 tokens"),
         ]:
-            child.sendline(line)
+            type_line(child, line)
             child.expect_exact(message)
-        child.sendline(":settings")  # the loop is still alive after bad input
+        type_line(child, ":settings")  # the loop is still alive after bad input
         child.expect_exact("steering: swap at strength 0.5, preserve_error on")
 
+        child.expect_exact("> ")
         child.sendeof()  # Ctrl-D
         child.expect_exact("bye")
         child.expect(pexpect.EOF)
     finally:
         child.close(force=True)
-    assert "Traceback" not in (child.before or "")
-    assert child.exitstatus == 0, child.before
+    transcript = child.logfile_read.getvalue()
+    assert "Traceback" not in transcript and "internal error" not in transcript
+    assert child.exitstatus == 0, transcript[-2000:]
 
 
 def _fine_tuned_copy(folder: Path) -> Path:
@@ -130,7 +141,7 @@ def test_chat_compare_model_and_ctrl_c(tmp_path):
     child, banner = spawn(tmp_path, "--compare-model", str(tuned))
     try:
         assert "compared with tuned" in banner  # shown relative to the working directory
-        child.sendline(PROMPT)
+        type_line(child, PROMPT)
         for name in ("base", "steered", "compare"):
             child.expect(rf"{name}\s+\d+\.\d\d s\s+'")
         child.expect_exact("> ")
@@ -139,4 +150,4 @@ def test_chat_compare_model_and_ctrl_c(tmp_path):
         child.expect(pexpect.EOF)
     finally:
         child.close(force=True)
-    assert child.exitstatus == 0, child.before
+    assert child.exitstatus == 0 and "Traceback" not in child.logfile_read.getvalue()
