@@ -88,13 +88,15 @@ def server(tmp_path_factory) -> Iterator[str]:
         assert _listening_addresses(port) in ({"127.0.0.1"}, None)  # loopback only
         yield url
     finally:
-        process.send_signal(signal.SIGINT)
+        process.send_signal(signal.SIGINT)  # Ctrl-C
         try:
-            process.wait(timeout=15)
-        except subprocess.TimeoutExpired:
+            stopped = process.wait(timeout=15)
+        except subprocess.TimeoutExpired:  # SIGINT ignored (a shell's background job): kill
             process.kill()
             process.wait(timeout=15)
+            stopped = None  # killed: no exit status of ours to check
     assert "Traceback" not in log.read_text(), log.read_text()
+    assert stopped in (0, None), f"exit status {stopped} after Ctrl-C:\n{log.read_text()}"
 
 
 @pytest.fixture(scope="module")
