@@ -193,3 +193,37 @@ def test_console_entry_points():
         [sys.executable, "-m", "hf_sae_steer", *argv], capture_output=True, text=True
     )
     assert bad.returncode == 2 and "Traceback" not in bad.stderr
+
+
+def test_chat_and_app_help_load_neither_torch_nor_gradio():
+    probe = (
+        "import sys\nfrom hf_sae_steer.cli.main import main\n"
+        "for command in ('chat', 'app'):\n"
+        "    try:\n        main([command, '--help'])\n    except SystemExit:\n        pass\n"
+        "print('torch' in sys.modules, 'gradio' in sys.modules, file=sys.stderr)"
+    )
+    done = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True)
+    assert done.stderr.split() == ["False", "False"], done.stderr
+    assert "--compare-model" in done.stdout and "--port" in done.stdout
+
+
+def test_app_without_gradio_is_one_line_and_status_2():
+    probe = (
+        "import sys\nsys.modules['gradio'] = None  # as if it were not installed\n"
+        "from hf_sae_steer.cli.main import main\nsys.exit(main(['app']))"
+    )
+    done = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True)
+    assert done.returncode == 2 and "Traceback" not in done.stderr
+    assert done.stderr.strip() == (
+        "hf-sae-steer app: error: The web app needs Gradio, which is not installed: "
+        "pip install 'hf_sae_steer[app]'"
+    )
+
+
+def test_chat_and_app_bad_setup_is_one_line(capsys):
+    code, _, err = run(capsys, f"chat --model {DEMO / 'model'}")
+    assert_one_line_error(code, err, "Pass all of --model, --sae and --scores, or none")
+    code, _, err = run(capsys, "chat --method amplify")
+    assert_one_line_error(code, err, "Unknown method 'amplify'")
+    code, _, err = run(capsys, f"app {STEER} --compare-model /no/such/model")
+    assert_one_line_error(code, err, "/no/such/model")

@@ -9,7 +9,10 @@ from typing import Any
 
 import torch
 
+from hf_sae_steer.cli.chat import run_chat
 from hf_sae_steer.cli.demo import run_demo
+from hf_sae_steer.cli.playground import Playground
+from hf_sae_steer.cli.settings import Settings, parse_method
 from hf_sae_steer.distributed import current_world, launched_size, process_device, shutdown
 from hf_sae_steer.evaluation.conditions import BASELINES, CONTROLS
 from hf_sae_steer.evaluation.result import EVAL_FILES, is_evaluation
@@ -62,7 +65,7 @@ def _is_main(args: argparse.Namespace) -> bool:
 
 
 def _progress(args: argparse.Namespace) -> bool:
-    return not (args.quiet or args.json) and _is_main(args)
+    return not (args.quiet or getattr(args, "json", False)) and _is_main(args)
 
 
 def _prompts(args: argparse.Namespace) -> list[str]:
@@ -330,10 +333,57 @@ def cmd_eval(args: argparse.Namespace) -> dict[str, Any]:
     return {"files": {name: str(path) for name, path in files.items()}, "rows": result.rows}
 
 
+def _playground(args: argparse.Namespace) -> Playground:
+    settings = Settings(
+        method=parse_method(args.method),
+        strength=args.strength,
+        positions=args.positions,
+        preserve_error=args.preserve_error,
+        max_new_tokens=args.max_new_tokens,
+        do_sample=args.sample,
+        temperature=args.temperature,
+        top_k=args.top_k,
+        top_p=args.top_p,
+        seed=args.seed,
+    )
+    return Playground.load(
+        assets=args.assets,
+        model=args.model,
+        sae=args.sae,
+        scores=args.scores,
+        compare_model=args.compare_model,
+        latent_prompts=args.latent_prompts,
+        device=args.device,
+        dtype=args.dtype,
+        layer=args.layer,
+        site=args.site,
+        clamp_value=args.clamp_value,
+        settings=settings,
+    )
+
+
+def cmd_chat(args: argparse.Namespace) -> None:
+    run_chat(_playground(args), debug=args.debug)
+
+
+def cmd_app(args: argparse.Namespace) -> None:
+    try:  # before loading the model: without Gradio there is nothing to serve
+        from hf_sae_steer.cli import webapp
+    except ImportError as error:
+        if (error.name or "gradio").split(".")[0] != "gradio":
+            raise
+        raise ImportError(
+            "The web app needs Gradio, which is not installed: pip install 'hf_sae_steer[app]'"
+        ) from error
+    webapp.serve(_playground(args), host=args.host, port=args.port, share=args.share)
+
+
 COMMANDS = {
     "score": cmd_score,
     "generate": cmd_generate,
     "inspect": cmd_inspect,
     "demo": cmd_demo,
     "eval": cmd_eval,
+    "chat": cmd_chat,
+    "app": cmd_app,
 }

@@ -45,6 +45,18 @@ def find_assets(assets: str | Path | None = None) -> Path:
     )
 
 
+def recommended_line(scores: FeatureScores) -> str:
+    """One line: the steering the scores recommend, and why (shared with the playground)."""
+    rec = scores.recommended
+    if not rec:
+        return "The scores recommend no steering; showing swap, the reference's method."
+    keep = " with preserve_error" if rec.get("preserve_error") else ""
+    return (
+        f"Recommended steering (rule {scores.rule}): {rec['method']} at strength "
+        f"{rec['strength']:.3g}{keep}; {rec.get('why', '')}."
+    )
+
+
 @dataclass
 class DemoResult:
     """What the demo shows: continuations, the uncertainty report, the measured gains."""
@@ -57,14 +69,7 @@ class DemoResult:
     missing: str | None = None
 
     def steering_line(self) -> str:
-        rec = self.scores.recommended
-        if not rec:
-            return "The scores recommend no steering; showing swap, the reference's method."
-        keep = " with preserve_error" if rec.get("preserve_error") else ""
-        return (
-            f"Recommended steering (rule {self.scores.rule}): {rec['method']} at strength "
-            f"{rec['strength']:.3g}{keep}; {rec.get('why', '')}."
-        )
+        return recommended_line(self.scores)
 
     def measured_lines(self) -> list[str]:
         if self.missing is not None:

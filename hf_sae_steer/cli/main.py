@@ -28,11 +28,12 @@ def positive_int(text: str) -> int:
     return value
 
 
-def _common(p: argparse.ArgumentParser) -> None:
+def _common(p: argparse.ArgumentParser, json: bool = True) -> None:
     p.add_argument("--device", help="torch device, e.g. cpu or cuda (default: cpu)")
     p.add_argument("--dtype", choices=["float32", "bfloat16", "float16"], help="model dtype")
     p.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
-    p.add_argument("--json", action="store_true", help="print machine-readable JSON")
+    if json:
+        p.add_argument("--json", action="store_true", help="print machine-readable JSON")
     p.add_argument("--quiet", action="store_true", help="no progress bars")
     p.add_argument("--debug", action="store_true", help="show full tracebacks on errors")
 
@@ -46,13 +47,14 @@ def _model_sae(p: argparse.ArgumentParser, scores: bool = True) -> None:
         p.add_argument("--scores", required=True, help="score folder, Hub repo id, or CSV")
 
 
-def _generation(p: argparse.ArgumentParser) -> None:
+def _generation(p: argparse.ArgumentParser, batch: bool = True) -> None:
     p.add_argument("--max-new-tokens", type=positive_int, default=32)
     p.add_argument("--sample", action="store_true", help="sample instead of greedy decoding")
     p.add_argument("--temperature", type=float, default=1.0)
     p.add_argument("--top-k", type=int, default=50)
     p.add_argument("--top-p", type=float, default=1.0)
-    p.add_argument("--batch-size", type=positive_int, default=8)
+    if batch:
+        p.add_argument("--batch-size", type=positive_int, default=8)
 
 
 METHOD_HELP = (
@@ -73,6 +75,34 @@ def _steering(p: argparse.ArgumentParser) -> None:
         help="keep the SAE's error term (default: as recommended; on for add)",
     )
     p.add_argument("--clamp-value", type=float, help="clamp: add this (default: calibrated)")
+
+
+def _playground(p: argparse.ArgumentParser) -> None:
+    """chat and app: generate's setup and steering options, all optional (the shipped demo)."""
+    p.add_argument("--assets", help="demo asset folder (default: the shipped demo)")
+    p.add_argument("--model", help="HF model id or local folder (default: the demo's)")
+    p.add_argument("--sae", help="SAE spec: openai:..., hf://..., a .pt or folder")
+    p.add_argument("--scores", help="score folder, Hub repo id, or CSV")
+    p.add_argument("--layer", type=int, help="block index (default: from the SAE / scores)")
+    p.add_argument("--site", help="resid_pre, resid_mid, resid_post, attn_out or mlp_out")
+    p.add_argument(
+        "--compare-model", help="a second model (e.g. a fine-tuned one) shown beside them"
+    )
+    p.add_argument(
+        "--latent-prompts",
+        help="prompts searched for the tokens that fire the top latents (demo: its reference set)",
+    )
+    p.add_argument("--method", default="recommended", help=f"one of: {METHOD_HELP}")
+    p.add_argument("--positions", default="all", choices=["all", "prompt", "generated"])
+    p.add_argument("--strength", type=float, help="default: the method's (or the scores')")
+    p.add_argument(
+        "--preserve-error",
+        action=argparse.BooleanOptionalAction,
+        help="keep the SAE's error term (default: as recommended; on for add)",
+    )
+    p.add_argument("--clamp-value", type=float, help="clamp: add this (default: calibrated)")
+    _generation(p, batch=False)
+    _common(p, json=False)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -191,6 +221,15 @@ def build_parser() -> argparse.ArgumentParser:
         "--overwrite", action="store_true", help="write into a folder holding other files"
     )
     _common(p)
+
+    p = sub.add_parser("chat", help="a prompt loop in the terminal: base vs steered, with times")
+    _playground(p)
+
+    p = sub.add_parser("app", help="the playground as a local web app (needs the [app] extra)")
+    _playground(p)
+    p.add_argument("--host", default="127.0.0.1", help="address to bind (default 127.0.0.1)")
+    p.add_argument("--port", type=positive_int, default=7860, help="port (default 7860)")
+    p.add_argument("--share", action="store_true", help="also open a public Gradio share link")
     return parser
 
 
@@ -209,7 +248,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         kind = "error" if bad_input else f"internal error ({type(error).__name__}; --debug)"
         print(f"hf-sae-steer {args.command}{_rank()}: {kind}: {_one_line(error)}", file=sys.stderr)
         return EXIT_BAD_INPUT if bad_input else EXIT_FAILURE
-    if args.json and result is not None:  # None: not rank 0 of a multi-process run
+    if getattr(args, "json", False) and result is not None:  # None: not rank 0 of several
         print(json.dumps(result, indent=2, default=str))
     return 0
 

@@ -1,0 +1,313 @@
+"""The playground behind ``hf-sae-steer chat`` and ``hf-sae-steer app``: one loaded setup (model,
+SAE, scores, optionally a second model to compare with) and the steering settings.
+
+Every continuation goes through the library's one generation path (:class:`Generator`, that is
+``model.generate``, under a :class:`SteeredModel` for the steered one), so the playground shows
+what ``hf-sae-steer generate`` prints for the same settings and seed; streaming only adds a
+``transformers`` streamer to that same ``generate`` call.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Iterator
+from dataclasses import dataclass, field, fields, replace
+from pathlib import Path
+from typing import Any
+
+from torch import nn
+
+from hf_sae_steer.cli.demo import find_assets, recommended_line
+from hf_sae_steer.cli.settings import (
+    RECOMMENDED,
+    PlaygroundError,
+    Settings,
+    parse_method,
+    parse_positions,
+    parse_tokens,
+)
+from hf_sae_steer.generation import Generator, sampling_options
+from hf_sae_steer.models import context_length, load_model
+from hf_sae_steer.sae.base import SAE
+from hf_sae_steer.sae.loading import load_sae
+from hf_sae_steer.scoring.examples import LatentExample, latent_examples
+from hf_sae_steer.scoring.prompts import load_prompts
+from hf_sae_steer.scoring.record import FeatureScores, load_scores
+from hf_sae_steer.steering.steered import SteeredModel
+
+BASE, STEERED, COMPARE = "base", "steered", "compare"
+
+
+@dataclass
+class Output:
+    """One model's continuation; ``seconds`` (inside ``generate``) is None while streaming."""
+
+    text: str
+    seconds: float | None = None
+
+
+@dataclass
+class LatentRow:
+    """A top latent of the scores, its weight in ``add`` (if chosen), what fires it most."""
+
+    rank: int
+    latent: int
+    score: float
+    weight: float | None
+    examples: list[LatentExample] = field(default_factory=list)
+    searched: bool = True  # whether any prompts were searched for its examples
+
+    def fires_on(self) -> str:
+        if not self.examples:
+            return "(never fires on the latent prompts)" if self.searched else "(none searched)"
+        return " · ".join(f"{ex.token!r} {ex.activation:.2f}" for ex in self.examples)
+
+
+class Playground:
+    """A loaded setup and the current :class:`Settings`; thread-safe (one turn at a time, since
+    steering hooks live on the shared model)."""
+
+    def __init__(
+        self,
+        model: nn.Module,
+        tokenizer: Any,
+        sae: SAE,
+        scores: FeatureScores,
+        *,
+        compare: tuple[nn.Module, Any] | None = None,
+        latent_prompts: list[str] | None = None,
+        layer: int | None = None,
+        site: str | None = None,
+        clamp_value: float | None = None,
+        settings: Settings | None = None,
+        setup: dict[str, Any] | None = None,
+    ) -> None:
+        self.model, self.tokenizer, self.sae, self.scores = model, tokenizer, sae, scores
+        self.compare_model = compare
+        self.latent_prompts = latent_prompts
+        self.layer, self.site, self.clamp_value = layer, site, clamp_value
+        self.setup = setup or {}
+        self._lock = threading.Lock()  # a plain Lock: Gradio may resume a stream on any thread
+        self._latents: dict[tuple[int, int], list[LatentRow]] = {}
+        self.settings = self.validate(settings or Settings())
+
+    @classmethod
+    def load(
+        cls,
+        *,
+        assets: str | Path | None = None,
+        model: str | None = None,
+        sae: str | None = None,
+        scores: str | None = None,
+        compare_model: str | None = None,
+        latent_prompts: str | Path | None = None,
+        device: str | None = None,
+        dtype: str | None = None,
+        **options: Any,
+    ) -> Playground:
+        """Load ``model``/``sae``/``scores``, or all three from the shipped demo when none is
+        given (its reference set then searches for the tokens that fire the top latents)."""
+        if model is None or sae is None or scores is None:
+            if any(v is not None for v in (model, sae, scores)):
+                raise ValueError("Pass all of --model, --sae and --scores, or none (the demo).")
+            root = find_assets(assets)
+            model, sae, scores = str(root / "model"), str(root / "sae"), str(root / "scores")
+            if latent_prompts is None:
+                latent_prompts = root / "reference.txt"
+        autoencoder, artifact = load_sae(sae), load_scores(scores)  # cheap checks first
+        prompts = load_prompts(latent_prompts) if latent_prompts is not None else None
+        lm, tokenizer = load_model(model, device=device, dtype=dtype)
+        other = load_model(compare_model, device=device, dtype=dtype) if compare_model else None
+        setup = {"model": model, "sae": sae, "scores": scores, "compare_model": compare_model}
+        return cls(
+            lm, tokenizer, autoencoder, artifact, compare=other, latent_prompts=prompts,
+            setup=setup, **options,
+        )  # fmt: skip
+
+    def setup_line(self) -> str:
+        """What is loaded, in one line (paths under the working directory shown relative)."""
+        parts = [f"{key} {_short(self.setup[key])}" for key in ("model", "sae", "scores")
+                 if self.setup.get(key)]  # fmt: skip
+        if self.setup.get("compare_model"):
+            parts.append(f"compared with {_short(self.setup['compare_model'])}")
+        return ", ".join(parts)
+
+    # -- settings ------------------------------------------------------------------------
+    @property
+    def names(self) -> list[str]:
+        """The outputs of a turn, in order."""
+        return [BASE, STEERED] + ([COMPARE] if self.compare_model is not None else [])
+
+    def update(self, **changes: Any) -> str:
+        """Change the settings (a new method resets the strength to its default unless one is
+        given); returns the steering they now mean. Bad values raise and change nothing."""
+        unknown = set(changes) - {f.name for f in fields(Settings)}
+        if unknown:
+            raise PlaygroundError(f"Unknown settings {sorted(unknown)}.")
+        if changes.get("method", self.settings.method) != self.settings.method:
+            changes.setdefault("strength", None)
+        self.settings = self.validate(replace(self.settings, **changes))
+        return self.describe()
+
+    def validate(self, settings: Settings) -> Settings:
+        """``settings`` if the steering can be built with them (built once, then removed)."""
+        parse_method(settings.method)
+        parse_positions(settings.positions)
+        parse_tokens(settings.max_new_tokens)
+        with self._lock, self._steered(settings):
+            pass
+        return settings
+
+    def describe(self, settings: Settings | None = None) -> str:
+        """The steering ``settings`` mean, with the defaults filled in."""
+        settings = settings or self.settings
+        with self._lock, self._steered(settings) as steered:
+            step = steered.interventions[0]
+            method, strength, keep = step.method, step.strength, step.preserve_error
+        origin = " (the scores' recommendation)" if settings.method == RECOMMENDED else ""
+        return (
+            f"{method}{origin} at strength {strength:.3g}, preserve_error "
+            f"{'on' if keep else 'off'}, positions {settings.positions}"
+        )
+
+    def _steered(self, settings: Settings) -> SteeredModel:
+        """The steering of ``settings`` on the model (call with the lock held; remove it)."""
+        try:
+            return SteeredModel(
+                self.model, self.sae, layer=self.layer, site=self.site,
+                method=None if settings.method == RECOMMENDED else settings.method,
+                scores=self.scores, strength=settings.strength,
+                preserve_error=settings.preserve_error, positions=settings.positions,
+                clamp_value=self.clamp_value,
+            )  # type: ignore[arg-type]  # fmt: skip
+        except (ValueError, TypeError) as error:
+            raise PlaygroundError(f"Cannot steer with {settings.method}: {error}") from error
+
+    # -- a turn --------------------------------------------------------------------------
+    def check_prompt(self, prompt: str, settings: Settings | None = None) -> str:
+        """The prompt, if it is not empty and fits every model's context with the new tokens."""
+        settings = settings or self.settings
+        if not isinstance(prompt, str) or not prompt.strip():
+            raise PlaygroundError("The prompt is empty; type some text to continue.")
+        models = [(self.model, self.tokenizer)]
+        models += [self.compare_model] if self.compare_model is not None else []
+        for model, tokenizer in models:
+            n = len(tokenizer(prompt, verbose=False)["input_ids"])
+            limit = context_length(model, tokenizer)
+            if limit is not None and n + settings.max_new_tokens > limit:
+                raise PlaygroundError(
+                    f"The prompt is {n} tokens; with {settings.max_new_tokens} new tokens that "
+                    f"exceeds the model's context of {limit} tokens. Shorten the prompt or ask "
+                    "for fewer new tokens."
+                )
+        return prompt
+
+    def run(self, prompt: str, settings: Settings | None = None) -> dict[str, Output]:
+        """Every output of a turn, each with its time."""
+        settings = settings or self.settings
+        self.check_prompt(prompt, settings)
+        with self._lock:
+            return {name: self._generate(name, prompt, settings) for name in self.names}
+
+    def stream(self, prompt: str, settings: Settings | None = None) -> Iterator[dict[str, Output]]:
+        """The outputs of a turn as tokens arrive (one model after the other): yields a
+        snapshot of all of them after every new piece of text; the last has every time."""
+        from transformers import TextIteratorStreamer
+
+        settings = settings or self.settings
+        self.check_prompt(prompt, settings)
+        outputs = {name: Output("") for name in self.names}
+        with self._lock:
+            for name in self.names:
+                tokenizer = self._model_for(name)[1]
+                streamer = TextIteratorStreamer(
+                    tokenizer, skip_prompt=True, skip_special_tokens=True
+                )
+                done: dict[str, Any] = {}
+
+                def work(name: str = name, streamer: Any = streamer, done: dict = done) -> None:
+                    try:
+                        done["output"] = self._generate(name, prompt, settings, streamer)
+                    except BaseException as error:  # re-raised in the caller's thread below
+                        done["error"] = error
+                    finally:
+                        streamer.end()  # unblocks the reader even when generate failed
+
+                worker = threading.Thread(target=work, daemon=True)
+                worker.start()
+                try:
+                    for piece in streamer:
+                        outputs[name].text += piece
+                        yield dict(outputs)
+                finally:
+                    worker.join()
+                if "error" in done:
+                    raise done["error"]
+                outputs[name] = done["output"]  # the loop's own text (cut at EOS), and its time
+                yield dict(outputs)
+
+    def _model_for(self, name: str) -> tuple[nn.Module, Any]:
+        if name == COMPARE and self.compare_model is not None:
+            return self.compare_model
+        return self.model, self.tokenizer
+
+    def _generate(self, name: str, prompt: str, settings: Settings, streamer: Any = None) -> Output:
+        """One continuation through the library's generation loop (call with the lock held)."""
+        model, tokenizer = self._model_for(name)
+        options = sampling_options(
+            max_new_tokens=settings.max_new_tokens, do_sample=settings.do_sample,
+            temperature=settings.temperature, top_k=settings.top_k, top_p=settings.top_p,
+        )  # fmt: skip
+        if streamer is not None:
+            options["streamer"] = streamer
+        generator = Generator(
+            tokenizer, [prompt], seed=settings.seed, batch_size=1, options=options
+        )
+        if name == STEERED:
+            with self._steered(settings) as steered:
+                (continuation,), seconds = generator.run(steered)
+        else:
+            (continuation,), seconds = generator.run(model)
+        return Output(continuation.text, seconds)
+
+    # -- what the scores say -------------------------------------------------------------
+    def report(self) -> str:
+        """The recommended steering and the uncertainty report of the scores."""
+        return f"{recommended_line(self.scores)}\n{self.scores.report()}"
+
+    def top_latents(self, k: int = 10, per_latent: int = 3) -> list[LatentRow]:
+        """Up to ``k`` top-scoring latents (those scored above 0) with the tokens of the latent
+        prompts that fire them most (no examples without latent prompts); cached."""
+        if (k, per_latent) in self._latents:
+            return self._latents[(k, per_latent)]
+        top = [int(i) for i in self.scores.top_latents(k) if self.scores.scores[i] > 0]
+        chosen = self.scores.latent_weights()
+        weights = {} if chosen is None else dict(zip(*(t.tolist() for t in chosen), strict=True))
+        examples: dict[int, list[LatentExample]] = {}
+        if self.latent_prompts and top:
+            with self._lock:
+                examples = latent_examples(
+                    self.model, self.tokenizer, self.sae, self.latent_prompts, top,
+                    layer=self.layer, site=self.site, scores=self.scores, per_latent=per_latent,
+                )  # fmt: skip
+        rows = [
+            LatentRow(
+                rank,
+                i,
+                float(self.scores.scores[i]),
+                weights.get(i),
+                examples.get(i, []),
+                searched=bool(self.latent_prompts),
+            )
+            for rank, i in enumerate(top, 1)
+        ]
+        self._latents[(k, per_latent)] = rows
+        return rows
+
+
+def _short(spec: str) -> str:
+    path = Path(spec)
+    try:
+        return str(path.resolve().relative_to(Path.cwd())) if path.exists() else spec
+    except ValueError:  # not under the working directory
+        return spec

@@ -1,0 +1,94 @@
+"""The playground's settings, and the text a user types for them (chat commands, web
+controls) turned into values: bad text raises :class:`PlaygroundError` with a message that names
+the problem and the fix."""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+from hf_sae_steer.steering.interventions import METHODS
+from hf_sae_steer.steering.positions import POSITIONS
+
+RECOMMENDED = "recommended"
+METHOD_CHOICES = (RECOMMENDED, *METHODS)
+MAX_NEW_TOKENS = 512  # a playground turn, not a batch job
+SWITCHES = {"on": True, "true": True, "yes": True, "off": False, "false": False, "no": False}
+
+
+class PlaygroundError(ValueError):
+    """Bad input from the user: the message names the problem and the fix, for the UI."""
+
+
+@dataclass(frozen=True)
+class Settings:
+    """What a turn generates with. ``None`` strength / preserve_error: the method's default
+    (for ``recommended``, the scores' recommendation)."""
+
+    method: str = RECOMMENDED
+    strength: float | None = None
+    positions: str = "all"
+    preserve_error: bool | None = None
+    max_new_tokens: int = 32
+    do_sample: bool = False
+    temperature: float = 1.0
+    top_k: int = 50
+    top_p: float = 1.0
+    seed: int = 0
+
+
+def parse_method(text: str) -> str:
+    method = text.strip().lower()
+    if method not in METHOD_CHOICES:
+        raise PlaygroundError(
+            f"Unknown method {text.strip()!r}; use one of {', '.join(METHOD_CHOICES)}."
+        )
+    return method
+
+
+def parse_strength(text: str | float | None) -> float | None:
+    """A number, or blank / ``default`` for the method's default strength."""
+    if text is None or str(text).strip().lower() in ("", "default"):
+        return None
+    try:
+        value = float(text)
+    except (TypeError, ValueError):
+        value = math.nan
+    if not math.isfinite(value):
+        raise PlaygroundError(
+            f"Strength must be a number (e.g. 2) or 'default'; got {str(text).strip()!r}."
+        )
+    return value
+
+
+def parse_positions(text: str) -> str:
+    positions = text.strip().lower()
+    if positions not in POSITIONS:
+        raise PlaygroundError(
+            f"Unknown positions {text.strip()!r}; use one of {', '.join(POSITIONS)}."
+        )
+    return positions
+
+
+def parse_switch(text: str | bool | None, what: str) -> bool | None:
+    """on / off, or blank / ``default`` (None)."""
+    if text is None or isinstance(text, bool):
+        return text
+    word = text.strip().lower()
+    if word in ("", "default"):
+        return None
+    if word not in SWITCHES:
+        raise PlaygroundError(f"{what} takes on, off or default; got {text.strip()!r}.")
+    return SWITCHES[word]
+
+
+def parse_tokens(text: str | int | float) -> int:
+    try:
+        value = int(float(text))
+    except (TypeError, ValueError, OverflowError):
+        value = 0
+    if not 1 <= value <= MAX_NEW_TOKENS:
+        raise PlaygroundError(
+            f"New tokens must be a whole number from 1 to {MAX_NEW_TOKENS}; got {text!r}."
+        )
+    return value

@@ -1,0 +1,230 @@
+"""``hf-sae-steer app``: the playground as a Gradio web app (the ``[app]`` extra).
+
+A prompt box, base vs steered side by side (streamed token by token), the steering controls,
+the uncertainty report and the top latents with the tokens that fire them most. The same
+:func:`build_app` runs locally (``serve``, bound to 127.0.0.1), as ``python -m
+hf_sae_steer.cli.webapp`` and as a Hugging Face Space (``spaces/app.py``) on the shipped demo.
+HTTP API (``gradio_client``): ``/generate`` (what the button does, streamed) and ``/compare``
+(one JSON answer; bad input gives ``{"error": message}``).
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+import traceback
+from collections.abc import Iterator
+from dataclasses import replace
+from typing import Any
+
+os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")  # no telemetry calls, works offline
+import gradio as gr  # noqa: E402 - after the switch above
+
+from hf_sae_steer.cli.playground import Output, Playground  # noqa: E402
+from hf_sae_steer.cli.settings import (  # noqa: E402
+    METHOD_CHOICES,
+    PlaygroundError,
+    Settings,
+    parse_method,
+    parse_positions,
+    parse_strength,
+    parse_switch,
+    parse_tokens,
+)
+from hf_sae_steer.models import context_length  # noqa: E402
+from hf_sae_steer.steering.positions import POSITIONS  # noqa: E402
+
+TITLE = "hf-sae-steer playground"
+LATENT_HEADERS = ["rank", "latent", "score", "weight", "fires most on (token, activation)",
+                  "top example"]  # fmt: skip
+ERROR_CHOICES = ["default", "on", "off"]
+# System fonts: the default theme fetches Google Fonts, which an offline machine cannot reach.
+THEME = gr.themes.Default(
+    font=["ui-sans-serif", "system-ui", "sans-serif"],
+    font_mono=["ui-monospace", "Consolas", "monospace"],
+)
+CSS = ".output textarea { font-family: ui-monospace, monospace; }"
+
+
+def settings_from_controls(
+    playground: Playground,
+    method: str,
+    strength: str | float | None,
+    positions: str,
+    preserve_error: str,
+    max_new_tokens: float,
+    sample: bool,
+) -> Settings:
+    """The settings the controls mean (sampling options and seed stay the playground's)."""
+    return replace(
+        playground.settings,
+        method=parse_method(method or ""),
+        strength=parse_strength(strength),
+        positions=parse_positions(positions or ""),
+        preserve_error=parse_switch(preserve_error, "preserve_error"),
+        max_new_tokens=parse_tokens(max_new_tokens),
+        do_sample=bool(sample),
+    )
+
+
+def _label(name: str, output: Output) -> str:
+    return f"{name} · {output.seconds:.2f} s" if output.seconds is not None else name
+
+
+def _status(outputs: dict[str, Output], steering: str) -> str:
+    waiting = [name for name, out in outputs.items() if out.seconds is None]
+    state = f"generating {waiting[0]} …" if waiting else "done"
+    times = " · ".join(
+        f"{name} {out.seconds:.2f} s" for name, out in outputs.items() if out.seconds is not None
+    )
+    return f"**{state}** {times}  \nsteering: {steering}"
+
+
+def _failure(error: Exception) -> str:
+    if isinstance(error, PlaygroundError):
+        return f"⚠️ {error}"
+    traceback.print_exc()  # the server's log gets the details; the page gets one line
+    return f"⚠️ internal error ({type(error).__name__}): {error}"
+
+
+def latent_rows(playground: Playground, k: int = 10) -> list[list[Any]]:
+    """The top latents as table rows (LATENT_HEADERS)."""
+    return [
+        [
+            row.rank, row.latent, round(row.score, 3),
+            "" if row.weight is None else round(row.weight, 3),
+            row.fires_on(),
+            row.examples[0].prompt if row.examples else "",
+        ]
+        for row in playground.top_latents(k)
+    ]  # fmt: skip
+
+
+def build_app(playground: Playground) -> gr.Blocks:
+    """The web UI on ``playground`` (launch it with :func:`serve`, or ``.launch(theme=THEME)``)."""
+    names, initial = playground.names, playground.settings
+    limit = context_length(playground.model, playground.tokenizer) or 512
+    with gr.Blocks(title=TITLE, analytics_enabled=False) as app:
+        gr.Markdown(f"## {TITLE}\n{playground.setup_line()}")
+        with gr.Row():
+            prompt = gr.Textbox(label="prompt", placeholder="I went to see", lines=2, scale=5,
+                                elem_id="prompt")  # fmt: skip
+            button = gr.Button("Generate", variant="primary", scale=1, elem_id="generate")
+        with gr.Row():
+            method = gr.Dropdown(list(METHOD_CHOICES), value=initial.method, label="method",
+                                 elem_id="method")  # fmt: skip
+            strength = gr.Textbox(
+                value="" if initial.strength is None else f"{initial.strength:g}",
+                label="strength", placeholder="default", elem_id="strength",
+            )  # fmt: skip
+            positions = gr.Radio(list(POSITIONS), value=initial.positions, label="positions",
+                                 elem_id="positions")  # fmt: skip
+            keep = {None: "default", True: "on", False: "off"}[initial.preserve_error]
+            error = gr.Radio(ERROR_CHOICES, value=keep, label="preserve_error",
+                             elem_id="preserve-error")  # fmt: skip
+            tokens = gr.Slider(1, min(limit - 1, 512), value=initial.max_new_tokens, step=1,
+                               label="new tokens", elem_id="tokens")  # fmt: skip
+            sample = gr.Checkbox(value=initial.do_sample, label="sample", elem_id="sample")
+        status = gr.Markdown(f"steering: {playground.describe()}", elem_id="status")
+        with gr.Row():
+            boxes = [
+                gr.Textbox(
+                    label=name,
+                    lines=5,
+                    interactive=False,
+                    elem_id=f"out-{name}",
+                    elem_classes="output",
+                )  # fmt: skip
+                for name in names
+            ]
+        recommended, _, report = playground.report().partition("\n")
+        with gr.Row():
+            with gr.Column(scale=2):
+                gr.Markdown("### Uncertainty report of the scores")
+                gr.Markdown(f"{recommended}\n```\n{report}\n```", elem_id="report")
+            with gr.Column(scale=3):
+                gr.Markdown("### Top latents, and the tokens that fire them most")
+                table = gr.Dataframe(
+                    headers=LATENT_HEADERS, interactive=False, wrap=True, max_chars=90,
+                    column_widths=["7%", "10%", "9%", "10%", "32%", "32%"], elem_id="latents",
+                )  # fmt: skip
+
+        def generate(
+            prompt: str, method: str, strength: str, positions: str, error: str,
+            tokens: float, sample: bool,
+        ) -> Iterator[list[Any]]:  # fmt: skip
+            try:
+                settings = settings_from_controls(
+                    playground, method, strength, positions, error, tokens, sample
+                )
+                steering = playground.describe(settings)
+                for outputs in playground.stream(prompt, settings):
+                    texts = [
+                        gr.Textbox(value=out.text, label=_label(name, out))
+                        for name, out in outputs.items()
+                    ]
+                    yield [*texts, _status(outputs, steering)]
+            except Exception as failure:  # noqa: BLE001 - the page shows one line, never a trace
+                yield [*(gr.Textbox(value="", label=name) for name in names), _failure(failure)]
+
+        controls = [prompt, method, strength, positions, error, tokens, sample]
+        button.click(generate, controls, [*boxes, status], api_name="generate")
+        prompt.submit(generate, controls, [*boxes, status], api_visibility="private")
+        app.load(lambda: latent_rows(playground), None, table, api_name="latents")
+
+        def compare(
+            prompt: str,
+            method: str = "recommended",
+            strength: str = "",
+            positions: str = "all",
+            preserve_error: str = "default",
+            max_new_tokens: int = 32,
+            sample: bool = False,
+        ) -> dict:
+            """Every continuation with its time, as JSON; bad input gives {"error": message}."""
+            try:
+                settings = settings_from_controls(
+                    playground, method, strength, positions, preserve_error, max_new_tokens,
+                    sample,
+                )  # fmt: skip
+                outputs = playground.run(prompt, settings)
+                steering = playground.describe(settings)
+            except Exception as failure:  # noqa: BLE001 - an answer, not a server error
+                return {"error": _failure(failure).removeprefix("⚠️ ")}
+            return {
+                "steering": steering,
+                "outputs": {n: {"text": o.text, "seconds": o.seconds} for n, o in outputs.items()},
+                "error": None,
+            }
+
+        gr.api(compare, api_name="compare")
+    return app
+
+
+def serve(
+    playground: Playground,
+    *,
+    host: str | None = "127.0.0.1",
+    port: int | None = None,
+    share: bool = False,
+) -> None:
+    """Build the app on ``playground`` and serve it until Ctrl-C (see :func:`launch`)."""
+    launch(build_app(playground), host=host, port=port, share=share)
+
+
+def launch(
+    app: gr.Blocks, *, host: str | None = "127.0.0.1", port: int | None = None, share: bool = False
+) -> None:
+    """Serve ``app`` until Ctrl-C. ``host``/``port`` None: Gradio's choice (GRADIO_SERVER_NAME
+    and GRADIO_SERVER_PORT from the environment, as on a Space; else 127.0.0.1:7860)."""
+    app.queue(default_concurrency_limit=1)  # one model: turns run one at a time anyway
+    app.launch(server_name=host, server_port=port, share=share, theme=THEME, css=CSS, quiet=False)
+
+
+def main() -> None:
+    """``python -m hf_sae_steer.cli.webapp``: the app on the shipped demo."""
+    serve(Playground.load(), host=None)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

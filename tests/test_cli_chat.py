@@ -1,0 +1,153 @@
+"""``hf-sae-steer chat`` driven through a real terminal (a pseudo-terminal, via pexpect): the
+process, readline and the keys a person would press, on the shipped demo offline."""
+
+from __future__ import annotations
+
+import io
+import os
+import re
+import sys
+from pathlib import Path
+
+import pytest
+
+from hf_sae_steer.generation import continue_prompts
+from hf_sae_steer.models import load_model
+from hf_sae_steer.sae.loading import load_sae
+from hf_sae_steer.scoring.record import load_scores
+from hf_sae_steer.steering.steered import SteeredModel
+
+pexpect = pytest.importorskip("pexpect", reason="pexpect drives the terminal: pip install pexpect")
+
+DEMO = Path(__file__).resolve().parents[1] / "storage" / "demo"
+PROMPT = "The children went"
+TOKENS = 8
+WAIT = 90  # seconds: a bound on every wait, never a speed claim
+UP_ARROW = "\x1b[A"
+
+
+def spawn(tmp_path: Path, *args: str):
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false",
+           "TERM": "xterm"}  # fmt: skip
+    command = [
+        "-m", "hf_sae_steer", "chat", "--quiet", "--max-new-tokens", str(TOKENS), *args,
+    ]  # fmt: skip
+    child = pexpect.spawn(
+        sys.executable, command, cwd=str(tmp_path), env=env, encoding="utf-8",
+        dimensions=(50, 200), timeout=WAIT,
+    )  # fmt: skip
+    child.logfile_read = io.StringIO()  # the whole transcript, for the checks at the end
+    child.expect_exact("Type a prompt; :help for commands")
+    return child, child.before  # the banner
+
+
+def type_line(child, line: str) -> None:
+    """Wait for the prompt (readline is then reading the terminal), then type ``line``."""
+    child.expect_exact("> ")
+    child.sendline(line)
+
+
+def turn_line(name: str, text: str) -> str:
+    """What a turn prints for one model (its time in between)."""
+    return rf"{name}\s+\d+\.\d\d s\s+{re.escape(repr(text))}"
+
+
+def expected_texts(prompt: str) -> tuple[str, str]:
+    model, tokenizer = load_model(str(DEMO / "model"))
+    base = continue_prompts(model, tokenizer, [prompt], max_new_tokens=TOKENS)[0]
+    scores = load_scores(DEMO / "scores")
+    with SteeredModel(model, load_sae(DEMO / "sae"), scores=scores) as steered:
+        return base, continue_prompts(steered, tokenizer, [prompt], max_new_tokens=TOKENS)[0]
+
+
+def test_chat_in_a_terminal(tmp_path):
+    base, steered = expected_texts(PROMPT)
+    child, banner = spawn(tmp_path)
+    try:
+        assert "steering: add (the scores' recommendation) at strength 4.05" in banner
+        type_line(child, PROMPT)
+        child.expect(turn_line("base", base))
+        child.expect(turn_line("steered", steered))
+        child.expect_exact("> ")
+        child.send(UP_ARROW + "\r")  # readline history: the same prompt again
+        child.expect(turn_line("base", base))
+        child.expect(turn_line("steered", steered))
+
+        type_line(child, ":method swap")
+        child.expect_exact("steering: swap at strength 1, preserve_error off, positions all")
+        type_line(child, ":strength 0.5")
+        child.expect_exact("steering: swap at strength 0.5,")
+        type_line(child, ":positions generated")
+        child.expect_exact("positions generated")
+        type_line(child, ":error on")
+        child.expect_exact("preserve_error on")
+        type_line(child, PROMPT)
+        child.expect(r"steered\s+\d+\.\d\d s\s+'")
+
+        type_line(child, ":latents 3")
+        child.expect_exact("fires most on (token, activation)")
+        child.expect(r"\n\s+3\s+\d+\s+\d\.\d{3}")  # the third row
+        type_line(child, ":report")
+        child.expect_exact("coverage")
+        type_line(child, ":history")
+        child.expect(rf"1  {PROMPT}\s+2  {PROMPT}\s+3  {PROMPT}")
+
+        for line, message in [
+            (":strength abc", "! Strength must be a number (e.g. 2) or 'default'; got 'abc'."),
+            (":method amplify", "! Unknown method 'amplify'; use one of recommended"),
+            (":frobnicate", "! Unknown command :frobnicate; :help lists the commands."),
+            ("", "! The prompt is empty; type some text to continue."),
+            ("word " * 200, "exceeds the model's context of 128 tokens"),
+        ]:
+            type_line(child, line)
+            child.expect_exact(message)
+        type_line(child, ":settings")  # the loop is still alive after bad input
+        child.expect_exact("steering: swap at strength 0.5, preserve_error on")
+
+        child.expect_exact("> ")
+        child.sendeof()  # Ctrl-D
+        child.expect_exact("bye")
+        child.expect(pexpect.EOF)
+    finally:
+        child.close(force=True)
+    transcript = child.logfile_read.getvalue()
+    assert "Traceback" not in transcript and "internal error" not in transcript
+    assert child.exitstatus == 0, transcript[-2000:]
+
+
+def _fine_tuned_copy(folder: Path) -> Path:
+    """The demo model after a few steps on the alignment texts: a stand-in for a fine-tuned
+    model, like the one the reference demo shows."""
+    import torch
+
+    model, tokenizer = load_model(str(DEMO / "model"))
+    texts = (DEMO / "alignment.txt").read_text().splitlines()[:8]
+    batch = tokenizer(texts, return_tensors="pt", padding=True, truncation=True, max_length=64)
+    labels = batch["input_ids"].masked_fill(batch["attention_mask"] == 0, -100)
+    optimizer = torch.optim.AdamW(model.parameters(), lr=1e-3)
+    model.train()
+    for _ in range(3):
+        loss = model(**batch, labels=labels).loss
+        loss.backward()
+        optimizer.step()
+        optimizer.zero_grad()
+    model.eval().save_pretrained(folder)
+    tokenizer.save_pretrained(folder)
+    return folder
+
+
+def test_chat_compare_model_and_ctrl_c(tmp_path):
+    tuned = _fine_tuned_copy(tmp_path / "tuned")
+    child, banner = spawn(tmp_path, "--compare-model", str(tuned))
+    try:
+        assert "compared with tuned" in banner  # shown relative to the working directory
+        type_line(child, PROMPT)
+        for name in ("base", "steered", "compare"):
+            child.expect(rf"{name}\s+\d+\.\d\d s\s+'")
+        child.expect_exact("> ")
+        child.sendintr()  # Ctrl-C at the prompt
+        child.expect_exact("bye")
+        child.expect(pexpect.EOF)
+    finally:
+        child.close(force=True)
+    assert child.exitstatus == 0 and "Traceback" not in child.logfile_read.getvalue()

@@ -1,0 +1,142 @@
+"""The playground behind chat and app, on the shipped demo model: what it shows is what the
+library's generation path gives for the same settings; bad input raises one clear message."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import torch
+
+from hf_sae_steer.cli.playground import BASE, COMPARE, STEERED, Playground
+from hf_sae_steer.cli.settings import (
+    PlaygroundError,
+    Settings,
+    parse_method,
+    parse_positions,
+    parse_strength,
+    parse_switch,
+    parse_tokens,
+)
+from hf_sae_steer.generation import continue_prompts
+from hf_sae_steer.steering import live
+from hf_sae_steer.steering.steered import SteeredModel
+
+DEMO = Path(__file__).resolve().parents[1] / "storage" / "demo"
+PROMPT = "The children went"
+
+
+@pytest.fixture(scope="module")
+def playground() -> Playground:
+    return Playground.load(settings=Settings(max_new_tokens=10))
+
+
+def _steered_text(pg: Playground, prompt: str, **options) -> str:
+    with SteeredModel(pg.model, pg.sae, scores=pg.scores, **options) as steered:
+        return continue_prompts(steered, pg.tokenizer, [prompt], max_new_tokens=10)[0]
+
+
+def test_run_matches_the_library_for_the_recommended_steering(playground):
+    outputs = playground.run(PROMPT)
+    assert list(outputs) == [BASE, STEERED]
+    base = continue_prompts(playground.model, playground.tokenizer, [PROMPT], max_new_tokens=10)
+    assert outputs[BASE].text == base[0]
+    assert outputs[STEERED].text == _steered_text(playground, PROMPT)  # method=None: recommended
+    assert outputs[STEERED].text != outputs[BASE].text
+    assert all(out.seconds is not None and out.seconds > 0 for out in outputs.values())
+    assert not live.live_steerings(playground.model)  # the model is left unsteered
+
+
+def test_settings_reach_the_steering(playground):
+    settings = Settings(method="swap", strength=0.5, positions="generated", preserve_error=True,
+                        max_new_tokens=10)  # fmt: skip
+    outputs = playground.run(PROMPT, settings)
+    want = _steered_text(
+        playground, PROMPT, method="swap", strength=0.5, positions="generated", preserve_error=True
+    )
+    assert outputs[STEERED].text == want
+    assert playground.describe(settings) == (
+        "swap at strength 0.5, preserve_error on, positions generated"
+    )
+
+
+def test_stream_grows_and_ends_with_the_same_texts_and_times(playground):
+    snapshots = list(playground.stream(PROMPT))
+    final = snapshots[-1]
+    assert {name: out.text for name, out in final.items()} == {
+        name: out.text for name, out in playground.run(PROMPT).items()
+    }
+    assert all(out.seconds is not None for out in final.values())
+    # tokens arrive before a model is done: some snapshot shows steered text without its time
+    assert any(s[STEERED].text and s[STEERED].seconds is None for s in snapshots)
+    base_texts = [s[BASE].text for s in snapshots if s[BASE].seconds is None]
+    assert base_texts == sorted(base_texts, key=len)  # it only grows
+    assert not live.live_steerings(playground.model)
+
+
+def test_update_resets_strength_on_a_new_method_and_rejects_bad_values():
+    pg = Playground.load()
+    assert pg.describe().startswith("add (the scores' recommendation) at strength 4.05")
+    assert pg.update(method="swap", strength=0.25).startswith("swap at strength 0.25")
+    assert pg.update(method="clamp").startswith("clamp at strength 1,")  # strength reset
+    before = pg.settings
+    with pytest.raises(PlaygroundError, match="Unknown method 'amplify'"):
+        pg.update(method="amplify")
+    with pytest.raises(PlaygroundError, match="Unknown positions"):
+        pg.update(positions="middle")
+    with pytest.raises(PlaygroundError, match="Unknown settings"):
+        pg.update(colour="red")
+    assert pg.settings == before
+
+
+def test_prompt_checks(playground):
+    with pytest.raises(PlaygroundError, match="prompt is empty"):
+        playground.run("   ")
+    with pytest.raises(PlaygroundError, match="exceeds the model's context of 128 tokens"):
+        playground.run("word " * 200)
+
+
+def test_parsers_name_the_problem():
+    assert parse_method(" Swap ") == "swap" and parse_positions("prompt") == "prompt"
+    assert parse_strength("") is None and parse_strength("default") is None
+    assert parse_strength("2.5") == 2.5
+    assert parse_switch("on", "x") is True and parse_switch("off", "x") is False
+    assert parse_switch("default", "x") is None and parse_tokens("12") == 12
+    with pytest.raises(PlaygroundError, match="Strength must be a number"):
+        parse_strength("abc")
+    with pytest.raises(PlaygroundError, match="Strength must be a number"):
+        parse_strength("nan")
+    with pytest.raises(PlaygroundError, match=":error takes on, off or default"):
+        parse_switch("maybe", ":error")
+    with pytest.raises(PlaygroundError, match="whole number from 1 to 512"):
+        parse_tokens("0")
+
+
+def test_top_latents_with_the_tokens_that_fire_them(playground):
+    rows = playground.top_latents(5, per_latent=2)
+    assert [r.rank for r in rows] == list(range(1, len(rows) + 1)) and rows
+    assert [r.score for r in rows] == sorted((r.score for r in rows), reverse=True)
+    latents, weights = playground.scores.latent_weights()
+    chosen = dict(zip(latents.tolist(), weights.tolist(), strict=True))
+    assert all(r.weight == pytest.approx(chosen[r.latent]) for r in rows if r.latent in chosen)
+    fired = [ex for r in rows for ex in r.examples]
+    assert fired and all(ex.activation > 0 and ex.token for ex in fired)
+    assert all(len(r.examples) <= 2 for r in rows)
+    assert playground.top_latents(5, per_latent=2) is rows  # cached
+    assert "coverage" in playground.report() and "Recommended steering" in playground.report()
+
+
+def test_compare_model_gets_its_own_continuation(playground, tmp_path):
+    from transformers import AutoModelForCausalLM
+
+    copy = AutoModelForCausalLM.from_pretrained(DEMO / "model")
+    with torch.no_grad():
+        copy.lm_head.weight.mul_(1.5)  # a changed copy: its text must be its own
+    pg = Playground(
+        playground.model, playground.tokenizer, playground.sae, playground.scores,
+        compare=(copy.eval(), playground.tokenizer), settings=Settings(max_new_tokens=10),
+    )  # fmt: skip
+    outputs = pg.run(PROMPT)
+    assert list(outputs) == [BASE, STEERED, COMPARE]
+    want = continue_prompts(copy, playground.tokenizer, [PROMPT], max_new_tokens=10)[0]
+    assert outputs[COMPARE].text == want and outputs[COMPARE].seconds > 0

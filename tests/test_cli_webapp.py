@@ -1,0 +1,223 @@
+"""``hf-sae-steer app``, for real: the server as a process on 127.0.0.1, its HTTP API from
+gradio_client, and the page in headless Chromium (Selenium), on the shipped demo offline.
+
+``HF_SAE_STEER_SCREENSHOT=docs/playground.png`` saves the page there (the README's picture);
+by default the screenshot goes to a temporary folder.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from hf_sae_steer.generation import continue_prompts
+from hf_sae_steer.models import load_model
+from hf_sae_steer.sae.loading import load_sae
+from hf_sae_steer.scoring.record import load_scores
+from hf_sae_steer.steering.steered import SteeredModel
+
+pytest.importorskip("gradio", reason="the web app needs the [app] extra (gradio)")
+
+ROOT = Path(__file__).resolve().parents[1]
+DEMO = ROOT / "storage" / "demo"
+PROMPT = "The children went"
+TOKENS = 12
+WAIT = 90  # seconds: a bound on every wait, never a speed claim
+CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
+CHROMEDRIVER = shutil.which("chromedriver")
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _listening_addresses(port: int) -> set[str] | None:
+    """The IPv4/IPv6 addresses listening on ``port`` (Linux's /proc/net; None elsewhere)."""
+    found: set[str] = set()
+    for table in ("/proc/net/tcp", "/proc/net/tcp6"):
+        if not os.path.exists(table):
+            return None
+        for line in Path(table).read_text().splitlines()[1:]:
+            local, state = line.split()[1], line.split()[3]
+            address, hex_port = local.split(":")
+            if state == "0A" and int(hex_port, 16) == port:  # 0A: LISTEN
+                raw = bytes.fromhex(address)
+                words = [raw[i : i + 4][::-1] for i in range(0, len(raw), 4)]  # little-endian
+                found.add(socket.inet_ntop(socket.AF_INET if len(raw) == 4 else socket.AF_INET6,
+                                           b"".join(words)))  # fmt: skip
+    return found
+
+
+@pytest.fixture(scope="module")
+def server(tmp_path_factory) -> Iterator[str]:
+    """``hf-sae-steer app`` on a free loopback port; stopped (Ctrl-C, then killed) at the end."""
+    port = _free_port()
+    log = tmp_path_factory.mktemp("app") / "server.log"
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false"}
+    command = [sys.executable, "-m", "hf_sae_steer", "app", "--port", str(port), "--quiet",
+               "--max-new-tokens", str(TOKENS)]  # fmt: skip
+    with log.open("w") as out:
+        process = subprocess.Popen(command, stdout=out, stderr=subprocess.STDOUT, env=env)
+    url = f"http://127.0.0.1:{port}/"
+    try:
+        deadline = time.monotonic() + WAIT
+        while True:
+            if process.poll() is not None:
+                pytest.fail(f"the app exited with {process.returncode}:\n{log.read_text()}")
+            try:
+                with urllib.request.urlopen(url, timeout=5) as response:
+                    if response.status == 200:
+                        break
+            except OSError:
+                pass
+            if time.monotonic() > deadline:
+                pytest.fail(f"the app did not answer within {WAIT} s:\n{log.read_text()}")
+            time.sleep(0.25)
+        assert _listening_addresses(port) in ({"127.0.0.1"}, None)  # loopback only
+        yield url
+    finally:
+        process.send_signal(signal.SIGINT)  # Ctrl-C
+        try:
+            stopped = process.wait(timeout=15)
+        except subprocess.TimeoutExpired:  # SIGINT ignored (a shell's background job): kill
+            process.kill()
+            process.wait(timeout=15)
+            stopped = None  # killed: no exit status of ours to check
+    assert "Traceback" not in log.read_text(), log.read_text()
+    assert stopped in (0, None), f"exit status {stopped} after Ctrl-C:\n{log.read_text()}"
+
+
+@pytest.fixture(scope="module")
+def expected() -> dict[str, str]:
+    """The library's own continuations of PROMPT: what the app must show."""
+    model, tokenizer = load_model(str(DEMO / "model"))
+    base = continue_prompts(model, tokenizer, [PROMPT], max_new_tokens=TOKENS)[0]
+    sae, scores = load_sae(DEMO / "sae"), load_scores(DEMO / "scores")
+    with SteeredModel(model, sae, scores=scores) as steered:
+        recommended = continue_prompts(steered, tokenizer, [PROMPT], max_new_tokens=TOKENS)[0]
+    with SteeredModel(model, sae, scores=scores, method="swap", strength=0.5) as steered:
+        swap = continue_prompts(steered, tokenizer, [PROMPT], max_new_tokens=TOKENS)[0]
+    return {"base": base, "recommended": recommended, "swap": swap}
+
+
+def test_http_api(server, expected):
+    from gradio_client import Client
+
+    client = Client(server, verbose=False)
+    assert {"/generate", "/compare", "/latents"} <= set(
+        client.view_api(print_info=False, return_format="dict")["named_endpoints"]
+    )
+    answer = client.predict(PROMPT, max_new_tokens=TOKENS, api_name="/compare")
+    assert answer["error"] is None
+    assert answer["steering"].startswith("add (the scores' recommendation) at strength 4.05")
+    outputs = answer["outputs"]
+    assert outputs["base"]["text"] == expected["base"]
+    assert outputs["steered"]["text"] == expected["recommended"]
+    assert all(out["seconds"] > 0 for out in outputs.values())
+
+    answer = client.predict(PROMPT, "swap", "0.5", "all", "default", TOKENS, api_name="/compare")
+    assert answer["outputs"]["steered"]["text"] == expected["swap"]
+
+    base, steered, status = client.predict(
+        PROMPT, "recommended", "", "all", "default", TOKENS, False, api_name="/generate"
+    )  # the button's endpoint: its last streamed state
+    assert base["value"] == expected["base"] and steered["value"] == expected["recommended"]
+    assert steered["label"].startswith("steered · ") and "**done**" in status
+
+    for args, message in [
+        (("", "recommended"), "The prompt is empty"),
+        ((PROMPT, "swap", "abc"), "Strength must be a number"),
+        ((PROMPT, "amplify"), "Unknown method 'amplify'"),
+        (("word " * 200, "recommended"), "exceeds the model's context of 128 tokens"),
+    ]:
+        answer = client.predict(*args, api_name="/compare")
+        assert message in answer["error"] and "Traceback" not in answer["error"]
+
+    table = client.predict(api_name="/latents")
+    assert table["headers"][:2] == ["rank", "latent"] and len(table["data"]) >= 3
+    assert all(row[4].count("'") >= 2 for row in table["data"][:3])  # tokens that fire them
+
+
+@pytest.mark.skipif(
+    CHROMIUM is None or CHROMEDRIVER is None,
+    reason="needs Chromium and its driver (Debian: apt-get install chromium chromium-driver)",
+)
+def test_page_in_headless_chromium(server, expected, tmp_path):
+    webdriver = pytest.importorskip("selenium.webdriver", reason="pip install selenium")
+    from selenium.webdriver.chrome.service import Service
+    from selenium.webdriver.common.by import By
+    from selenium.webdriver.support.ui import WebDriverWait
+
+    options = webdriver.ChromeOptions()
+    options.binary_location = CHROMIUM
+    for flag in ("--headless=new", "--no-sandbox", "--disable-dev-shm-usage", "--disable-gpu",
+                 "--window-size=1280,900", "--hide-scrollbars"):  # fmt: skip
+        options.add_argument(flag)
+    driver = webdriver.Chrome(service=Service(CHROMEDRIVER), options=options)
+    wait = WebDriverWait(driver, WAIT)
+
+    def text(selector: str) -> str:
+        return driver.find_element(By.CSS_SELECTOR, selector).text
+
+    def output(name: str) -> str:
+        box = driver.find_element(By.CSS_SELECTOR, f"#out-{name} textarea")
+        return box.get_attribute("value") or ""
+
+    try:
+        driver.get(server)
+        wait.until(lambda d: d.find_elements(By.CSS_SELECTOR, "#prompt textarea"))
+        page = driver.find_element(By.TAG_NAME, "body").text
+        for control in ("method", "strength", "positions", "preserve_error", "new tokens"):
+            assert control in page, control
+        assert "coverage" in text("#report") and "Recommended steering" in text("#report")
+        wait.until(lambda d: "'" in text("#latents"))  # filled on load: tokens with activations
+
+        driver.find_element(By.CSS_SELECTOR, "#prompt textarea").send_keys(PROMPT)
+        driver.find_element(By.CSS_SELECTOR, "#generate").click()
+        wait.until(lambda d: "done" in text("#status"))
+        assert output("base") == expected["base"]
+        assert output("steered") == expected["recommended"]
+        assert text("#out-steered").startswith("steered · ")  # its time in the label
+        _screenshot(driver, tmp_path)
+
+        strength = driver.find_element(By.CSS_SELECTOR, "#strength textarea, #strength input")
+        strength.send_keys("abc")
+        driver.find_element(By.CSS_SELECTOR, "#generate").click()
+        wait.until(lambda d: "Strength must be a number" in text("#status"))
+        assert "Traceback" not in driver.find_element(By.TAG_NAME, "body").text
+    finally:
+        driver.quit()
+
+
+def _screenshot(driver, tmp_path: Path) -> None:
+    """The whole page at 1280 wide (the README's picture when HF_SAE_STEER_SCREENSHOT says)."""
+    target = Path(os.environ.get("HF_SAE_STEER_SCREENSHOT") or tmp_path / "playground.png")
+    height = driver.execute_script("return document.documentElement.scrollHeight")
+    driver.set_window_size(1280, min(max(int(height), 900), 1600))
+    target.parent.mkdir(parents=True, exist_ok=True)
+    assert driver.save_screenshot(str(target)) and target.stat().st_size > 10_000
+
+
+def test_space_entry_builds_the_same_app():
+    import runpy
+
+    import gradio as gr
+
+    space = runpy.run_path(str(ROOT / "spaces" / "app.py"), run_name="space")  # not launched
+    demo = space["demo"]
+    assert isinstance(demo, gr.Blocks)
+    ids = {block.elem_id for block in demo.blocks.values()}
+    assert {"prompt", "generate", "out-base", "out-steered", "report", "latents"} <= ids
+    assert {"generate", "compare", "latents"} <= {d.api_name for d in demo.fns.values()}
