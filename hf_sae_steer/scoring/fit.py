@@ -23,12 +23,7 @@ from torch import nn
 from hf_sae_steer.distributed import current_world
 from hf_sae_steer.models import context_length, model_device, model_id, module_device
 from hf_sae_steer.sae.base import SAE
-from hf_sae_steer.scoring.accumulation import (
-    CHUNK,
-    Checkpointing,
-    ScoringWalk,
-    squared_distances,
-)
+from hf_sae_steer.scoring.accumulation import CHUNK, Checkpointing, ScoringWalk
 from hf_sae_steer.scoring.calibration import NORM_FRACTION, recommend
 from hf_sae_steer.scoring.embedders import DEFAULT_EMBEDDER, Embedder, load_embedder
 from hf_sae_steer.scoring.passes import SUMMARIES, PromptPasses, ScoringSums, Summary
@@ -40,8 +35,6 @@ from hf_sae_steer.scoring.uncertainty import build_report
 from hf_sae_steer.sites.layouts import find_layout
 from hf_sae_steer.sites.resolve import resolve_site
 from hf_sae_steer.steering.live import steering_suspended
-
-__all__ = ["CHUNK", "fit", "from_sums", "squared_distances"]
 
 
 def fit(

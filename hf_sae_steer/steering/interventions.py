@@ -187,9 +187,7 @@ class Intervention:
         each token's preprocessing scale), else ``None``."""
         if self.method == "vector":
             return self._vector
-        if self.keeps_error and self.method in ("add", "clamp") and not self.edits:
-            return self._shift
-        return None
+        return self._shift if self._constant else None
 
     def place(self, device: torch.device, dtype: torch.dtype | None = None) -> None:
         """Prepare for inputs on ``device``: the SAE (a copy if it must move; the user's stays
@@ -198,6 +196,8 @@ class Intervention:
         threshold, and bfloat16 pre-activations tie often enough to flip it."""
         device = torch.device(device)
         self._placed = device
+        # Decided once, not per token: add/clamp keeping the error only add a constant.
+        self._constant = self.keeps_error and self.method in ("add", "clamp") and not self.edits
         f32 = torch.float32
         self._vector = None if self.vector is None else self.vector.to(device, f32)
         if self.sae is None:
@@ -223,7 +223,7 @@ class Intervention:
         xf = x if x.dtype == torch.float32 else x.float()
         if self.method == "vector":
             x_new = xf + self._vector
-        elif self.added is not None:  # a constant change of latents: no encoder needed
+        elif self._constant:  # a constant change of latents: no encoder needed
             _, info = self._sae.preprocess(xf)
             x_new = xf + self._sae.scale_change(self._shift, info)
         else:

@@ -131,7 +131,9 @@ def resolve_spec(
     )
     if strength is None:  # add / vector without a strength: the default norm fraction
         given = spec.latents is not None or spec.vector is not None
-        step.strength = 1.0 if given else _calibrated_strength(step, artifact)
+        step.strength = Intervention.check_strength(
+            1.0 if given else _calibrated_strength(step, artifact)
+        )
     block = layout.blocks[site.layer]
     param = next((p for p in block.parameters() if p.device.type != "meta"), None)
     if param is not None and param.is_floating_point():
