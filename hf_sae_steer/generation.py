@@ -1,4 +1,5 @@
-"""Batched continuations with one seeding scheme, shared by the CLI, the demo and the evaluation.
+"""Batched continuations with one seeding scheme, shared by the CLI, the demo, the evaluation
+and strength calibration, and their perplexity under a model.
 
 Batch ``b`` of a run is seeded with ``seed * 1_000_003 + b`` inside a forked RNG, so the base
 model and every steering see the same random numbers for the same rows (common random numbers),
@@ -7,6 +8,7 @@ and the caller's RNG state is left as it was.
 
 from __future__ import annotations
 
+import math
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -23,6 +25,7 @@ from hf_sae_steer.steering.positions import Positions
 from hf_sae_steer.steering.steered import Scores, SteeredModel
 
 SEED_STRIDE = 1_000_003
+TokenIds = Sequence[int]
 
 
 @dataclass
@@ -220,3 +223,66 @@ def compare_methods(
 
 def _cuda_devices(device: torch.device) -> list[int]:
     return [device.index or 0] if device.type == "cuda" else []
+
+
+@torch.no_grad()
+def perplexity(
+    model: nn.Module,
+    tokenizer: Any,
+    prompts: Sequence[str | TokenIds],
+    continuations: Sequence[str | TokenIds],
+    *,
+    batch_size: int = 16,
+    shard: tuple[int, int] = (0, 1),
+) -> Tensor:
+    """``exp(mean NLL)`` of each continuation's tokens given its prompt, under ``model`` as is.
+
+    Call it on the unsteered model (no live SteeredModel, or inside ``steered.disabled()``).
+    Strings are tokenised (prompts with the tokenizer's special tokens, continuations without);
+    token ids are used as given. Sequences are right-padded and masked, so padding changes no
+    score. An empty continuation has no perplexity: NaN. Returns float64 ``[n]``.
+
+    ``shard=(i, n)`` computes only batches ``b`` with ``b mod n == i`` (the others stay NaN):
+    the batches are those of the whole run, so n processes' shares merge into exactly its values.
+    """
+    if len(prompts) != len(continuations):
+        raise ValueError(f"{len(prompts)} prompts but {len(continuations)} continuations.")
+    pairs = [
+        (_ids(tokenizer, p, True), _ids(tokenizer, c, False))
+        for p, c in zip(prompts, continuations, strict=True)
+    ]
+    out = torch.full((len(pairs),), math.nan, dtype=torch.float64)
+    device = model_device(model)
+    pad = pad_token_id(tokenizer)
+    todo = sorted(
+        (i for i, (_, c) in enumerate(pairs) if c), key=lambda i: -sum(map(len, pairs[i]))
+    )
+    for b, start in enumerate(range(0, len(todo), max(1, batch_size))):
+        if b % shard[1] != shard[0]:
+            continue
+        rows = todo[start : start + batch_size]
+        seqs = [pairs[i][0] + pairs[i][1] for i in rows]
+        width = max(map(len, seqs))
+        ids = torch.full((len(rows), width), pad, dtype=torch.long)
+        mask = torch.zeros_like(ids)
+        scored = torch.zeros(len(rows), width - 1, dtype=torch.bool)  # targets 1..width-1
+        for r, i in enumerate(rows):
+            p, c = pairs[i]
+            ids[r, : len(p) + len(c)] = torch.tensor(p + c)
+            mask[r, : len(p) + len(c)] = 1
+            # A continuation token at position j is predicted from position j - 1; with an
+            # empty prompt the first one has no context and is not scored.
+            scored[r, max(len(p), 1) - 1 : len(p) + len(c) - 1] = True
+        ids, mask = ids.to(device), mask.to(device)
+        logp = model(input_ids=ids, attention_mask=mask).logits[:, :-1].float().log_softmax(-1)
+        nll = -logp.gather(-1, ids[:, 1:, None]).squeeze(-1).double().cpu()
+        total = (nll * scored).sum(dim=1)
+        count = scored.sum(dim=1)
+        out[rows] = torch.where(count > 0, (total / count.clamp_min(1)).exp(), math.nan)
+    return out
+
+
+def _ids(tokenizer: Any, value: str | TokenIds, special: bool) -> list[int]:
+    if isinstance(value, str):
+        return list(tokenizer(value, add_special_tokens=special)["input_ids"])
+    return [int(t) for t in value]

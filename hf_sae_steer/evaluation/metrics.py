@@ -6,17 +6,16 @@ from __future__ import annotations
 import math
 from collections import Counter
 from collections.abc import Hashable, Sequence
-from typing import Any
 
 import numpy as np
 import torch
 import torch.nn.functional as F
-from torch import Tensor, nn
+from torch import Tensor
 
-from hf_sae_steer.models import model_device, pad_token_id
+from hf_sae_steer.generation import TokenIds, perplexity
 from hf_sae_steer.scoring.embedders import Embedder, embed_prompts
 
-TokenIds = Sequence[int]
+__all__ = ["TokenIds", "perplexity"]  # perplexity lives beside generation, re-exported here
 
 
 def concept_relevance(
@@ -63,63 +62,6 @@ def repeated_ngram_share(tokens: str | TokenIds, n: int = 3) -> float:
     return sum(1 for g in grams if counts[g] > 1) / len(grams)
 
 
-@torch.no_grad()
-def perplexity(
-    model: nn.Module,
-    tokenizer: Any,
-    prompts: Sequence[str | TokenIds],
-    continuations: Sequence[str | TokenIds],
-    *,
-    batch_size: int = 16,
-    shard: tuple[int, int] = (0, 1),
-) -> Tensor:
-    """``exp(mean NLL)`` of each continuation's tokens given its prompt, under ``model`` as is.
-
-    Call it on the unsteered model (no live SteeredModel, or inside ``steered.disabled()``).
-    Strings are tokenised (prompts with the tokenizer's special tokens, continuations without);
-    token ids are used as given. Sequences are right-padded and masked, so padding changes no
-    score. An empty continuation has no perplexity: NaN. Returns float64 ``[n]``.
-
-    ``shard=(i, n)`` computes only batches ``b`` with ``b mod n == i`` (the others stay NaN):
-    the batches are those of the whole run, so n processes' shares merge into exactly its values.
-    """
-    if len(prompts) != len(continuations):
-        raise ValueError(f"{len(prompts)} prompts but {len(continuations)} continuations.")
-    pairs = [
-        (_ids(tokenizer, p, True), _ids(tokenizer, c, False))
-        for p, c in zip(prompts, continuations, strict=True)
-    ]
-    out = torch.full((len(pairs),), math.nan, dtype=torch.float64)
-    device = model_device(model)
-    pad = pad_token_id(tokenizer)
-    todo = sorted(
-        (i for i, (_, c) in enumerate(pairs) if c), key=lambda i: -sum(map(len, pairs[i]))
-    )
-    for b, start in enumerate(range(0, len(todo), max(1, batch_size))):
-        if b % shard[1] != shard[0]:
-            continue
-        rows = todo[start : start + batch_size]
-        seqs = [pairs[i][0] + pairs[i][1] for i in rows]
-        width = max(map(len, seqs))
-        ids = torch.full((len(rows), width), pad, dtype=torch.long)
-        mask = torch.zeros_like(ids)
-        scored = torch.zeros(len(rows), width - 1, dtype=torch.bool)  # targets 1..width-1
-        for r, i in enumerate(rows):
-            p, c = pairs[i]
-            ids[r, : len(p) + len(c)] = torch.tensor(p + c)
-            mask[r, : len(p) + len(c)] = 1
-            # A continuation token at position j is predicted from position j - 1; with an
-            # empty prompt the first one has no context and is not scored.
-            scored[r, max(len(p), 1) - 1 : len(p) + len(c) - 1] = True
-        ids, mask = ids.to(device), mask.to(device)
-        logp = model(input_ids=ids, attention_mask=mask).logits[:, :-1].float().log_softmax(-1)
-        nll = -logp.gather(-1, ids[:, 1:, None]).squeeze(-1).double().cpu()
-        total = (nll * scored).sum(dim=1)
-        count = scored.sum(dim=1)
-        out[rows] = torch.where(count > 0, (total / count.clamp_min(1)).exp(), math.nan)
-    return out
-
-
 def bootstrap_ci(
     values: Sequence[float] | np.ndarray | Tensor,
     n_boot: int = 1000,
@@ -149,9 +91,3 @@ def bootstrap_ci(
     alpha = (1 - confidence) / 2
     lo, hi = np.quantile(means, [alpha, 1 - alpha])
     return float(x.mean()), float(lo), float(hi)
-
-
-def _ids(tokenizer: Any, value: str | TokenIds, special: bool) -> list[int]:
-    if isinstance(value, str):
-        return list(tokenizer(value, add_special_tokens=special)["input_ids"])
-    return [int(t) for t in value]

@@ -58,6 +58,7 @@ def evaluate(
     alignment: Any,
     *,
     reference: Any = None,
+    baseline_texts: Any = None,
     conditions: Sequence[Condition] | None = None,
     methods: Sequence[Method] = REFERENCE_METHODS,
     preserve_error: Sequence[bool] = (False, True),
@@ -96,8 +97,12 @@ def evaluate(
     ``scores`` is one artifact (condition key ``"default"``) or a mapping of named artifacts.
     Sample ``j`` of every prompt uses the same seed under every condition. ``temperature <= 0``
     is greedy decoding (then use ``samples=1``). ``embedder`` defaults to the scores'.
+    ``baseline_texts`` are what the prefix and fine-tuning baselines are built from (default:
+    ``alignment``); give the texts the scores were fitted on when ``alignment`` holds other
+    texts of the topic kept for measuring, so no baseline sees the measuring texts.
     """
     prompt_texts, align_texts = load_prompts(prompts), load_prompts(alignment)
+    train_texts = load_prompts(baseline_texts) if baseline_texts is not None else align_texts
     reference_texts = load_prompts(reference) if reference is not None else None
     if samples < 1 or max_new_tokens < 1:
         raise ValueError("samples and max_new_tokens must be at least 1.")
@@ -129,7 +134,10 @@ def evaluate(
     )
     world = current_world(cpu=model_device(model).type == "cpu")
     run = PointRunner(gen, prompt_texts, world)
-    prefix = topic_prefix(tokenizer, align_texts, align_emb) if _has(conditions, "prefix") else None
+    prefix = None
+    if _has(conditions, "prefix"):
+        (train_emb,), _ = embed_prompts(embed_model, [train_texts], progress=False)
+        prefix = topic_prefix(tokenizer, train_texts, train_emb)
     extra: dict[str, Any] = {}
     n_points = sum(len(c.points()) for c in conditions)
     clock = [time.perf_counter()]
@@ -146,7 +154,7 @@ def evaluate(
                 )  # fmt: skip
                 run(model, cond, None, None, generator=prefixed)
             elif cond.baseline == "finetune":
-                tuner = FineTuner(model, tokenizer, align_texts, seed=seed)
+                tuner = FineTuner(model, tokenizer, train_texts, seed=seed)
                 for epochs, _ in cond.points():
                     tuned = tuner.train_to(int(epochs))
                     run(tuned, cond, epochs, None, train_seconds=tuner.seconds)

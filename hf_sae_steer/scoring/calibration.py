@@ -99,7 +99,7 @@ def recommend(
 ) -> dict[str, Any]:
     """The steering a rule's scores are meant for (documented in ``docs/method.md`` §6):
 
-    - ``mean_diff``: ``add`` the chosen decoder rows with their weights;
+    - ``mean_diff``, ``output``, ``trained``: ``add`` the chosen decoder rows with their weights;
     - ``support``: ``clamp`` the 5 top latents by their typical activations, error preserved;
     - ``seed``: the reference's own method, ``swap`` at strength 1.
 
@@ -107,7 +107,7 @@ def recommend(
     """
     if rule == "seed":
         return recommendation("swap", 1.0, preserve_error=False, norm_fraction=None)
-    if rule == "mean_diff":
+    if "latents" in stats and "weights" in stats:  # mean_diff, output, trained
         method, u = "add", added_vector(
             "add", sae, latents=SparseCode(stats["latents"], stats["weights"])
         )

@@ -12,8 +12,10 @@ the size of the reference set.
 
 from __future__ import annotations
 
+import itertools
 import time
 import warnings
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -26,11 +28,13 @@ from hf_sae_steer.sae.base import SAE
 from hf_sae_steer.scoring.accumulation import CHUNK, Checkpointing, ScoringWalk
 from hf_sae_steer.scoring.calibration import NORM_FRACTION, recommend
 from hf_sae_steer.scoring.embedders import DEFAULT_EMBEDDER, Embedder, load_embedder
+from hf_sae_steer.scoring.objective import TopicMargin
 from hf_sae_steer.scoring.passes import SUMMARIES, PromptPasses, ScoringSums, Summary
 from hf_sae_steer.scoring.prompts import hash_prompts, load_prompts
 from hf_sae_steer.scoring.record import FeatureScores
-from hf_sae_steer.scoring.rules import DEFAULT_RULE, RULES, Rule, apply_rule
+from hf_sae_steer.scoring.selection import DEFAULT_RULE, OUTPUT_RULES, RULES, Rule, apply_rule
 from hf_sae_steer.scoring.sources import open_prompts
+from hf_sae_steer.scoring.strength import CALIBRATION_PROMPTS, TARGET_RATIO, calibrate
 from hf_sae_steer.scoring.uncertainty import build_report
 from hf_sae_steer.sites.layouts import find_layout
 from hf_sae_steer.sites.resolve import resolve_site
@@ -49,7 +53,12 @@ def fit(
     rule: Rule = DEFAULT_RULE,
     k: int | None = None,
     prior_prompts: float | None = None,
+    rule_options: Mapping[str, Any] | None = None,
     norm_fraction: float = NORM_FRACTION,
+    calibrate_strength: bool = True,
+    target_ratio: float = TARGET_RATIO,
+    calibration_prompts: Sequence[str] = CALIBRATION_PROMPTS,
+    seed: int = 0,
     summary: Summary = "avg",
     skip_first_token: bool = True,
     embedder: Embedder = DEFAULT_EMBEDDER,
@@ -70,11 +79,17 @@ def fit(
     ...                            alignment=load_prompts("med.csv"))
     >>> scores.recommended, scores.report()
 
-    ``rule`` picks the selection rule (:mod:`~hf_sae_steer.scoring.rules`): ``"mean_diff"`` (the
-    default; ``k`` latents, 5 by default), ``"support"`` (``prior_prompts``, 5 by default) or
-    ``"seed"``, the reference rule exactly. The artifact records the steering its rule
-    recommends, at the strength of norm fraction ``norm_fraction``
-    (:mod:`~hf_sae_steer.scoring.calibration`).
+    ``rule`` picks the selection rule (:mod:`~hf_sae_steer.scoring.selection`): ``"mean_diff"``
+    (``k`` latents fitted to the mean difference, 5 by default), ``"output"`` (the same over
+    the rows that raise the topic's likelihood), ``"trained"`` (weights fitted by gradient on
+    the output; ``rule_options`` such as ``objective``, ``steps``, ``l1``), ``"support"``
+    (``prior_prompts``, 5 by default) or ``"seed"``, the reference rule exactly. The artifact
+    records the steering its rule recommends. An additive one (``add``) is calibrated on
+    ``calibration_prompts`` (neutral openings): its strength is the largest whose perplexity
+    ratio to the unsteered model stays under ``target_ratio``, and the measured curve is kept
+    (:mod:`~hf_sae_steer.scoring.strength`); ``calibrate_strength=False`` sets it by norm
+    fraction ``norm_fraction`` instead (:mod:`~hf_sae_steer.scoring.calibration`). ``seed``
+    makes the trained rule and the calibration's sampling reproducible.
 
     ``layer``/``site`` default to where the SAE was trained
     (:func:`~hf_sae_steer.sites.resolve.resolve_site`). ``alignment`` takes anything
@@ -99,8 +114,8 @@ def fit(
     if rule not in RULES:
         raise ValueError(f"Unknown rule {rule!r}; use one of {', '.join(RULES)}.")
     saving = _checkpointing(checkpoint, checkpoint_every, resume)
-    given = {"k": k, "prior_prompts": prior_prompts}
-    rule_options = {name: value for name, value in given.items() if value is not None}
+    given = {"k": k, "prior_prompts": prior_prompts, **(rule_options or {})}
+    options_of_rule = {name: value for name, value in given.items() if value is not None}
     started = time.perf_counter()
     source, alignment = open_prompts(reference), load_prompts(alignment)
     layout = find_layout(model)
@@ -147,34 +162,69 @@ def fit(
     was_training = model.training
     model.eval()  # dropout would make the summaries random
     try:
-        with torch.inference_mode(), steering_suspended(model):  # score the base model
-            done = walk(source, alignment)
+        with steering_suspended(model):  # score the base model
+            with torch.inference_mode():
+                done = walk(source, alignment)
+            margin = None
+            if rule in OUTPUT_RULES:
+                margin = TopicMargin(
+                    model, tokenizer, layout, where, passes.sae, alignment,
+                    _reference_sample(reference), seed=seed,
+                )  # fmt: skip
+            if done.resumed_at:
+                options["resumed_at"] = done.resumed_at
+            if done.per_process is not None:  # what each process passed: prompts were shared
+                options["processes"] = {
+                    "count": world.size,
+                    "reference_prompts": [counts[0] for counts in done.per_process],
+                    "alignment_prompts": [counts[1] for counts in done.per_process],
+                }
+            record = from_sums(
+                done.sums, sae, rule=rule, rule_options=options_of_rule, margin=margin,
+                norm_fraction=norm_fraction, warn=world.is_main, layer=where.layer,
+                site=where.kind, summary=summary, model_id=model_id(model),
+                embedder=embedder_name, reference_hash=done.reference_hash,
+                alignment_hash=hash_prompts(alignment), options=options,
+            )  # fmt: skip
+            if calibrate_strength and record.recommended and record.recommended["norm_fraction"]:
+                fluency = calibrate(
+                    model, tokenizer, sae, record, target_ratio=target_ratio,
+                    prompts=calibration_prompts, seed=seed,
+                )  # fmt: skip
+                record.calibration["fluency"] = fluency
+                record.recommended = recommendation_of(fluency, record.recommended)
     finally:
         model.train(was_training)
-    if done.resumed_at:
-        options["resumed_at"] = done.resumed_at
-    if done.per_process is not None:  # what each process passed: the prompts were shared
-        options["processes"] = {
-            "count": world.size,
-            "reference_prompts": [counts[0] for counts in done.per_process],
-            "alignment_prompts": [counts[1] for counts in done.per_process],
-        }
-    return from_sums(
-        done.sums,
-        sae,
-        rule=rule,
-        rule_options=rule_options,
-        norm_fraction=norm_fraction,
-        warn=world.is_main,
-        layer=where.layer,
-        site=where.kind,
-        summary=summary,
-        model_id=model_id(model),
-        embedder=embedder_name,
-        reference_hash=done.reference_hash,
-        alignment_hash=hash_prompts(alignment),
-        options={**options, "fit_seconds": time.perf_counter() - started},
-    )
+    record.options["fit_seconds"] = time.perf_counter() - started
+    return record
+
+
+def _reference_sample(reference: Any, n: int = 256) -> list[str]:
+    """The first ``n`` reference prompts, read again for the rules that read the output."""
+    try:
+        sample = list(itertools.islice(iter(open_prompts(reference)), n))
+    except ValueError:  # a one-shot iterator, read to its end by the walk
+        sample = []
+    if not sample:
+        raise ValueError(
+            "The output and trained rules read the reference prompts a second time: pass a list, "
+            "a file or a dataset, not a one-shot iterator."
+        )
+    return sample
+
+
+def recommendation_of(fluency: dict[str, Any], recommended: dict[str, Any]) -> dict[str, Any]:
+    """The recommended steering at the calibrated strength."""
+    return {
+        **recommended,
+        "strength": fluency["strength"],
+        "norm_fraction": fluency["norm_fraction"],
+        "calibrated": True,
+        "why": (
+            f"the largest strength whose continuations of {fluency['prompts']} neutral prompts "
+            f"stay under {fluency['target_ratio']:g}x the unsteered model's perplexity"
+        ),
+    }
 
 
 def _checkpointing(
@@ -197,11 +247,12 @@ def from_sums(
     rule_options: dict[str, Any],
     norm_fraction: float,
     warn: bool = True,
+    margin: TopicMargin | None = None,
     **fields: Any,
 ) -> FeatureScores:
     """The score record of a finished run: the rule's scores, its recommended steering, the
     uncertainty report (warned about, once, when ``warn``) and provenance ``fields``."""
-    result = apply_rule(rule, sums, sae, **rule_options)
+    result = apply_rule(rule, sums, sae, margin=margin, **rule_options)
     coverage = float(sums.fired.double().mean())
     stats = {
         **result.stats,

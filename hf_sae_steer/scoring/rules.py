@@ -15,9 +15,8 @@ and §6).
 from __future__ import annotations
 
 import math
-from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any, Literal, get_args
+from typing import Any
 
 import torch
 from torch import Tensor
@@ -25,9 +24,6 @@ from torch import Tensor
 from hf_sae_steer.sae.base import SAE
 from hf_sae_steer.scoring.passes import ScoringSums
 
-Rule = Literal["seed", "support", "mean_diff"]
-RULES: tuple[Rule, ...] = get_args(Rule)
-DEFAULT_RULE: Rule = "mean_diff"
 PRIOR_PROMPTS = 5  # support: pseudo-prompts at the mean raw score
 MEAN_DIFF_K = 5  # mean_diff: latents chosen
 
@@ -90,15 +86,21 @@ def support_rule(
     )
 
 
+def check_direction(sums: ScoringSums) -> tuple[Tensor, Tensor]:
+    """``Δ`` (the SAE's input space) and ``Δ_raw``: alignment minus reference mean hidden state."""
+    if int(sums.align_tokens) == 0 or int(sums.ref_tokens) == 0:
+        raise ValueError("mean_diff needs tokens in both the reference and the alignment set.")
+    delta = sums.alignment_mean() - sums.reference_mean()
+    delta_raw = sums.alignment_mean(raw=True) - sums.reference_mean(raw=True)
+    return delta, delta_raw
+
+
 def mean_diff_rule(sums: ScoringSums, sae: SAE, *, k: int = MEAN_DIFF_K) -> RuleResult:
     """``Δ = mean(alignment) - mean(reference)`` in the SAE's input space, approximated by a
     non-negative combination of ``k`` decoder rows; scores are the weights over their maximum."""
     if not 1 <= k <= sae.d_sae:
         raise ValueError(f"k must be between 1 and d_sae={sae.d_sae}, got {k}.")
-    if int(sums.align_tokens) == 0 or int(sums.ref_tokens) == 0:
-        raise ValueError("mean_diff needs tokens in both the reference and the alignment set.")
-    delta = sums.alignment_mean() - sums.reference_mean()
-    delta_raw = sums.alignment_mean(raw=True) - sums.reference_mean(raw=True)
+    delta, delta_raw = check_direction(sums)
     latents, weights, residual = nn_omp(sae.W_dec.detach().double().cpu(), delta, k)
     scores = torch.zeros(sae.d_sae, dtype=torch.float32)
     if len(latents):
@@ -112,23 +114,6 @@ def mean_diff_rule(sums: ScoringSums, sae: SAE, *, k: int = MEAN_DIFF_K) -> Rule
         "delta_raw": delta_raw.float(),
     }
     return RuleResult(scores, stats, {"k": k}, explained)
-
-
-RULE_FUNCTIONS: dict[str, Callable[..., RuleResult]] = {
-    "seed": seed_rule,
-    "support": support_rule,
-    "mean_diff": mean_diff_rule,
-}
-
-
-def apply_rule(rule: str, sums: ScoringSums, sae: SAE, **options: Any) -> RuleResult:
-    """Run selection rule ``rule`` (one of :data:`RULES`) with its ``options``."""
-    if rule not in RULE_FUNCTIONS:
-        raise ValueError(f"Unknown rule {rule!r}; use one of {', '.join(RULES)}.")
-    try:
-        return RULE_FUNCTIONS[rule](sums, sae, **options)
-    except TypeError as error:
-        raise ValueError(f"Bad options {sorted(options)} for rule {rule!r}: {error}") from None
 
 
 # -- non-negative orthogonal matching pursuit ----------------------------------------------

@@ -7,7 +7,7 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import torch
 from torch import Tensor, nn
@@ -37,7 +37,9 @@ class SteeringSpec:
 
     Left as ``None``, ``method``, ``strength`` and ``preserve_error`` come from the artifact's
     recommended steering (``FeatureScores.recommended``); without one the method is ``swap``,
-    the reference's, at strength 1. ``add`` and ``vector`` without a strength get the strength of
+    the reference's, at strength 1. ``strength="calibrated"`` takes the strength the artifact's
+    fluency calibration chose (its recommended additive method; ``docs/method.md`` §6).
+    ``add`` and ``vector`` without a strength get the strength of
     the default norm fraction (``docs/method.md`` §6). ``clamp_value=None`` raises each clamped
     latent by its typical activation when the artifact records them, else by the reference's
     10. ``latents`` (for ``add``) and ``vector`` (for ``vector``) override the artifact's.
@@ -49,7 +51,7 @@ class SteeringSpec:
     site: SiteKind | None = None
     method: Method | None = None
     scores: Scores | None = None
-    strength: float | None = None
+    strength: float | Literal["calibrated"] | None = None
     preserve_error: bool | None = None
     edits: Sequence[LatentEdit] = field(default_factory=tuple)
     positions: Positions = "all"
@@ -155,8 +157,10 @@ def _choose(
         and spec.latents is None
         and spec.vector is None
     )
-    if spec.strength is not None:
-        strength: float | None = float(spec.strength)
+    if spec.strength == "calibrated":
+        strength: float | None = _fluency_strength(method, artifact)
+    elif spec.strength is not None:
+        strength = float(spec.strength)
     elif as_recommended:
         strength = float(rec["strength"])  # type: ignore[index]
     else:
@@ -168,6 +172,20 @@ def _choose(
     else:
         preserve_error = method == "add"  # additive: x plus a change, the error kept
     return method, strength, preserve_error
+
+
+def _fluency_strength(method: str, artifact: FeatureScores | None) -> float:
+    """``strength="calibrated"``: the strength the artifact's fluency calibration chose for its
+    method (``docs/method.md`` §6)."""
+    fluency = (artifact.calibration.get("fluency") if artifact is not None else None) or {}
+    if fluency.get("method") != method:
+        have = f"for {fluency['method']!r}" if fluency else "none"
+        raise ValueError(
+            f'strength="calibrated" needs scores whose fluency calibration is for {method!r} '
+            f"(they have {have}); fit them with FeatureScores.fit(calibrate_strength=True) or "
+            "give a number."
+        )
+    return float(fluency["strength"])
 
 
 def _calibrated_strength(step: Intervention, artifact: FeatureScores | None) -> float:

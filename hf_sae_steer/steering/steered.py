@@ -11,7 +11,7 @@ import contextlib
 import copy
 from collections.abc import Iterator, Sequence
 from dataclasses import replace
-from typing import Any
+from typing import Any, Literal
 
 import torch
 from torch import Tensor, nn
@@ -76,7 +76,7 @@ class SteeredModel(nn.Module):
         site: SiteKind | None = None,
         method: Method | None = None,
         scores: Scores | None = None,
-        strength: float | None = None,
+        strength: float | Literal["calibrated"] | None = None,
         preserve_error: bool | None = None,
         edits: Sequence[LatentEdit] = (),
         positions: Positions = "all",

@@ -1,0 +1,156 @@
+"""The multi-topic benchmark: every rule and method, CAA, random controls, a prompt prefix and
+fine-tuning, on many topics, compared at matched fluency (``docs/method.md`` §8).
+
+Per topic: fit one artifact per candidate rule on the topic's ``fit`` texts (against the shared
+reference set), then run :func:`~hf_sae_steer.evaluation.sweep.evaluate` on neutral prompts
+with the topic's ``eval`` texts as the measure (centroid, and the classifier's positives
+against the topic's negatives). Curves are read at perplexity ratios 1.25×, 1.5× and 2×
+(:mod:`~hf_sae_steer.evaluation.matched`), each against CAA with paired intervals.
+"""
+
+from __future__ import annotations
+
+import time
+import warnings
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+from torch import nn
+
+from hf_sae_steer.evaluation.conditions import Condition, recommended_condition
+from hf_sae_steer.evaluation.matched import TARGETS, compare, curves
+from hf_sae_steer.evaluation.result import EvalResult
+from hf_sae_steer.evaluation.sweep import evaluate
+from hf_sae_steer.evaluation.topics import Topic
+from hf_sae_steer.sae.base import SAE
+
+GRID = (0.25, 0.5, 0.75, 1.0)
+CAA = "CAA"
+DEFAULT = "default"
+
+
+@dataclass(frozen=True)
+class Candidate:
+    """A selection rule with its options, steered with ``add`` over the norm-fraction grid."""
+
+    name: str
+    rule: str
+    options: tuple[tuple[str, Any], ...] = ()
+
+    def fit_options(self) -> dict[str, Any]:
+        return {"rule": self.rule, **dict(self.options)}
+
+
+@dataclass
+class TopicRun:
+    """One topic's evaluation, its matched comparisons and what fitting took."""
+
+    topic: str
+    split: str
+    result: EvalResult
+    matched: list[dict[str, Any]]
+    fits: dict[str, dict[str, Any]] = field(default_factory=dict)
+
+
+def carrying(weights: Any, share: float) -> int:
+    """How many of ``weights`` (the largest first) carry ``share`` of their sum."""
+    w = sorted((float(x) for x in weights), reverse=True)
+    total, running = sum(w), 0.0
+    for n, x in enumerate(w, start=1):
+        running += x
+        if running >= share * total:
+            return n
+    return len(w)
+
+
+def conditions_for(
+    candidates: Sequence[Candidate], default: str, *, grid: Sequence[float] = GRID,
+    recommended: dict[str, Any] | None = None, baselines: bool = True,
+) -> list[Condition]:  # fmt: skip
+    """``orig``; each candidate's ``add`` curve; the default's recommended point; CAA; random
+    latents and a random vector at the default's norm; support + clamp; seed + swap; a prompt
+    prefix and fine-tuning."""
+    rhos = tuple(grid)
+    out = [Condition("orig")]
+    for c in candidates:
+        out.append(
+            Condition(c.name, "add", scores=c.name, preserve_error=True, norm_fractions=rhos)
+        )
+    if recommended is not None:
+        out.append(recommended_condition(recommended, name=DEFAULT, scores=default))
+    out += [
+        Condition(CAA, "vector", scores=default, preserve_error=True, norm_fractions=rhos),
+        Condition("random latents", "add", scores=default, preserve_error=True,
+                  norm_fractions=rhos, control="random_latents"),
+        Condition("random vector", "vector", scores=default, preserve_error=True,
+                  norm_fractions=rhos, control="random_vector"),
+        Condition("support clamp", "clamp", scores="support", preserve_error=True,
+                  norm_fractions=rhos),
+        Condition("seed swap", "swap", scores="seed", strengths=(1.0,)),
+    ]  # fmt: skip
+    if baselines:
+        out += [Condition("prefix", baseline="prefix"), Condition("finetune", baseline="finetune")]
+    return out
+
+
+def run_topic(
+    model: nn.Module,
+    tokenizer: Any,
+    sae: SAE,
+    topic: Topic,
+    reference: Sequence[str],
+    prompts: Sequence[str],
+    candidates: Sequence[Candidate],
+    *,
+    default: str,
+    grid: Sequence[float] = GRID,
+    samples: int = 2,
+    max_new_tokens: int = 32,
+    seed: int = 0,
+    batch_size: int = 48,
+    embedder: Any = None,
+    fit_options: dict[str, Any] | None = None,
+    baselines: bool = True,
+    n_boot: int = 1000,
+) -> TopicRun:
+    """Fit every candidate (and the support and seed rules) on ``topic.fit``, evaluate every
+    condition of :func:`conditions_for` on ``prompts`` and compare them at matched fluency."""
+    from hf_sae_steer.scoring import FeatureScores
+
+    extra = dict(fit_options or {})
+    if embedder is not None:
+        extra["embedder"] = embedder
+    artifacts, fits = {}, {}
+    plans = {c.name: c.fit_options() for c in candidates}
+    plans |= {"support": {"rule": "support"}, "seed": {"rule": "seed"}}
+    for name, options in plans.items():
+        started = time.perf_counter()
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", UserWarning)  # reports are recorded, not printed
+            scores = FeatureScores.fit(
+                model, tokenizer, sae, reference=list(reference), alignment=topic.fit,
+                progress=False, calibrate_strength=name == default, seed=seed, **extra,
+                **options,
+            )  # fmt: skip
+        artifacts[name] = scores
+        weights = scores.latent_weights()
+        fits[name] = {
+            "seconds": time.perf_counter() - started,
+            "latents": None if weights is None else len(weights[0]),
+            "latents_90": None if weights is None else carrying(weights[1], 0.9),
+            "target_explained": scores.quality.delta_explained if scores.quality else None,
+            "recommended": scores.recommended,
+        }
+    conditions = conditions_for(
+        candidates, default, grid=grid, recommended=artifacts[default].recommended,
+        baselines=baselines,
+    )  # fmt: skip
+    result = evaluate(
+        model, tokenizer, sae, artifacts, list(prompts), topic.eval, reference=topic.negatives,
+        baseline_texts=topic.fit, conditions=conditions, samples=samples,
+        max_new_tokens=max_new_tokens, seed=seed, batch_size=batch_size, embedder=embedder,
+        n_boot=n_boot, progress=False,
+    )  # fmt: skip
+    matched = compare(curves(result.samples), TARGETS, against=CAA, n_boot=n_boot, seed=seed)
+    return TopicRun(topic.name, topic.split, result, matched, fits)
