@@ -40,8 +40,10 @@ def ln_sae(tmp_path_factory):
 def fit(model, tok, sae, **kw):
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
+        # Norm-fraction strengths: the fluency calibration has its own tests (test_scoring_strength).
         return FeatureScores.fit(model, tok, sae, reference=REFERENCE, alignment=ALIGNMENT,
-                                 embedder=letters, progress=False, **kw)  # fmt: skip
+                                 embedder=letters, progress=False, calibrate_strength=False,
+                                 **kw)  # fmt: skip
 
 
 def plain_tokens(model, tok, texts, limit=None, context=32):

@@ -30,7 +30,8 @@ def setup(gpt2, tokenizer, tmp_path):
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         scores = FeatureScores.fit(gpt2, tokenizer, sae, reference=OTHERS + TEXTS[:1],
-                                   alignment=TEXTS, embedder=_letters, progress=False)  # fmt: skip
+                                   alignment=TEXTS, embedder=_letters, progress=False,
+                                   calibrate_strength=False)  # fmt: skip
     return sae, ReferenceOpenAISAE(state), scores
 
 

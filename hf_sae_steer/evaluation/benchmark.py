@@ -27,7 +27,6 @@ from hf_sae_steer.sae.base import SAE
 
 GRID = (0.25, 0.5, 0.75, 1.0)
 CAA = "CAA"
-DEFAULT = "default"
 
 
 @dataclass(frozen=True)
@@ -53,6 +52,11 @@ class TopicRun:
     fits: dict[str, dict[str, Any]] = field(default_factory=dict)
 
 
+def calibrated_label(name: str) -> str:
+    """The condition of a candidate's recommended (calibrated) point."""
+    return f"{name} (calibrated)"
+
+
 def carrying(weights: Any, share: float) -> int:
     """How many of ``weights`` (the largest first) carry ``share`` of their sum."""
     w = sorted((float(x) for x in weights), reverse=True)
@@ -66,19 +70,19 @@ def carrying(weights: Any, share: float) -> int:
 
 def conditions_for(
     candidates: Sequence[Candidate], default: str, *, grid: Sequence[float] = GRID,
-    recommended: dict[str, Any] | None = None, baselines: bool = True,
+    recommended: dict[str, dict[str, Any]] | None = None, baselines: bool = True,
 ) -> list[Condition]:  # fmt: skip
-    """``orig``; each candidate's ``add`` curve; the default's recommended point; CAA; random
-    latents and a random vector at the default's norm; support + clamp; seed + swap; a prompt
-    prefix and fine-tuning."""
+    """``orig``; each candidate's ``add`` curve and its ``recommended`` (calibrated) point; CAA;
+    random latents with ``default``'s weights and a random vector, both by norm fraction;
+    support + clamp; seed + swap; a prompt prefix and fine-tuning."""
     rhos = tuple(grid)
     out = [Condition("orig")]
     for c in candidates:
         out.append(
             Condition(c.name, "add", scores=c.name, preserve_error=True, norm_fractions=rhos)
         )
-    if recommended is not None:
-        out.append(recommended_condition(recommended, name=DEFAULT, scores=default))
+    for name, rec in (recommended or {}).items():  # each rule's calibrated point
+        out.append(recommended_condition(rec, name=calibrated_label(name), scores=name))
     out += [
         Condition(CAA, "vector", scores=default, preserve_error=True, norm_fractions=rhos),
         Condition("random latents", "add", scores=default, preserve_error=True,
@@ -123,6 +127,7 @@ def run_topic(
         extra["embedder"] = embedder
     artifacts, fits = {}, {}
     plans = {c.name: c.fit_options() for c in candidates}
+    candidate_names = set(plans)
     plans |= {"support": {"rule": "support"}, "seed": {"rule": "seed"}}
     for name, options in plans.items():
         started = time.perf_counter()
@@ -130,8 +135,8 @@ def run_topic(
             warnings.simplefilter("ignore", UserWarning)  # reports are recorded, not printed
             scores = FeatureScores.fit(
                 model, tokenizer, sae, reference=list(reference), alignment=topic.fit,
-                progress=False, calibrate_strength=name == default, seed=seed, **extra,
-                **options,
+                progress=False, calibrate_strength=name in candidate_names, seed=seed,
+                **extra, **options,
             )  # fmt: skip
         artifacts[name] = scores
         weights = scores.latent_weights()
@@ -143,8 +148,8 @@ def run_topic(
             "recommended": scores.recommended,
         }
     conditions = conditions_for(
-        candidates, default, grid=grid, recommended=artifacts[default].recommended,
-        baselines=baselines,
+        candidates, default, grid=grid, baselines=baselines,
+        recommended={c.name: artifacts[c.name].recommended for c in candidates},
     )  # fmt: skip
     result = evaluate(
         model, tokenizer, sae, artifacts, list(prompts), topic.eval, reference=topic.negatives,

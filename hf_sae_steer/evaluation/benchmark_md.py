@@ -14,7 +14,7 @@ from typing import Any
 
 import numpy as np
 
-from hf_sae_steer.evaluation.benchmark import CAA, DEFAULT, Candidate, TopicRun
+from hf_sae_steer.evaluation.benchmark import CAA, Candidate, TopicRun, calibrated_label
 from hf_sae_steer.evaluation.result import steers
 from hf_sae_steer.scoring.strength import TARGET_RATIO
 
@@ -71,7 +71,8 @@ def matched(run: dict[str, Any], label: str, target: float, measure: str) -> dic
 
 
 def default_row(run: dict[str, Any]) -> dict[str, Any]:
-    return next((r for r in run["rows"] if r["label"] == DEFAULT), {})
+    label = calibrated_label(DEFAULT_CANDIDATE)
+    return next((r for r in run["rows"] if r["label"] == label), {})
 
 
 def _fmt(value: float | None, lo: float | None = None, hi: float | None = None) -> str:

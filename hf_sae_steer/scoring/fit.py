@@ -187,12 +187,20 @@ def fit(
                 alignment_hash=hash_prompts(alignment), options=options,
             )  # fmt: skip
             if calibrate_strength and record.recommended and record.recommended["norm_fraction"]:
-                fluency = calibrate(
-                    model, tokenizer, sae, record, target_ratio=target_ratio,
-                    prompts=calibration_prompts, seed=seed,
-                )  # fmt: skip
-                record.calibration["fluency"] = fluency
-                record.recommended = recommendation_of(fluency, record.recommended)
+                try:
+                    fluency = calibrate(
+                        model, tokenizer, sae, record, target_ratio=target_ratio,
+                        prompts=calibration_prompts, seed=seed,
+                    )  # fmt: skip
+                except ValueError as error:  # e.g. no room in a tiny context
+                    warnings.warn(
+                        f"The strength was not calibrated ({error}); the recommended one is "
+                        f"that of norm fraction {norm_fraction:g}.",
+                        stacklevel=2,
+                    )
+                else:
+                    record.calibration["fluency"] = fluency
+                    record.recommended = recommendation_of(fluency, record.recommended)
     finally:
         model.train(was_training)
     record.options["fit_seconds"] = time.perf_counter() - started

@@ -17,6 +17,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from hf_sae_steer.models import context_length
 from hf_sae_steer.sae.base import SAE
 
 # What the library calibrates against: generic sentence openings about nothing in particular
@@ -31,6 +32,7 @@ CALIBRATION_PROMPTS = (
 # Chosen on the benchmark's tuning topics (scripts/run_topic_benchmark.py, docs/benchmark.md).
 TARGET_RATIO = 1.5
 GRID = (0.125, 0.25, 0.5, 0.75, 1.0, 1.5, 2.0)
+MIN_NEW_TOKENS = 4
 
 
 def fluency_curve(
@@ -57,9 +59,16 @@ def fluency_curve(
     from hf_sae_steer.scoring.calibration import strength_for
     from hf_sae_steer.steering.steered import SteeredModel
 
-    options = sampling_options(max_new_tokens=max_new_tokens, do_sample=True)
-    gen = Generator(tokenizer, list(prompts), samples=samples, seed=seed,
-                    batch_size=batch_size, options=options)  # fmt: skip
+    gen = Generator(tokenizer, list(prompts), samples=samples, seed=seed, batch_size=batch_size)
+    context = context_length(model, tokenizer)
+    if context is not None:  # a short context: fewer new tokens, never a truncated prompt
+        max_new_tokens = min(max_new_tokens, context - max(map(len, gen.prompt_ids)))
+    if max_new_tokens < MIN_NEW_TOKENS:
+        raise ValueError(
+            f"the model's context ({context} tokens) leaves no room to continue the calibration "
+            "prompts"
+        )
+    gen.options = sampling_options(max_new_tokens=max_new_tokens, do_sample=True)
     base, _ = gen.run(model)
     runs = []
     with SteeredModel(model, sae, method=method, scores=scores, strength=1.0,
