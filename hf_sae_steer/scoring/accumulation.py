@@ -13,7 +13,7 @@ equals one process's up to float rounding, in any number of processes.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -23,15 +23,19 @@ from tqdm.auto import tqdm
 
 from hf_sae_steer.distributed import World, all_gather_json, all_reduce_sum, broadcast_json
 from hf_sae_steer.scoring.checkpoint import (
+    CheckpointError,
     CheckpointState,
     check_same_run,
+    check_sums,
     existing_checkpoint,
     read_checkpoint,
+    remove_stale_temporaries,
     write_checkpoint,
 )
 from hf_sae_steer.scoring.embedders import embed_prompts
 from hf_sae_steer.scoring.passes import PromptPasses, ScoringSums, Summary
 from hf_sae_steer.scoring.prompts import PromptHash
+from hf_sae_steer.scoring.run_lock import RunLock
 from hf_sae_steer.scoring.sources import PromptSource
 
 CHUNK = 1024  # reference prompts read, embedded and passed at a time (over all processes)
@@ -69,8 +73,17 @@ class ScoringWalk:
     checkpoint: Checkpointing | None = None
     progress: bool = True
     chunk: int = CHUNK
+    _lock: RunLock | None = field(default=None, init=False, repr=False)
 
     def __call__(self, reference: PromptSource, alignment: list[str]) -> Accumulated:
+        try:
+            return self._walk(reference, alignment)
+        finally:
+            if self._lock is not None:
+                self._lock.release()
+                self._lock = None
+
+    def _walk(self, reference: PromptSource, alignment: list[str]) -> Accumulated:
         sums = ScoringSums(self.passes.sae.d_in, self.passes.sae.d_sae)
         saved = self._resume(sums, reference)
         start = saved.consumed if saved is not None else 0
@@ -152,19 +165,22 @@ class ScoringWalk:
 
     # -- checkpoints -----------------------------------------------------------------------
     def _resume(self, sums: ScoringSums, reference: PromptSource) -> CheckpointState | None:
-        """Rank 0 reads the checkpoint (if resuming one) into its sums; every rank learns where
-        it stood. A bad checkpoint is one clear error on every rank, not a hang."""
+        """Rank 0 locks the checkpoint for the run and reads it (if resuming one) into its
+        sums; every rank learns where it stood. A bad checkpoint is one clear error on every
+        rank, not a hang."""
         if self.checkpoint is None:
             return None
         found: dict[str, Any] | None = None
         if self.world.is_main:
             try:
+                self._lock = RunLock(self.checkpoint.path).acquire()
+                remove_stale_temporaries(self.checkpoint.path)  # of a write that was killed
                 found = self._read(sums)
             except (ValueError, OSError) as error:
-                found = {"error": str(error)}
+                found = {"error": str(error), "checkpoint": isinstance(error, CheckpointError)}
         found = broadcast_json(found, self.world)
         if found is not None and "error" in found:
-            raise ValueError(found["error"])
+            raise (CheckpointError if found["checkpoint"] else ValueError)(found["error"])
         return CheckpointState.from_json(found) if found is not None else None
 
     def _read(self, sums: ScoringSums) -> dict[str, Any] | None:
@@ -174,6 +190,7 @@ class ScoringWalk:
             return None
         tensors, state = read_checkpoint(path)
         check_same_run(path, state.run, self.run)
+        check_sums(path, tensors, sums.tensors(), state)
         sums.load(tensors)
         return state.to_json()
 

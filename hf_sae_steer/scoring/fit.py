@@ -21,7 +21,14 @@ import torch
 from torch import nn
 
 from hf_sae_steer.distributed import current_world
-from hf_sae_steer.models import context_length, model_device, model_id, module_device
+from hf_sae_steer.models import (
+    context_length,
+    model_device,
+    model_id,
+    module_device,
+    weights_dtype,
+    weights_fingerprint,
+)
 from hf_sae_steer.sae.base import SAE
 from hf_sae_steer.scoring.accumulation import CHUNK, Checkpointing, ScoringWalk
 from hf_sae_steer.scoring.calibration import NORM_FRACTION, recommend
@@ -128,17 +135,19 @@ def fit(
         "embed_max_seq_length": embed_max_seq_length,
         "report_max_tokens": report_max_tokens,
     }
+    run = {
+        "sae_fingerprint": sae.fingerprint(), "d_in": sae.d_in, "d_sae": sae.d_sae,
+        "layer": where.layer, "site": where.kind, "summary": summary, "embedder": embedder_name,
+        **options, "alignment_size": len(alignment), "alignment_hash": hash_prompts(alignment),
+    }  # fmt: skip
+    if saving is not None:  # the weights, not the path: a checkpoint resumes only its model
+        run.update(model_fingerprint=weights_fingerprint(model), model_dtype=weights_dtype(model))
     walk = ScoringWalk(
         passes,
         embed_model,
         summary,
         world,
-        run={
-            "sae_fingerprint": sae.fingerprint(), "d_in": sae.d_in, "d_sae": sae.d_sae,
-            "model": model_id(model), "layer": where.layer, "site": where.kind,
-            "summary": summary, "embedder": embedder_name, **options,
-            "alignment_size": len(alignment), "alignment_hash": hash_prompts(alignment),
-        },  # fmt: skip
+        run=run,
         embed_max_seq_length=embed_max_seq_length,
         report_max_tokens=report_max_tokens,
         checkpoint=saving,
