@@ -96,6 +96,7 @@ class ScoringWalk:
             mine = [p for i, p in enumerate(alignment) if self.world.owns(i)]
             if mine:
                 self.passes.add_alignment(mine, sums, self.report_max_tokens)
+                self._check_finite(sums, alone=True)
             counted[1] = len(mine)
         hasher, pending = PromptHash(), []
         every = self.checkpoint.every if self.checkpoint is not None else None
@@ -115,6 +116,7 @@ class ScoringWalk:
                 if len(pending) < size:
                     continue
                 counted[0] += self._add(pending, align_emb, sums)
+                self._check_finite(sums, alone=True)
                 bar.update(len(pending))
                 pending = []
                 if every and index + 1 - saved_at >= every:
@@ -131,6 +133,7 @@ class ScoringWalk:
             )
         per_process = self._agree(counted, hasher.hexdigest())
         all_reduce_sum(sums.tensors(), self.world)
+        self._check_finite(sums)
         if self.checkpoint is not None:  # the finished sums: a later resume only re-scores
             self._write(sums.tensors(), hasher, hasher.count, reference, finished=True)
         return Accumulated(sums, hasher.hexdigest(), start, per_process)
@@ -207,11 +210,28 @@ class ScoringWalk:
         finished: bool,
     ) -> None:  # fmt: skip
         """Sum the processes' partial sums (a copy: each keeps its own) and write them."""
-        tensors = sums.tensors()
         if self.world.size > 1:
-            tensors = {name: value.clone() for name, value in tensors.items()}
-            all_reduce_sum(tensors, self.world)
-        self._write(tensors, hasher, consumed, source, finished)
+            total = ScoringSums(sums.d_in, sums.d_sae).load(sums.tensors())  # a copy
+            all_reduce_sum(total.tensors(), self.world)
+            self._check_finite(total)
+            sums_to_write = total.tensors()
+        else:
+            sums_to_write = sums.tensors()
+        self._write(sums_to_write, hasher, consumed, source, finished)
+
+    def _check_finite(self, sums: ScoringSums, alone: bool = False) -> None:
+        """Refuse NaN/inf before they reach a checkpoint or the scores. ``alone``: a process's
+        own sums, checked only when it is the only one (others would wait for it forever)."""
+        if alone and self.world.size > 1:
+            return
+        name = sums.non_finite()
+        if name is not None:
+            site = self.passes.site
+            raise ValueError(
+                f"The scoring sums are not finite ({name} holds NaN or inf): the model's hidden "
+                f"states at {site.kind} of layer {site.layer} overflow. Score the model in "
+                "float32 (or bfloat16 rather than float16)."
+            )
 
     def _write(
         self, tensors: dict[str, Tensor], hasher: PromptHash, consumed: int,

@@ -210,6 +210,12 @@ def from_sums(
 ) -> FeatureScores:
     """The score record of a finished run: the rule's scores, its recommended steering, the
     uncertainty report (warned about, once, when ``warn``) and provenance ``fields``."""
+    broken = sums.non_finite()
+    if broken is not None:  # NaN/inf never reach scores: the seed rule would score them 1
+        raise ValueError(
+            f"The scoring sums are not finite ({broken} holds NaN or inf): the model's hidden "
+            "states at the site overflow. Score the model in float32."
+        )
     result = apply_rule(rule, sums, sae, **rule_options)
     coverage = float(sums.fired.double().mean())
     stats = {

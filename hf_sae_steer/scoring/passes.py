@@ -96,6 +96,13 @@ class ScoringSums:
             setattr(self, name, got.to("cpu", value.dtype).clone())
         return self
 
+    def non_finite(self) -> str | None:
+        """The name of the first sum holding NaN or inf, or None when every sum is finite."""
+        for name, value in self.tensors().items():
+            if value.is_floating_point() and not bool(torch.isfinite(value).all()):
+                return name
+        return None
+
     def add(self, other: ScoringSums) -> ScoringSums:
         for name, value in self.tensors().items():
             value += getattr(other, name)
