@@ -19,6 +19,7 @@ from hf_sae_steer.scoring.prompt_files import check_utf8, is_blank, read_text, t
 # Column names picked automatically, in this order, when no single string column stands out.
 # "0" is what pandas writes for an unnamed Series (the reference demo's CSV layout).
 PREFERRED_COLUMNS = ("text", "prompt", "0")
+HASH_PIECE = 1 << 20  # characters of a long prompt hashed at a time
 FILE_SUFFIXES = (".csv", ".json", ".jsonl", ".parquet", ".txt")
 
 
@@ -288,7 +289,14 @@ class PromptHash:
     def update(self, prompt: str) -> None:
         if self.count:
             self._sha.update(b", ")
-        self._sha.update(json.dumps(prompt, ensure_ascii=False).encode())
+        if len(prompt) <= HASH_PIECE:
+            self._sha.update(json.dumps(prompt, ensure_ascii=False).encode())
+        else:  # JSON escapes character by character: the pieces' escapes join to the whole's
+            self._sha.update(b'"')
+            for start in range(0, len(prompt), HASH_PIECE):
+                piece = json.dumps(prompt[start : start + HASH_PIECE], ensure_ascii=False)
+                self._sha.update(piece[1:-1].encode())
+            self._sha.update(b'"')
         self.count += 1
 
     def prefix(self) -> str:
