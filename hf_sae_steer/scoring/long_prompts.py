@@ -22,6 +22,11 @@ PIECE_CHARS = 1 << 15  # characters tokenized at a time: a few MB of tokenizer m
 ANCHOR_CHARS = 64  # at most this much of the word before a cut is tokenized again
 
 
+def needs_pieces(text: str) -> bool:
+    """Whether ``text`` is longer than a piece (:data:`PIECE_CHARS`)."""
+    return len(text) > PIECE_CHARS
+
+
 def special_ids(tokenizer: Any) -> tuple[list[int], list[int]] | None:
     """The special tokens the tokenizer adds before and after a text (``([bos], [])``), or None
     when they do not simply surround it."""

@@ -19,8 +19,7 @@ from tqdm.auto import tqdm
 
 from hf_sae_steer.models import pad_token_id
 from hf_sae_steer.sae.base import SAE, NormInfo, SparseCode
-from hf_sae_steer.scoring import long_prompts
-from hf_sae_steer.scoring.long_prompts import prompt_windows, special_ids
+from hf_sae_steer.scoring.long_prompts import needs_pieces, prompt_windows, special_ids
 from hf_sae_steer.sites.hooks import run_to_site
 from hf_sae_steer.sites.layouts import ModelLayout
 from hf_sae_steer.sites.names import Site
@@ -220,8 +219,7 @@ class PromptPasses:
 
     def is_long(self, prompt: str) -> bool:
         """Whether ``prompt`` is tokenized and passed a piece at a time (:mod:`long_prompts`)."""
-        long = len(prompt) > long_prompts.PIECE_CHARS
-        return long and self.specials is not None and bool(self.max_length)
+        return needs_pieces(prompt) and self.specials is not None and bool(self.max_length)
 
     def summaries(
         self,
