@@ -149,8 +149,8 @@ def weights_fingerprint(model: nn.Module) -> str:
     shape and bytes (a tied tensor once). Where the model loaded it from plays no part; weights
     that accelerate keeps off the model (``device="meta"``) count by name, dtype and shape only.
 
-    Reads every weight once (a few seconds per 10 GB): what a checkpoint needs to tell the
-    model it was written with from another one saved at the same path.
+    Reads every weight once (about 1.5 s per GB on a 2-core CPU): what a checkpoint needs to
+    tell the model it was written with from another one saved at the same path.
     """
     h = hashlib.sha256()
     seen: dict[int, str] = {}
