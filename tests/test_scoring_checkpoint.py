@@ -330,3 +330,15 @@ def test_a_second_run_on_the_same_checkpoint_is_refused(setup, tmp_path):
     assert sorted(p.name for p in tmp_path.iterdir()) == ["run.ckpt"]  # the lock is gone
     again = fit(setup, checkpoint=path, resume=True)  # the lock was released
     assert again.options["resumed_at"] == len(REFERENCE)
+
+
+def test_a_format_1_checkpoint_is_refused_with_what_to_do(setup, tmp_path):
+    from safetensors.torch import save_file
+
+    path = tmp_path / "run.ckpt"
+    interrupted(setup, path)
+    tensors, state = read_checkpoint(path)
+    old = {**state.to_json(), "format_version": 1}  # 0.2 wrote no checksum, no weights' hash
+    path.unlink()
+    save_file(tensors, str(path), {META_KEY: json.dumps(old)})
+    refused(setup, path, "format 1; this hf_sae_steer reads format 2 only. Finish it with")

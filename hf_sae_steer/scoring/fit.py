@@ -99,7 +99,9 @@ def fit(
     to rank ``i mod world_size``) and add up their sums; every rank returns the same record.
     ``checkpoint`` (a file) receives the sums every ``checkpoint_every`` reference prompts
     (default 1,024) and at the end; ``resume=True`` continues from it and gives the same
-    scores as an uninterrupted run. An existing checkpoint is never overwritten otherwise.
+    scores as an uninterrupted run. An existing checkpoint is never overwritten otherwise; one
+    run at a time holds it, and a damaged, crafted or foreign one raises
+    :class:`~hf_sae_steer.scoring.checkpoint.CheckpointError` (``docs/scaling.md``).
     """
     if summary not in SUMMARIES:
         raise ValueError(f"Unknown summary {summary!r}; use one of {', '.join(SUMMARIES)}.")
