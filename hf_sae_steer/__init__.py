@@ -36,6 +36,7 @@ _EXPORTS = {
     "ScoreReport": "hf_sae_steer.scoring.uncertainty",
     "load_prompts": "hf_sae_steer.scoring.prompts",
     "open_prompts": "hf_sae_steer.scoring.sources",
+    "CheckpointError": "hf_sae_steer.scoring.checkpoint",
     "load_scores": "hf_sae_steer.scoring.record",
     "evaluate": "hf_sae_steer.evaluation.sweep",
     "EvalResult": "hf_sae_steer.evaluation.result",
@@ -43,6 +44,7 @@ _EXPORTS = {
 
 __all__ = [
     "__version__",
+    "CheckpointError",
     "EvalResult",
     "FeatureScores",
     "Intervention",
@@ -76,6 +78,7 @@ if TYPE_CHECKING:
     from hf_sae_steer.sae.config import SAEConfig
     from hf_sae_steer.sae.loading import load_sae
     from hf_sae_steer.scoring import FeatureScores
+    from hf_sae_steer.scoring.checkpoint import CheckpointError
     from hf_sae_steer.scoring.prompts import load_prompts
     from hf_sae_steer.scoring.record import load_scores
     from hf_sae_steer.scoring.sources import open_prompts

@@ -40,7 +40,7 @@ def ln_sae(tmp_path_factory):
 def fit(model, tok, sae, **kw):
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        # Norm-fraction strengths: the fluency calibration has its own tests (test_scoring_strength).
+        # Norm-fraction strengths: the fluency calibration is tested in test_scoring_strength.
         return FeatureScores.fit(model, tok, sae, reference=REFERENCE, alignment=ALIGNMENT,
                                  embedder=letters, progress=False, calibrate_strength=False,
                                  **kw)  # fmt: skip
@@ -163,3 +163,40 @@ def test_nnls_and_pursuit_on_known_problems():
     latents, weights, residual = nn_omp(rows, torch.tensor([3.0, -1.0, 0.5, 0.0]), 3)
     assert latents.tolist() == [0, 2] and weights.tolist() == pytest.approx([3.0, 0.5])
     assert residual.tolist() == pytest.approx([0.0, -1.0, 0.0, 0.0])
+
+
+# -- degenerate inputs (issue 16): no direction, or not a finite one --------------------------
+def test_mean_diff_without_a_direction_is_one_clear_error(model, tokenizer, ln_sae):
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        with pytest.raises(ValueError, match="no direction to steer towards") as caught:
+            FeatureScores.fit(model, tokenizer, ln_sae, reference=REFERENCE, alignment=REFERENCE,
+                              embedder=letters, progress=False)  # fmt: skip
+    assert "\n" not in str(caught.value)
+
+
+@pytest.mark.parametrize("rule", ["mean_diff", "seed", "support"])
+def test_hidden_states_that_overflow_never_reach_scores(tokenizer, ln_sae, rule):
+    torch.manual_seed(0)
+    config = GPT2Config(n_layer=3, n_embd=32, n_head=4, n_positions=32, vocab_size=400,
+                        bos_token_id=0, eos_token_id=0, pad_token_id=0)  # fmt: skip
+    broken = GPT2LMHeadModel(config).eval()
+    with torch.no_grad():  # block 0's MLP writes +-inf into the residual stream
+        broken.transformer.h[0].mlp.c_proj.weight.mul_(1e38)
+    with pytest.raises(ValueError, match="not finite") as caught:
+        fit(broken, tokenizer, ln_sae, rule=rule)
+    assert "\n" not in str(caught.value)
+
+
+def test_mean_diff_without_a_direction_on_the_command_line(tmp_path, capsys):
+    from test_cli_errors import DEMO, one_line
+
+    from hf_sae_steer.cli.main import main
+
+    reference = tmp_path / "ref.txt"
+    reference.write_text("\n".join((DEMO / "reference.txt").read_text().splitlines()[:12]))
+    code = main(["score", "--model", str(DEMO / "model"), "--sae", str(DEMO / "sae"),
+                 "--reference", str(reference), "--alignment", str(reference),
+                 "--out", str(tmp_path / "out"), "--quiet"])  # fmt: skip
+    one_line(code, capsys.readouterr()[1], "no direction to steer towards")
+    assert not (tmp_path / "out").exists()

@@ -152,3 +152,77 @@ def test_prompt_hash_of_a_stream_equals_hash_prompts():
             prefixes.add(hasher.prefix())
         assert hasher.hexdigest() == hash_prompts(prompts) and hasher.count == len(prompts)
         assert len(prefixes) == len(prompts)  # every prefix is told apart
+
+
+# -- awkward files (issue 16): the stream and load_prompts agree, errors name file and line ---
+def both(path, **kw):
+    """What load_prompts and a streamed source give for ``path`` (or the error each raises)."""
+    out = []
+    for read in (lambda: load_prompts(path, **kw), lambda: list(open_prompts(path, **kw))):
+        try:
+            out.append(read())
+        except (ValueError, OSError) as error:
+            out.append(f"{type(error).__name__}: {error}")
+    return out
+
+
+@pytest.mark.parametrize(
+    "name, data, want",
+    [
+        ("bom.txt", "\ufeffFirst\nSecond\n".encode(), ["First", "Second"]),
+        ("bom.jsonl", '\ufeff{"text": "a"}\n{"text": "b"}\n'.encode(), ["a", "b"]),
+        ("bom.json", '\ufeff["a", "b"]'.encode(), ["a", "b"]),
+        # Only \n, \r\n and \r end a line: U+2028, form feed, \x1c... are characters of a prompt.
+        ("seps.txt", "one\u2028still\x0cone\x1cone\x85too\rtwo\r\nthree\n".encode(),
+         ["one\u2028still\x0cone\x1cone\x85too", "two", "three"]),
+        ("seps.jsonl", '{"text": "a\u2028b"}\n{"text": "c\x85d"}\n'.encode(),
+         ["a\u2028b", "c\x85d"]),
+    ],
+)  # fmt: skip
+def test_boms_and_line_separators(tmp_path, name, data, want):
+    path = tmp_path / name
+    path.write_bytes(data)
+    assert both(path) == [want, want]
+
+
+def test_a_numeric_csv_column_reads_as_text_in_both(tmp_path):
+    path = tmp_path / "p.csv"
+    path.write_text("text,n\nhello,1\nworld,2.50\n")
+    assert both(path, column="n") == [["1", "2.50"], ["1", "2.50"]]
+    assert both(path) == [["hello", "world"], ["hello", "world"]]
+
+
+@pytest.mark.parametrize(
+    "name, data, message",
+    [
+        ("empty.csv", b"", "empty.csv"),
+        ("bad.csv", b'text\n"unterminated\n', "bad.csv"),
+        ("bad.parquet", b"PAR1 not really parquet", "bad.parquet"),
+        ("empty.parquet", b"", "empty.parquet"),
+    ],
+)
+def test_unreadable_tables_name_the_file(tmp_path, name, data, message):
+    path = tmp_path / name
+    path.write_bytes(data)
+    for got in both(path):
+        assert isinstance(got, str) and got.startswith("ValueError") and message in got, got
+
+
+def test_a_folder_with_a_file_suffix_is_called_a_folder(tmp_path):
+    folder = tmp_path / "x.txt"
+    folder.mkdir()
+    for got in both(folder):
+        assert got == f"ValueError: {folder} is a folder, not a prompt file."
+
+
+@pytest.mark.parametrize("suffix", [".txt", ".jsonl", ".csv"])
+def test_a_non_utf8_byte_is_named_with_its_line_before_reading(tmp_path, suffix):
+    lines = {".txt": ["fine", "caf\xe9", "also fine"],
+             ".jsonl": ['{"text": "fine"}', '{"text": "caf\xe9"}', '{"text": "ok"}'],
+             ".csv": ["text", "caf\xe9", "ok"]}[suffix]  # fmt: skip
+    path = tmp_path / f"p{suffix}"
+    path.write_bytes("\r\n".join(lines).encode("latin-1"))
+    with pytest.raises(ValueError, match=rf"{path} is not UTF-8 text: line 2 \(byte \d+\)"):
+        open_prompts(path)  # when opened: before any prompt is scored
+    with pytest.raises(ValueError, match=rf"{path} is not UTF-8 text: line 2"):
+        load_prompts(path)

@@ -275,25 +275,62 @@ def register_architecture(activation: str) -> Callable[[_SAEType], _SAEType]:
     return register
 
 
-def build_sae(cfg: SAEConfig, state: dict[str, Tensor]) -> SAE:
-    """Instantiate the architecture named by ``cfg`` and load ``state`` (SAELens layout)."""
+def _architecture(cfg: SAEConfig) -> type[SAE]:
     cls = ARCHITECTURES.get(cfg.activation)
     if cls is None:
         raise ValueError(
             f"Unknown SAE activation {cfg.activation!r}; use one of {', '.join(ARCHITECTURES)}."
         )
-    sae = cls(cfg)
-    expected = dict(sae.state_dict())
+    return cls
+
+
+def expected_shapes(cfg: SAEConfig) -> dict[str, tuple[int, ...]]:
+    """The tensors an SAE of ``cfg`` holds and their shapes, without allocating them."""
+    with torch.device("meta"):  # a config may claim any size: nothing real is allocated
+        shell = _architecture(cfg)(cfg)
+    return {name: tuple(t.shape) for name, t in shell.state_dict().items()}
+
+
+def check_weights(state: dict[str, Any], names: Any = None) -> None:
+    """Refuse SAE tensors (``names`` of ``state``, default all) that are not floating point or
+    not finite: one ValueError naming the tensor (callers add the file)."""
+    for name in state if names is None else names:
+        tensor = state.get(name)
+        if tensor is None:
+            continue
+        if not isinstance(tensor, Tensor):
+            raise ValueError(f"SAE tensor {name} is a {type(tensor).__name__}, not a tensor.")
+        if not tensor.is_floating_point():
+            kind = str(tensor.dtype).removeprefix("torch.")
+            raise ValueError(f"SAE tensor {name} is {kind}, not floating point.")
+        if not bool(torch.isfinite(tensor).all()):
+            raise ValueError(
+                f"SAE tensor {name} is not finite (NaN or inf): the file is corrupt, or the SAE "
+                "diverged in training."
+            )
+
+
+def check_state(cfg: SAEConfig, state: dict[str, Any]) -> None:
+    """``state`` holds every tensor an SAE of ``cfg`` needs, in its shape, floating point and
+    finite; checked before anything of the config's size is allocated."""
+    expected = expected_shapes(cfg)
     missing = sorted(set(expected) - set(state))
     if missing:
         raise ValueError(f"SAE checkpoint lacks {', '.join(missing)} for a {cfg.activation} SAE.")
-    for name, ref in expected.items():
-        got = state[name]
-        if tuple(got.shape) != tuple(ref.shape):
+    for name, shape in expected.items():
+        got = tuple(getattr(state[name], "shape", ()))
+        if got != shape:
             raise ValueError(
-                f"SAE tensor {name} has shape {tuple(got.shape)}, expected {tuple(ref.shape)} "
-                f"for d_in={cfg.d_in}, d_sae={cfg.d_sae}."
+                f"SAE tensor {name} has shape {got}, expected {shape} for d_in={cfg.d_in}, "
+                f"d_sae={cfg.d_sae}."
             )
-    sae.load_state_dict({k: state[k].to(torch.float32) for k in expected})
-    return sae
+    check_weights(state, expected)
 
+
+def build_sae(cfg: SAEConfig, state: dict[str, Tensor]) -> SAE:
+    """Instantiate the architecture named by ``cfg`` and load ``state`` (SAELens layout), after
+    checking it (:func:`check_state`)."""
+    check_state(cfg, state)
+    sae = _architecture(cfg)(cfg)
+    sae.load_state_dict({k: state[k].to(torch.float32) for k in expected_shapes(cfg)})
+    return sae

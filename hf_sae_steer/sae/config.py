@@ -37,6 +37,10 @@ class SAEConfig:
     extra: dict[str, Any] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
+        for name in ("d_in", "d_sae"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+                raise ValueError(f"{name} must be a positive integer, got {value!r}.")
         if self.activation == "topk" and (self.k is None or not 0 < self.k <= self.d_sae):
             raise ValueError(f"A TopK SAE needs 0 < k <= d_sae={self.d_sae}, got k={self.k}.")
         if self.normalize_activations not in NORMALIZATIONS:

@@ -18,7 +18,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from hf_sae_steer.sae.base import SAE, build_sae
+from hf_sae_steer.sae.base import SAE, build_sae, check_weights
 from hf_sae_steer.sae.config import SAEConfig
 from hf_sae_steer.sae.files import read_safetensors
 
@@ -83,6 +83,10 @@ def gemmascope_to_sae(params: dict[str, Tensor], *, source: str = "<params>") ->
     missing = [k for k in (*_KEYS, "threshold") if k not in params]
     if missing:
         raise ValueError(f"{source}: not a Gemma Scope SAE, it lacks {', '.join(missing)}.")
+    try:
+        check_weights(params, (*_KEYS, "threshold"))
+    except ValueError as e:
+        raise ValueError(f"{source}: {e}") from None
     w_enc = params["w_enc"]
     if w_enc.ndim != 2:
         raise ValueError(f"{source}: w_enc must be 2-D [d_in, d_sae], got {tuple(w_enc.shape)}.")

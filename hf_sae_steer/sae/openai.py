@@ -21,7 +21,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from hf_sae_steer.sae.base import SAE, build_sae
+from hf_sae_steer.sae.base import SAE, build_sae, check_weights
 from hf_sae_steer.sae.config import SAEConfig
 from hf_sae_steer.sites.names import OPENAI_LOCATIONS
 
@@ -207,6 +207,10 @@ def openai_state_to_sae(
     bad = [k for k, v in weights.items() if not isinstance(v, Tensor)]
     if bad:
         raise ValueError(f"{source}: {', '.join(bad)} must be tensors.")
+    try:
+        check_weights(weights)
+    except ValueError as e:
+        raise ValueError(f"{source}: {e}") from None
     enc = weights["encoder.weight"]
     if enc.ndim != 2:
         raise ValueError(f"{source}: encoder.weight must be 2-D [n, d], got {tuple(enc.shape)}.")
@@ -252,7 +256,10 @@ def openai_state_to_sae(
         "W_dec": weights["decoder.weight"].T,
         "b_dec": weights["pre_bias"],
     }
-    return build_sae(cfg, sae_state)
+    try:
+        return build_sae(cfg, sae_state)
+    except ValueError as e:
+        raise ValueError(f"{source}: {e}") from None
 
 
 def load_openai(

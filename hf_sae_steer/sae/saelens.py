@@ -8,12 +8,14 @@ from typing import Any
 
 from torch import Tensor
 
-from hf_sae_steer.sae.base import SAE, build_sae
+from hf_sae_steer.sae.base import SAE, build_sae, check_state, check_weights
 from hf_sae_steer.sae.files import read_json, read_safetensors
 from hf_sae_steer.sae.saelens_format import (
     CFG_FILENAME,
+    SAELENS_TENSORS,
     WEIGHTS_FILENAME,
     saelens_config,
+    saelens_names,
     saelens_state,
 )
 
@@ -23,6 +25,10 @@ def sae_from_saelens(cfg: dict[str, Any], state: dict[str, Tensor], source: str 
     prefix = f"{source}: " if source else ""
     try:
         sae_cfg = saelens_config(cfg)
+        # The file's tensors, then their shapes against the config, before anything is computed
+        # on them or allocated at the config's size.
+        check_weights(state, [name for name in SAELENS_TENSORS if name in state])
+        check_state(sae_cfg, saelens_names(sae_cfg, state))
         return build_sae(sae_cfg, saelens_state(cfg, sae_cfg, state))
     except ValueError as e:
         raise ValueError(f"{prefix}{e}") from None

@@ -27,6 +27,9 @@ WEIGHTS_FILENAME = "sae_weights.safetensors"
 # SAELens architecture name <-> our activation name.
 ARCH_TO_ACTIVATION = {"standard": "relu", "topk": "topk", "jumprelu": "jumprelu", "gated": "gated"}
 ACTIVATION_TO_ARCH = {v: k for k, v in ARCH_TO_ACTIVATION.items()}
+# Every tensor of a SAELens file that the library reads.
+SAELENS_TENSORS = ("W_enc", "b_enc", "W_dec", "b_dec", "threshold", "log_threshold", "b_gate",
+                   "r_mag", "b_mag", "scaling_factor", "finetuning_scaling_factor")  # fmt: skip
 
 
 # -- config conversion -------------------------------------------------------------------
@@ -74,6 +77,12 @@ def saelens_config(cfg: dict[str, Any]) -> SAEConfig:
     """Our :class:`SAEConfig` from a SAELens ``cfg.json`` dict of any generation."""
     if "d_in" not in cfg or "d_sae" not in cfg:
         raise ValueError("SAELens config lacks d_in or d_sae.")
+    for name in ("d_in", "d_sae"):
+        value = cfg[name]
+        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+            raise ValueError(
+                f"{CFG_FILENAME} field {name} must be a positive integer, got {value!r}."
+            )
     activation = _architecture(cfg)
     k = cfg.get("k")
     kwargs = cfg.get("activation_fn_kwargs") or {}
@@ -96,8 +105,8 @@ def saelens_config(cfg: dict[str, Any]) -> SAEConfig:
         if cfg.get(key) is not None:
             extra[key] = cfg[key]
     out = SAEConfig(
-        d_in=int(cfg["d_in"]),
-        d_sae=int(cfg["d_sae"]),
+        d_in=cfg["d_in"],
+        d_sae=cfg["d_sae"],
         activation=activation,  # type: ignore[arg-type]
         k=k if activation == "topk" else None,
         normalize_activations=_normalize(cfg, notes),  # type: ignore[arg-type]
@@ -113,14 +122,28 @@ def saelens_config(cfg: dict[str, Any]) -> SAEConfig:
     return out
 
 
-def saelens_state(cfg: dict[str, Any], sae_cfg: SAEConfig, state: dict[str, Tensor]) -> dict:
-    """Map a SAELens state dict onto ours, folding the run-time-only options into weights."""
-    state = {k: v.to(torch.float32) for k, v in state.items()}
+def saelens_names(sae_cfg: SAEConfig, state: dict[str, Tensor]) -> dict[str, Tensor]:
+    """A SAELens state dict under our tensor names (``b_gate`` -> ``b_enc``, ``log_threshold`` ->
+    ``threshold``, still its log), unconverted and unfolded: what to check before any work."""
+    state = dict(state)
     if sae_cfg.activation == "gated" and "b_enc" not in state and "b_gate" in state:
         state["b_enc"] = state.pop("b_gate")
     if sae_cfg.activation == "jumprelu" and "threshold" not in state and "log_threshold" in state:
-        state["threshold"] = torch.exp(state.pop("log_threshold"))
+        state["threshold"] = state.pop("log_threshold")
+    return state
+
+
+def saelens_state(cfg: dict[str, Any], sae_cfg: SAEConfig, state: dict[str, Tensor]) -> dict:
+    """Map a SAELens state dict onto ours, folding the run-time-only options into weights.
+
+    Check ``saelens_names(sae_cfg, state)`` first: folding computes on the tensors."""
+    log_scale = "threshold" not in state and "log_threshold" in state
+    state = {k: v.to(torch.float32) for k, v in saelens_names(sae_cfg, state).items()}
+    if log_scale and "threshold" in state:
+        state["threshold"] = torch.exp(state["threshold"])
     scale = state.pop("scaling_factor", state.pop("finetuning_scaling_factor", None))
+    if scale is not None and scale.numel() not in (1, sae_cfg.d_sae):
+        raise ValueError(f"SAE tensor scaling_factor has {scale.numel()} values, not d_sae.")
     if scale is not None and not torch.all(scale == 1) and "W_dec" in state:
         if cfg.get("finetuning_scaling_factor"):
             # Old SAELens decoded ``(z * scaling_factor) @ W_dec``: fold it into the decoder.

@@ -13,7 +13,7 @@ equals one process's up to float rounding, in any number of processes.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -23,15 +23,19 @@ from tqdm.auto import tqdm
 
 from hf_sae_steer.distributed import World, all_gather_json, all_reduce_sum, broadcast_json
 from hf_sae_steer.scoring.checkpoint import (
+    CheckpointError,
     CheckpointState,
     check_same_run,
+    check_sums,
     existing_checkpoint,
     read_checkpoint,
+    remove_stale_temporaries,
     write_checkpoint,
 )
 from hf_sae_steer.scoring.embedders import embed_prompts
 from hf_sae_steer.scoring.passes import PromptPasses, ScoringSums, Summary
 from hf_sae_steer.scoring.prompts import PromptHash
+from hf_sae_steer.scoring.run_lock import RunLock
 from hf_sae_steer.scoring.sources import PromptSource
 
 CHUNK = 1024  # reference prompts read, embedded and passed at a time (over all processes)
@@ -69,8 +73,17 @@ class ScoringWalk:
     checkpoint: Checkpointing | None = None
     progress: bool = True
     chunk: int = CHUNK
+    _lock: RunLock | None = field(default=None, init=False, repr=False)
 
     def __call__(self, reference: PromptSource, alignment: list[str]) -> Accumulated:
+        try:
+            return self._walk(reference, alignment)
+        finally:
+            if self._lock is not None:
+                self._lock.release()
+                self._lock = None
+
+    def _walk(self, reference: PromptSource, alignment: list[str]) -> Accumulated:
         sums = ScoringSums(self.passes.sae.d_in, self.passes.sae.d_sae)
         saved = self._resume(sums, reference)
         start = saved.consumed if saved is not None else 0
@@ -83,6 +96,7 @@ class ScoringWalk:
             mine = [p for i, p in enumerate(alignment) if self.world.owns(i)]
             if mine:
                 self.passes.add_alignment(mine, sums, self.report_max_tokens)
+                self._check_finite(sums, alone=True)
             counted[1] = len(mine)
         hasher, pending = PromptHash(), []
         every = self.checkpoint.every if self.checkpoint is not None else None
@@ -102,6 +116,7 @@ class ScoringWalk:
                 if len(pending) < size:
                     continue
                 counted[0] += self._add(pending, align_emb, sums)
+                self._check_finite(sums, alone=True)
                 bar.update(len(pending))
                 pending = []
                 if every and index + 1 - saved_at >= every:
@@ -118,6 +133,7 @@ class ScoringWalk:
             )
         per_process = self._agree(counted, hasher.hexdigest())
         all_reduce_sum(sums.tensors(), self.world)
+        self._check_finite(sums)
         if self.checkpoint is not None:  # the finished sums: a later resume only re-scores
             self._write(sums.tensors(), hasher, hasher.count, reference, finished=True)
         return Accumulated(sums, hasher.hexdigest(), start, per_process)
@@ -152,19 +168,22 @@ class ScoringWalk:
 
     # -- checkpoints -----------------------------------------------------------------------
     def _resume(self, sums: ScoringSums, reference: PromptSource) -> CheckpointState | None:
-        """Rank 0 reads the checkpoint (if resuming one) into its sums; every rank learns where
-        it stood. A bad checkpoint is one clear error on every rank, not a hang."""
+        """Rank 0 locks the checkpoint for the run and reads it (if resuming one) into its
+        sums; every rank learns where it stood. A bad checkpoint is one clear error on every
+        rank, not a hang."""
         if self.checkpoint is None:
             return None
         found: dict[str, Any] | None = None
         if self.world.is_main:
             try:
+                self._lock = RunLock(self.checkpoint.path).acquire()
+                remove_stale_temporaries(self.checkpoint.path)  # of a write that was killed
                 found = self._read(sums)
             except (ValueError, OSError) as error:
-                found = {"error": str(error)}
+                found = {"error": str(error), "checkpoint": isinstance(error, CheckpointError)}
         found = broadcast_json(found, self.world)
         if found is not None and "error" in found:
-            raise ValueError(found["error"])
+            raise (CheckpointError if found["checkpoint"] else ValueError)(found["error"])
         return CheckpointState.from_json(found) if found is not None else None
 
     def _read(self, sums: ScoringSums) -> dict[str, Any] | None:
@@ -174,6 +193,7 @@ class ScoringWalk:
             return None
         tensors, state = read_checkpoint(path)
         check_same_run(path, state.run, self.run)
+        check_sums(path, tensors, sums.tensors(), state)
         sums.load(tensors)
         return state.to_json()
 
@@ -190,11 +210,28 @@ class ScoringWalk:
         finished: bool,
     ) -> None:  # fmt: skip
         """Sum the processes' partial sums (a copy: each keeps its own) and write them."""
-        tensors = sums.tensors()
         if self.world.size > 1:
-            tensors = {name: value.clone() for name, value in tensors.items()}
-            all_reduce_sum(tensors, self.world)
-        self._write(tensors, hasher, consumed, source, finished)
+            total = ScoringSums(sums.d_in, sums.d_sae).load(sums.tensors())  # a copy
+            all_reduce_sum(total.tensors(), self.world)
+            self._check_finite(total)
+            sums_to_write = total.tensors()
+        else:
+            sums_to_write = sums.tensors()
+        self._write(sums_to_write, hasher, consumed, source, finished)
+
+    def _check_finite(self, sums: ScoringSums, alone: bool = False) -> None:
+        """Refuse NaN/inf before they reach a checkpoint or the scores. ``alone``: a process's
+        own sums, checked only when it is the only one (others would wait for it forever)."""
+        if alone and self.world.size > 1:
+            return
+        name = sums.non_finite()
+        if name is not None:
+            site = self.passes.site
+            raise ValueError(
+                f"The scoring sums are not finite ({name} holds NaN or inf): the model's hidden "
+                f"states at {site.kind} of layer {site.layer} overflow. Score the model in "
+                "float32 (or bfloat16 rather than float16)."
+            )
 
     def _write(
         self, tensors: dict[str, Tensor], hasher: PromptHash, consumed: int,

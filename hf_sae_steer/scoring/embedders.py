@@ -11,6 +11,9 @@ import torch
 from torch import Tensor
 
 DEFAULT_EMBEDDER = "sentence-transformers/all-MiniLM-L6-v2"
+# The characters of a prompt an embedder is given: far more than the 256 to 512 tokens the
+# sentence embedders read (MiniLM: 256), so their embedding is that of the whole prompt.
+EMBED_MAX_CHARS = 100_000
 # A sentence-transformers id or path, a SentenceTransformer, or any list[str] -> [n, dim] callable.
 Embedder = str | Path | Callable[[list[str]], Tensor] | Any
 
@@ -69,6 +72,8 @@ def _embedder_path(name: str) -> str:
 
 
 def _embed(model: Any, texts: list[str], progress: bool) -> Tensor:
+    # Tokenizers read a whole text before truncating it: a long one costs memory in proportion.
+    texts = [text[:EMBED_MAX_CHARS] for text in texts]
     if hasattr(model, "encode"):
         out = model.encode(
             texts, convert_to_tensor=True, normalize_embeddings=True, show_progress_bar=progress

@@ -23,7 +23,14 @@ import torch
 from torch import nn
 
 from hf_sae_steer.distributed import current_world
-from hf_sae_steer.models import context_length, model_device, model_id, module_device
+from hf_sae_steer.models import (
+    context_length,
+    model_device,
+    model_id,
+    module_device,
+    weights_dtype,
+    weights_fingerprint,
+)
 from hf_sae_steer.sae.base import SAE
 from hf_sae_steer.scoring.accumulation import CHUNK, Checkpointing, ScoringWalk
 from hf_sae_steer.scoring.calibration import NORM_FRACTION, recommend
@@ -107,7 +114,9 @@ def fit(
     to rank ``i mod world_size``) and add up their sums; every rank returns the same record.
     ``checkpoint`` (a file) receives the sums every ``checkpoint_every`` reference prompts
     (default 1,024) and at the end; ``resume=True`` continues from it and gives the same
-    scores as an uninterrupted run. An existing checkpoint is never overwritten otherwise.
+    scores as an uninterrupted run. An existing checkpoint is never overwritten otherwise; one
+    run at a time holds it, and a damaged, crafted or foreign one raises
+    :class:`~hf_sae_steer.scoring.checkpoint.CheckpointError` (``docs/scaling.md``).
     """
     if summary not in SUMMARIES:
         raise ValueError(f"Unknown summary {summary!r}; use one of {', '.join(SUMMARIES)}.")
@@ -143,17 +152,19 @@ def fit(
         "embed_max_seq_length": embed_max_seq_length,
         "report_max_tokens": report_max_tokens,
     }
+    run = {
+        "sae_fingerprint": sae.fingerprint(), "d_in": sae.d_in, "d_sae": sae.d_sae,
+        "layer": where.layer, "site": where.kind, "summary": summary, "embedder": embedder_name,
+        **options, "alignment_size": len(alignment), "alignment_hash": hash_prompts(alignment),
+    }  # fmt: skip
+    if saving is not None:  # the weights, not the path: a checkpoint resumes only its model
+        run.update(model_fingerprint=weights_fingerprint(model), model_dtype=weights_dtype(model))
     walk = ScoringWalk(
         passes,
         embed_model,
         summary,
         world,
-        run={
-            "sae_fingerprint": sae.fingerprint(), "d_in": sae.d_in, "d_sae": sae.d_sae,
-            "model": model_id(model), "layer": where.layer, "site": where.kind,
-            "summary": summary, "embedder": embedder_name, **options,
-            "alignment_size": len(alignment), "alignment_hash": hash_prompts(alignment),
-        },  # fmt: skip
+        run=run,
         embed_max_seq_length=embed_max_seq_length,
         report_max_tokens=report_max_tokens,
         checkpoint=saving,
@@ -260,6 +271,12 @@ def from_sums(
 ) -> FeatureScores:
     """The score record of a finished run: the rule's scores, its recommended steering, the
     uncertainty report (warned about, once, when ``warn``) and provenance ``fields``."""
+    broken = sums.non_finite()
+    if broken is not None:  # NaN/inf never reach scores: the seed rule would score them 1
+        raise ValueError(
+            f"The scoring sums are not finite ({broken} holds NaN or inf): the model's hidden "
+            "states at the site overflow. Score the model in float32."
+        )
     result = apply_rule(rule, sums, sae, margin=margin, **rule_options)
     coverage = float(sums.fired.double().mean())
     stats = {

@@ -8,6 +8,7 @@ sums of the parts add up to the sums of the whole. Memory is bounded by a batch 
 
 from __future__ import annotations
 
+import itertools
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field, fields
 from typing import Any, Literal, get_args
@@ -18,6 +19,7 @@ from tqdm.auto import tqdm
 
 from hf_sae_steer.models import pad_token_id
 from hf_sae_steer.sae.base import SAE, NormInfo, SparseCode
+from hf_sae_steer.scoring.long_prompts import needs_pieces, prompt_windows, special_ids
 from hf_sae_steer.sites.hooks import run_to_site
 from hf_sae_steer.sites.layouts import ModelLayout
 from hf_sae_steer.sites.names import Site
@@ -96,6 +98,13 @@ class ScoringSums:
             setattr(self, name, got.to("cpu", value.dtype).clone())
         return self
 
+    def non_finite(self) -> str | None:
+        """The name of the first sum holding NaN or inf, or None when every sum is finite."""
+        for name, value in self.tensors().items():
+            if value.is_floating_point() and not bool(torch.isfinite(value).all()):
+                return name
+        return None
+
     def add(self, other: ScoringSums) -> ScoringSums:
         for name, value in self.tensors().items():
             value += getattr(other, name)
@@ -147,6 +156,7 @@ class PromptPasses:
 
     def __post_init__(self) -> None:
         self.pad_id = pad_token_id(self.tokenizer)
+        self.specials = special_ids(self.tokenizer)
 
     def add_reference(
         self, prompts: Sequence[str], d2: Tensor, summary: Summary, sums: ScoringSums
@@ -207,6 +217,10 @@ class PromptPasses:
         n = self.max_length or max(len(t) for t in ids) or 1
         return [(i, ids[i][s : s + n]) for i in order for s in range(0, len(ids[i]), n)]
 
+    def is_long(self, prompt: str) -> bool:
+        """Whether ``prompt`` is tokenized and passed a piece at a time (:mod:`long_prompts`)."""
+        return needs_pieces(prompt) and self.specials is not None and bool(self.max_length)
+
     def summaries(
         self,
         prompts: Sequence[str],
@@ -216,6 +230,38 @@ class PromptPasses:
         limit: int | None = None,
     ) -> Iterator[tuple[Tensor, Tensor]]:
         """Yield ``(prompt indices, raw summaries [m, d_sae])`` as prompts complete."""
+        short = [i for i, prompt in enumerate(prompts) if not self.is_long(prompt)]
+        if short:
+            for idx, raw in self._summaries([prompts[i] for i in short], summary, desc,
+                                            on_tokens, limit):  # fmt: skip
+                yield torch.tensor(short)[idx], raw
+        for i, prompt in enumerate(prompts):
+            if self.is_long(prompt):
+                yield torch.tensor([i]), self._long_summary(prompt, summary, on_tokens, limit)
+
+    def _long_summary(
+        self, prompt: str, summary: Summary, on_tokens: OnTokens | None, limit: int | None
+    ) -> Tensor:
+        """The raw summary ``[1, d_sae]`` of a long prompt, its windows made and passed a batch
+        at a time: memory bounded by a piece of text and a batch of windows."""
+        assert self.specials is not None and self.max_length
+        windows = prompt_windows(self.tokenizer, prompt, self.max_length, self.specials, limit)
+        step = max(1, int(self.batch_size))
+        acc: Tensor | None = None
+        while batch := [(0, ids) for ids in itertools.islice(windows, step)]:
+            raw = self._batch(batch, summary, on_tokens)
+            for row in range(len(batch)):
+                acc = raw[row] if acc is None else _combine(acc, raw[row], summary)
+        return (acc if acc is not None else torch.zeros(self.sae.d_sae)).unsqueeze(0)
+
+    def _summaries(
+        self,
+        prompts: Sequence[str],
+        summary: Summary,
+        desc: str,
+        on_tokens: OnTokens | None = None,
+        limit: int | None = None,
+    ) -> Iterator[tuple[Tensor, Tensor]]:
         windows = self.windows(prompts, limit)
         left = {i: 0 for i in range(len(prompts))}
         for i, _ in windows:

@@ -14,9 +14,12 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+from hf_sae_steer.scoring.prompt_files import check_utf8, is_blank, read_text, table_errors
+
 # Column names picked automatically, in this order, when no single string column stands out.
 # "0" is what pandas writes for an unnamed Series (the reference demo's CSV layout).
 PREFERRED_COLUMNS = ("text", "prompt", "0")
+HASH_PIECE = 1 << 20  # characters of a long prompt hashed at a time
 FILE_SUFFIXES = (".csv", ".json", ".jsonl", ".parquet", ".txt")
 
 
@@ -57,6 +60,8 @@ def _from_path_or_id(
     suffix = path.suffix.lower()
     if path.is_file():
         return _slice(_from_file(path, suffix, column), split, str(path))
+    if path.is_dir() and suffix in FILE_SUFFIXES:
+        raise ValueError(f"{path} is a folder, not a prompt file.")
     if suffix in FILE_SUFFIXES or isinstance(source, Path):
         raise FileNotFoundError(f"No such prompt file: {path}")
     # A local folder (data files or a repo clone) or a Hub dataset id: datasets resolves both.
@@ -98,6 +103,7 @@ def _from_file(path: Path, suffix: str, column: str | None) -> list[str]:
     try:
         return _parse_file(path, suffix, column)
     except UnicodeDecodeError as e:
+        check_utf8(path)  # names the line
         raise ValueError(
             f"Prompt file {path} is not UTF-8 text ({e.reason} at byte {e.start}); save it as "
             "UTF-8."
@@ -111,11 +117,12 @@ def _from_file(path: Path, suffix: str, column: str | None) -> list[str]:
 
 def _parse_file(path: Path, suffix: str, column: str | None) -> list[str]:
     if suffix == ".txt":
-        lines = path.read_text(encoding="utf-8").splitlines()
-        return _check_strings([line for line in lines if line.strip()], str(path))
+        return _check_strings([line for line in read_text(path) if not is_blank(line)], str(path))
     if suffix in (".json", ".jsonl"):
         return _from_records(_read_json(path, suffix == ".jsonl"), column, str(path))
-    if suffix in (".csv", ".parquet"):
+    if suffix == ".csv":
+        return _from_csv(path, column)
+    if suffix == ".parquet":
         return _from_frame(_read_frame(path, suffix), column, str(path))
     raise ValueError(
         f"Unsupported prompt file {path.name!r}; use one of {', '.join(FILE_SUFFIXES)}."
@@ -136,19 +143,41 @@ def pick_split(dataset_dict: Any, split: str | None) -> Any:
 
 
 def _read_json(path: Path, lines: bool) -> list[Any] | dict[str, Any]:
-    text = path.read_text(encoding="utf-8")
-    if lines:
-        return [json.loads(line) for line in text.splitlines() if line.strip()]
-    return json.loads(text)
+    if not lines:
+        return json.loads("\n".join(read_text(path)))
+    records = []
+    for number, line in enumerate(read_text(path), start=1):
+        if not is_blank(line):
+            try:
+                records.append(json.loads(line))
+            except json.JSONDecodeError as e:
+                raise ValueError(
+                    f"Prompt file {path} is not valid JSONL (line {number}, column {e.colno}: "
+                    f"{e.msg})."
+                ) from None
+    return records
 
 
-def _read_frame(path: Path, suffix: str) -> Any:
+def _read_frame(path: Path, suffix: str, **options: Any) -> Any:
     import pandas as pd
 
     if suffix == ".parquet":
-        return pd.read_parquet(path)
+        with table_errors(path, "Parquet"):
+            return pd.read_parquet(path)
     # keep_default_na=False: an empty cell is "" (caught below), and "NA" stays a prompt.
-    return pd.read_csv(path, keep_default_na=False)
+    with table_errors(path, "CSV"):
+        return pd.read_csv(path, keep_default_na=False, **options)
+
+
+def _from_csv(path: Path, column: str | None) -> list[str]:
+    """The prompt column of a CSV file, picked as in any table and read as text: a column of
+    numbers is prompts "1", "2.50" (as the streamed source reads it), not numbers."""
+    frame = _read_frame(path, ".csv")
+    columns = {str(name): frame[name].tolist() for name in frame.columns}
+    name = _pick(columns, column, str(path))
+    if not all(isinstance(value, str) for value in columns[name]):
+        columns[name] = _read_frame(path, ".csv", usecols=[name], dtype={name: str})[name].tolist()
+    return _check_strings(columns[name], f"column {name!r} of {path}")
 
 
 def _from_records(data: list[Any] | dict[str, Any], column: str | None, where: str) -> list[str]:
@@ -189,6 +218,11 @@ def _from_dataset(dataset: Any, column: str | None, where: str) -> list[str]:
 
 
 def _from_columns(columns: dict[str, list[Any]], column: str | None, where: str) -> list[str]:
+    column = _pick(columns, column, where)
+    return _check_strings(columns[column], f"column {column!r} of {where}")
+
+
+def _pick(columns: dict[str, list[Any]], column: str | None, where: str) -> str:
     names = list(columns)
     if column is None:
         # The unnamed index pandas writes ("Unnamed: 0") is never a prompt column.
@@ -197,7 +231,7 @@ def _from_columns(columns: dict[str, list[Any]], column: str | None, where: str)
         column = pick_column(names, strings, where)
     if column not in columns:
         raise ValueError(f"No column {column!r} in {where}; the columns are {names}.")
-    return _check_strings(columns[column], f"column {column!r} of {where}")
+    return column
 
 
 def pick_column(names: list[str], strings: list[str], where: str) -> str:
@@ -230,7 +264,7 @@ def check_prompt(value: Any, row: int, where: str) -> str:
     if not isinstance(value, str):
         kind = type(value).__name__
         raise ValueError(f"Row {row} of {where} is {kind} ({value!r}), not a string.")
-    if not value.strip():
+    if is_blank(value):  # not value.strip(): no copy of a long prompt
         raise ValueError(f"Row {row} of {where} is an empty prompt.")
     return value
 
@@ -255,7 +289,14 @@ class PromptHash:
     def update(self, prompt: str) -> None:
         if self.count:
             self._sha.update(b", ")
-        self._sha.update(json.dumps(prompt, ensure_ascii=False).encode())
+        if len(prompt) <= HASH_PIECE:
+            self._sha.update(json.dumps(prompt, ensure_ascii=False).encode())
+        else:  # JSON escapes character by character: the pieces' escapes join to the whole's
+            self._sha.update(b'"')
+            for start in range(0, len(prompt), HASH_PIECE):
+                piece = json.dumps(prompt[start : start + HASH_PIECE], ensure_ascii=False)
+                self._sha.update(piece[1:-1].encode())
+            self._sha.update(b'"')
         self.count += 1
 
     def prefix(self) -> str:

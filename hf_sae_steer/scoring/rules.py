@@ -26,6 +26,9 @@ from hf_sae_steer.scoring.passes import ScoringSums
 
 PRIOR_PROMPTS = 5  # support: pseudo-prompts at the mean raw score
 MEAN_DIFF_K = 5  # mean_diff: latents chosen
+# mean_diff: a |delta| below this fraction of a token's typical norm is float noise (the same
+# prompts in both sets, summed in another order), not a direction.
+NO_DIRECTION = 1e-4
 
 
 @dataclass
@@ -87,11 +90,24 @@ def support_rule(
 
 
 def check_direction(sums: ScoringSums) -> tuple[Tensor, Tensor]:
-    """``Δ`` (the SAE's input space) and ``Δ_raw``: alignment minus reference mean hidden state."""
+    """``Δ`` (the SAE's input space) and ``Δ_raw``: alignment minus reference mean hidden state;
+    an error when there is none (no tokens, not finite, or float noise)."""
     if int(sums.align_tokens) == 0 or int(sums.ref_tokens) == 0:
         raise ValueError("mean_diff needs tokens in both the reference and the alignment set.")
     delta = sums.alignment_mean() - sums.reference_mean()
     delta_raw = sums.alignment_mean(raw=True) - sums.reference_mean(raw=True)
+    size, typical = float(delta.norm()), sums.mean_norm()
+    if not math.isfinite(size) or not math.isfinite(typical):
+        raise ValueError(
+            "mean_diff: the direction from the reference mean to the alignment mean is not "
+            "finite (NaN or inf hidden states at the site); score the model in float32."
+        )
+    if size <= NO_DIRECTION * typical:
+        raise ValueError(
+            f"mean_diff: the alignment set's mean hidden state equals the reference set's "
+            f"(|delta| = {size:.3g} against a typical norm of {typical:.3g}): there is no "
+            "direction to steer towards. Give alignment texts of the topic, not the reference set."
+        )
     return delta, delta_raw
 
 
@@ -102,6 +118,12 @@ def mean_diff_rule(sums: ScoringSums, sae: SAE, *, k: int = MEAN_DIFF_K) -> Rule
         raise ValueError(f"k must be between 1 and d_sae={sae.d_sae}, got {k}.")
     delta, delta_raw = check_direction(sums)
     latents, weights, residual = nn_omp(sae.W_dec.detach().double().cpu(), delta, k)
+    if not len(latents):
+        raise ValueError(
+            "mean_diff: no decoder row of the SAE points along the direction from the reference "
+            "mean to the alignment mean: there is nothing to steer with (rule='seed' still ranks "
+            "latents)."
+        )
     scores = torch.zeros(sae.d_sae, dtype=torch.float32)
     if len(latents):
         scores[latents] = (weights / weights.max()).float()

@@ -21,6 +21,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from hf_sae_steer.scoring.prompt_files import check_utf8, is_blank, table_errors, text_lines
 from hf_sae_steer.scoring.prompts import (
     FILE_SUFFIXES,
     check_prompt,
@@ -152,11 +153,9 @@ def _whole(prompts: list[str], where: str) -> PromptSource:
 # -- local files -----------------------------------------------------------------------------
 def _text_source(path: Path, column: str | None, where: str) -> PromptSource:
     def rows() -> Iterator[str]:
-        # Universal newlines, then splitlines: the same lines as read_text().splitlines().
-        with path.open(encoding="utf-8") as f:
-            for line in f:
-                yield from (part for part in line.splitlines() if part.strip())
+        return (line for line in text_lines(path) if not is_blank(line))
 
+    check_utf8(path)  # the whole file, before any prompt is scored
     if next(iter(rows()), None) is None:
         raise ValueError(empty_message(where))
     return PromptSource(where, rows)
@@ -164,14 +163,14 @@ def _text_source(path: Path, column: str | None, where: str) -> PromptSource:
 
 def _jsonl_source(path: Path, column: str | None, where: str) -> PromptSource:
     def records() -> Iterator[Any]:
-        with path.open(encoding="utf-8") as f:
-            for number, line in enumerate(f, start=1):
-                if line.strip():
-                    try:
-                        yield json.loads(line)
-                    except json.JSONDecodeError as error:
-                        raise ValueError(f"Line {number} of {where} is not JSON: {error}") from None
+        for number, line in enumerate(text_lines(path), start=1):
+            if not is_blank(line):
+                try:
+                    yield json.loads(line)
+                except json.JSONDecodeError as error:
+                    raise ValueError(f"Line {number} of {where} is not JSON: {error}") from None
 
+    check_utf8(path)  # the whole file, before any prompt is scored
     first = next(iter(records()), None)
     if first is None:
         raise ValueError(empty_message(where))
@@ -201,8 +200,10 @@ def _jsonl_source(path: Path, column: str | None, where: str) -> PromptSource:
 def _csv_source(path: Path, column: str | None, where: str) -> PromptSource:
     import pandas as pd
 
+    check_utf8(path)  # the whole file, before any prompt is scored
     # keep_default_na=False: an empty cell is "" (caught as empty), and "NA" stays a prompt.
-    head = pd.read_csv(path, keep_default_na=False, nrows=ROWS_PER_READ)
+    with table_errors(path, "CSV"):
+        head = pd.read_csv(path, keep_default_na=False, nrows=ROWS_PER_READ)
     names = [str(n) for n in head.columns]
     if column is None:
         candidates = [n for n in names if not n.startswith("Unnamed:")]
@@ -216,13 +217,14 @@ def _csv_source(path: Path, column: str | None, where: str) -> PromptSource:
     def values() -> Iterator[Any]:
         # The column read as text: exactly the strings load_prompts sees whenever it accepts
         # the file (pandas only turns a whole column into numbers when none is text).
-        reader = pd.read_csv(
-            path, keep_default_na=False, usecols=[column], dtype={column: str},
-            chunksize=ROWS_PER_READ,
-        )  # fmt: skip
-        with reader:
-            for frame in reader:
-                yield from frame[column].tolist()
+        with table_errors(path, "CSV"):
+            reader = pd.read_csv(
+                path, keep_default_na=False, usecols=[column], dtype={column: str},
+                chunksize=ROWS_PER_READ,
+            )  # fmt: skip
+            with reader:
+                for frame in reader:
+                    yield from frame[column].tolist()
 
     return PromptSource(f"column {column!r} of {where}", values)
 
@@ -236,7 +238,8 @@ def _parquet_source(path: Path, column: str | None, where: str) -> PromptSource:
             kind = kind.value_type
         return pa.types.is_string(kind) or pa.types.is_large_string(kind)
 
-    schema = pq.ParquetFile(path).schema_arrow
+    with table_errors(path, "Parquet"):
+        schema = pq.ParquetFile(path).schema_arrow
     # pandas keeps its index in "__index_level_N__" columns; read_parquet never shows them.
     names = [n for n in schema.names if not n.startswith("__index_level_")]
     if column is None:
@@ -248,11 +251,12 @@ def _parquet_source(path: Path, column: str | None, where: str) -> PromptSource:
         raise ValueError(f"No column {column!r} in {where}; the columns are {names}.")
 
     def values() -> Iterator[Any]:
-        with pq.ParquetFile(path) as f:
+        with table_errors(path, "Parquet"), pq.ParquetFile(path) as f:
             for batch in f.iter_batches(batch_size=ROWS_PER_READ, columns=[column]):
                 yield from batch.column(0).to_pylist()
 
-    size = pq.ParquetFile(path).metadata.num_rows
+    with table_errors(path, "Parquet"):
+        size = pq.ParquetFile(path).metadata.num_rows
     if size == 0:
         raise ValueError(empty_message(f"column {column!r} of {where}"))
     return PromptSource(f"column {column!r} of {where}", values, size=size)
