@@ -22,6 +22,7 @@ from hf_sae_steer.generation import compare_methods
 from hf_sae_steer.models import check_device, load_model
 from hf_sae_steer.sae.loading import load_sae
 from hf_sae_steer.scoring import FeatureScores
+from hf_sae_steer.scoring.card import CARD_FILE
 from hf_sae_steer.scoring.examples import latent_examples
 from hf_sae_steer.scoring.prompts import load_prompts
 from hf_sae_steer.scoring.record import ARTIFACT_FILES, is_artifact, load_scores
@@ -124,7 +125,8 @@ def _gen_options(args: argparse.Namespace) -> dict[str, Any]:
 
 def cmd_score(args: argparse.Namespace) -> dict[str, Any]:
     # Every cheap check before the model loads and the scoring runs.
-    check_output_folder(args.out, ARTIFACT_FILES, overwrite=args.overwrite, is_ours=is_artifact)
+    check_output_folder(args.out, ARTIFACT_FILES, overwrite=args.overwrite, is_ours=is_artifact,
+                        optional=(CARD_FILE,))  # fmt: skip
     if args.device is not None:
         check_device(args.device)
     def options(which: str) -> dict[str, Any]:

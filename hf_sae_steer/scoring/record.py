@@ -138,8 +138,8 @@ class FeatureScores:
         """Write the artifact folder ``path`` atomically; returns it.
 
         ``path`` must be new, empty or an earlier artifact; a folder with other files (a model,
-        your own README) is refused unless ``overwrite=True``, which replaces only the three
-        artifact files.
+        your own README) is refused unless ``overwrite=True``, which writes beside them and keeps
+        them all (your own README.md too: the artifact then goes without its model card).
         """
         tensors = {"scores": self.scores}
         for name, value in self.stats.items():
@@ -155,7 +155,10 @@ class FeatureScores:
             (folder / CONFIG_FILE).write_text(text, encoding="utf-8")
             (folder / CARD_FILE).write_text(model_card(config), encoding="utf-8")
 
-        return write_folder(path, ARTIFACT_FILES, write, overwrite=overwrite, is_ours=is_artifact)
+        return write_folder(
+            path, ARTIFACT_FILES, write, overwrite=overwrite, is_ours=is_artifact,
+            optional=(CARD_FILE,),
+        )  # fmt: skip
 
     def push_to_hub(
         self,
@@ -177,6 +180,7 @@ class FeatureScores:
             return api.upload_folder(
                 repo_id=repo_id,
                 folder_path=tmp,
+                allow_patterns=list(ARTIFACT_FILES),  # not the folder's hidden manifest
                 repo_type="model",
                 revision=revision,
                 commit_message=commit_message,
