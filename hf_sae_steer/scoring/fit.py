@@ -12,6 +12,8 @@ the size of the reference set.
 
 from __future__ import annotations
 
+import inspect
+import math
 import time
 import warnings
 from pathlib import Path
@@ -21,15 +23,21 @@ import torch
 from torch import nn
 
 from hf_sae_steer.distributed import current_world
+from hf_sae_steer.folders import check_writable
 from hf_sae_steer.models import context_length, model_device, model_id, module_device
 from hf_sae_steer.sae.base import SAE
 from hf_sae_steer.scoring.accumulation import CHUNK, Checkpointing, ScoringWalk
-from hf_sae_steer.scoring.calibration import NORM_FRACTION, recommend
+from hf_sae_steer.scoring.calibration import (
+    MAX_STRENGTH,
+    NORM_FRACTION,
+    check_norm_fraction,
+    recommend,
+)
 from hf_sae_steer.scoring.embedders import DEFAULT_EMBEDDER, Embedder, load_embedder
 from hf_sae_steer.scoring.passes import SUMMARIES, PromptPasses, ScoringSums, Summary
 from hf_sae_steer.scoring.prompts import hash_prompts, load_prompts
 from hf_sae_steer.scoring.record import FeatureScores
-from hf_sae_steer.scoring.rules import DEFAULT_RULE, RULES, Rule, apply_rule
+from hf_sae_steer.scoring.rules import DEFAULT_RULE, RULE_FUNCTIONS, RULES, Rule, apply_rule
 from hf_sae_steer.scoring.sources import open_prompts
 from hf_sae_steer.scoring.uncertainty import build_report
 from hf_sae_steer.sites.layouts import find_layout
@@ -94,13 +102,11 @@ def fit(
     (default 1,024) and at the end; ``resume=True`` continues from it and gives the same
     scores as an uninterrupted run. An existing checkpoint is never overwritten otherwise.
     """
-    if summary not in SUMMARIES:
-        raise ValueError(f"Unknown summary {summary!r}; use one of {', '.join(SUMMARIES)}.")
-    if rule not in RULES:
-        raise ValueError(f"Unknown rule {rule!r}; use one of {', '.join(RULES)}.")
+    rule_options = check_options(
+        rule, summary=summary, k=k, prior_prompts=prior_prompts, norm_fraction=norm_fraction,
+        d_sae=sae.d_sae,
+    )  # fmt: skip
     saving = _checkpointing(checkpoint, checkpoint_every, resume)
-    given = {"k": k, "prior_prompts": prior_prompts}
-    rule_options = {name: value for name, value in given.items() if value is not None}
     started = time.perf_counter()
     source, alignment = open_prompts(reference), load_prompts(alignment)
     layout = find_layout(model)
@@ -177,6 +183,47 @@ def fit(
     )
 
 
+def check_options(
+    rule: str,
+    *,
+    summary: str = "avg",
+    k: int | None = None,
+    prior_prompts: float | None = None,
+    norm_fraction: float = NORM_FRACTION,
+    d_sae: int | None = None,
+) -> dict[str, Any]:
+    """The rule's options, if every option of a fit is valid (checked before any work; the
+    messages name the arguments and their flags)."""
+    if summary not in SUMMARIES:
+        raise ValueError(f"Unknown summary {summary!r}; use one of {', '.join(SUMMARIES)}.")
+    if rule not in RULES:
+        raise ValueError(f"Unknown rule {rule!r}; use one of {', '.join(RULES)}.")
+    check_norm_fraction(norm_fraction)
+    given = {name: value for name, value in {"k": k, "prior_prompts": prior_prompts}.items()
+             if value is not None}  # fmt: skip
+    takes = set(inspect.signature(RULE_FUNCTIONS[rule]).parameters) - {"sums", "sae"}
+    for name in given.keys() - takes:
+        flag = name.replace("_", "-")
+        raise ValueError(f"{name} (--{flag}) is an option of the rule {_taking(name)}, not {rule}.")
+    if k is not None and (
+        isinstance(k, bool) or not isinstance(k, int) or k < 1 or (d_sae and k > d_sae)
+    ):
+        top = f"d_sae={d_sae}" if d_sae else "d_sae"
+        raise ValueError(f"k (--k) must be a whole number from 1 to {top}, got {k!r}.")
+    if prior_prompts is not None and not (
+        isinstance(prior_prompts, (int, float)) and 0 <= prior_prompts < math.inf
+    ):
+        raise ValueError(
+            f"prior_prompts (--prior-prompts) must be a finite number >= 0, got {prior_prompts!r}."
+        )
+    return given
+
+
+def _taking(option: str) -> str:
+    rules = RULE_FUNCTIONS.items()
+    return next(rule for rule, f in rules if option in inspect.signature(f).parameters)
+
+
 def _checkpointing(
     path: str | Path | None, every: int | None, resume: bool
 ) -> Checkpointing | None:
@@ -186,7 +233,9 @@ def _checkpointing(
         return None
     if every is not None and every < 1:
         raise ValueError(f"checkpoint_every must be a positive number of prompts, got {every}.")
-    return Checkpointing(Path(path).expanduser(), every or CHUNK, resume)
+    path = Path(path).expanduser()
+    check_writable(path.parent)  # now, not when the first sums are due
+    return Checkpointing(path, every or CHUNK, resume)
 
 
 def from_sums(
@@ -227,6 +276,13 @@ def from_sums(
         recommended = recommend(rule, result.scores, stats, sae, sums.mean_norm(), norm_fraction)
     except ValueError:  # nothing to steer with (no latent fired, or no direction)
         recommended = None
+    if recommended is not None and abs(recommended["strength"]) > MAX_STRENGTH:
+        raise ValueError(
+            f"The recommended {recommended['method']} steering would need strength "
+            f"{recommended['strength']:.3g} for norm fraction {norm_fraction:g}, beyond the "
+            f"±{MAX_STRENGTH:g} that steering accepts: the SAE's decoder rows are tiny next to "
+            "the hidden states. Pass a smaller norm_fraction (--norm-fraction)."
+        )
     options = {**fields.pop("options", {}), "rule_options": result.options}
     return FeatureScores(
         scores=result.scores,
