@@ -39,6 +39,7 @@ def one_line(code: int, err: str, message: str, status: int = 2) -> None:
     [
         (["--prompt", ""], "--prompt number 1 is empty"),
         (["--prompt", "word " * 300], "exceeds the model's context of 128 tokens"),
+        (["--prompt", "word " * 200_000], "The prompt is 1000000 characters long"),
         (["--prompt", "hi", "--device", "cuda"], "CUDA is not available here"),
         (["--prompt", "hi", "--device", "banana"], "Unknown device 'banana'"),
         (["--prompt", "hi", "--methods", "swap", "--strength", "1e30"], "strength must be"),

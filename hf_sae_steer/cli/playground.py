@@ -26,7 +26,7 @@ from hf_sae_steer.cli.settings import (
     parse_positions,
     parse_tokens,
 )
-from hf_sae_steer.generation import Generator, sampling_options
+from hf_sae_steer.generation import Generator, check_prompt_chars, sampling_options
 from hf_sae_steer.models import context_length, load_model
 from hf_sae_steer.sae.base import SAE
 from hf_sae_steer.sae.loading import load_sae
@@ -192,6 +192,10 @@ class Playground:
         models = [(self.model, self.tokenizer)]
         models += [self.compare_model] if self.compare_model is not None else []
         for model, tokenizer in models:
+            try:  # in characters first: tokenizing a huge prompt costs memory in proportion
+                check_prompt_chars(model, tokenizer, [prompt], settings.max_new_tokens)
+            except ValueError as error:
+                raise PlaygroundError(str(error)) from None
             n = len(tokenizer(prompt, verbose=False)["input_ids"])
             limit = context_length(model, tokenizer)
             if limit is not None and n + settings.max_new_tokens > limit:
