@@ -14,6 +14,7 @@ from hf_sae_steer.cli.settings import (
     Settings,
     parse_method,
     parse_positions,
+    parse_seed,
     parse_strength,
     parse_switch,
     parse_tokens,
@@ -94,6 +95,31 @@ def test_prompt_checks(playground):
         playground.run("   ")
     with pytest.raises(PlaygroundError, match="exceeds the model's context of 128 tokens"):
         playground.run("word " * 200)
+
+
+def test_prompts_that_are_not_text_are_refused(playground):
+    with pytest.raises(PlaygroundError, match="is not UTF-8 text"):
+        playground.run("caf\udce9")  # a byte that was not UTF-8, as Python decodes it
+    with pytest.raises(PlaygroundError, match="The prompt must be text; got int"):
+        playground.run(123)
+
+
+def test_parsers_refuse_what_is_not_their_kind():
+    # The web app's HTTP API passes whatever JSON a client sends.
+    for parse, value in [(parse_method, 5), (parse_positions, 3.0), (parse_method, None)]:
+        with pytest.raises(PlaygroundError):
+            parse(value)
+    with pytest.raises(PlaygroundError, match="sample takes on, off or default; got 3"):
+        parse_switch(3, "sample")
+    with pytest.raises(PlaygroundError, match="whole number from 1 to 512; got '1.5'"):
+        parse_tokens("1.5")
+    with pytest.raises(PlaygroundError, match="whole number"):
+        parse_tokens(2.5)
+    assert parse_tokens(32.0) == 32 and parse_tokens("7") == 7  # a slider sends floats
+    assert parse_seed("42") == 42 and parse_seed(0) == 0
+    for bad in ("1" * 23, "-1", "1.5", "x", 2**32):
+        with pytest.raises(PlaygroundError, match="whole number from 0 to 4294967295"):
+            parse_seed(bad)
 
 
 def test_parsers_name_the_problem():

@@ -395,6 +395,7 @@ def cmd_app(args: argparse.Namespace) -> None:
         raise ImportError(
             "The web app needs Gradio, which is not installed: pip install 'hf_sae_steer[app]'"
         ) from error
+    webapp.check_address(args.host, args.port)
     webapp.serve(_playground(args), host=args.host, port=args.port, share=args.share)
 
 

@@ -36,6 +36,7 @@ from hf_sae_steer.scoring.record import FeatureScores, load_scores
 from hf_sae_steer.steering.steered import SteeredModel
 
 BASE, STEERED, COMPARE = "base", "steered", "compare"
+NOT_TEXT = "That line is not UTF-8 text (is the terminal set to UTF-8?); type it again."
 
 
 @dataclass
@@ -187,8 +188,12 @@ class Playground:
     def check_prompt(self, prompt: str, settings: Settings | None = None) -> str:
         """The prompt, if it is not empty and fits every model's context with the new tokens."""
         settings = settings or self.settings
-        if not isinstance(prompt, str) or not prompt.strip():
+        if not isinstance(prompt, str):
+            raise PlaygroundError(f"The prompt must be text; got {type(prompt).__name__}.")
+        if not prompt.strip():
             raise PlaygroundError("The prompt is empty; type some text to continue.")
+        if not is_text(prompt):
+            raise PlaygroundError("The prompt is not UTF-8 text (it holds undecodable bytes).")
         models = [(self.model, self.tokenizer)]
         models += [self.compare_model] if self.compare_model is not None else []
         for model, tokenizer in models:
@@ -307,6 +312,16 @@ class Playground:
         ]
         self._latents[(k, per_latent)] = rows
         return rows
+
+
+def is_text(line: str) -> bool:
+    """Whether ``line`` is text: no lone surrogates (bytes that were not UTF-8, decoded with
+    ``surrogateescape``, or escaped into JSON), which tokenizers and terminals refuse."""
+    try:
+        line.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
 
 
 def _short(spec: str) -> str:
