@@ -43,6 +43,7 @@ def one_line(code: int, err: str, message: str, status: int = 2) -> None:
         (["--prompt", "hi", "--device", "cuda"], "CUDA is not available here"),
         (["--prompt", "hi", "--device", "banana"], "Unknown device 'banana'"),
         (["--prompt", "hi", "--methods", "swap", "--strength", "1e30"], "strength must be"),
+        (["--prompt", "hi", "--seed", "1" * 23], "--seed must be a whole number from 0 to"),
     ],
 )
 def test_generate_bad_input(capsys, extra, message):

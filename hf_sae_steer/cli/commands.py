@@ -14,7 +14,7 @@ import torch
 from hf_sae_steer.cli.chat import run_chat
 from hf_sae_steer.cli.demo import run_demo
 from hf_sae_steer.cli.playground import Playground
-from hf_sae_steer.cli.settings import Settings, parse_method
+from hf_sae_steer.cli.settings import MAX_SEED, Settings, parse_method
 from hf_sae_steer.distributed import current_world, launched_size, process_device, shutdown
 from hf_sae_steer.evaluation.conditions import BASELINES, CONTROLS
 from hf_sae_steer.evaluation.result import EVAL_FILES, is_evaluation
@@ -44,6 +44,8 @@ def run(args: argparse.Namespace) -> Any:
             f"{args.command} runs in one process; only {' and '.join(SHARED)} share their work "
             "under torchrun / accelerate launch. Run it without a launcher."
         )
+    if not 0 <= args.seed <= MAX_SEED:
+        raise ValueError(f"--seed must be a whole number from 0 to {MAX_SEED}; got {args.seed}.")
     torch.manual_seed(args.seed)
     args.device = process_device(args.device)  # each process its own GPU under a launcher
     world = current_world(cpu=args.device is not None and args.device.startswith("cpu"))
