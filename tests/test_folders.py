@@ -361,3 +361,10 @@ def test_a_users_file_with_an_artifacts_name_is_never_replaced(scores, tmp_path)
     with pytest.raises(FileExistsError, match="steering_config.json"):
         scores.save_pretrained(folder, overwrite=True)
     assert (folder / "steering_config.json").read_text() == '{"my": "settings"}'
+
+
+def test_an_artifact_written_before_manifests_is_still_ours(scores, tmp_path):
+    folder = scores.save_pretrained(tmp_path / "art")
+    (folder / MANIFEST).unlink()  # as hf_sae_steer 0.2 wrote it
+    scores.save_pretrained(folder)  # recognised by its config, no --overwrite needed
+    assert (folder / MANIFEST).is_file()
