@@ -213,11 +213,13 @@ def test_score_options_are_checked_up_front(capsys, tmp_path, no_model, extra, m
 
 def test_ctrl_c_mid_score_says_how_to_resume(capsys, tmp_path):
     reference = tmp_path / "ref.txt"
-    reference.write_text("\n".join((DEMO / "reference.txt").read_text().splitlines() * 30))
+    # Enough prompts after the first checkpoint that Ctrl-C (a few milliseconds later) lands
+    # mid-run, few enough that the resumed run is short.
+    reference.write_text("\n".join((DEMO / "reference.txt").read_text().splitlines() * 2))
     checkpoint = tmp_path / "run.ckpt"
     argv = [*SCORE[:5], "--reference", str(reference), "--alignment", str(DEMO / "alignment.txt"),
             "--out", str(tmp_path / "out"), "--checkpoint", str(checkpoint),
-            "--checkpoint-every", "16", "--batch-size", "4"]  # fmt: skip
+            "--checkpoint-every", "16", "--batch-size", "8"]  # fmt: skip
 
     def interrupt_after_the_first_checkpoint():
         while not checkpoint.exists():
