@@ -18,7 +18,13 @@ import torch
 from torch import Tensor, nn
 from tqdm.auto import tqdm
 
-from hf_sae_steer.models import context_length, eos_token_ids, model_device, pad_token_id
+from hf_sae_steer.models import (
+    context_length,
+    eos_token_ids,
+    max_prompt_chars,
+    model_device,
+    pad_token_id,
+)
 from hf_sae_steer.sae.base import SAE
 from hf_sae_steer.steering.interventions import Method
 from hf_sae_steer.steering.positions import Positions
@@ -147,6 +153,21 @@ class Generator:
         return ids.to(device), mask.to(device)
 
 
+def check_prompt_chars(
+    model: nn.Module, tokenizer: Any, prompts: Sequence[str], max_new_tokens: int
+) -> None:
+    """Refuse, before tokenizing, a prompt too long in characters to fit the model's context
+    with ``max_new_tokens`` new tokens (tokenizing a huge text costs memory in proportion)."""
+    bound = max_prompt_chars(model, tokenizer, max_new_tokens)
+    longest = max((len(p) for p in prompts if isinstance(p, str)), default=0)
+    if bound is not None and longest > bound:
+        raise ValueError(
+            f"The prompt is {longest} characters long: more than the model's context of "
+            f"{context_length(model, tokenizer)} tokens can hold with {max_new_tokens} new tokens "
+            f"(at most {bound} characters). Shorten the prompt or ask for fewer new tokens."
+        )
+
+
 def continue_prompts(
     model: nn.Module,
     tokenizer: Any,
@@ -169,6 +190,7 @@ def continue_prompts(
         top_k=top_k,
         top_p=top_p,
     )
+    check_prompt_chars(model, tokenizer, prompts, max_new_tokens)
     gen = Generator(tokenizer, prompts, seed=seed, batch_size=batch_size, options=options)
     continuations, _ = gen.run(model, progress=progress)
     return [c.text for c in continuations]

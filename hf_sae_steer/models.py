@@ -4,6 +4,7 @@ library reads off them (device, hidden size, context length, pad and EOS ids, na
 from __future__ import annotations
 
 import hashlib
+import weakref
 from pathlib import Path
 from typing import Any
 
@@ -14,6 +15,7 @@ from torch import nn
 # Elements copied to the CPU at a time while hashing weights: bounds the copy, not the speed.
 HASH_PIECE = 1 << 24
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+_TOKEN_CHARS: weakref.WeakKeyDictionary[Any, int] = weakref.WeakKeyDictionary()
 
 
 def load_model(
@@ -121,6 +123,35 @@ def context_length(model: nn.Module, tokenizer: Any = None) -> int | None:
             return value
     value = getattr(tokenizer, "model_max_length", None)
     return value if isinstance(value, int) and 0 < value < 10**7 else None
+
+
+def longest_token_chars(tokenizer: Any) -> int | None:
+    """The most characters of text one token stands for: the longest vocabulary entry (a byte-
+    level entry has one character per byte, so never fewer than the text it encodes); None when
+    the tokenizer has no vocabulary to read. Computed once per tokenizer."""
+    try:
+        return _TOKEN_CHARS[tokenizer]
+    except (KeyError, TypeError):
+        pass
+    try:
+        longest = max(map(len, tokenizer.get_vocab()), default=1)
+    except (AttributeError, TypeError, NotImplementedError):
+        return None
+    try:
+        _TOKEN_CHARS[tokenizer] = longest
+    except TypeError:  # not weakly referable: computed again next time
+        pass
+    return longest
+
+
+def max_prompt_chars(model: nn.Module, tokenizer: Any, new_tokens: int = 0) -> int | None:
+    """A length in characters past which a prompt cannot fit the model's context with
+    ``new_tokens`` more, whatever its text: checked before tokenizing, which costs memory in
+    proportion to the text (a 40 MB prompt took 5.7 GB). None when either figure is unknown."""
+    limit, per_token = context_length(model, tokenizer), longest_token_chars(tokenizer)
+    if limit is None or per_token is None:
+        return None
+    return max(limit - new_tokens, 0) * max(per_token, 1)
 
 
 def pad_token_id(tokenizer: Any) -> int:

@@ -6,6 +6,7 @@ from __future__ import annotations
 import io
 import os
 import re
+import subprocess
 import sys
 from pathlib import Path
 
@@ -151,3 +152,22 @@ def test_chat_compare_model_and_ctrl_c(tmp_path):
     finally:
         child.close(force=True)
     assert child.exitstatus == 0 and "Traceback" not in child.logfile_read.getvalue()
+
+
+def test_chat_reads_bad_input_from_a_pipe(tmp_path):
+    # Not a terminal: stdin is a pipe, its bytes need not be UTF-8.
+    lines = [b"caf\xe9 au lait", b":tokens 1.5", b":seed 12345678901234567890123", b":seed -1",
+             b":method caf\xe9", b":seed 7", PROMPT.encode()]  # fmt: skip
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false"}
+    done = subprocess.run(
+        [sys.executable, "-m", "hf_sae_steer", "chat", "--quiet", "--max-new-tokens", "3"],
+        input=b"\n".join(lines) + b"\n", capture_output=True, env=env, cwd=tmp_path,
+        timeout=WAIT,
+    )  # fmt: skip
+    out = done.stdout.decode("utf-8", "replace")
+    assert done.returncode == 0, done.stderr.decode()[-2000:]
+    assert "internal error" not in out and "Traceback" not in out + done.stderr.decode()
+    assert out.count("is not UTF-8 text") == 2  # the prompt and the command
+    assert "New tokens must be a whole number from 1 to 512; got '1.5'" in out
+    assert out.count(":seed takes a whole number from 0 to 4294967295") == 2
+    assert "steering:" in out and re.search(r"steered\s+\d+\.\d\d s\s+'", out)

@@ -14,6 +14,7 @@ from hf_sae_steer.cli.settings import (
     Settings,
     parse_method,
     parse_positions,
+    parse_seed,
     parse_strength,
     parse_switch,
     parse_tokens,
@@ -96,6 +97,31 @@ def test_prompt_checks(playground):
         playground.run("word " * 200)
 
 
+def test_prompts_that_are_not_text_are_refused(playground):
+    with pytest.raises(PlaygroundError, match="is not UTF-8 text"):
+        playground.run("caf\udce9")  # a byte that was not UTF-8, as Python decodes it
+    with pytest.raises(PlaygroundError, match="The prompt must be text; got int"):
+        playground.run(123)
+
+
+def test_parsers_refuse_what_is_not_their_kind():
+    # The web app's HTTP API passes whatever JSON a client sends.
+    for parse, value in [(parse_method, 5), (parse_positions, 3.0), (parse_method, None)]:
+        with pytest.raises(PlaygroundError):
+            parse(value)
+    with pytest.raises(PlaygroundError, match="sample takes on, off or default; got 3"):
+        parse_switch(3, "sample")
+    with pytest.raises(PlaygroundError, match="whole number from 1 to 512; got '1.5'"):
+        parse_tokens("1.5")
+    with pytest.raises(PlaygroundError, match="whole number"):
+        parse_tokens(2.5)
+    assert parse_tokens(32.0) == 32 and parse_tokens("7") == 7  # a slider sends floats
+    assert parse_seed("42") == 42 and parse_seed(0) == 0
+    for bad in ("1" * 23, "-1", "1.5", "x", 2**32):
+        with pytest.raises(PlaygroundError, match="whole number from 0 to 4294967295"):
+            parse_seed(bad)
+
+
 def test_parsers_name_the_problem():
     assert parse_method(" Swap ") == "swap" and parse_positions("prompt") == "prompt"
     assert parse_strength("") is None and parse_strength("default") is None
@@ -140,3 +166,46 @@ def test_compare_model_gets_its_own_continuation(playground, tmp_path):
     assert list(outputs) == [BASE, STEERED, COMPARE]
     want = continue_prompts(copy, playground.tokenizer, [PROMPT], max_new_tokens=10)[0]
     assert outputs[COMPARE].text == want and outputs[COMPARE].seconds > 0
+
+
+class RecordingTokenizer:
+    """The real tokenizer, recording the length of every text it is asked to tokenize."""
+
+    def __init__(self, tokenizer):
+        self._tokenizer, self.lengths = tokenizer, []
+
+    def __call__(self, text, *args, **kwargs):
+        texts = [text] if isinstance(text, str) else list(text)
+        self.lengths += [len(t) for t in texts]
+        return self._tokenizer(text, *args, **kwargs)
+
+    def __getattr__(self, name):
+        return getattr(self._tokenizer, name)
+
+
+def test_a_huge_prompt_is_refused_before_it_is_tokenized(playground):
+    # A 40 MB request once took the server to 5.7 GB: tokenizing comes after a length check
+    # that costs nothing, so what is tokenized stays bounded by a few bytes per context token.
+    recording = RecordingTokenizer(playground.tokenizer)
+    pg = Playground(playground.model, recording, playground.sae, playground.scores,
+                    settings=Settings(max_new_tokens=10))  # fmt: skip
+    huge = "word " * 2_000_000  # 10 MB
+    with pytest.raises(PlaygroundError, match=r"10000000 characters.*context of 128 tokens"):
+        pg.run(huge)
+    with pytest.raises(PlaygroundError, match="characters"):
+        list(pg.stream(huge))
+    longest = max(map(len, recording.get_vocab()))
+    assert max(recording.lengths, default=0) <= 128 * longest  # never the huge prompt
+    # Below the bound, tokens decide, as before.
+    with pytest.raises(PlaygroundError, match="exceeds the model's context of 128 tokens"):
+        pg.run("word " * 200)
+    assert max(recording.lengths) == len("word " * 200)
+
+
+def test_generate_refuses_a_huge_prompt_before_tokenizing(playground):
+    from hf_sae_steer.generation import continue_prompts
+
+    recording = RecordingTokenizer(playground.tokenizer)
+    with pytest.raises(ValueError, match="characters"):
+        continue_prompts(playground.model, recording, ["hi", "word " * 1_000_000])
+    assert recording.lengths == []

@@ -141,6 +141,12 @@ def test_http_api(server, expected):
         ((PROMPT, "swap", "abc"), "Strength must be a number"),
         ((PROMPT, "amplify"), "Unknown method 'amplify'"),
         (("word " * 200, "recommended"), "exceeds the model's context of 128 tokens"),
+        ((123, "recommended"), "The prompt must be text; got int"),
+        ((PROMPT, 5), "Unknown method 5"),
+        ((PROMPT, "swap", "0.5", 3), "Unknown positions 3"),
+        ((PROMPT, "swap", "0.5", "all", 7), "preserve_error takes on, off or default; got 7"),
+        ((PROMPT, "swap", "0.5", "all", "on", TOKENS, "maybe"), "sample takes on, off"),
+        ((PROMPT, "swap", "0.5", "all", "on", 1.5), "whole number from 1 to 512; got 1.5"),
     ]:
         answer = client.predict(*args, api_name="/compare")
         assert message in answer["error"] and "Traceback" not in answer["error"]
@@ -221,3 +227,29 @@ def test_space_entry_builds_the_same_app():
     ids = {block.elem_id for block in demo.blocks.values()}
     assert {"prompt", "generate", "out-base", "out-steered", "report", "latents"} <= ids
     assert {"generate", "compare", "latents"} <= {d.api_name for d in demo.fns.values()}
+
+
+def test_app_refuses_a_bad_host_or_a_busy_port_in_one_line(capsys, monkeypatch):
+    from hf_sae_steer.cli import commands
+    from hf_sae_steer.cli.main import main
+
+    loads = []
+    monkeypatch.setattr(commands, "_playground", lambda args: loads.append(1))
+    code = main(["app", "--host", "192.0.2.1", "--quiet"])  # TEST-NET: nobody's address
+    err = capsys.readouterr().err
+    assert code == 2 and len(err.strip().splitlines()) == 1, err
+    assert "--host '192.0.2.1' is not an address of this machine" in err
+    code = main(["app", "--host", "not a host!", "--quiet"])
+    err = capsys.readouterr().err
+    assert code == 2 and "--host 'not a host!' is not a valid address" in err
+    with socket.socket() as busy:
+        busy.bind(("127.0.0.1", 0))
+        busy.listen()
+        port = busy.getsockname()[1]
+        code = main(["app", "--port", str(port), "--quiet"])
+    err = capsys.readouterr().err
+    assert code == 2 and len(err.strip().splitlines()) == 1, err
+    assert f"port {port} on 127.0.0.1 is busy" in err and "--port" in err
+    code = main(["app", "--port", "70000", "--quiet"])
+    assert code == 2 and "--port must be from 1 to 65535" in capsys.readouterr().err
+    assert loads == []  # refused before the model loads

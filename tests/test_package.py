@@ -74,6 +74,7 @@ def test_the_score_record_imports_no_algorithm():
     assert record <= {
         "hf_sae_steer.folders",  # writing files, not an algorithm
         "hf_sae_steer.sae.base",
+        "hf_sae_steer.scoring.artifact_checks",  # reading and checking files, not an algorithm
         "hf_sae_steer.scoring.card",
         "hf_sae_steer.scoring.csv_scores",
         "hf_sae_steer.scoring.uncertainty",

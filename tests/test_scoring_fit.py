@@ -310,3 +310,52 @@ def test_errors(model, tokenizer, topk_sae, tmp_path):
         fit(model, tokenizer, topk_sae, layer=7)
     with pytest.raises(ValueError, match="empty"):
         fit(model, tokenizer, topk_sae, alignment=[])
+
+
+@pytest.mark.parametrize(
+    "options, message",
+    [
+        ({"norm_fraction": math.nan}, r"norm_fraction \(--norm-fraction\) must be a finite"),
+        ({"norm_fraction": math.inf}, "norm_fraction"),
+        ({"norm_fraction": 1e6}, "norm_fraction"),
+        ({"norm_fraction": "0.5"}, "norm_fraction"),
+        ({"rule": "support", "prior_prompts": math.nan}, "prior_prompts"),
+        ({"rule": "support", "prior_prompts": math.inf}, "prior_prompts"),
+        ({"rule": "support", "prior_prompts": -1}, "prior_prompts"),
+        ({"rule": "mean_diff", "k": 0}, "k"),
+        ({"rule": "mean_diff", "k": N + 1}, f"d_sae={N}"),
+        ({"rule": "mean_diff", "k": 2.5}, "k"),
+        ({"rule": "seed", "k": 3}, "option of the rule mean_diff, not seed"),
+        ({"rule": "mean_diff", "prior_prompts": 3}, "option of the rule support"),
+    ],
+)
+def test_options_are_checked_before_any_pass(model, tokenizer, topk_sae, options, message):
+    read = []
+
+    def reference():
+        read.append(1)
+        yield from REFERENCE
+
+    with pytest.raises(ValueError, match=message):
+        fit(model, tokenizer, topk_sae, reference=reference(), **options)
+    assert read == []
+
+
+def test_a_strength_steering_would_refuse_is_never_recommended(model, tokenizer, topk_sae):
+    # support recommends clamping its top latents by their typical activations. With decoder
+    # rows a millionth of their size that adds almost nothing, and norm fraction 0.5 would need
+    # a strength far beyond the ±1000 SteeredModel accepts: no artifact recommends it.
+    state = topk_sae.state_dict()
+    state["W_dec"] = state["W_dec"] * 1e-6
+    tiny_rows = build_sae(topk_sae.cfg, state)
+    with pytest.raises(ValueError, match=r"beyond the ±1000 .*smaller norm_fraction"):
+        fit(model, tokenizer, tiny_rows, rule="support")
+    scores = fit(model, tokenizer, topk_sae, rule="support")
+    assert 0 < scores.recommended["strength"] <= 1000
+
+
+def test_an_unwritable_checkpoint_is_refused_before_any_pass(model, tokenizer, topk_sae, tmp_path):
+    blocker = tmp_path / "file"
+    blocker.write_text("a file, not a folder")
+    with pytest.raises(NotADirectoryError, match="is a file"):
+        fit(model, tokenizer, topk_sae, checkpoint=blocker / "run.ckpt")

@@ -80,6 +80,7 @@ def assert_same(a: FeatureScores, b: FeatureScores) -> None:
 def test_save_and_load_local(fitted, tmp_path):
     folder = fitted.save_pretrained(tmp_path / "art")
     assert sorted(p.name for p in folder.iterdir()) == [
+        ".hf_sae_steer-manifest.json",  # which files we wrote (hf_sae_steer.folders)
         "README.md",
         "scores.safetensors",
         "steering_config.json",
@@ -195,6 +196,9 @@ def test_push_to_hub_uploads_the_saved_folder(fitted, tmp_path, offline_cache, m
         {"private": True, "exist_ok": True, "repo_type": "model"},
     )
     assert calls["upload"][0] == "owner/pushed"
+    # The three artifact files, not the folder's hidden manifest.
+    assert calls["upload"][1]["allow_patterns"] == [
+        "scores.safetensors", "steering_config.json", "README.md"]  # fmt: skip
     hf_cache_repo(offline_cache, "owner/pushed", remote)
     assert_same(fitted, FeatureScores.from_pretrained("owner/pushed"))
 

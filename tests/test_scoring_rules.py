@@ -145,9 +145,9 @@ def test_typical_activation_and_support_rule(model, tokenizer, ln_sae):
 def test_rule_errors(model, tokenizer, ln_sae):
     with pytest.raises(ValueError, match="Unknown rule 'best'"):
         fit(model, tokenizer, ln_sae, rule="best")
-    with pytest.raises(ValueError, match="Bad options .*'k'.* for rule 'seed'"):
+    with pytest.raises(ValueError, match=r"k \(--k\) is an option of the rule mean_diff, not seed"):
         fit(model, tokenizer, ln_sae, rule="seed", k=3)
-    with pytest.raises(ValueError, match="k must be between 1 and d_sae"):
+    with pytest.raises(ValueError, match=r"k \(--k\) must be a whole number from 1 to d_sae="):
         fit(model, tokenizer, ln_sae, rule="mean_diff", k=10_000)
 
 

@@ -12,12 +12,13 @@ import traceback
 from collections.abc import Callable
 from typing import TextIO
 
-from hf_sae_steer.cli.playground import Playground
+from hf_sae_steer.cli.playground import NOT_TEXT, Playground, is_text
 from hf_sae_steer.cli.settings import (
     METHOD_CHOICES,
     PlaygroundError,
     parse_method,
     parse_positions,
+    parse_seed,
     parse_strength,
     parse_switch,
     parse_tokens,
@@ -55,7 +56,7 @@ class Chat:
             "error": lambda arg: self._set(preserve_error=parse_switch(arg, ":error")),
             "tokens": lambda arg: self._set(max_new_tokens=parse_tokens(arg)),
             "sample": lambda arg: self._set(do_sample=bool(parse_switch(arg or "on", ":sample"))),
-            "seed": self._seed,
+            "seed": lambda arg: self._set(seed=parse_seed(arg)),
             "latents": self._latents,
             "report": lambda _: self.say(self.playground.report()),
             "settings": lambda _: self.say(self.settings_line()),
@@ -81,6 +82,9 @@ class Chat:
         line = line.strip()
         if line in (":q", ":quit", ":exit"):
             return False
+        if not is_text(line):
+            self.say(f"  ! {NOT_TEXT}")
+            return True
         try:
             if line.startswith(":"):
                 name, _, arg = line[1:].partition(" ")
@@ -107,11 +111,6 @@ class Chat:
     def _set(self, **change: object) -> None:
         self.playground.update(**change)
         self.say(self.settings_line())
-
-    def _seed(self, arg: str) -> None:
-        if not arg.lstrip("-").isdigit():
-            raise PlaygroundError(f":seed takes a whole number; got {arg!r}.")
-        self._set(seed=int(arg))
 
     def _latents(self, arg: str) -> None:
         if arg and not (arg.isdigit() and 1 <= int(arg) <= MAX_LATENTS):
@@ -142,6 +141,10 @@ def run_chat(
         import readline  # noqa: F401 - line editing and up-arrow history for input()
     except ImportError:  # not on every platform; the loop works without it
         pass
+    if read is input and hasattr(sys.stdin, "reconfigure"):
+        # Bytes that are not UTF-8 arrive as lone surrogates, refused line by line, rather than
+        # as a decoding error that would end the loop.
+        sys.stdin.reconfigure(errors="surrogateescape")
     chat = Chat(playground, out or sys.stdout, debug=debug)
     chat.banner()
     try:

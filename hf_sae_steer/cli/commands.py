@@ -4,7 +4,9 @@ the result; no logic of its own."""
 from __future__ import annotations
 
 import argparse
+import os
 import warnings
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -12,17 +14,19 @@ import torch
 from hf_sae_steer.cli.chat import run_chat
 from hf_sae_steer.cli.demo import run_demo
 from hf_sae_steer.cli.playground import Playground
-from hf_sae_steer.cli.settings import Settings, parse_method
+from hf_sae_steer.cli.settings import MAX_SEED, Settings, parse_method
 from hf_sae_steer.distributed import current_world, launched_size, process_device, shutdown
 from hf_sae_steer.evaluation.conditions import BASELINES, CONTROLS
 from hf_sae_steer.evaluation.result import EVAL_FILES, is_evaluation
 from hf_sae_steer.evaluation.sweep import evaluate
-from hf_sae_steer.folders import check_output_folder
+from hf_sae_steer.folders import check_output_folder, check_writable
 from hf_sae_steer.generation import compare_methods
 from hf_sae_steer.models import check_device, load_model
 from hf_sae_steer.sae.loading import load_sae
 from hf_sae_steer.scoring import FeatureScores
+from hf_sae_steer.scoring.card import CARD_FILE
 from hf_sae_steer.scoring.examples import latent_examples
+from hf_sae_steer.scoring.fit import check_options
 from hf_sae_steer.scoring.prompts import load_prompts
 from hf_sae_steer.scoring.record import ARTIFACT_FILES, is_artifact, load_scores
 from hf_sae_steer.scoring.sources import open_prompts
@@ -40,6 +44,8 @@ def run(args: argparse.Namespace) -> Any:
             f"{args.command} runs in one process; only {' and '.join(SHARED)} share their work "
             "under torchrun / accelerate launch. Run it without a launcher."
         )
+    if not 0 <= args.seed <= MAX_SEED:
+        raise ValueError(f"--seed must be a whole number from 0 to {MAX_SEED}; got {args.seed}.")
     torch.manual_seed(args.seed)
     args.device = process_device(args.device)  # each process its own GPU under a launcher
     world = current_world(cpu=args.device is not None and args.device.startswith("cpu"))
@@ -124,7 +130,12 @@ def _gen_options(args: argparse.Namespace) -> dict[str, Any]:
 
 def cmd_score(args: argparse.Namespace) -> dict[str, Any]:
     # Every cheap check before the model loads and the scoring runs.
-    check_output_folder(args.out, ARTIFACT_FILES, overwrite=args.overwrite, is_ours=is_artifact)
+    check_options(args.rule, summary=args.summary, k=args.k, prior_prompts=args.prior_prompts,
+                  norm_fraction=args.norm_fraction)  # fmt: skip
+    out = check_output_folder(args.out, ARTIFACT_FILES, overwrite=args.overwrite,
+                              is_ours=is_artifact, optional=(CARD_FILE,))  # fmt: skip
+    if args.checkpoint is not None:
+        _check_checkpoint_place(Path(args.checkpoint), out)
     if args.device is not None:
         check_device(args.device)
     def options(which: str) -> dict[str, Any]:
@@ -178,6 +189,17 @@ def cmd_score(args: argparse.Namespace) -> dict[str, Any]:
         "recommended": scores.recommended,
         "report": scores.report().to_dict(),
     }
+
+
+def _check_checkpoint_place(checkpoint: Path, out: Path) -> None:
+    """A checkpoint beside the artifact, never in it, and somewhere we can write."""
+    real = Path(os.path.realpath(checkpoint.expanduser()))
+    if real == out or out in real.parents:
+        raise ValueError(
+            f"--checkpoint {checkpoint} is inside --out {out}, which holds only the artifact: put "
+            f"the checkpoint beside it (e.g. --checkpoint {out}.ckpt)."
+        )
+    check_writable(real.parent)
 
 
 def cmd_generate(args: argparse.Namespace) -> list[dict[str, str]]:
@@ -375,6 +397,7 @@ def cmd_app(args: argparse.Namespace) -> None:
         raise ImportError(
             "The web app needs Gradio, which is not installed: pip install 'hf_sae_steer[app]'"
         ) from error
+    webapp.check_address(args.host, args.port)
     webapp.serve(_playground(args), host=args.host, port=args.port, share=args.share)
 
 

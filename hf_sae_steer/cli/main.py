@@ -240,6 +240,11 @@ def main(argv: Sequence[str] | None = None) -> int:
 
         result = commands.run(args)
     except KeyboardInterrupt:
+        checkpoint = getattr(args, "checkpoint", None)
+        if checkpoint and os.path.isfile(checkpoint):
+            print(f"hf-sae-steer {args.command}{_rank()}: interrupted; the work so far is in "
+                  f"{checkpoint}: run the same command with --resume to go on from there.",
+                  file=sys.stderr)  # fmt: skip
         return 130
     except Exception as error:  # noqa: BLE001 - one line for users; --debug shows the rest
         if args.debug or os.environ.get("HF_SAE_STEER_DEBUG"):

@@ -26,7 +26,7 @@ from hf_sae_steer.cli.settings import (
     parse_positions,
     parse_tokens,
 )
-from hf_sae_steer.generation import Generator, sampling_options
+from hf_sae_steer.generation import Generator, check_prompt_chars, sampling_options
 from hf_sae_steer.models import context_length, load_model
 from hf_sae_steer.sae.base import SAE
 from hf_sae_steer.sae.loading import load_sae
@@ -36,6 +36,7 @@ from hf_sae_steer.scoring.record import FeatureScores, load_scores
 from hf_sae_steer.steering.steered import SteeredModel
 
 BASE, STEERED, COMPARE = "base", "steered", "compare"
+NOT_TEXT = "That line is not UTF-8 text (is the terminal set to UTF-8?); type it again."
 
 
 @dataclass
@@ -187,11 +188,19 @@ class Playground:
     def check_prompt(self, prompt: str, settings: Settings | None = None) -> str:
         """The prompt, if it is not empty and fits every model's context with the new tokens."""
         settings = settings or self.settings
-        if not isinstance(prompt, str) or not prompt.strip():
+        if not isinstance(prompt, str):
+            raise PlaygroundError(f"The prompt must be text; got {type(prompt).__name__}.")
+        if not prompt.strip():
             raise PlaygroundError("The prompt is empty; type some text to continue.")
+        if not is_text(prompt):
+            raise PlaygroundError("The prompt is not UTF-8 text (it holds undecodable bytes).")
         models = [(self.model, self.tokenizer)]
         models += [self.compare_model] if self.compare_model is not None else []
         for model, tokenizer in models:
+            try:  # in characters first: tokenizing a huge prompt costs memory in proportion
+                check_prompt_chars(model, tokenizer, [prompt], settings.max_new_tokens)
+            except ValueError as error:
+                raise PlaygroundError(str(error)) from None
             n = len(tokenizer(prompt, verbose=False)["input_ids"])
             limit = context_length(model, tokenizer)
             if limit is not None and n + settings.max_new_tokens > limit:
@@ -303,6 +312,16 @@ class Playground:
         ]
         self._latents[(k, per_latent)] = rows
         return rows
+
+
+def is_text(line: str) -> bool:
+    """Whether ``line`` is text: no lone surrogates (bytes that were not UTF-8, decoded with
+    ``surrogateescape``, or escaped into JSON), which tokenizers and terminals refuse."""
+    try:
+        line.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
 
 
 def _short(spec: str) -> str:

@@ -13,6 +13,7 @@ from hf_sae_steer.steering.positions import POSITIONS
 RECOMMENDED = "recommended"
 METHOD_CHOICES = (RECOMMENDED, *METHODS)
 MAX_NEW_TOKENS = 512  # a playground turn, not a batch job
+MAX_SEED = 2**32 - 1  # seeds of batches are seed * 1_000_003 + b, within torch's 64 bits
 SWITCHES = {"on": True, "true": True, "yes": True, "off": False, "false": False, "no": False}
 
 
@@ -38,11 +39,10 @@ class Settings:
 
 
 def parse_method(text: str) -> str:
-    method = text.strip().lower()
+    method = text.strip().lower() if isinstance(text, str) else text
     if method not in METHOD_CHOICES:
-        raise PlaygroundError(
-            f"Unknown method {text.strip()!r}; use one of {', '.join(METHOD_CHOICES)}."
-        )
+        shown = repr(text.strip()) if isinstance(text, str) else text
+        raise PlaygroundError(f"Unknown method {shown}; use one of {', '.join(METHOD_CHOICES)}.")
     return method
 
 
@@ -62,11 +62,10 @@ def parse_strength(text: str | float | None) -> float | None:
 
 
 def parse_positions(text: str) -> str:
-    positions = text.strip().lower()
+    positions = text.strip().lower() if isinstance(text, str) else text
     if positions not in POSITIONS:
-        raise PlaygroundError(
-            f"Unknown positions {text.strip()!r}; use one of {', '.join(POSITIONS)}."
-        )
+        shown = repr(text.strip()) if isinstance(text, str) else text
+        raise PlaygroundError(f"Unknown positions {shown}; use one of {', '.join(POSITIONS)}.")
     return positions
 
 
@@ -74,6 +73,8 @@ def parse_switch(text: str | bool | None, what: str) -> bool | None:
     """on / off, or blank / ``default`` (None)."""
     if text is None or isinstance(text, bool):
         return text
+    if not isinstance(text, str):
+        raise PlaygroundError(f"{what} takes on, off or default; got {text!r}.")
     word = text.strip().lower()
     if word in ("", "default"):
         return None
@@ -83,12 +84,29 @@ def parse_switch(text: str | bool | None, what: str) -> bool | None:
 
 
 def parse_tokens(text: str | int | float) -> int:
-    try:
-        value = int(float(text))
-    except (TypeError, ValueError, OverflowError):
-        value = 0
-    if not 1 <= value <= MAX_NEW_TOKENS:
+    value = _whole(text)
+    if value is None or not 1 <= value <= MAX_NEW_TOKENS:
         raise PlaygroundError(
             f"New tokens must be a whole number from 1 to {MAX_NEW_TOKENS}; got {text!r}."
         )
     return value
+
+
+def parse_seed(text: str | int) -> int:
+    value = _whole(text)
+    if value is None or not 0 <= value <= MAX_SEED:
+        raise PlaygroundError(f":seed takes a whole number from 0 to {MAX_SEED}; got {text!r}.")
+    return value
+
+
+def _whole(text: str | int | float) -> int | None:
+    """A whole number (``7``, ``"7"``, ``7.0`` from a slider), else None (``1.5`` too)."""
+    if isinstance(text, bool):
+        return None
+    if isinstance(text, str) and text.strip().lstrip("+-").isdigit():
+        return int(text)
+    try:
+        value = float(text) if isinstance(text, (str, float)) else text
+        return int(value) if isinstance(value, int) or value.is_integer() else None
+    except (TypeError, ValueError, OverflowError, AttributeError):
+        return None

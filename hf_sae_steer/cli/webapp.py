@@ -10,7 +10,9 @@ HTTP API (``gradio_client``): ``/generate`` (what the button does, streamed) and
 
 from __future__ import annotations
 
+import errno
 import os
+import socket
 import sys
 import traceback
 from collections.abc import Iterator
@@ -63,7 +65,7 @@ def settings_from_controls(
         positions=parse_positions(positions or ""),
         preserve_error=parse_switch(preserve_error, "preserve_error"),
         max_new_tokens=parse_tokens(max_new_tokens),
-        do_sample=bool(sample),
+        do_sample=bool(parse_switch(sample, "sample")),
     )
 
 
@@ -199,6 +201,38 @@ def build_app(playground: Playground) -> gr.Blocks:
 
         gr.api(compare, api_name="compare")
     return app
+
+
+def check_address(host: str | None, port: int | None) -> None:
+    """Refuse, before anything loads, an address the server could not listen on: one line
+    saying whether the host or the port is wrong (Gradio's own error speaks of port ranges)."""
+    if host is None or port is None:
+        return  # Gradio's choice (GRADIO_SERVER_NAME / GRADIO_SERVER_PORT)
+    if not 1 <= port <= 65535:
+        raise ValueError(f"--port must be from 1 to 65535; got {port}.")
+    try:
+        family, kind, proto, _, address = socket.getaddrinfo(
+            host, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE
+        )[0]
+    except (socket.gaierror, UnicodeError) as error:
+        raise ValueError(
+            f"--host {host!r} is not a valid address ({error}): pass an address of this "
+            "machine, e.g. 127.0.0.1 (this machine only) or 0.0.0.0 (every network)."
+        ) from None
+    with socket.socket(family, kind, proto) as probe:
+        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as the server will
+        try:
+            probe.bind(address)
+        except OSError as error:
+            if error.errno == errno.EADDRINUSE:
+                raise ValueError(
+                    f"The port {port} on {host} is busy (another server listens there): pass "
+                    "another --port."
+                ) from None
+            raise ValueError(
+                f"--host {host!r} is not an address of this machine ({error.strerror}): pass "
+                "one of its addresses, e.g. 127.0.0.1 or 0.0.0.0."
+            ) from None
 
 
 def serve(

@@ -10,6 +10,7 @@ fit records those mean norms, so any artifact can turn ``ρ`` into a strength.
 
 from __future__ import annotations
 
+import math
 from typing import Any
 
 import torch
@@ -21,6 +22,11 @@ from hf_sae_steer.sae.base import SAE, SparseCode
 # steering kept the upper 95% bound of its perplexity ratio to the unsteered model under 2x, on
 # the tuning prompts (never the evaluation's): scripts/tune_norm_fraction.py, tuning.json.
 NORM_FRACTION = 0.5
+# Strength is a multiple of what the method does: beyond this, nothing meaningful is left (and
+# float16/bfloat16 overflow long before). Steering refuses more; fitting never recommends more.
+MAX_STRENGTH = 1000.0
+# An added vector ten times a hidden state's size leaves nothing of the state to steer.
+MAX_NORM_FRACTION = 10.0
 ADDITIVE = ("add", "clamp", "vector")
 REFERENCE_CLAMP_VALUE = 10.0
 
@@ -60,6 +66,19 @@ def added_vector(
     placed = SparseCode(code.indices.to(sae.device), code.values.to(sae.device, sae.dtype))
     with torch.no_grad():
         return sae.decode_change(placed).double().cpu()
+
+
+def check_norm_fraction(norm_fraction: float) -> float:
+    """``norm_fraction`` as a float, when finite and at most :data:`MAX_NORM_FRACTION` in size."""
+    number = isinstance(norm_fraction, (int, float)) and not isinstance(norm_fraction, bool)
+    value = float(norm_fraction) if number else math.nan
+    if not math.isfinite(value) or abs(value) > MAX_NORM_FRACTION:
+        raise ValueError(
+            f"norm_fraction (--norm-fraction) must be a finite number from -{MAX_NORM_FRACTION:g} "
+            f"to {MAX_NORM_FRACTION:g}, got {norm_fraction!r}: it sets the added vector's size as "
+            f"a fraction of a hidden state's (default {NORM_FRACTION:g})."
+        )
+    return value
 
 
 def strength_for(norm_fraction: float, u: Tensor, mean_norm: float) -> float:

@@ -12,7 +12,9 @@ the size of the reference set.
 
 from __future__ import annotations
 
+import inspect
 import itertools
+import math
 import time
 import warnings
 from collections.abc import Mapping, Sequence
@@ -23,6 +25,7 @@ import torch
 from torch import nn
 
 from hf_sae_steer.distributed import current_world
+from hf_sae_steer.folders import check_writable
 from hf_sae_steer.models import (
     context_length,
     model_device,
@@ -33,13 +36,25 @@ from hf_sae_steer.models import (
 )
 from hf_sae_steer.sae.base import SAE
 from hf_sae_steer.scoring.accumulation import CHUNK, Checkpointing, ScoringWalk
-from hf_sae_steer.scoring.calibration import NORM_FRACTION, recommend
+from hf_sae_steer.scoring.calibration import (
+    MAX_STRENGTH,
+    NORM_FRACTION,
+    check_norm_fraction,
+    recommend,
+)
 from hf_sae_steer.scoring.embedders import DEFAULT_EMBEDDER, Embedder, load_embedder
 from hf_sae_steer.scoring.objective import TopicMargin
 from hf_sae_steer.scoring.passes import SUMMARIES, PromptPasses, ScoringSums, Summary
 from hf_sae_steer.scoring.prompts import hash_prompts, load_prompts
 from hf_sae_steer.scoring.record import FeatureScores
-from hf_sae_steer.scoring.selection import DEFAULT_RULE, OUTPUT_RULES, RULES, Rule, apply_rule
+from hf_sae_steer.scoring.selection import (
+    DEFAULT_RULE,
+    OUTPUT_RULES,
+    RULE_FUNCTIONS,
+    RULES,
+    Rule,
+    apply_rule,
+)
 from hf_sae_steer.scoring.sources import open_prompts
 from hf_sae_steer.scoring.strength import CALIBRATION_PROMPTS, TARGET_RATIO, calibrate
 from hf_sae_steer.scoring.uncertainty import build_report
@@ -118,13 +133,11 @@ def fit(
     run at a time holds it, and a damaged, crafted or foreign one raises
     :class:`~hf_sae_steer.scoring.checkpoint.CheckpointError` (``docs/scaling.md``).
     """
-    if summary not in SUMMARIES:
-        raise ValueError(f"Unknown summary {summary!r}; use one of {', '.join(SUMMARIES)}.")
-    if rule not in RULES:
-        raise ValueError(f"Unknown rule {rule!r}; use one of {', '.join(RULES)}.")
+    options_of_rule = check_options(
+        rule, summary=summary, k=k, prior_prompts=prior_prompts, norm_fraction=norm_fraction,
+        d_sae=sae.d_sae, rule_options=rule_options,
+    )  # fmt: skip
     saving = _checkpointing(checkpoint, checkpoint_every, resume)
-    given = {"k": k, "prior_prompts": prior_prompts, **(rule_options or {})}
-    options_of_rule = {name: value for name, value in given.items() if value is not None}
     started = time.perf_counter()
     source, alignment = open_prompts(reference), load_prompts(alignment)
     layout = find_layout(model)
@@ -246,6 +259,55 @@ def recommendation_of(fluency: dict[str, Any], recommended: dict[str, Any]) -> d
     }
 
 
+def check_options(
+    rule: str,
+    *,
+    summary: str = "avg",
+    k: int | None = None,
+    prior_prompts: float | None = None,
+    norm_fraction: float = NORM_FRACTION,
+    d_sae: int | None = None,
+    rule_options: Mapping[str, Any] | None = None,
+) -> dict[str, Any]:
+    """The rule's options, if every option of a fit is valid (checked before any work; the
+    messages name the arguments and their flags)."""
+    if summary not in SUMMARIES:
+        raise ValueError(f"Unknown summary {summary!r}; use one of {', '.join(SUMMARIES)}.")
+    if rule not in RULES:
+        raise ValueError(f"Unknown rule {rule!r}; use one of {', '.join(RULES)}.")
+    check_norm_fraction(norm_fraction)
+    given = {name: value for name, value in {"k": k, "prior_prompts": prior_prompts}.items()
+             if value is not None}  # fmt: skip
+    takes = set(inspect.signature(RULE_FUNCTIONS[rule]).parameters) - {"sums", "sae", "margin"}
+    for name in given.keys() - takes:
+        flag = name.replace("_", "-")
+        raise ValueError(f"{name} (--{flag}) is an option of the rule {_taking(name)}, not {rule}.")
+    unknown = sorted(set(rule_options or {}) - takes)
+    if unknown:
+        raise ValueError(
+            f"Bad options {unknown} for rule {rule!r}: it takes "
+            f"{', '.join(sorted(takes)) or 'none'}."
+        )
+    given.update(rule_options or {})
+    if k is not None and (
+        isinstance(k, bool) or not isinstance(k, int) or k < 1 or (d_sae and k > d_sae)
+    ):
+        top = f"d_sae={d_sae}" if d_sae else "d_sae"
+        raise ValueError(f"k (--k) must be a whole number from 1 to {top}, got {k!r}.")
+    if prior_prompts is not None and not (
+        isinstance(prior_prompts, (int, float)) and 0 <= prior_prompts < math.inf
+    ):
+        raise ValueError(
+            f"prior_prompts (--prior-prompts) must be a finite number >= 0, got {prior_prompts!r}."
+        )
+    return given
+
+
+def _taking(option: str) -> str:
+    rules = RULE_FUNCTIONS.items()
+    return next(rule for rule, f in rules if option in inspect.signature(f).parameters)
+
+
 def _checkpointing(
     path: str | Path | None, every: int | None, resume: bool
 ) -> Checkpointing | None:
@@ -255,7 +317,9 @@ def _checkpointing(
         return None
     if every is not None and every < 1:
         raise ValueError(f"checkpoint_every must be a positive number of prompts, got {every}.")
-    return Checkpointing(Path(path).expanduser(), every or CHUNK, resume)
+    path = Path(path).expanduser()
+    check_writable(path.parent)  # now, not when the first sums are due
+    return Checkpointing(path, every or CHUNK, resume)
 
 
 def from_sums(
@@ -303,6 +367,13 @@ def from_sums(
         recommended = recommend(rule, result.scores, stats, sae, sums.mean_norm(), norm_fraction)
     except ValueError:  # nothing to steer with (no latent fired, or no direction)
         recommended = None
+    if recommended is not None and abs(recommended["strength"]) > MAX_STRENGTH:
+        raise ValueError(
+            f"The recommended {recommended['method']} steering would need strength "
+            f"{recommended['strength']:.3g} for norm fraction {norm_fraction:g}, beyond the "
+            f"±{MAX_STRENGTH:g} that steering accepts: the SAE's decoder rows are tiny next to "
+            "the hidden states. Pass a smaller norm_fraction (--norm-fraction)."
+        )
     options = {**fields.pop("options", {}), "rule_options": result.options}
     return FeatureScores(
         scores=result.scores,

@@ -28,14 +28,18 @@ from torch import Tensor
 
 from hf_sae_steer.folders import write_folder
 from hf_sae_steer.sae.base import SAE
+from hf_sae_steer.scoring.artifact_checks import (
+    FORMAT,
+    FORMAT_VERSION,
+    check_tensors,
+    read_config,
+)
 from hf_sae_steer.scoring.card import CARD_FILE, HUB_ID, model_card
 from hf_sae_steer.scoring.csv_scores import read_score_csv
 from hf_sae_steer.scoring.uncertainty import TOP_K, ScoreReport, build_report
 
 SCORES_FILE = "scores.safetensors"
 CONFIG_FILE = "steering_config.json"
-FORMAT = "hf_sae_steer/feature_scores"
-FORMAT_VERSION = 2  # 2: rule, recommended steering, calibration norms (1 still reads)
 
 
 @dataclass(repr=False)
@@ -138,8 +142,8 @@ class FeatureScores:
         """Write the artifact folder ``path`` atomically; returns it.
 
         ``path`` must be new, empty or an earlier artifact; a folder with other files (a model,
-        your own README) is refused unless ``overwrite=True``, which replaces only the three
-        artifact files.
+        your own README) is refused unless ``overwrite=True``, which writes beside them and keeps
+        them all (your own README.md too: the artifact then goes without its model card).
         """
         tensors = {"scores": self.scores}
         for name, value in self.stats.items():
@@ -155,7 +159,10 @@ class FeatureScores:
             (folder / CONFIG_FILE).write_text(text, encoding="utf-8")
             (folder / CARD_FILE).write_text(model_card(config), encoding="utf-8")
 
-        return write_folder(path, ARTIFACT_FILES, write, overwrite=overwrite, is_ours=is_artifact)
+        return write_folder(
+            path, ARTIFACT_FILES, write, overwrite=overwrite, is_ours=is_artifact,
+            optional=(CARD_FILE,),
+        )  # fmt: skip
 
     def push_to_hub(
         self,
@@ -177,6 +184,7 @@ class FeatureScores:
             return api.upload_folder(
                 repo_id=repo_id,
                 folder_path=tmp,
+                allow_patterns=list(ARTIFACT_FILES),  # not the folder's hidden manifest
                 repo_type="model",
                 revision=revision,
                 commit_message=commit_message,
@@ -189,14 +197,18 @@ class FeatureScores:
     ) -> FeatureScores:
         """Load an artifact from a folder or a Hub repo (``HF_HUB_OFFLINE=1`` uses the cache)."""
         folder = _resolve(path_or_repo_id, revision)
-        config = _read_config(folder)
-        tensors = load_file(folder / SCORES_FILE)
+        config = read_config(folder / CONFIG_FILE)
         expected = config.get("scores_sha256")
         if expected is not None and expected != _sha256(folder / SCORES_FILE):
             raise ValueError(
                 f"{folder} is inconsistent: {SCORES_FILE} is not the file {CONFIG_FILE} was "
-                "written with (an interrupted or mixed copy?). Write the artifact again."
+                "written with (an interrupted, mixed or still-being-written copy?). Write the "
+                "artifact again, or load it once its writer is done."
             )
+        try:
+            tensors = load_file(folder / SCORES_FILE)
+        except Exception as error:  # noqa: BLE001 - safetensors raises its own error types
+            raise ValueError(f"{folder / SCORES_FILE} is corrupt: {error}") from None
         scores = tensors.pop("scores", None)
         d_sae = config["sae"].get("d_sae")
         if scores is None or scores.ndim != 1 or (d_sae is not None and scores.numel() != d_sae):
@@ -205,6 +217,12 @@ class FeatureScores:
             )
         if not torch.isfinite(scores).all():
             raise ValueError(f"{folder / SCORES_FILE} holds non-finite scores.")
+        check_tensors(folder / SCORES_FILE, tensors, scores.numel())
+        report = config.get("report")
+        try:
+            quality = ScoreReport.from_dict(report) if report else None
+        except TypeError as error:
+            raise ValueError(f"{folder / CONFIG_FILE}: 'report' is incomplete: {error}") from None
         return cls(
             scores=scores,
             coverage=config["coverage"],
@@ -221,7 +239,7 @@ class FeatureScores:
             alignment_hash=config.get("alignment", {}).get("hash"),
             options=config.get("options", {}),
             stats=tensors,
-            quality=ScoreReport.from_dict(config["report"]) if config.get("report") else None,
+            quality=quality,
             rule=config.get("rule"),
             recommended=config.get("recommended"),
             calibration=config.get("calibration") or {},
@@ -335,28 +353,6 @@ def is_artifact(folder: Path) -> bool:
     except (OSError, ValueError):
         return False
     return isinstance(config, dict) and config.get("format") == FORMAT
-
-
-def _read_config(folder: Path) -> dict[str, Any]:
-    path = folder / CONFIG_FILE
-    if not path.is_file():
-        raise FileNotFoundError(f"{folder} has no {CONFIG_FILE}: not a FeatureScores artifact.")
-    try:
-        config = json.loads(path.read_text(encoding="utf-8"))
-    except (ValueError, UnicodeDecodeError) as e:
-        raise ValueError(f"{path} is corrupt (not valid JSON): {e}") from None
-    if not isinstance(config, dict) or config.get("format") != FORMAT:
-        raise ValueError(f"{path} is not a FeatureScores artifact (format {FORMAT!r}).")
-    if int(config.get("format_version", 0)) > FORMAT_VERSION:
-        raise ValueError(
-            f"{path} has format version {config['format_version']}; this hf_sae_steer reads up "
-            f"to {FORMAT_VERSION}. Upgrade hf_sae_steer."
-        )
-    missing = [key for key in ("sae", "coverage") if key not in config]
-    if missing or not isinstance(config.get("sae"), dict):
-        raise ValueError(f"{path} lacks {', '.join(missing) or 'a valid sae entry'}: not a "
-                         "complete FeatureScores artifact.")  # fmt: skip
-    return config
 
 
 def _sha256(path: Path) -> str:

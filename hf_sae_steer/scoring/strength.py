@@ -90,7 +90,7 @@ def fluency_curve(
     for j, (rho, strength, _) in enumerate(runs, start=1):
         logs = (ppl[j] / ppl[0]).log()
         logs = logs[logs.isfinite()]  # an empty continuation has no perplexity
-        ratio = math.exp(float(logs.mean())) if len(logs) else math.nan
+        ratio = math.exp(float(logs.mean())) if len(logs) else None  # no continuation at all
         curve.append({"norm_fraction": rho, "strength": strength, "perplexity_ratio": ratio})
     return curve
 
@@ -105,7 +105,8 @@ def fraction_at(curve: Sequence[dict[str, float]], target: float) -> float:
     prev_rho, prev_log = 0.0, 0.0
     for point in sorted(curve, key=lambda p: p["norm_fraction"]):
         rho, ratio = point["norm_fraction"], point["perplexity_ratio"]
-        log = max(math.log(ratio), prev_log) if ratio > 0 and math.isfinite(ratio) else math.inf
+        defined = ratio is not None and 0 < ratio < math.inf
+        log = max(math.log(ratio), prev_log) if defined else math.inf
         if log > goal:
             if math.isinf(log):
                 return prev_rho if prev_rho > 0 else rho / 2

@@ -33,7 +33,7 @@ import torch
 from torch import Tensor
 
 from hf_sae_steer.sae.base import SAE, Code, SparseCode
-from hf_sae_steer.scoring.calibration import clamp_values
+from hf_sae_steer.scoring.calibration import MAX_STRENGTH, clamp_values
 
 Method = Literal["orig", "sae", "clamp", "weight", "swap", "add", "vector"]
 METHODS: tuple[Method, ...] = get_args(Method)
@@ -41,9 +41,6 @@ REFERENCE_METHODS: tuple[Method, ...] = ("orig", "sae", "clamp", "weight", "swap
 NEEDS_SCORES: tuple[Method, ...] = ("clamp", "weight", "swap")
 EditMode = Literal["pin", "add", "multiply"]
 EDIT_MODES: tuple[EditMode, ...] = get_args(EditMode)
-# Strength is a multiple of what the method does: beyond this, nothing meaningful is left (and
-# float16/bfloat16 overflow long before).
-MAX_STRENGTH = 1000.0
 # Methods whose new code is the plain activation act(pre); clamp and add put a constant on top.
 _UNWEIGHTED = ("orig", "sae", "clamp", "add")
 
