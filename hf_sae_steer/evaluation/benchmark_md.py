@@ -21,13 +21,12 @@ from hf_sae_steer.scoring.strength import TARGET_RATIO
 CANDIDATES = (
     Candidate("mean_diff k=5", "mean_diff", (("k", 5),)),
     Candidate("mean_diff k=10", "mean_diff", (("k", 10),)),
-    Candidate("mean_diff k=20", "mean_diff", (("k", 20),)),
     Candidate("output k=10", "output", (("k", 10),)),
     Candidate("trained", "trained"),
 )
 # The default rule: chosen on the tuning topics (see the report's "How the default was chosen").
 DEFAULT_CANDIDATE = "mean_diff k=10"
-SHOWN = ("mean_diff k=5", "mean_diff k=10", "mean_diff k=20", "output k=10", "trained", CAA,
+SHOWN = ("mean_diff k=5", "mean_diff k=10", "output k=10", "trained", CAA,
          "random latents", "random vector", "support clamp", "finetune")  # fmt: skip
 MAIN_TARGET = 1.5
 

@@ -24,7 +24,7 @@ from hf_sae_steer.sites.hooks import hook_site
 from hf_sae_steer.sites.layouts import ModelLayout
 from hf_sae_steer.sites.names import Site
 
-MAX_TOKENS = 32  # per text: the topic shows in its first words; longer texts only cost time
+MAX_TOKENS = 24  # per text: the topic shows in its first words; longer texts only cost time
 
 
 class TopicMargin:
@@ -44,7 +44,7 @@ class TopicMargin:
         alignment: Sequence[str],
         reference: Sequence[str],
         *,
-        batch: int = 16,
+        batch: int = 8,
         seed: int = 0,
     ) -> None:
         self.model, self.layout, self.site, self.sae = model, layout, site, sae

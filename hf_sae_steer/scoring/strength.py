@@ -31,7 +31,7 @@ CALIBRATION_PROMPTS = (
 )  # fmt: skip
 # Chosen on the benchmark's tuning topics (scripts/run_topic_benchmark.py, docs/benchmark.md).
 TARGET_RATIO = 1.5
-GRID = (0.125, 0.25, 0.5, 0.75, 1.0, 1.5, 2.0)
+GRID = (0.125, 0.25, 0.5, 0.75, 1.0, 1.5)
 MIN_NEW_TOKENS = 4
 
 

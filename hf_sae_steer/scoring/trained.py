@@ -32,7 +32,7 @@ from hf_sae_steer.scoring.rules import RuleResult, check_direction, nn_omp, nnls
 
 Objective = Literal["preference", "lm_kl"]
 POOL = 64
-STEPS = 40
+STEPS = 24
 KEEP_MASS = 0.95
 MAX_LATENTS = 20
 
@@ -45,7 +45,7 @@ def trained_rule(
     objective: Objective = "preference",
     pool: int = POOL,
     steps: int = STEPS,
-    lr: float = 0.1,
+    lr: float = 0.15,
     l1: float = 0.02,
     kl_weight: float = 1.0,
     norm_fraction: float = 0.5,
