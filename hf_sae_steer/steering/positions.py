@@ -5,7 +5,9 @@ answered from the absolute position: ``past_length + i`` against the prompt leng
 on the decoder reads the cache once per forward pass; the per-site hooks only read the result.
 The prompt length is pinned for a whole ``generate()`` call (SteeredModel wraps the model's
 ``generate``), so cache-less, assisted and prompt-lookup decoding, whose forward passes mix
-prompt and candidate tokens, label positions exactly as greedy decoding does.
+prompt and candidate tokens, label positions exactly as greedy decoding does. A call that
+continues the cache of an earlier call also keeps the positions that call generated
+(steering/continuation.py), so 3 + 1 tokens are steered as 4.
 
 All of this state is per thread: one thread inside ``steered.disabled()`` or generating with
 its own prompt length never changes what another thread's forward passes see.
@@ -23,6 +25,7 @@ from torch import Tensor, nn
 from torch.utils.hooks import RemovableHandle
 
 from hf_sae_steer.sites.hooks import register
+from hf_sae_steer.steering.continuation import Spans
 
 Positions = Literal["all", "prompt", "generated"]
 POSITIONS: tuple[Positions, ...] = get_args(Positions)
@@ -56,8 +59,9 @@ class _CallState(threading.local):
         self.past_length = 0
         self.input_length = 0
         self.prompt_length = 0
+        self.earlier: Spans = ()  # positions an earlier call on the same cache generated
         self.attention_mask: Tensor | None = None
-        self.pinned: int | None = None
+        self.pinned: tuple[int, Spans] | None = None
         self.nonfinite: Tensor | None = None  # on the device: checked once per call, no sync
 
 
@@ -93,9 +97,10 @@ class PositionTracker:
         mask = kwargs.get("attention_mask")
         state.attention_mask = mask if isinstance(mask, Tensor) else None
         if state.pinned is not None:
-            state.prompt_length = state.pinned
+            state.prompt_length, state.earlier = state.pinned
         elif state.past_length == 0:
             state.prompt_length = state.input_length  # a fresh sequence: all of it is prompt
+            state.earlier = ()
 
     @contextlib.contextmanager
     def checked(self) -> Iterator[None]:
@@ -114,11 +119,16 @@ class PositionTracker:
             )
 
     @contextlib.contextmanager
-    def prompt(self, length: int | None) -> Iterator[None]:
-        """Fix the prompt length for a generate() call (also right without a KV cache)."""
+    def prompt(
+        self, length: int | None, earlier: Spans = (), *, keep_outer: bool = False
+    ) -> Iterator[None]:
+        """Fix the prompt length for a generate() call (also right without a KV cache), with
+        the positions earlier calls on its cache generated; ``keep_outer`` keeps the pin of an
+        enclosing call (a guidance pass inside a generate() labels positions as that call)."""
         state = self._state
         previous = state.pinned
-        state.pinned = length
+        if not (keep_outer and previous is not None):
+            state.pinned = None if length is None else (length, earlier)
         try:
             yield
         finally:
@@ -137,12 +147,22 @@ class PositionTracker:
 
     def generated_mask(self, seq_len: int, device: torch.device) -> Tensor | bool:
         """Which of this forward's positions were generated: a bool when uniform, else [seq]."""
-        start, boundary = self._state.past_length, self._state.prompt_length
+        state = self._state
+        start, boundary, end = state.past_length, state.prompt_length, state.past_length + seq_len
         if start >= boundary:
-            return True
-        if start + seq_len <= boundary:
+            return True  # a decoding step: the hot path
+        spans = [(max(s, start), min(e, end)) for s, e in state.earlier if s < end and e > start]
+        if boundary < end:
+            spans.append((boundary, end))
+        if not spans:
             return False
-        return torch.arange(start, start + seq_len, device=device) >= boundary
+        if _covers(spans, start, end):
+            return True
+        where = torch.arange(start, end, device=device)
+        mask = torch.zeros(seq_len, dtype=torch.bool, device=device)
+        for s, e in spans:
+            mask |= (where >= s) & (where < e)
+        return mask
 
     def edit(
         self, step: Callable[[Tensor], Tensor], positions: Positions
@@ -170,3 +190,13 @@ class PositionTracker:
             return out
 
         return apply
+
+
+def _covers(spans: list[tuple[int, int]], start: int, end: int) -> bool:
+    """Whether the spans (each inside [start, end)) cover all of [start, end)."""
+    reached = start
+    for s, e in sorted(spans):
+        if s > reached:
+            return False
+        reached = max(reached, e)
+    return reached >= end
