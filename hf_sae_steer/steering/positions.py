@@ -62,14 +62,21 @@ class _CallState(threading.local):
         self.earlier: Spans = ()  # positions an earlier call on the same cache generated
         self.attention_mask: Tensor | None = None
         self.pinned: tuple[int, Spans] | None = None
-        self.nonfinite: Tensor | None = None  # on the device: checked once per call, no sync
+        # Device-side flags, checked once per call (no host sync per token): a steered hidden
+        # state, or logits after steering wrote something in this call, was NaN or infinite.
+        self.nonfinite: Tensor | None = None
+        self.nonfinite_logits: Tensor | None = None
+        self.steered = False
 
 
 class PositionTracker:
-    """Per-forward position state shared by the hooks of one SteeredModel, kept per thread."""
+    """Per-forward position state shared by the hooks of one SteeredModel, kept per thread.
 
-    def __init__(self) -> None:
+    ``advice`` names the settings to lower when steering overflows (e.g. "strength=4")."""
+
+    def __init__(self, advice: Callable[[], str] = lambda: "the strength") -> None:
         self._state = _CallState()
+        self.advice = advice
 
     @property
     def enabled(self) -> bool:
@@ -90,6 +97,19 @@ class PositionTracker:
     def attach(self, decoder: nn.Module) -> RemovableHandle:
         return register(decoder, "pre", self._observe, with_kwargs=True)
 
+    def attach_output(self, model: nn.Module) -> RemovableHandle:
+        """Watch the model's logits: a steered state can be finite where it is written and
+        overflow in the blocks after it (huge clamp values, latent weights, edits)."""
+        return register(model, "forward", self._watch_logits)
+
+    def _watch_logits(self, module: nn.Module, args: tuple, output: Any) -> None:
+        state = self._state
+        logits = getattr(output, "logits", None)
+        if state.enabled and state.steered and isinstance(logits, Tensor):
+            bad = ~torch.isfinite(logits).all()
+            flag = state.nonfinite_logits
+            state.nonfinite_logits = bad if flag is None else flag | bad
+
     def _observe(self, module: nn.Module, args: tuple, kwargs: dict[str, Any]) -> None:
         state = self._state
         state.past_length = _past_length(args, kwargs)
@@ -104,18 +124,23 @@ class PositionTracker:
 
     @contextlib.contextmanager
     def checked(self) -> Iterator[None]:
-        """Raise, at the end of the block, if a steered hidden state was NaN or infinite."""
+        """Raise, at the end of the block, if a steered hidden state, or the logits after
+        steering, were NaN or infinite (one host sync for the whole block)."""
         state = self._state
-        outer, state.nonfinite = state.nonfinite, None
+        outer = state.nonfinite, state.nonfinite_logits, state.steered
+        state.nonfinite, state.nonfinite_logits, state.steered = None, None, False
         try:
             yield
-            bad = state.nonfinite is not None and bool(state.nonfinite)
+            hidden = state.nonfinite is not None and bool(state.nonfinite)
+            logits = not hidden and state.nonfinite_logits is not None
+            logits = logits and bool(state.nonfinite_logits)
         finally:
-            state.nonfinite = outer
-        if bad:
+            state.nonfinite, state.nonfinite_logits, state.steered = outer
+        if hidden or logits:
+            where = "hidden states" if hidden else "logits (the blocks after the hook overflow)"
             raise ValueError(
-                "Steering produced NaN or infinite hidden states: the strength (or clamp value) is "
-                "too large for this model's dtype. Lower it."
+                f"Steering produced NaN or infinite {where}: the steering is too large for this "
+                f"model's dtype. Lower {self.advice()}."
             )
 
     @contextlib.contextmanager
@@ -185,6 +210,7 @@ class PositionTracker:
                     keep = generated if positions == "generated" else ~generated
                     out = torch.where(keep.unsqueeze(-1), step(x), x)
             if out is not x:  # a device-side flag: no host sync on the hot path
+                state.steered = True
                 bad = ~torch.isfinite(out).all()
                 state.nonfinite = bad if state.nonfinite is None else state.nonfinite | bad
             return out
