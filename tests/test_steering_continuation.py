@@ -100,6 +100,22 @@ def test_continuing_from_inputs_embeds_equals_one_call(name, sae, scores, positi
 
 
 @pytest.mark.parametrize("positions", ["prompt", "generated"])
+def test_a_cache_the_user_owns_continues_without_return_dict(sae, scores, positions):
+    """The chat pattern: one DynamicCache made by the caller, plain tensor outputs."""
+    model = build("gpt2")
+    plain = {"do_sample": False, "pad_token_id": 0, "eos_token_id": None}
+    with steer(model, sae, scores, positions) as steered:
+        whole = steered.generate(IDS, attention_mask=MASK, max_new_tokens=5, **plain)
+        cache = DynamicCache()
+        first = steered.generate(IDS, attention_mask=MASK, past_key_values=cache,
+                                 max_new_tokens=2, **plain)  # fmt: skip
+        grown = torch.cat([MASK, torch.ones(2, 2, dtype=MASK.dtype)], 1)
+        rest = steered.generate(first, attention_mask=grown, past_key_values=cache,
+                                max_new_tokens=3, **plain)  # fmt: skip
+    assert torch.equal(rest, whole)
+
+
+@pytest.mark.parametrize("positions", ["prompt", "generated"])
 def test_a_static_cache_continues_and_a_reset_one_starts_afresh(sae, scores, positions):
     model = build("llama")
     ids = IDS[1:]
