@@ -111,3 +111,26 @@ def test_scores_as_a_path_and_explicit_latents(gpt2, setup, tmp_path):
         torch.testing.assert_close(steered(IDS).logits, want, atol=1e-5, rtol=1e-5)
     with pytest.raises(ValueError, match="out of range for d_sae"):
         SteeredModel(gpt2, sae, layer=LAYER, method="add", latents={999: 1.0})
+
+
+def test_an_all_zero_seed_artifact_recommends_and_warns_no_change(gpt2, tokenizer, tmp_path):
+    """An SAE that never fires on the reference set: every seed score is 0, so swap would keep no
+    latent and wreck the output; the artifact recommends no change, as its warning says."""
+    state = openai_state(d=32, n=128, k=None, seed=5)  # a ReLU SAE ...
+    state["latent_bias"] = torch.full((128,), -1e4)  # ... that never fires
+    torch.save(state, tmp_path / "dead.pt")
+    sae = load_sae(tmp_path / "dead.pt")
+    with pytest.warns(UserWarning) as caught:
+        scores = FeatureScores.fit(gpt2, tokenizer, sae, layer=LAYER, reference=OTHERS,
+                                   alignment=TEXTS, rule="seed", embedder=_letters,
+                                   progress=False)  # fmt: skip
+    assert torch.count_nonzero(scores.scores) == 0
+    note = next(str(w.message) for w in caught if "every score is 0" in str(w.message))
+    assert "no change" in note and "swap" in note
+    assert scores.recommended["method"] == "orig"
+    assert any("no change" in w for w in scores.report().warnings if "every score" in w)
+    base = gpt2(IDS).logits
+    with SteeredModel(gpt2, sae, scores=scores) as steered:
+        torch.testing.assert_close(steered(IDS).logits, base)
+    with SteeredModel(gpt2, sae, scores=scores, method="swap") as steered:  # what it warns of
+        assert not torch.allclose(steered(IDS).logits, base, atol=1e-3)

@@ -5,16 +5,19 @@ and low-precision models select latents in float32."""
 from __future__ import annotations
 
 import copy
+import re
 import subprocess
 import sys
 import threading
+from pathlib import Path
 
 import pytest
 import torch
 from sae_factories import openai_state
 from tiny_models import tiny_gpt2
 
-from hf_sae_steer import SteeredModel, load_sae, remove_steering
+from hf_sae_steer import LatentEdit, SteeredModel, load_sae, remove_steering
+from hf_sae_steer.cli.main import main
 from hf_sae_steer.steering.interventions import Intervention
 
 LAYER = 1
@@ -149,6 +152,42 @@ def test_absurd_strengths_and_non_finite_results_are_refused(gpt2, sae, scores):
         with pytest.raises(ValueError, match="NaN or infinite"):
             steered(PROMPT)  # finite where it is written, but the next blocks overflow
     assert all_hooks(gpt2) == 0
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16, torch.float16])
+@pytest.mark.parametrize(
+    "options, named",
+    [
+        ({"method": "clamp", "clamp_value": 1e30}, "clamp_value=1e+30"),
+        ({"method": "add", "latents": {3: 1e30}}, "the latents= weights (largest 1e+30)"),
+        ({"method": "sae", "edits": [LatentEdit(3, 1e30, "pin")]}, "the edits= values"),
+    ],
+)
+def test_overflow_after_the_hook_raises_through_generate(sae, scores, dtype, options, named):
+    """Finite where it is written, the steered state overflows in the blocks after it (float32,
+    bfloat16) or at once (float16): every path raises, naming what to lower; none returns text
+    generated from NaN logits."""
+    model = tiny_gpt2(400).to(dtype)
+    message = f"NaN or infinite .* Lower .*{re.escape(named)}"
+    with SteeredModel(model, sae, layer=LAYER, scores=scores, **options) as steered:
+        for call in (steered.generate, model.generate):
+            with pytest.raises(ValueError, match=message):
+                call(PROMPT, **GREEDY)
+        with pytest.raises(ValueError, match=message):
+            steered(PROMPT)
+        with steered.disabled():
+            assert model.generate(PROMPT, **GREEDY).shape == (1, PROMPT.shape[1] + 6)
+    assert all_hooks(model) == 0
+
+
+def test_the_cli_refuses_an_overflowing_clamp_value_in_one_line(capsys):
+    demo = Path(__file__).resolve().parents[1] / "storage" / "demo"
+    code = main(["generate", "--model", str(demo / "model"), "--sae", str(demo / "sae"),
+                 "--scores", str(demo / "scores"), "--prompt", "The children went",
+                 "--methods", "clamp", "--clamp-value", "1e30", "--quiet"])  # fmt: skip
+    out, err = capsys.readouterr()
+    assert code == 2 and out == ""
+    assert len(err.strip().splitlines()) == 1 and "clamp_value=1e+30" in err
 
 
 def test_low_precision_models_select_latents_in_float32(sae, scores):

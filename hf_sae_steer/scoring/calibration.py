@@ -122,8 +122,15 @@ def recommend(
     - ``support``: ``clamp`` the 5 top latents by their typical activations, error preserved;
     - ``seed``: the reference's own method, ``swap`` at strength 1.
 
-    Additive steerings get the strength of norm fraction ``norm_fraction``.
+    Additive steerings get the strength of norm fraction ``norm_fraction``. When every score is 0
+    no latent was chosen, and the recommendation is no change (``orig``): ``swap`` would keep no
+    latent at all and erase what the SAE reconstructs.
     """
+    if not bool((scores > 0).any()):
+        return {
+            **recommendation("orig", 1.0, preserve_error=False, norm_fraction=None),
+            "why": "every score is 0: no latent to steer with, so no change",
+        }
     if rule == "seed":
         return recommendation("swap", 1.0, preserve_error=False, norm_fraction=None)
     if "latents" in stats and "weights" in stats:  # mean_diff, output, trained

@@ -90,9 +90,16 @@ def build_report(
     top_firing = None if align_counts is None else int((align_counts[top] > 0).sum())
     thin = None if ref_counts is None else int((ref_counts[top] <= THIN_SUPPORT).sum())
     notes = []
-    if n_fired == 0:
+    if total == 0:  # calibration.recommend then recommends no change
+        cause = "No latent fired on the reference set" if n_fired == 0 else "No latent scored"
         notes.append(
-            "No latent fired on the reference set: every score is 0, steering does nothing."
+            f"{cause}: every score is 0, so the recommended steering is no change (method "
+            "'orig'); swap would keep no latent and erase the hidden state."
+        )
+    elif n_fired == 0:
+        notes.append(
+            "No latent fired on the reference set (coverage 0): the SAE does not represent it, "
+            "and the chosen latents rest on the decoder alone."
         )
     elif coverage < 0.3:
         notes.append(

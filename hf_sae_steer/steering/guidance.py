@@ -104,7 +104,7 @@ class SteeringLogitsProcessor(LogitsProcessor):
             kwargs.update(attention_mask=mask, position_ids=positions[:, -feed.shape[1] :])
         if self._cache is not None:
             kwargs[self._cache_argument] = self._cache
-        with tracker.steering(steer), tracker.prompt(self._prompt.shape[1]):
+        with tracker.steering(steer), tracker.prompt(self._prompt.shape[1], keep_outer=True):
             out = model(**kwargs)
         self._cache = getattr(out, "cache", None) or getattr(out, "past_key_values", None)
         self._ids = input_ids

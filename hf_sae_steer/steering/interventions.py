@@ -159,6 +159,20 @@ class Intervention:
             )
         return strength
 
+    def magnitudes(self) -> list[str]:
+        """The settings that scale what this intervention writes (for an overflow message)."""
+        parts = [f"strength={self.strength:g}"]
+        if self.method == "clamp" and self.clamp_value is not None:
+            parts.append(f"clamp_value={self.clamp_value:g}")
+        if self.method == "add" and self.latents is not None:
+            largest = float(self.latents.values.abs().max())
+            parts.append(f"the latents= weights (largest {largest:g})")
+        if self.edits:
+            parts.append(f"the edits= values (largest {max(abs(e.value) for e in self.edits):g})")
+        if self.method == "vector" and self.vector is not None:
+            parts.append(f"the vector= (norm {float(self.vector.float().norm()):g})")
+        return parts
+
     @property
     def is_identity(self) -> bool:
         """True when the intervention cannot change ``x`` (so hooks can skip the SAE)."""

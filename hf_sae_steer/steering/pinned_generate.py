@@ -1,5 +1,6 @@
 """The steered model's own ``generate`` while it is steered: the one place where a generate call
-begins and ends, so the prompt length can be pinned and the result checked."""
+begins and ends, so the prompt length can be pinned, the result checked, and what the call
+generated remembered with its cache (for a later call that continues it)."""
 
 from __future__ import annotations
 
@@ -8,13 +9,15 @@ from typing import Any
 
 from torch import Tensor, nn
 
+from hf_sae_steer.steering import continuation
 from hf_sae_steer.steering.positions import PositionTracker
 
 
 class PinnedGenerate:
     """The steered model's ``generate`` while it is steered (an instance attribute that shadows
     the class's method): it pins the prompt length for the call, per thread, so every decoding
-    mode labels positions as greedy decoding does, and it refuses non-finite steered states.
+    mode labels positions as greedy decoding does, and it refuses non-finite steered states. A
+    call given the cache of an earlier call keeps the positions that call generated.
 
     A deep copy of the model gets a plain pass-through instead (steering is not copied)."""
 
@@ -54,9 +57,15 @@ class PinnedGenerate:
             None,
         )  # fmt: skip
         original = self.previous or type(model).generate.__get__(model)
-        with self.tracker.prompt(None if inputs is None else inputs.shape[1]):
+        length = None if inputs is None else int(inputs.shape[1])
+        cache = continuation.passed_cache(kwargs)
+        earlier = continuation.generated_before(cache)
+        with self.tracker.prompt(length, earlier):
             with self.tracker.checked():
-                return original(*args, **kwargs)
+                out = original(*args, **kwargs)
+        if length is not None:
+            continuation.remember([cache, continuation.returned_cache(out)], earlier, length)
+        return out
 
     def __deepcopy__(self, memo: dict) -> PassThroughGenerate:
         model = self.model()

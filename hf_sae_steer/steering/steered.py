@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import copy
+import functools
 from collections.abc import Iterator, Sequence
 from dataclasses import replace
 from typing import Any, Literal
@@ -46,6 +47,12 @@ def _registration_order(
     post = [p for p in pairs if p[0][0].kind == "resid_post"]
     rest = [p for p in pairs if p[0][0].kind not in ("resid_pre", "resid_post")]
     return pre + rest + post[::-1]
+
+
+def _overflow_advice(interventions: list[Intervention]) -> str:
+    """What to lower when steering overflows: each site's scaling settings, deduplicated."""
+    parts = dict.fromkeys(part for step in interventions for part in step.magnitudes())
+    return " or ".join(parts)
 
 
 class SteeredModel(nn.Module):
@@ -131,12 +138,14 @@ class SteeredModel(nn.Module):
         self.specs = specs
         self.sites = [site for site, _ in resolved]
         self.interventions = [step for _, step in resolved]
-        self.tracker = PositionTracker()
+        advice = functools.partial(_overflow_advice, self.interventions)
+        self.tracker = PositionTracker(advice=advice)
         self._layout_options = {"blocks": blocks, "attn": attn, "mlp": mlp, "parallel": parallel}
         self._handles: list[RemovableHandle] = []
         self._generate: PinnedGenerate | None = None
         try:
             self._handles.append(self.tracker.attach(layout.decoder))
+            self._handles.append(self.tracker.attach_output(model))
             for (site_, step), spec in _registration_order(resolved, specs):
                 self._handles += hook_site(layout, site_, self.tracker.edit(step, spec.positions))
             self._generate = PinnedGenerate.install(model, self.tracker)
@@ -150,14 +159,7 @@ class SteeredModel(nn.Module):
     def forward(self, *args: Any, **kwargs: Any) -> Any:
         self._check_live()
         with self.tracker.checked():
-            out = self.model(*args, **kwargs)
-        logits = getattr(out, "logits", None)
-        if isinstance(logits, Tensor) and self.tracker.enabled and not torch.isfinite(logits).all():
-            raise ValueError(
-                "Steering made the logits NaN or infinite: the strength (or clamp value) is too "
-                "large for this model. Lower it."
-            )
-        return out
+            return self.model(*args, **kwargs)
 
     @torch.no_grad()
     def generate(self, *args: Any, **kwargs: Any) -> Any:
