@@ -91,7 +91,8 @@ def main(argv: list[str] | None = None) -> None:
     prompts = load_prompts(a.demo / "eval_prompts.txt")[: a.n_prompts]
     result = evaluate(
         model, tok, sae, scores, prompts, alignment, reference=reference,
-        conditions=demo_conditions(), samples=a.samples, max_new_tokens=a.max_new_tokens,
+        conditions=demo_conditions((scores["default"].recommended or {}).get("norm_fraction")),
+        samples=a.samples, max_new_tokens=a.max_new_tokens,
         seed=a.seed, batch_size=a.batch_size,
     )  # fmt: skip
     seconds = time.time() - t0

@@ -40,6 +40,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--quick", action="store_true", help="two topics, 6 prompts, 1 sample")
     p.add_argument("--report-only", action="store_true", help="rewrite the report from runs")
+    p.add_argument("--readme", type=Path, default=None,
+                   help="also rewrite this README's benchmark table (between its markers)")
     a = p.parse_args(argv)
     if a.quick:
         a.samples, a.n_prompts, a.n_boot = 1, 6, 200
@@ -55,6 +57,7 @@ def main(argv: list[str] | None = None) -> None:
         DEFAULT_CANDIDATE,
         load_runs,
         save_run,
+        update_readme,
         write_report,
     )
     from hf_sae_steer.evaluation.topics import load_topics
@@ -100,6 +103,8 @@ def main(argv: list[str] | None = None) -> None:
         command += f" --split {a.split}"
     write_report(runs, a.out, command=command, seconds=time.time() - started,
                  threads=a.threads, samples=a.samples)  # fmt: skip
+    if a.readme is not None and not update_readme(a.readme, runs, command):
+        print(f"{a.readme} has no benchmark-table markers; left as it is")
     print(f"done in {(time.time() - started) / 60:.1f} min: {a.out / 'benchmark.md'}")
 
 

@@ -29,7 +29,9 @@ from hf_sae_steer.scoring.examples import latent_examples
 from hf_sae_steer.scoring.fit import check_options
 from hf_sae_steer.scoring.prompts import load_prompts
 from hf_sae_steer.scoring.record import ARTIFACT_FILES, is_artifact, load_scores
+from hf_sae_steer.scoring.selection import DEFAULT_RULE
 from hf_sae_steer.scoring.sources import open_prompts
+from hf_sae_steer.scoring.strength import TARGET_RATIO
 from hf_sae_steer.steering.interventions import METHODS
 
 # Commands that share their work between processes under torchrun / accelerate launch.
@@ -130,8 +132,13 @@ def _gen_options(args: argparse.Namespace) -> dict[str, Any]:
 
 def cmd_score(args: argparse.Namespace) -> dict[str, Any]:
     # Every cheap check before the model loads and the scoring runs.
-    check_options(args.rule, summary=args.summary, k=args.k, prior_prompts=args.prior_prompts,
-                  norm_fraction=args.norm_fraction)  # fmt: skip
+    rule = args.rule or DEFAULT_RULE
+    rule_options = {"objective": args.objective} if args.objective else None
+    check_options(rule, summary=args.summary, k=args.k, prior_prompts=args.prior_prompts,
+                  norm_fraction=args.norm_fraction, rule_options=rule_options)  # fmt: skip
+    target = TARGET_RATIO if args.target_ratio is None else args.target_ratio
+    if not 1 < target < 100:
+        raise ValueError(f"--target-ratio must be a perplexity ratio above 1, got {target}.")
     out = check_output_folder(args.out, ARTIFACT_FILES, overwrite=args.overwrite,
                               is_ours=is_artifact, optional=(CARD_FILE,))  # fmt: skip
     if args.checkpoint is not None:
@@ -159,10 +166,14 @@ def cmd_score(args: argparse.Namespace) -> dict[str, Any]:
             site=args.site,
             reference=reference,
             alignment=alignment,
-            rule=args.rule,
+            rule=rule,
             k=args.k,
             prior_prompts=args.prior_prompts,
+            rule_options=rule_options,
             norm_fraction=args.norm_fraction,
+            calibrate_strength=not args.no_calibrate,
+            target_ratio=target,
+            seed=args.seed,
             summary=args.summary,
             embedder=args.embedder,
             batch_size=args.batch_size,

@@ -128,11 +128,18 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument(
         "--rule",
-        default="mean_diff",
-        choices=["mean_diff", "support", "seed"],
-        help="selection rule (seed: the reference's, exactly; default mean_diff)",
+        default=None,
+        choices=["mean_diff", "output", "trained", "support", "seed"],  # scoring.selection.RULES
+        help="selection rule (seed: the reference's, exactly; default: the library's default)",
     )
-    p.add_argument("--k", type=positive_int, help="mean_diff: latents to choose (default 5)")
+    p.add_argument("--k", type=positive_int, help="mean_diff, output: latents to choose")
+    p.add_argument("--objective", choices=["preference", "lm_kl"],
+                   help="trained: the objective (default preference)")  # fmt: skip
+    p.add_argument("--target-ratio", type=float, default=None,
+                   help="calibrate the recommended strength to this perplexity ratio "
+                        "(default 1.5)")  # fmt: skip
+    p.add_argument("--no-calibrate", action="store_true",
+                   help="set the recommended strength by --norm-fraction, not calibrated")
     p.add_argument("--prior-prompts", type=float, help="support: shrinkage (default 5)")
     p.add_argument(
         "--norm-fraction",

@@ -25,11 +25,14 @@ MATCHED = (1.25, 1.5, 2.0)
 NAMES = {"relevance_centroid": "Δ cosine", "p_topic": "Δ P(topic)"}
 
 
-def demo_conditions() -> list[Condition]:
+def demo_conditions(recommended_fraction: float | None = None) -> list[Condition]:
     """The demo's comparison: the recommended steering and its random control, a steering
     vector (CAA) and its control, the support rule, the reference's methods, and two baselines.
-    Artifacts: ``default`` (mean_diff), ``seed`` (the reference rule), ``support``."""
-    rhos = NORM_FRACTIONS
+    Artifacts: ``default`` (the default rule), ``seed`` (the reference rule), ``support``. The
+    additive curves include the recommended (calibrated) norm fraction, so the recommended
+    steering and its controls are compared at exactly that point."""
+    extra = [recommended_fraction] if recommended_fraction else []
+    rhos = tuple(sorted({*NORM_FRACTIONS, *extra}))
     return [
         Condition("orig"),
         Condition("add (recommended)", "add", preserve_error=True, norm_fractions=rhos),
@@ -214,7 +217,7 @@ def write_eval_md(
         f"`{show(demo / 'sae')}`: TopK, layer {c['layer']} `{c['site']}`, d_sae "
         f"{sae_info.get('d_sae', '?')}, k {sae_info.get('k', '?')}, held-out FVU "
         f"{sae_info.get('fvu', math.nan):.3f}.",
-        f"- Scores: `scores/` (`rule=\"mean_diff\"`, the default; its chosen latents reproduce "
+        f"- Scores: `scores/` (`rule=\"{main.rule}\"`, the default; its chosen latents reproduce "
         f"{_pct(report.delta_explained)} of the alignment-minus-reference direction; recommended "
         f"steering `{rec.get('method')}` at strength {rec.get('strength', math.nan):.3g}, i.e. "
         f"norm fraction ρ = {rho:g}), `scores_seed/` (`rule=\"seed\"`, the reference rule "
@@ -222,8 +225,10 @@ def write_eval_md(
         f"- **{c['n_prompts']} held-out prompts** (`eval_prompts.txt`, neutral openings in none of "
         f"the other sets) × {c['samples']} sampled continuations of up to {c['max_new_tokens']} "
         f"tokens (temperature {c.get('temperature', 0)}, top-k {c.get('top_k', '-')}). Nothing "
-        "was chosen on them: the norm fraction ρ was chosen on `tune_prompts.txt`"
-        + (f" ({tuning['rule']}; chose {tuning['chosen']:g})" if tuning else "")
+        "was chosen on them: "
+        + (f"the strength was calibrated on the neutral calibration prompts ({rec['why']})"
+           if rec.get("calibrated") else "the norm fraction ρ was chosen on `tune_prompts.txt`"
+           + (f" ({tuning['rule']}; chose {tuning['chosen']:g})" if tuning else ""))
         + ". Sample j of a prompt uses the same seed under every condition, so every "
         "comparison is paired.",
         f"- Two topic measures. **Cosine**: the continuation's {c['embedder']} embedding against "
