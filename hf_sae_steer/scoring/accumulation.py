@@ -13,6 +13,7 @@ equals one process's up to float rounding, in any number of processes.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -35,6 +36,10 @@ from hf_sae_steer.scoring.prompts import PromptHash
 from hf_sae_steer.scoring.sources import PromptSource
 
 CHUNK = 1024  # reference prompts read, embedded and passed at a time (over all processes)
+# progress(phase, done, total): "alignment" once its texts are passed, "reference" after each
+# chunk (total: None for a stream of unknown size), "rule" before the rule runs. Raising from it
+# stops the fit; the model is left as it was.
+ProgressCallback = Callable[[str, int, int | None], None]
 
 
 @dataclass
@@ -67,7 +72,7 @@ class ScoringWalk:
     embed_max_seq_length: int | None = None
     report_max_tokens: int | None = None
     checkpoint: Checkpointing | None = None
-    progress: bool = True
+    progress: bool | ProgressCallback = True  # a callable: reported to it, no bar
     chunk: int = CHUNK
 
     def __call__(self, reference: PromptSource, alignment: list[str]) -> Accumulated:
@@ -84,11 +89,12 @@ class ScoringWalk:
             if mine:
                 self.passes.add_alignment(mine, sums, self.report_max_tokens)
             counted[1] = len(mine)
+        self._report("alignment", len(alignment), len(alignment))
         hasher, pending = PromptHash(), []
         every = self.checkpoint.every if self.checkpoint is not None else None
         size = min(self.chunk, every) if every else self.chunk
         saved_at = start
-        show = self.progress and self.world.is_main
+        show = self.progress is True and self.world.is_main
         bar = tqdm(total=reference.known_size, initial=start, desc="reference", unit=" prompts",
                    disable=not show)  # fmt: skip
         try:
@@ -103,12 +109,14 @@ class ScoringWalk:
                     continue
                 counted[0] += self._add(pending, align_emb, sums)
                 bar.update(len(pending))
+                self._report("reference", index + 1, reference.known_size)
                 pending = []
                 if every and index + 1 - saved_at >= every:
                     self._save(sums, hasher, index + 1, reference, finished=False)
                     saved_at = index + 1
             counted[0] += self._add(pending, align_emb, sums)
             bar.update(len(pending))
+            self._report("reference", hasher.count, reference.known_size)
         finally:
             bar.close()
         if hasher.count < start:
@@ -121,6 +129,10 @@ class ScoringWalk:
         if self.checkpoint is not None:  # the finished sums: a later resume only re-scores
             self._write(sums.tensors(), hasher, hasher.count, reference, finished=True)
         return Accumulated(sums, hasher.hexdigest(), start, per_process)
+
+    def _report(self, phase: str, done: int, total: int | None) -> None:
+        if callable(self.progress):
+            self.progress(phase, done, total)
 
     def _agree(self, counted: list[int], reference_hash: str) -> list[list[int]] | None:
         """Each process's counts, after checking that all read the same prompt sets (on several

@@ -23,7 +23,7 @@ from torch import nn
 from hf_sae_steer.distributed import current_world
 from hf_sae_steer.models import context_length, model_device, model_id, module_device
 from hf_sae_steer.sae.base import SAE
-from hf_sae_steer.scoring.accumulation import CHUNK, Checkpointing, ScoringWalk
+from hf_sae_steer.scoring.accumulation import CHUNK, Checkpointing, ProgressCallback, ScoringWalk
 from hf_sae_steer.scoring.calibration import NORM_FRACTION, recommend
 from hf_sae_steer.scoring.embedders import DEFAULT_EMBEDDER, Embedder, load_embedder
 from hf_sae_steer.scoring.passes import SUMMARIES, PromptPasses, ScoringSums, Summary
@@ -61,7 +61,7 @@ def fit(
     checkpoint: str | Path | None = None,
     checkpoint_every: int | None = None,
     resume: bool = False,
-    progress: bool = True,
+    progress: bool | ProgressCallback = True,
 ) -> FeatureScores:
     """Score every latent of ``sae`` for steering towards ``alignment``.
 
@@ -93,6 +93,10 @@ def fit(
     ``checkpoint`` (a file) receives the sums every ``checkpoint_every`` reference prompts
     (default 1,024) and at the end; ``resume=True`` continues from it and gives the same
     scores as an uninterrupted run. An existing checkpoint is never overwritten otherwise.
+
+    ``progress``: a bar (True), none (False), or a callable ``progress(phase, done, total)``
+    (:data:`~hf_sae_steer.scoring.accumulation.ProgressCallback`); an exception raised from it
+    stops the fit and leaves the model as it was.
     """
     if summary not in SUMMARIES:
         raise ValueError(f"Unknown summary {summary!r}; use one of {', '.join(SUMMARIES)}.")
@@ -159,6 +163,8 @@ def fit(
             "reference_prompts": [counts[0] for counts in done.per_process],
             "alignment_prompts": [counts[1] for counts in done.per_process],
         }
+    if callable(progress):
+        progress("rule", 0, None)
     return from_sums(
         done.sums,
         sae,
