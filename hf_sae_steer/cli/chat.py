@@ -12,6 +12,8 @@ import traceback
 from collections.abc import Callable
 from typing import TextIO
 
+from hf_sae_steer.cli.chat_topics import HELP as TOPIC_HELP
+from hf_sae_steer.cli.chat_topics import TopicCommands
 from hf_sae_steer.cli.playground import Playground
 from hf_sae_steer.cli.settings import (
     METHOD_CHOICES,
@@ -36,6 +38,7 @@ HELP = f"""Type a prompt to see base and steered continuations. Commands:
   :seed N             the seed of sampling
   :latents [N]        the top N latents of the scores and the tokens that fire them most
   :report             the uncertainty report of the scores
+{TOPIC_HELP}
   :settings           the current steering
   :history            the prompts typed so far (also: the up arrow)
   :help               this list
@@ -45,7 +48,14 @@ HELP = f"""Type a prompt to see base and steered continuations. Commands:
 class Chat:
     """The commands and turns of the loop, printing to ``out``."""
 
-    def __init__(self, playground: Playground, out: TextIO, *, debug: bool = False) -> None:
+    def __init__(
+        self,
+        playground: Playground,
+        out: TextIO,
+        *,
+        debug: bool = False,
+        read: Callable[[str], str] = input,
+    ) -> None:
         self.playground, self.out, self.debug = playground, out, debug
         self.history: list[str] = []
         self.commands: dict[str, Callable[[str], None]] = {
@@ -62,6 +72,8 @@ class Chat:
             "history": self._history,
             "help": lambda _: self.say(HELP),
         }
+        topics = TopicCommands(playground, self.say, read, out, self.settings_line)
+        self.commands.update(topics.commands())  # :topic, :save
 
     def say(self, text: str) -> None:
         print(text, file=self.out, flush=True)
@@ -142,7 +154,7 @@ def run_chat(
         import readline  # noqa: F401 - line editing and up-arrow history for input()
     except ImportError:  # not on every platform; the loop works without it
         pass
-    chat = Chat(playground, out or sys.stdout, debug=debug)
+    chat = Chat(playground, out or sys.stdout, debug=debug, read=read)
     chat.banner()
     try:
         while chat.handle(read(PROMPT)):
