@@ -36,6 +36,7 @@ ARTIFACT_NAME = "topic-scores"  # the folder inside a downloaded zip
 # Where each phase of a fit sits on the progress indicator: (fraction at its start, at its end).
 SPANS = {"alignment": (0.0, 0.15), "reference": (0.15, 0.85), "rule": (0.85, 1.0)}
 RUNNING, DONE, CANCELLED, FAILED = "running", "done", "cancelled", "failed"
+WAITING = "waiting for the model to be free (a turn may be running)"
 
 
 class FitCancelled(Exception):
@@ -113,7 +114,7 @@ class TopicFit:
     examples: list[str]
     name: str
     result: FeatureScores | None = None
-    _status: FitStatus = field(default_factory=lambda: FitStatus(RUNNING, 0.0, "starting"))
+    _status: FitStatus = field(default_factory=lambda: FitStatus(RUNNING, 0.0, WAITING))
     _cancel: threading.Event = field(default_factory=threading.Event)
     _thread: threading.Thread | None = None
     _started: float = field(default_factory=time.perf_counter)
@@ -160,7 +161,6 @@ class TopicFit:
     def _work(self) -> None:
         pg = self.playground
         try:
-            self._set(RUNNING, 0.0, "waiting for the model (a turn is running)")
             with pg.model_lock:
                 self._progress("alignment", 0, len(self.examples))
                 with warnings.catch_warnings(record=True) as caught:
