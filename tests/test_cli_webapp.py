@@ -232,13 +232,23 @@ def topic() -> dict:
     return {"texts": FOOD, "scores": scores, "steered": steered_on_demo(scores, PROMPT, TOKENS)}
 
 
-def test_http_api_fits_your_topic(server, expected, topic, tmp_path):
+def _check_zipped_topic(archive: Path, scores, folder: Path) -> None:
+    """The zip holds a topic-scores folder that loads back as ``scores``."""
     import zipfile
 
     import torch
-    from gradio_client import Client
 
     from hf_sae_steer.scoring.record import FeatureScores
+
+    with zipfile.ZipFile(archive) as zipped:
+        zipped.extractall(folder)
+    saved = FeatureScores.from_pretrained(folder / "topic-scores")
+    torch.testing.assert_close(saved.scores, scores.scores)
+    assert saved.recommended == scores.recommended and saved.rule == scores.rule
+
+
+def test_http_api_fits_your_topic(server, expected, topic, tmp_path):
+    from gradio_client import Client
 
     assert topic["steered"] != expected["recommended"]  # else the checks could not tell
     client = Client(server, verbose=False)
@@ -262,11 +272,7 @@ def test_http_api_fits_your_topic(server, expected, topic, tmp_path):
 
         archive, note = client.predict(api_name="/save_topic")
         assert "saved" in note
-        with zipfile.ZipFile(archive) as zipped:
-            zipped.extractall(tmp_path)
-        saved = FeatureScores.from_pretrained(tmp_path / "topic-scores")
-        torch.testing.assert_close(saved.scores, topic["scores"].scores)
-        assert saved.recommended == topic["scores"].recommended
+        _check_zipped_topic(archive, topic["scores"], tmp_path)
     finally:
         answer = client.predict(api_name="/reset_topic")
     assert answer["error"] is None and "at strength 4.05" in answer["steering"]
@@ -328,6 +334,14 @@ def test_topic_panel_in_headless_chromium(server, expected, topic, tmp_path):
         assert f"at strength {strength}" in text("#status")
         generate()
         assert steered() == topic["steered"]
+        driver.find_element(By.CSS_SELECTOR, "#topic-save").click()
+        link = "#topic-download a[download='topic-scores.zip']"
+        wait.until(lambda d: d.find_elements(By.CSS_SELECTOR, link))
+        assert "saved your topic's scores (6 pasted texts)" in text("#topic-status")
+        href = driver.find_element(By.CSS_SELECTOR, link).get_attribute("href")
+        with urllib.request.urlopen(href, timeout=WAIT) as response:  # what the link downloads
+            (tmp_path / "download.zip").write_bytes(response.read())
+        _check_zipped_topic(tmp_path / "download.zip", topic["scores"], tmp_path / "unzipped")
 
         driver.find_element(By.CSS_SELECTOR, "#topic-reset").click()
         wait.until(lambda d: "loaded scores again" in text("#topic-status"))

@@ -57,116 +57,128 @@ def _status_text(status: FitStatus) -> str:
     return text + notes
 
 
-def topic_panel(
-    playground: Playground,
-    *,
-    outputs: list[gr.components.Component],
-    refresh: Callable[[], list[Any]],
-) -> Topics:
-    """Build the panel inside the current ``gr.Blocks``; after a fit or reset, ``outputs`` get
-    ``refresh()`` (the report, the latents and the steering, as the app shows them)."""
-    topics = Topics(playground)
-    reference = playground.reference_prompts
-    intro = (
-        f"Fits against the {len(reference)} reference prompts with the library's default rule, "
-        "then steers with it (for every visitor of this app, until reset)."
-        if reference
-        else "⚠️ No reference set to fit against: start the app with `--reference FILE`."
-    )
-    gr.Markdown(
-        f"### Your topic\nSteer towards a topic of your own: paste at least {MIN_EXAMPLES} "
-        f"example texts (one per line) and/or upload a file, then **Fit**. {intro}"
-    )
-    with gr.Row():
-        texts = gr.Textbox(
-            label="example texts, one per line", lines=4, scale=4, elem_id="topic-texts",
-            placeholder="Bread is a food made from flour, water and yeast, baked in an oven.",
-        )  # fmt: skip
-        upload = gr.File(label="or a file (" + ", ".join(FILE_TYPES) + ")", file_types=FILE_TYPES,
-                         type="filepath", scale=2, height=130, elem_id="topic-file")  # fmt: skip
-        with gr.Column(scale=1, min_width=160):
-            fit = gr.Button("Fit", variant="primary", elem_id="topic-fit")
-            cancel = gr.Button("Cancel", size="sm", elem_id="topic-cancel")
-            reset = gr.Button("Loaded scores", size="sm", elem_id="topic-reset")
-            save = gr.Button("Download (zip)", size="sm", elem_id="topic-save")
-    with gr.Row():
-        state = gr.Markdown("no topic of your own yet", elem_id="topic-status")
-        download = gr.File(label="your topic's scores", interactive=False, height=60,
-                           elem_id="topic-download")  # fmt: skip
+class TopicPanel:
+    """The panel: built where it is created (inside a ``gr.Blocks``), wired by :meth:`connect`
+    once the components it updates exist."""
 
-    def fit_clicked(
-        text: str,
-        file: str | None,
-        progress: gr.Progress = gr.Progress(),  # noqa: B008 - how Gradio passes its progress bar
-    ) -> Iterator[list[Any]]:
+    def __init__(self, playground: Playground) -> None:
+        self.playground, self.topics = playground, Topics(playground)
+        reference = playground.reference_prompts
+        intro = (
+            f"It is fitted against the {len(reference)} reference prompts with the library's "
+            "default rule and steers every visitor's turns until reset."
+            if reference
+            else "⚠️ No reference set to fit against: start the app with `--reference FILE`."
+        )
+        gr.Markdown(
+            f"### Your topic\nSteer towards a topic of your own: paste at least {MIN_EXAMPLES} "
+            f"example texts (one per line) and/or upload a file, then **Fit**. {intro}"
+        )
+        with gr.Row():
+            self.texts = gr.Textbox(
+                label="example texts, one per line", lines=4, scale=4, elem_id="topic-texts",
+                placeholder="Bread is a food made from flour, water and yeast, baked in an oven.",
+            )  # fmt: skip
+            self.upload = gr.File(
+                label="or a file (" + ", ".join(FILE_TYPES) + ")", file_types=FILE_TYPES,
+                type="filepath", scale=2, height=130, elem_id="topic-file",
+            )  # fmt: skip
+            with gr.Column(scale=1, min_width=160):
+                self.fit = gr.Button("Fit", variant="primary", elem_id="topic-fit")
+                self.cancel = gr.Button("Cancel", size="sm", elem_id="topic-cancel")
+                self.reset = gr.Button("Loaded scores", size="sm", elem_id="topic-reset")
+                self.save = gr.Button("Download (zip)", size="sm", elem_id="topic-save")
+        self.state = gr.Markdown("no topic of your own yet", elem_id="topic-status")
+        self.download = gr.File(label="your topic's scores (a folder that "
+                                "FeatureScores.from_pretrained reads, zipped)", interactive=False,
+                                visible=False, elem_id="topic-download")  # fmt: skip
+        self._downloads = tempfile.TemporaryDirectory(prefix="hf-sae-steer-topics-")
+        self._saved: list[str] = []
+
+    def connect(
+        self, outputs: list[gr.components.Component], refresh: Callable[[], list[Any]]
+    ) -> None:
+        """Wire the buttons and the HTTP API; after a fit or reset, ``outputs`` get
+        ``refresh()`` (the report, the latents and the steering, as the app shows them)."""
+        topics, playground = self.topics, self.playground
         keep = [gr.skip()] * len(outputs)
-        try:
-            examples, name = examples_from_inputs(text, file)
-            run = topics.start(examples, name)
-        except Exception as error:  # noqa: BLE001 - the page shows one line, never a trace
-            yield [f"⚠️ {_message(error)}", *keep]
-            return
-        while not run.wait(POLL_SECONDS):
-            progress(run.status.fraction, desc=run.status.phase)
-            yield [_status_text(run.status), *keep]
-        done = run.status.state == DONE
-        yield [_status_text(run.status), *(refresh() if done else keep)]
 
-    def reset_clicked() -> list[Any]:
-        try:
-            topics.reset()
-        except Exception as error:  # noqa: BLE001
-            return [f"⚠️ {_message(error)}", *[gr.skip()] * len(outputs)]
-        return ["steering with the loaded scores again", *refresh()]
+        def fit_clicked(
+            text: str,
+            file: str | None,
+            progress: gr.Progress = gr.Progress(),  # noqa: B008 - Gradio's progress bar
+        ) -> Iterator[list[Any]]:
+            try:
+                examples, name = examples_from_inputs(text, file)
+                run = topics.start(examples, name)
+            except Exception as error:  # noqa: BLE001 - the page shows one line, never a trace
+                yield [f"⚠️ {_message(error)}", *keep]
+                return
+            while not run.wait(POLL_SECONDS):
+                progress(run.status.fraction, desc=run.status.phase)
+                yield [_status_text(run.status), *keep]
+            done = run.status.state == DONE
+            yield [_status_text(run.status), *(refresh() if done else keep)]
 
-    downloads = tempfile.TemporaryDirectory(prefix="hf-sae-steer-topics-")  # removed at exit
-    saved: list[str] = []
+        def reset_clicked() -> list[Any]:
+            try:
+                topics.reset()
+            except Exception as error:  # noqa: BLE001
+                return [f"⚠️ {_message(error)}", *keep]
+            return ["steering with the loaded scores again", *refresh()]
 
-    def save_clicked() -> list[Any]:
-        where = tempfile.mkdtemp(dir=downloads.name)  # Gradio serves its own copy
+        def cancel_clicked() -> str:
+            return "cancelling …" if topics.cancel() else "no fit is running"
+
+        self.fit.click(fit_clicked, [self.texts, self.upload], [self.state, *outputs],
+                       api_visibility="private")  # fmt: skip
+        self.reset.click(reset_clicked, None, [self.state, *outputs], api_visibility="private")
+        self.save.click(self._save_clicked, None, [self.download, self.state],
+                        api_name="save_topic").then(  # the API answers the path; the page
+            lambda: gr.File(visible=bool(self._saved)), None, self.download,
+            api_visibility="private",
+        )  # shows the download (hidden until the first one)
+        self.cancel.click(cancel_clicked, None, self.state, api_visibility="private")
+
+        def fit_topic(texts: str | list[str]) -> dict:
+            """Fit a topic to example texts (one per line, or a list) and steer with it, as
+            JSON; bad input gives {"error": message}."""
+            try:
+                examples = parse_examples(texts)
+                status = topics.fit(examples, f"{len(examples)} example texts")
+            except Exception as error:  # noqa: BLE001 - an answer, not a server error
+                return {"error": _message(error)}
+            return {
+                "topic": playground.topic,
+                "steering": playground.describe(),
+                "report": playground.report(),
+                "seconds": status.seconds,
+                "warnings": list(status.warnings),
+                "error": None,
+            }
+
+        def reset_topic() -> dict:
+            """Steer with the loaded scores again."""
+            try:
+                steering = topics.reset()
+            except Exception as error:  # noqa: BLE001
+                return {"error": _message(error)}
+            return {"steering": steering, "error": None}
+
+        gr.api(fit_topic, api_name="fit_topic")
+        gr.api(reset_topic, api_name="reset_topic")
+
+    def _save_clicked(self) -> list[Any]:
+        """The topic's artifact as a zip to download (only the latest is kept on disk here;
+        Gradio serves its own copy)."""
+        where = tempfile.mkdtemp(dir=self._downloads.name)
         try:
-            archive = topics.save_zip(where)
+            archive = self.topics.save_zip(where)
         except Exception as error:  # noqa: BLE001
             shutil.rmtree(where, ignore_errors=True)
             return [gr.skip(), f"⚠️ {_message(error)}"]
-        for old in saved:  # only the latest download is kept here
+        for old in self._saved:
             shutil.rmtree(old, ignore_errors=True)
-        saved[:] = [where]
-        return [str(archive), f"**saved** your topic's scores ({playground.topic}) as a zip"]
-
-    def cancel_clicked() -> str:
-        return "cancelling …" if topics.cancel() else "no fit is running"
-
-    fit.click(fit_clicked, [texts, upload], [state, *outputs], api_visibility="private")
-    reset.click(reset_clicked, None, [state, *outputs], api_visibility="private")
-    save.click(save_clicked, None, [download, state], api_name="save_topic")
-    cancel.click(cancel_clicked, None, state, api_visibility="private")
-
-    def fit_topic(texts: str | list[str]) -> dict:
-        """Fit a topic to example texts (one per line, or a list) and steer with it, as JSON;
-        bad input gives {"error": message}."""
-        try:
-            examples = parse_examples(texts)
-            status = topics.fit(examples, f"{len(examples)} example texts")
-        except Exception as error:  # noqa: BLE001 - an answer, not a server error
-            return {"error": _message(error)}
-        return {
-            "topic": playground.topic,
-            "steering": playground.describe(),
-            "report": playground.report(),
-            "seconds": status.seconds,
-            "warnings": list(status.warnings),
-            "error": None,
-        }
-
-    def reset_topic() -> dict:
-        """Steer with the loaded scores again."""
-        try:
-            steering = topics.reset()
-        except Exception as error:  # noqa: BLE001
-            return {"error": _message(error)}
-        return {"steering": steering, "error": None}
-
-    gr.api(fit_topic, api_name="fit_topic")
-    gr.api(reset_topic, api_name="reset_topic")
-    return topics
+        self._saved[:] = [where]
+        note = f"**saved** your topic's scores ({self.playground.topic}) as a zip"
+        return [str(archive), note]

@@ -32,7 +32,7 @@ from hf_sae_steer.cli.settings import (  # noqa: E402
     parse_switch,
     parse_tokens,
 )
-from hf_sae_steer.cli.topic_panel import topic_panel  # noqa: E402
+from hf_sae_steer.cli.topic_panel import TopicPanel  # noqa: E402
 from hf_sae_steer.models import context_length  # noqa: E402
 from hf_sae_steer.steering.positions import POSITIONS  # noqa: E402
 
@@ -145,6 +145,7 @@ def build_app(playground: Playground) -> gr.Blocks:
                 )  # fmt: skip
                 for name in names
             ]
+        topic = TopicPanel(playground)  # wired below, once the report and the table exist
         with gr.Row():
             with gr.Column(scale=2):
                 gr.Markdown("### Uncertainty report of the scores")
@@ -183,7 +184,7 @@ def build_app(playground: Playground) -> gr.Blocks:
             steering = f"steering: {playground.describe()}"
             return [report_markdown(playground), latent_rows(playground), steering]
 
-        topic_panel(playground, outputs=[report, table, status], refresh=refreshed)
+        topic.connect(outputs=[report, table, status], refresh=refreshed)
 
         def compare(
             prompt: str,
