@@ -167,7 +167,8 @@ def test_chat_fits_your_topic_and_saves_it(tmp_path):
     (tmp_path / "empty.txt").write_text("\n")
     (tmp_path / "mine").mkdir()
     (tmp_path / "mine" / "notes.txt").write_text("keep me")
-    child, _ = spawn(tmp_path)
+    (tmp_path / "reference.txt").write_text((DEMO / "reference.txt").read_text())
+    child, _ = spawn(tmp_path, "--reference", "reference.txt")  # the demo's, named on the line
     try:
         type_line(child, PROMPT)
         child.expect(turn_line("steered", loaded_steered))

@@ -45,6 +45,7 @@ class TopicCommands:
             self.say("steering with the loaded scores again")
             self.say(self.settings_line())
             return
+        self.topics.check_ready()  # before asking for texts
         if arg:
             examples, name = load_examples(arg), Path(arg).name
         else:

@@ -195,8 +195,8 @@ class Topics:
         self.playground = playground
         self.current: TopicFit | None = None
 
-    def start(self, examples: Sequence[str], name: str) -> TopicFit:
-        """Check ``examples`` and the reference set, then start fitting in the background."""
+    def check_ready(self) -> None:
+        """Raise the reason a fit cannot start now (one runs; no reference set), if any."""
         if self.current is not None and not self.current.status.finished:
             raise PlaygroundError("A topic is being fitted; wait for it or cancel it first.")
         if not self.playground.reference_prompts:
@@ -204,6 +204,10 @@ class Topics:
                 "No reference set to fit a topic against: start the playground with "
                 "--reference FILE (broad texts, a few hundred or more) or --latent-prompts FILE."
             )
+
+    def start(self, examples: Sequence[str], name: str) -> TopicFit:
+        """Check ``examples`` and the reference set, then start fitting in the background."""
+        self.check_ready()
         texts = check_examples(examples)
         self.current = TopicFit(self.playground, texts, name).start()
         return self.current
