@@ -110,6 +110,10 @@ def test_cancel_leaves_the_steering_and_the_model_as_they_were(playground, topic
     with playground.model_lock:  # a turn is running: the fit waits, and is cancelled meanwhile
         run = topics.start(FOOD, "food")
         assert "waiting for the model" in run.status.phase
+        with pytest.raises(PlaygroundError, match="A topic is being fitted"):
+            topics.start(FOOD, "again")  # one fit at a time
+        with pytest.raises(PlaygroundError, match="A topic is being fitted"):
+            topics.reset()
         assert topics.cancel()
     assert run.wait(60) and run.status.state == CANCELLED
     assert playground.scores is loaded and playground.topic is None

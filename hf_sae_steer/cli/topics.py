@@ -194,6 +194,7 @@ class Topics:
     def __init__(self, playground: Playground) -> None:
         self.playground = playground
         self.current: TopicFit | None = None
+        self._starting = threading.Lock()  # two requests (page, API) never start two fits
 
     def check_ready(self) -> None:
         """Raise the reason a fit cannot start now (one runs; no reference set), if any."""
@@ -207,10 +208,11 @@ class Topics:
 
     def start(self, examples: Sequence[str], name: str) -> TopicFit:
         """Check ``examples`` and the reference set, then start fitting in the background."""
-        self.check_ready()
-        texts = check_examples(examples)
-        self.current = TopicFit(self.playground, texts, name).start()
-        return self.current
+        with self._starting:
+            self.check_ready()
+            texts = check_examples(examples)
+            self.current = TopicFit(self.playground, texts, name).start()
+            return self.current
 
     def fit(self, examples: Sequence[str], name: str) -> FitStatus:
         """Fit and wait; a fit that does not finish raises its message."""
