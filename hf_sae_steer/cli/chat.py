@@ -56,7 +56,7 @@ class Chat:
         debug: bool = False,
         read: Callable[[str], str] = input,
     ) -> None:
-        self.playground, self.out, self.debug = playground, out, debug
+        self.playground, self.out, self.debug, self.read = playground, out, debug, read
         self.history: list[str] = []
         self.commands: dict[str, Callable[[str], None]] = {
             "method": lambda arg: self._set(method=parse_method(arg)),
@@ -72,7 +72,8 @@ class Chat:
             "history": self._history,
             "help": lambda _: self.say(HELP),
         }
-        topics = TopicCommands(playground, self.say, read, out, self.settings_line)
+        topics = TopicCommands(playground, self.say, lambda p: self.read(p), out,
+                               self.settings_line)  # fmt: skip
         self.commands.update(topics.commands())  # :topic, :save
 
     def say(self, text: str) -> None:
@@ -154,7 +155,8 @@ def run_chat(
         import readline  # noqa: F401 - line editing and up-arrow history for input()
     except ImportError:  # not on every platform; the loop works without it
         pass
-    chat = Chat(playground, out or sys.stdout, debug=debug, read=read)
+    chat = Chat(playground, out or sys.stdout, debug=debug)
+    chat.read = read  # :topic reads pasted texts the way the loop reads lines
     chat.banner()
     try:
         while chat.handle(read(PROMPT)):

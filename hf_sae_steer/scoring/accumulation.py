@@ -13,7 +13,6 @@ equals one process's up to float rounding, in any number of processes.
 
 from __future__ import annotations
 
-from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -31,15 +30,11 @@ from hf_sae_steer.scoring.checkpoint import (
     write_checkpoint,
 )
 from hf_sae_steer.scoring.embedders import embed_prompts
-from hf_sae_steer.scoring.passes import PromptPasses, ScoringSums, Summary
+from hf_sae_steer.scoring.passes import ProgressCallback, PromptPasses, ScoringSums, Summary
 from hf_sae_steer.scoring.prompts import PromptHash
 from hf_sae_steer.scoring.sources import PromptSource
 
 CHUNK = 1024  # reference prompts read, embedded and passed at a time (over all processes)
-# progress(phase, done, total): "alignment" once its texts are passed, "reference" after each
-# chunk (total: None for a stream of unknown size), "rule" before the rule runs. Raising from it
-# stops the fit; the model is left as it was.
-ProgressCallback = Callable[[str, int, int | None], None]
 
 
 @dataclass

@@ -23,10 +23,16 @@ from torch import nn
 from hf_sae_steer.distributed import current_world
 from hf_sae_steer.models import context_length, model_device, model_id, module_device
 from hf_sae_steer.sae.base import SAE
-from hf_sae_steer.scoring.accumulation import CHUNK, Checkpointing, ProgressCallback, ScoringWalk
+from hf_sae_steer.scoring.accumulation import CHUNK, Checkpointing, ScoringWalk
 from hf_sae_steer.scoring.calibration import NORM_FRACTION, recommend
 from hf_sae_steer.scoring.embedders import DEFAULT_EMBEDDER, Embedder, load_embedder
-from hf_sae_steer.scoring.passes import SUMMARIES, PromptPasses, ScoringSums, Summary
+from hf_sae_steer.scoring.passes import (
+    SUMMARIES,
+    ProgressCallback,
+    PromptPasses,
+    ScoringSums,
+    Summary,
+)
 from hf_sae_steer.scoring.prompts import hash_prompts, load_prompts
 from hf_sae_steer.scoring.record import FeatureScores
 from hf_sae_steer.scoring.rules import DEFAULT_RULE, RULES, Rule, apply_rule
@@ -88,15 +94,15 @@ def fit(
     ``report_max_tokens`` tokens of each alignment text (``None``: all): about what the embedder
     reads. The SAE runs on ``device`` (default: beside its block, ``device_map="auto"`` too).
 
+    ``progress``: a bar (True), none (False), or a callable ``progress(phase, done, total)``
+    (:data:`~hf_sae_steer.scoring.passes.ProgressCallback`); an exception raised from it stops
+    the fit and leaves the model as it was.
+
     Under ``torchrun`` or ``accelerate launch`` the processes share the prompts (prompt ``i``
     to rank ``i mod world_size``) and add up their sums; every rank returns the same record.
     ``checkpoint`` (a file) receives the sums every ``checkpoint_every`` reference prompts
     (default 1,024) and at the end; ``resume=True`` continues from it and gives the same
     scores as an uninterrupted run. An existing checkpoint is never overwritten otherwise.
-
-    ``progress``: a bar (True), none (False), or a callable ``progress(phase, done, total)``
-    (:data:`~hf_sae_steer.scoring.accumulation.ProgressCallback`); an exception raised from it
-    stops the fit and leaves the model as it was.
     """
     if summary not in SUMMARIES:
         raise ValueError(f"Unknown summary {summary!r}; use one of {', '.join(SUMMARIES)}.")
