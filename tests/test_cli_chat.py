@@ -115,44 +115,6 @@ def test_chat_in_a_terminal(tmp_path):
     assert child.exitstatus == 0, transcript[-2000:]
 
 
-def _fine_tuned_copy(folder: Path) -> Path:
-    """The demo model after a few steps on the alignment texts: a stand-in for a fine-tuned
-    model, like the one the reference demo shows."""
-    import torch
-
-    model, tokenizer = load_model(str(DEMO / "model"))
-    texts = (DEMO / "alignment.txt").read_text().splitlines()[:8]
-    batch = tokenizer(texts, return_tensors="pt", padding=True, truncation=True, max_length=64)
-    labels = batch["input_ids"].masked_fill(batch["attention_mask"] == 0, -100)
-    optimizer = torch.optim.AdamW(model.parameters(), lr=1e-3)
-    model.train()
-    for _ in range(3):
-        loss = model(**batch, labels=labels).loss
-        loss.backward()
-        optimizer.step()
-        optimizer.zero_grad()
-    model.eval().save_pretrained(folder)
-    tokenizer.save_pretrained(folder)
-    return folder
-
-
-def test_chat_compare_model_and_ctrl_c(tmp_path):
-    tuned = _fine_tuned_copy(tmp_path / "tuned")
-    child, banner = spawn(tmp_path, "--compare-model", str(tuned))
-    try:
-        assert "compared with tuned" in banner  # shown relative to the working directory
-        type_line(child, PROMPT)
-        for name in ("base", "steered", "compare"):
-            child.expect(rf"{name}\s+\d+\.\d\d s\s+'")
-        child.expect_exact("> ")
-        child.sendintr()  # Ctrl-C at the prompt
-        child.expect_exact("bye")
-        child.expect(pexpect.EOF)
-    finally:
-        child.close(force=True)
-    assert child.exitstatus == 0 and "Traceback" not in child.logfile_read.getvalue()
-
-
 def test_chat_fits_your_topic_and_saves_it(tmp_path):
     import torch
     from topic_texts import FOOD, fit_on_demo, steered_on_demo
@@ -231,3 +193,41 @@ def test_chat_fits_your_topic_and_saves_it(tmp_path):
     assert saved.recommended == topic.recommended and saved.rule == topic.rule
     assert (tmp_path / "mine" / "notes.txt").read_text() == "keep me"
     assert not (tmp_path / "again").exists()
+
+
+def _fine_tuned_copy(folder: Path) -> Path:
+    """The demo model after a few steps on the alignment texts: a stand-in for a fine-tuned
+    model, like the one the reference demo shows."""
+    import torch
+
+    model, tokenizer = load_model(str(DEMO / "model"))
+    texts = (DEMO / "alignment.txt").read_text().splitlines()[:8]
+    batch = tokenizer(texts, return_tensors="pt", padding=True, truncation=True, max_length=64)
+    labels = batch["input_ids"].masked_fill(batch["attention_mask"] == 0, -100)
+    optimizer = torch.optim.AdamW(model.parameters(), lr=1e-3)
+    model.train()
+    for _ in range(3):
+        loss = model(**batch, labels=labels).loss
+        loss.backward()
+        optimizer.step()
+        optimizer.zero_grad()
+    model.eval().save_pretrained(folder)
+    tokenizer.save_pretrained(folder)
+    return folder
+
+
+def test_chat_compare_model_and_ctrl_c(tmp_path):
+    tuned = _fine_tuned_copy(tmp_path / "tuned")
+    child, banner = spawn(tmp_path, "--compare-model", str(tuned))
+    try:
+        assert "compared with tuned" in banner  # shown relative to the working directory
+        type_line(child, PROMPT)
+        for name in ("base", "steered", "compare"):
+            child.expect(rf"{name}\s+\d+\.\d\d s\s+'")
+        child.expect_exact("> ")
+        child.sendintr()  # Ctrl-C at the prompt
+        child.expect_exact("bye")
+        child.expect(pexpect.EOF)
+    finally:
+        child.close(force=True)
+    assert child.exitstatus == 0 and "Traceback" not in child.logfile_read.getvalue()

@@ -80,9 +80,8 @@ def test_a_fit_steers_like_the_library_and_leaves_the_base_model(playground, top
     while not run.wait(0.02):
         seen.append(run.status)
     status = run.status
-    assert status.state == DONE and status.fraction == 1.0 and "fitted your topic (food)" in (
-        status.line()
-    )
+    assert status.state == DONE and status.fraction == 1.0
+    assert "fitted your topic (food)" in status.line()
     fractions = [s.fraction for s in seen]
     assert fractions == sorted(fractions) and all(0 <= f < 1 for f in fractions)
     got = playground.scores

@@ -210,19 +210,6 @@ def _screenshot(driver, tmp_path: Path) -> None:
     assert driver.save_screenshot(str(target)) and target.stat().st_size > 10_000
 
 
-def test_space_entry_builds_the_same_app():
-    import runpy
-
-    import gradio as gr
-
-    space = runpy.run_path(str(ROOT / "spaces" / "app.py"), run_name="space")  # not launched
-    demo = space["demo"]
-    assert isinstance(demo, gr.Blocks)
-    ids = {block.elem_id for block in demo.blocks.values()}
-    assert {"prompt", "generate", "out-base", "out-steered", "report", "latents"} <= ids
-    assert {"generate", "compare", "latents"} <= {d.api_name for d in demo.fns.values()}
-
-
 @pytest.fixture(scope="module")
 def topic() -> dict:
     """A topic of one's own (tests/topic_texts.py) as the library fits it, and how it steers."""
@@ -350,3 +337,16 @@ def test_topic_panel_in_headless_chromium(server, expected, topic, tmp_path):
         assert "Traceback" not in driver.find_element(By.TAG_NAME, "body").text
     finally:
         driver.quit()
+
+
+def test_space_entry_builds_the_same_app():
+    import runpy
+
+    import gradio as gr
+
+    space = runpy.run_path(str(ROOT / "spaces" / "app.py"), run_name="space")  # not launched
+    demo = space["demo"]
+    assert isinstance(demo, gr.Blocks)
+    ids = {block.elem_id for block in demo.blocks.values()}
+    assert {"prompt", "generate", "out-base", "out-steered", "report", "latents"} <= ids
+    assert {"generate", "compare", "latents"} <= {d.api_name for d in demo.fns.values()}
