@@ -317,8 +317,8 @@ def test_topic_panel_in_headless_chromium(server, expected, topic, tmp_path):
         driver.find_element(By.CSS_SELECTOR, "#topic-fit").click()
         wait.until(lambda d: "fitted your topic (6 pasted texts)" in text("#topic-status"))
         strength = f"{topic['scores'].recommended['strength']:.3g}"
-        assert f"at strength {strength}" in text("#report")
-        assert f"at strength {strength}" in text("#status")
+        wait.until(lambda d: f"at strength {strength}" in text("#report"))  # then refreshed
+        wait.until(lambda d: f"at strength {strength}" in text("#status"))
         generate()
         assert steered() == topic["steered"]
         driver.find_element(By.CSS_SELECTOR, "#topic-save").click()

@@ -20,7 +20,6 @@ import gradio as gr
 from hf_sae_steer.cli.playground import Playground
 from hf_sae_steer.cli.settings import PlaygroundError
 from hf_sae_steer.cli.topics import (
-    DONE,
     FAILED,
     MIN_EXAMPLES,
     FitStatus,
@@ -107,18 +106,17 @@ class TopicPanel:
             text: str,
             file: str | None,
             progress: gr.Progress = gr.Progress(),  # noqa: B008 - Gradio's progress bar
-        ) -> Iterator[list[Any]]:
+        ) -> Iterator[str]:
             try:
                 examples, name = examples_from_inputs(text, file)
                 run = topics.start(examples, name)
             except Exception as error:  # noqa: BLE001 - the page shows one line, never a trace
-                yield [f"⚠️ {_message(error)}", *keep]
+                yield f"⚠️ {_message(error)}"
                 return
             while not run.wait(POLL_SECONDS):
                 progress(run.status.fraction, desc=run.status.phase)
-                yield [_status_text(run.status), *keep]
-            done = run.status.state == DONE
-            yield [_status_text(run.status), *(refresh() if done else keep)]
+                yield _status_text(run.status)
+            yield _status_text(run.status)
 
         def reset_clicked() -> list[Any]:
             try:
@@ -130,8 +128,11 @@ class TopicPanel:
         def cancel_clicked() -> str:
             return "cancelling …" if topics.cancel() else "no fit is running"
 
-        self.fit.click(fit_clicked, [self.texts, self.upload], [self.state, *outputs],
-                       api_visibility="private")  # fmt: skip
+        # The progress bar covers the status line only; the rest follows once the fit ends.
+        self.fit.click(fit_clicked, [self.texts, self.upload], self.state,
+                       api_visibility="private").then(
+            refresh, None, outputs, show_progress="hidden", api_visibility="private"
+        )  # fmt: skip
         self.reset.click(reset_clicked, None, [self.state, *outputs], api_visibility="private")
         self.save.click(self._save_clicked, None, [self.download, self.state],
                         api_name="save_topic").then(  # the API answers the path; the page
