@@ -148,6 +148,15 @@ def test_bad_requests_are_refused_and_the_playground_keeps_working(playground, t
     assert playground.run(PROMPT)[STEERED].text  # still steering with the loaded scores
 
 
+def test_the_reports_warnings_come_with_the_status(playground):
+    tiny = ["The cat sat.", "A dog ran.", "Rain fell."]  # a reference set far too small
+    small = Playground(playground.model, playground.tokenizer, playground.sae,
+                       playground.loaded_scores, reference_prompts=tiny)  # fmt: skip
+    status = Topics(small).fit(FOOD, "food")
+    assert status.warnings and list(status.warnings) == small.scores.quality.warnings
+    assert any(note.startswith("Coverage is") for note in status.warnings)
+
+
 def test_saved_topic_loads_back_and_foreign_files_are_kept(playground, topics, tmp_path, expected):
     topics.fit(FOOD, "food")
     folder = topics.save(tmp_path / "food-scores")

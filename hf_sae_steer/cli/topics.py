@@ -114,6 +114,7 @@ class TopicFit:
     examples: list[str]
     name: str
     result: FeatureScores | None = None
+    exception: BaseException | None = None  # what made it fail, for a traceback when debugging
     _status: FitStatus = field(default_factory=lambda: FitStatus(RUNNING, 0.0, WAITING))
     _cancel: threading.Event = field(default_factory=threading.Event)
     _thread: threading.Thread | None = None
@@ -163,8 +164,8 @@ class TopicFit:
         try:
             with pg.model_lock:
                 self._progress("alignment", 0, len(self.examples))
-                with warnings.catch_warnings(record=True) as caught:
-                    warnings.simplefilter("always")
+                with warnings.catch_warnings():  # the report's warnings come with the status
+                    warnings.simplefilter("ignore")
                     scores = fit_scores(  # the library's default rule
                         pg.model, pg.tokenizer, pg.sae,
                         layer=pg.layer if pg.layer is not None else pg.loaded_scores.layer,
@@ -176,13 +177,15 @@ class TopicFit:
                 raise FitCancelled
             pg.use_scores(scores, topic=self.name)
             self.result = scores
-            notes = tuple(dict.fromkeys(str(w.message) for w in caught))
+            notes = tuple(scores.quality.warnings) if scores.quality is not None else ()
             self._set(DONE, 1.0, f"fitted your topic ({self.name})", warnings=notes)
         except FitCancelled:
             self._set(CANCELLED, self._status.fraction, "cancelled; the steering is unchanged")
         except (ValueError, OSError, ImportError) as error:  # bad input: its own message
+            self.exception = error
             self._set(FAILED, self._status.fraction, "failed", error=_one_line(error))
         except Exception as error:  # noqa: BLE001 - reported in the status, never lost
+            self.exception = error
             message = f"internal error ({type(error).__name__}): {_one_line(error)}"
             self._set(FAILED, self._status.fraction, "failed", error=message)
 
