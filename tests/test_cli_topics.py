@@ -148,6 +148,15 @@ def test_bad_requests_are_refused_and_the_playground_keeps_working(playground, t
     assert playground.run(PROMPT)[STEERED].text  # still steering with the loaded scores
 
 
+def test_scores_that_cannot_steer_change_nothing(playground):
+    hooks = _hooks(playground.model)
+    other_sae = FeatureScores(scores=torch.zeros(playground.sae.d_sae + 1), coverage=0.0)
+    with pytest.raises(PlaygroundError, match="belong to another SAE"):
+        playground.use_scores(other_sae, topic="wrong")
+    assert playground.scores is playground.loaded_scores and playground.topic is None
+    assert _hooks(playground.model) == hooks
+
+
 def test_the_reports_warnings_come_with_the_status(playground):
     tiny = ["The cat sat.", "A dog ran.", "Rain fell."]  # a reference set far too small
     small = Playground(playground.model, playground.tokenizer, playground.sae,
