@@ -265,8 +265,8 @@ def test_http_api_fits_your_topic(server, expected, topic, tmp_path):
     assert answer["error"] is None and "at strength 4.05" in answer["steering"]
     answer = client.predict(PROMPT, max_new_tokens=TOKENS, api_name="/compare")
     assert answer["outputs"]["steered"]["text"] == expected["recommended"]
-    _, note = client.predict(api_name="/save_topic")
-    assert "No topic of your own yet" in note
+    archive, note = client.predict(api_name="/save_topic")
+    assert archive is None and "No topic of your own yet" in note
 
 
 @pytest.mark.skipif(

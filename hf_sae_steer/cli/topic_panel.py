@@ -177,7 +177,7 @@ class TopicPanel:
             archive = self.topics.save_zip(where)
         except Exception as error:  # noqa: BLE001
             shutil.rmtree(where, ignore_errors=True)
-            return [gr.skip(), f"⚠️ {_message(error)}"]
+            return [None, f"⚠️ {_message(error)}"]  # the API answers no file, and why
         for old in self._saved:
             shutil.rmtree(old, ignore_errors=True)
         self._saved[:] = [where]
