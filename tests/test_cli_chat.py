@@ -116,6 +116,86 @@ def test_chat_in_a_terminal(tmp_path):
     assert child.exitstatus == 0, transcript[-2000:]
 
 
+def test_chat_fits_your_topic_and_saves_it(tmp_path):
+    import torch
+    from topic_texts import FOOD, fit_on_demo, steered_on_demo
+
+    from hf_sae_steer.cli.demo import recommended_line
+    from hf_sae_steer.scoring.record import FeatureScores
+
+    base, loaded_steered = expected_texts(PROMPT)
+    topic = fit_on_demo(FOOD)
+    topic_steered = steered_on_demo(topic, PROMPT, TOKENS)
+    assert topic_steered != loaded_steered  # else the check below could not tell them apart
+    (tmp_path / "empty.txt").write_text("\n")
+    (tmp_path / "mine").mkdir()
+    (tmp_path / "mine" / "notes.txt").write_text("keep me")
+    (tmp_path / "reference.txt").write_text((DEMO / "reference.txt").read_text())
+    child, _ = spawn(tmp_path, "--reference", "reference.txt")  # the demo's, named on the line
+    try:
+        type_line(child, PROMPT)
+        child.expect(turn_line("steered", loaded_steered))
+        type_line(child, ":topic")
+        child.expect_exact("Paste at least 4 example texts of your topic, one per line")
+        for text in [*FOOD, ""]:
+            child.expect_exact("... ")
+            child.sendline(text)
+        child.expect_exact("fitting your topic: 6 example texts against 150 reference prompts")
+        child.expect(r"fitting\s+\d+%")  # the progress line
+        child.expect_exact("fitted your topic (6 pasted texts) in")
+        strength = f"{topic.recommended['strength']:.3g}"
+        child.expect_exact(f"steering: add (the scores' recommendation) at strength {strength}")
+        type_line(child, PROMPT)
+        child.expect(turn_line("base", base))
+        child.expect(turn_line("steered", topic_steered))
+        child.expect_exact("> ")
+        child.send(UP_ARROW * 3 + "\r")  # the pasted texts are not in the history
+        child.expect(turn_line("steered", topic_steered))
+        type_line(child, ":report")
+        child.expect_exact(recommended_line(topic))
+        type_line(child, ":save food")
+        child.expect_exact("saved your topic's scores to food")
+
+        type_line(child, ":topic")
+        for text in [*FOOD[:2], ""]:
+            child.expect_exact("... ")
+            child.sendline(text)
+        child.expect_exact("! A topic needs at least 4 example texts, one per line; got 2.")
+        type_line(child, ":topic")
+        child.expect_exact("... ")
+        child.sendintr()  # Ctrl-C while pasting
+        child.expect_exact("! Pasting cancelled; the steering is unchanged.")
+        for line, message in [
+            (":topic empty.txt", "! Cannot read example texts from empty.txt: No prompts in"),
+            (":topic missing.txt", "! Cannot read example texts from missing.txt: No such"),
+            (":save mine", "! mine holds files the playground did not write"),
+            (":save", "! :save takes a folder: :save DIR"),
+        ]:
+            type_line(child, line)
+            child.expect_exact(message)
+        type_line(child, PROMPT)  # still steering with the topic after the bad input
+        child.expect(turn_line("steered", topic_steered))
+
+        type_line(child, ":topic reset")
+        child.expect_exact("steering with the loaded scores again")
+        type_line(child, PROMPT)
+        child.expect(turn_line("steered", loaded_steered))
+        type_line(child, ":save again")
+        child.expect_exact("! No topic of your own yet")
+        type_line(child, ":quit")
+        child.expect(pexpect.EOF)
+    finally:
+        child.close(force=True)
+    transcript = child.logfile_read.getvalue()
+    assert "Traceback" not in transcript and "internal error" not in transcript
+    assert child.exitstatus == 0, transcript[-2000:]
+    saved = FeatureScores.from_pretrained(tmp_path / "food")
+    torch.testing.assert_close(saved.scores, topic.scores)
+    assert saved.recommended == topic.recommended and saved.rule == topic.rule
+    assert (tmp_path / "mine" / "notes.txt").read_text() == "keep me"
+    assert not (tmp_path / "again").exists()
+
+
 def _fine_tuned_copy(folder: Path) -> Path:
     """The demo model after a few steps on the alignment texts: a stand-in for a fine-tuned
     model, like the one the reference demo shows."""

@@ -216,6 +216,135 @@ def _screenshot(driver, tmp_path: Path) -> None:
     assert driver.save_screenshot(str(target)) and target.stat().st_size > 10_000
 
 
+@pytest.fixture(scope="module")
+def topic() -> dict:
+    """A topic of one's own (tests/topic_texts.py) as the library fits it, and how it steers."""
+    from topic_texts import FOOD, fit_on_demo, steered_on_demo
+
+    scores = fit_on_demo(FOOD)
+    return {"texts": FOOD, "scores": scores, "steered": steered_on_demo(scores, PROMPT, TOKENS)}
+
+
+def _check_zipped_topic(archive: Path, scores, folder: Path) -> None:
+    """The zip holds a topic-scores folder that loads back as ``scores``."""
+    import zipfile
+
+    import torch
+
+    from hf_sae_steer.scoring.record import FeatureScores
+
+    with zipfile.ZipFile(archive) as zipped:
+        zipped.extractall(folder)
+    saved = FeatureScores.from_pretrained(folder / "topic-scores")
+    torch.testing.assert_close(saved.scores, scores.scores)
+    assert saved.recommended == scores.recommended and saved.rule == scores.rule
+
+
+def test_http_api_fits_your_topic(server, expected, topic, tmp_path):
+    from gradio_client import Client
+
+    assert topic["steered"] != expected["recommended"]  # else the checks could not tell
+    client = Client(server, verbose=False)
+    assert {"/fit_topic", "/reset_topic", "/save_topic"} <= set(
+        client.view_api(print_info=False, return_format="dict")["named_endpoints"]
+    )
+    try:
+        answer = client.predict("one text\nanother", api_name="/fit_topic")
+        assert "at least 4 example texts" in answer["error"] and "Traceback" not in answer["error"]
+        answer = client.predict(PROMPT, max_new_tokens=TOKENS, api_name="/compare")
+        assert answer["outputs"]["steered"]["text"] == expected["recommended"]  # unchanged
+
+        answer = client.predict(topic["texts"], api_name="/fit_topic")  # a list works too
+        assert answer["error"] is None and answer["topic"] == "6 example texts"
+        strength = f"{topic['scores'].recommended['strength']:.3g}"
+        assert f"recommendation) at strength {strength}," in answer["steering"]
+        assert answer["report"].endswith(str(topic["scores"].report()))
+        answer = client.predict(PROMPT, max_new_tokens=TOKENS, api_name="/compare")
+        assert answer["outputs"]["steered"]["text"] == topic["steered"]
+        assert answer["outputs"]["base"]["text"] == expected["base"]
+
+        archive, note = client.predict(api_name="/save_topic")
+        assert "saved" in note
+        _check_zipped_topic(archive, topic["scores"], tmp_path)
+    finally:
+        answer = client.predict(api_name="/reset_topic")
+    assert answer["error"] is None and "at strength 4.05" in answer["steering"]
+    answer = client.predict(PROMPT, max_new_tokens=TOKENS, api_name="/compare")
+    assert answer["outputs"]["steered"]["text"] == expected["recommended"]
+    archive, note = client.predict(api_name="/save_topic")
+    assert archive is None and "No topic of your own yet" in note
+
+
+@pytest.mark.skipif(
+    CHROMIUM is None or CHROMEDRIVER is None,
+    reason="needs Chromium and its driver (Debian: apt-get install chromium chromium-driver)",
+)
+def test_topic_panel_in_headless_chromium(server, expected, topic, tmp_path):
+    webdriver = pytest.importorskip("selenium.webdriver", reason="pip install selenium")
+    from selenium.webdriver.chrome.service import Service
+    from selenium.webdriver.common.by import By
+    from selenium.webdriver.support.ui import WebDriverWait
+
+    options = webdriver.ChromeOptions()
+    options.binary_location = CHROMIUM
+    for flag in ("--headless=new", "--no-sandbox", "--disable-dev-shm-usage", "--disable-gpu",
+                 "--window-size=1280,1400"):  # fmt: skip
+        options.add_argument(flag)
+    driver = webdriver.Chrome(service=Service(CHROMEDRIVER), options=options)
+    wait = WebDriverWait(driver, WAIT)
+
+    def text(selector: str) -> str:
+        return driver.find_element(By.CSS_SELECTOR, selector).text
+
+    def steered() -> str:
+        box = driver.find_element(By.CSS_SELECTOR, "#out-steered textarea")
+        return box.get_attribute("value") or ""
+
+    def generate() -> None:
+        driver.find_element(By.CSS_SELECTOR, "#generate").click()
+        wait.until(lambda d: "done" in text("#status"))
+
+    empty = tmp_path / "empty.txt"
+    empty.write_text("\n")
+    try:
+        driver.get(server)
+        wait.until(lambda d: d.find_elements(By.CSS_SELECTOR, "#topic-texts textarea"))
+        assert "Your topic" in driver.find_element(By.TAG_NAME, "body").text
+        driver.find_element(By.CSS_SELECTOR, "#topic-file input[type=file]").send_keys(str(empty))
+        driver.find_element(By.CSS_SELECTOR, "#topic-fit").click()
+        wait.until(lambda d: "No prompts in empty.txt" in text("#topic-status"))
+        driver.find_element(By.CSS_SELECTOR, "#prompt textarea").send_keys(PROMPT)
+        generate()
+        assert steered() == expected["recommended"]  # the app works on after bad input
+
+        driver.find_element(By.CSS_SELECTOR, "#topic-file button[aria-label='Clear']").click()
+        box = driver.find_element(By.CSS_SELECTOR, "#topic-texts textarea")
+        box.send_keys("\n".join(topic["texts"]))
+        driver.find_element(By.CSS_SELECTOR, "#topic-fit").click()
+        wait.until(lambda d: "fitted your topic (6 pasted texts)" in text("#topic-status"))
+        strength = f"{topic['scores'].recommended['strength']:.3g}"
+        wait.until(lambda d: f"at strength {strength}" in text("#report"))  # then refreshed
+        wait.until(lambda d: f"at strength {strength}" in text("#status"))
+        generate()
+        assert steered() == topic["steered"]
+        driver.find_element(By.CSS_SELECTOR, "#topic-save").click()
+        link = "#topic-download a[download='topic-scores.zip']"
+        wait.until(lambda d: d.find_elements(By.CSS_SELECTOR, link))
+        assert "saved your topic's scores (6 pasted texts)" in text("#topic-status")
+        href = driver.find_element(By.CSS_SELECTOR, link).get_attribute("href")
+        with urllib.request.urlopen(href, timeout=WAIT) as response:  # what the link downloads
+            (tmp_path / "download.zip").write_bytes(response.read())
+        _check_zipped_topic(tmp_path / "download.zip", topic["scores"], tmp_path / "unzipped")
+
+        driver.find_element(By.CSS_SELECTOR, "#topic-reset").click()
+        wait.until(lambda d: "loaded scores again" in text("#topic-status"))
+        generate()
+        assert steered() == expected["recommended"]
+        assert "Traceback" not in driver.find_element(By.TAG_NAME, "body").text
+    finally:
+        driver.quit()
+
+
 def test_space_entry_builds_the_same_app():
     import runpy
 

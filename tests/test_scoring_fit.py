@@ -162,9 +162,10 @@ def fit(model, tok, sae, **kw):
     kw.setdefault("alignment", ALIGNMENT)
     kw.setdefault("embedder", letters)
     kw.setdefault("rule", "seed")  # the reference rule: what the plain implementation computes
+    kw.setdefault("progress", False)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # random SAEs reconstruct badly: the FVU warning
-        return FeatureScores.fit(model, tok, sae, progress=False, **kw)
+        return FeatureScores.fit(model, tok, sae, **kw)
 
 
 # -- tests ---------------------------------------------------------------------------------
@@ -288,6 +289,36 @@ def test_forward_stops_at_the_site(model, tokenizer, topk_sae):
     finally:
         handle.remove()
     assert calls == [] and got.layer == LAYER
+
+
+def _hooks(model) -> int:
+    return sum(len(m._forward_hooks) + len(m._forward_pre_hooks) for m in model.modules())
+
+
+class Stop(Exception):
+    pass
+
+
+def test_progress_callback_reports_each_phase_and_can_stop_the_fit(
+    model, tokenizer, topk_sae, tmp_path
+):
+    calls = []
+    every = {"checkpoint": tmp_path / "sums.ckpt", "checkpoint_every": 3}  # chunks of 3 prompts
+    got = fit(model, tokenizer, topk_sae, progress=lambda *call: calls.append(call), **every)
+    n = len(REFERENCE)
+    assert calls == [("alignment", 2, 2), ("reference", 3, n), ("reference", 6, n),
+                     ("reference", n, n), ("rule", 0, None)]  # fmt: skip
+    torch.testing.assert_close(got.scores, fit(model, tokenizer, topk_sae).scores)
+
+    def stop(phase, done, total):
+        if phase == "reference":
+            raise Stop
+
+    hooks = _hooks(model)
+    with pytest.raises(Stop):
+        fit(model, tokenizer, topk_sae, progress=stop)
+    assert _hooks(model) == hooks and model.training  # as it was before the fit
+    torch.testing.assert_close(fit(model, tokenizer, topk_sae).scores, got.scores)
 
 
 def test_metadata(model, tokenizer, topk_sae):

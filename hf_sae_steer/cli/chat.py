@@ -12,6 +12,8 @@ import traceback
 from collections.abc import Callable
 from typing import TextIO
 
+from hf_sae_steer.cli.chat_topics import HELP as TOPIC_HELP
+from hf_sae_steer.cli.chat_topics import TopicCommands
 from hf_sae_steer.cli.playground import NOT_TEXT, Playground, is_text
 from hf_sae_steer.cli.settings import (
     METHOD_CHOICES,
@@ -37,6 +39,7 @@ HELP = f"""Type a prompt to see base and steered continuations. Commands:
   :seed N             the seed of sampling
   :latents [N]        the top N latents of the scores and the tokens that fire them most
   :report             the uncertainty report of the scores
+{TOPIC_HELP}
   :settings           the current steering
   :history            the prompts typed so far (also: the up arrow)
   :help               this list
@@ -46,8 +49,15 @@ HELP = f"""Type a prompt to see base and steered continuations. Commands:
 class Chat:
     """The commands and turns of the loop, printing to ``out``."""
 
-    def __init__(self, playground: Playground, out: TextIO, *, debug: bool = False) -> None:
-        self.playground, self.out, self.debug = playground, out, debug
+    def __init__(
+        self,
+        playground: Playground,
+        out: TextIO,
+        *,
+        debug: bool = False,
+        read: Callable[[str], str] = input,
+    ) -> None:
+        self.playground, self.out, self.debug, self.read = playground, out, debug, read
         self.history: list[str] = []
         self.commands: dict[str, Callable[[str], None]] = {
             "method": lambda arg: self._set(method=parse_method(arg)),
@@ -63,6 +73,9 @@ class Chat:
             "history": self._history,
             "help": lambda _: self.say(HELP),
         }
+        topics = TopicCommands(playground, self.say, lambda p: self.read(p), out,
+                               self.settings_line)  # fmt: skip
+        self.commands.update(topics.commands())  # :topic, :save
 
     def say(self, text: str) -> None:
         print(text, file=self.out, flush=True)
@@ -146,6 +159,7 @@ def run_chat(
         # as a decoding error that would end the loop.
         sys.stdin.reconfigure(errors="surrogateescape")
     chat = Chat(playground, out or sys.stdout, debug=debug)
+    chat.read = read  # :topic reads pasted texts the way the loop reads lines
     chat.banner()
     try:
         while chat.handle(read(PROMPT)):

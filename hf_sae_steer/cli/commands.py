@@ -386,6 +386,7 @@ def _playground(args: argparse.Namespace) -> Playground:
         scores=args.scores,
         compare_model=args.compare_model,
         latent_prompts=args.latent_prompts,
+        reference=args.reference,
         device=args.device,
         dtype=args.dtype,
         layer=args.layer,

@@ -92,6 +92,10 @@ def _playground(p: argparse.ArgumentParser) -> None:
         "--latent-prompts",
         help="prompts searched for the tokens that fire the top latents (demo: its reference set)",
     )
+    p.add_argument(
+        "--reference",
+        help="reference prompts a topic of your own is fitted against (default: --latent-prompts)",
+    )
     p.add_argument("--method", default="recommended", help=f"one of: {METHOD_HELP}")
     p.add_argument("--positions", default="all", choices=["all", "prompt", "generated"])
     p.add_argument("--strength", type=float, help="default: the method's (or the scores')")

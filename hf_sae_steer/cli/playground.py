@@ -77,6 +77,7 @@ class Playground:
         *,
         compare: tuple[nn.Module, Any] | None = None,
         latent_prompts: list[str] | None = None,
+        reference_prompts: list[str] | None = None,
         layer: int | None = None,
         site: str | None = None,
         clamp_value: float | None = None,
@@ -86,6 +87,10 @@ class Playground:
         self.model, self.tokenizer, self.sae, self.scores = model, tokenizer, sae, scores
         self.compare_model = compare
         self.latent_prompts = latent_prompts
+        # What a topic of your own is fitted against (cli/topics.py); the loaded scores and the
+        # topic's name (None: steering with the loaded scores) for :topic reset.
+        self.reference_prompts = reference_prompts
+        self.loaded_scores, self.topic = scores, None
         self.layer, self.site, self.clamp_value = layer, site, clamp_value
         self.setup = setup or {}
         self._lock = threading.Lock()  # a plain Lock: Gradio may resume a stream on any thread
@@ -102,12 +107,15 @@ class Playground:
         scores: str | None = None,
         compare_model: str | None = None,
         latent_prompts: str | Path | None = None,
+        reference: str | Path | None = None,
         device: str | None = None,
         dtype: str | None = None,
         **options: Any,
     ) -> Playground:
         """Load ``model``/``sae``/``scores``, or all three from the shipped demo when none is
-        given (its reference set then searches for the tokens that fire the top latents)."""
+        given (its reference set then searches for the tokens that fire the top latents).
+        ``reference``: the texts a topic of your own is fitted against (default: the latent
+        prompts; on the demo its reference set)."""
         if model is None or sae is None or scores is None:
             if any(v is not None for v in (model, sae, scores)):
                 raise ValueError("Pass all of --model, --sae and --scores, or none (the demo).")
@@ -117,18 +125,21 @@ class Playground:
                 latent_prompts = root / "reference.txt"
         autoencoder, artifact = load_sae(sae), load_scores(scores)  # cheap checks first
         prompts = load_prompts(latent_prompts) if latent_prompts is not None else None
+        against = load_prompts(reference) if reference is not None else prompts
         lm, tokenizer = load_model(model, device=device, dtype=dtype)
         other = load_model(compare_model, device=device, dtype=dtype) if compare_model else None
         setup = {"model": model, "sae": sae, "scores": scores, "compare_model": compare_model}
         return cls(
             lm, tokenizer, autoencoder, artifact, compare=other, latent_prompts=prompts,
-            setup=setup, **options,
+            reference_prompts=against, setup=setup, **options,
         )  # fmt: skip
 
     def setup_line(self) -> str:
         """What is loaded, in one line (paths under the working directory shown relative)."""
         parts = [f"{key} {_short(self.setup[key])}" for key in ("model", "sae", "scores")
                  if self.setup.get(key)]  # fmt: skip
+        if self.topic is not None:
+            parts.append(f"steering with your topic ({self.topic})")
         if self.setup.get("compare_model"):
             parts.append(f"compared with {_short(self.setup['compare_model'])}")
         return ", ".join(parts)
@@ -171,13 +182,28 @@ class Playground:
             f"{'on' if keep else 'off'}, positions {settings.positions}"
         )
 
-    def _steered(self, settings: Settings) -> SteeredModel:
+    def use_scores(self, scores: FeatureScores, topic: str | None = None) -> str:
+        """Steer with ``scores`` from the next turn on (``topic``: what they were fitted on;
+        None: the loaded scores). The current settings are built once with them first: if they
+        cannot steer, this raises and nothing changes. Returns the steering they now mean."""
+        with self._lock:
+            with self._steered(self.settings, scores):
+                pass
+            self.scores, self.topic, self._latents = scores, topic, {}
+        return self.describe()
+
+    @property
+    def model_lock(self) -> threading.Lock:
+        """Held while the model runs (a turn, a fit): one at a time, since hooks are shared."""
+        return self._lock
+
+    def _steered(self, settings: Settings, scores: FeatureScores | None = None) -> SteeredModel:
         """The steering of ``settings`` on the model (call with the lock held; remove it)."""
         try:
             return SteeredModel(
                 self.model, self.sae, layer=self.layer, site=self.site,
                 method=None if settings.method == RECOMMENDED else settings.method,
-                scores=self.scores, strength=settings.strength,
+                scores=self.scores if scores is None else scores, strength=settings.strength,
                 preserve_error=settings.preserve_error, positions=settings.positions,
                 clamp_value=self.clamp_value,
             )  # type: ignore[arg-type]  # fmt: skip

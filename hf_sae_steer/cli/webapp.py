@@ -5,7 +5,8 @@ the uncertainty report and the top latents with the tokens that fire them most. 
 :func:`build_app` runs locally (``serve``, bound to 127.0.0.1), as ``python -m
 hf_sae_steer.cli.webapp`` and as a Hugging Face Space (``spaces/app.py``) on the shipped demo.
 HTTP API (``gradio_client``): ``/generate`` (what the button does, streamed) and ``/compare``
-(one JSON answer; bad input gives ``{"error": message}``).
+(one JSON answer; bad input gives ``{"error": message}``); ``/fit_topic``, ``/reset_topic`` and
+``/save_topic`` for a topic of your own (:mod:`hf_sae_steer.cli.topic_panel`).
 """
 
 from __future__ import annotations
@@ -33,6 +34,7 @@ from hf_sae_steer.cli.settings import (  # noqa: E402
     parse_switch,
     parse_tokens,
 )
+from hf_sae_steer.cli.topic_panel import TopicPanel  # noqa: E402
 from hf_sae_steer.models import context_length  # noqa: E402
 from hf_sae_steer.steering.positions import POSITIONS  # noqa: E402
 
@@ -102,6 +104,12 @@ def latent_rows(playground: Playground, k: int = 10) -> list[list[Any]]:
     ]  # fmt: skip
 
 
+def report_markdown(playground: Playground) -> str:
+    """The recommended steering and the uncertainty report of the scores steered with."""
+    recommended, _, report = playground.report().partition("\n")
+    return f"{recommended}\n```\n{report}\n```"
+
+
 def build_app(playground: Playground) -> gr.Blocks:
     """The web UI on ``playground`` (launch it with :func:`serve`, or ``.launch(theme=THEME)``)."""
     names, initial = playground.names, playground.settings
@@ -139,11 +147,11 @@ def build_app(playground: Playground) -> gr.Blocks:
                 )  # fmt: skip
                 for name in names
             ]
-        recommended, _, report = playground.report().partition("\n")
+        topic = TopicPanel(playground)  # wired below, once the report and the table exist
         with gr.Row():
             with gr.Column(scale=2):
                 gr.Markdown("### Uncertainty report of the scores")
-                gr.Markdown(f"{recommended}\n```\n{report}\n```", elem_id="report")
+                report = gr.Markdown(report_markdown(playground), elem_id="report")
             with gr.Column(scale=3):
                 gr.Markdown("### Top latents, and the tokens that fire them most")
                 table = gr.Dataframe(
@@ -173,6 +181,12 @@ def build_app(playground: Playground) -> gr.Blocks:
         button.click(generate, controls, [*boxes, status], api_name="generate")
         prompt.submit(generate, controls, [*boxes, status], api_visibility="private")
         app.load(lambda: latent_rows(playground), None, table, api_name="latents")
+
+        def refreshed() -> list[Any]:  # what a topic of your own changes on the page
+            steering = f"steering: {playground.describe()}"
+            return [report_markdown(playground), latent_rows(playground), steering]
+
+        topic.connect(outputs=[report, table, status], refresh=refreshed)
 
         def compare(
             prompt: str,

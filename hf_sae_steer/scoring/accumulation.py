@@ -33,7 +33,7 @@ from hf_sae_steer.scoring.checkpoint import (
     write_checkpoint,
 )
 from hf_sae_steer.scoring.embedders import embed_prompts
-from hf_sae_steer.scoring.passes import PromptPasses, ScoringSums, Summary
+from hf_sae_steer.scoring.passes import ProgressCallback, PromptPasses, ScoringSums, Summary
 from hf_sae_steer.scoring.prompts import PromptHash
 from hf_sae_steer.scoring.run_lock import RunLock
 from hf_sae_steer.scoring.sources import PromptSource
@@ -71,7 +71,7 @@ class ScoringWalk:
     embed_max_seq_length: int | None = None
     report_max_tokens: int | None = None
     checkpoint: Checkpointing | None = None
-    progress: bool = True
+    progress: bool | ProgressCallback = True  # a callable: reported to it, no bar
     chunk: int = CHUNK
     _lock: RunLock | None = field(default=None, init=False, repr=False)
 
@@ -98,11 +98,12 @@ class ScoringWalk:
                 self.passes.add_alignment(mine, sums, self.report_max_tokens)
                 self._check_finite(sums, alone=True)
             counted[1] = len(mine)
+        self._report("alignment", len(alignment), len(alignment))
         hasher, pending = PromptHash(), []
         every = self.checkpoint.every if self.checkpoint is not None else None
         size = min(self.chunk, every) if every else self.chunk
         saved_at = start
-        show = self.progress and self.world.is_main
+        show = self.progress is True and self.world.is_main
         bar = tqdm(total=reference.known_size, initial=start, desc="reference", unit=" prompts",
                    disable=not show)  # fmt: skip
         try:
@@ -118,12 +119,14 @@ class ScoringWalk:
                 counted[0] += self._add(pending, align_emb, sums)
                 self._check_finite(sums, alone=True)
                 bar.update(len(pending))
+                self._report("reference", index + 1, reference.known_size)
                 pending = []
                 if every and index + 1 - saved_at >= every:
                     self._save(sums, hasher, index + 1, reference, finished=False)
                     saved_at = index + 1
             counted[0] += self._add(pending, align_emb, sums)
             bar.update(len(pending))
+            self._report("reference", hasher.count, reference.known_size)
         finally:
             bar.close()
         if hasher.count < start:
@@ -137,6 +140,10 @@ class ScoringWalk:
         if self.checkpoint is not None:  # the finished sums: a later resume only re-scores
             self._write(sums.tensors(), hasher, hasher.count, reference, finished=True)
         return Accumulated(sums, hasher.hexdigest(), start, per_process)
+
+    def _report(self, phase: str, done: int, total: int | None) -> None:
+        if callable(self.progress):
+            self.progress(phase, done, total)
 
     def _agree(self, counted: list[int], reference_hash: str) -> list[list[int]] | None:
         """Each process's counts, after checking that all read the same prompt sets (on several

@@ -44,7 +44,13 @@ from hf_sae_steer.scoring.calibration import (
 )
 from hf_sae_steer.scoring.embedders import DEFAULT_EMBEDDER, Embedder, load_embedder
 from hf_sae_steer.scoring.objective import TopicMargin
-from hf_sae_steer.scoring.passes import SUMMARIES, PromptPasses, ScoringSums, Summary
+from hf_sae_steer.scoring.passes import (
+    SUMMARIES,
+    ProgressCallback,
+    PromptPasses,
+    ScoringSums,
+    Summary,
+)
 from hf_sae_steer.scoring.prompts import hash_prompts, load_prompts
 from hf_sae_steer.scoring.record import FeatureScores
 from hf_sae_steer.scoring.selection import (
@@ -92,7 +98,7 @@ def fit(
     checkpoint: str | Path | None = None,
     checkpoint_every: int | None = None,
     resume: bool = False,
-    progress: bool = True,
+    progress: bool | ProgressCallback = True,
 ) -> FeatureScores:
     """Score every latent of ``sae`` for steering towards ``alignment``.
 
@@ -124,6 +130,10 @@ def fit(
     alignment statistics (FVU, latents firing, its mean hidden state) read the first
     ``report_max_tokens`` tokens of each alignment text (``None``: all): about what the embedder
     reads. The SAE runs on ``device`` (default: beside its block, ``device_map="auto"`` too).
+
+    ``progress``: a bar (True), none (False), or a callable ``progress(phase, done, total)``
+    (:data:`~hf_sae_steer.scoring.passes.ProgressCallback`); an exception raised from it stops
+    the fit and leaves the model as it was.
 
     Under ``torchrun`` or ``accelerate launch`` the processes share the prompts (prompt ``i``
     to rank ``i mod world_size``) and add up their sums; every rank returns the same record.
@@ -203,6 +213,8 @@ def fit(
                     "reference_prompts": [counts[0] for counts in done.per_process],
                     "alignment_prompts": [counts[1] for counts in done.per_process],
                 }
+            if callable(progress):
+                progress("rule", 0, None)
             record = from_sums(
                 done.sums, sae, rule=rule, rule_options=options_of_rule, margin=margin,
                 norm_fraction=norm_fraction, warn=world.is_main, layer=where.layer,
@@ -211,6 +223,8 @@ def fit(
                 alignment_hash=hash_prompts(alignment), options=options,
             )  # fmt: skip
             if calibrate_strength and record.recommended and record.recommended["norm_fraction"]:
+                if callable(progress):
+                    progress("calibrate", 0, None)
                 try:
                     fluency = calibrate(
                         model, tokenizer, sae, record, target_ratio=target_ratio,

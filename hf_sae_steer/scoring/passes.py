@@ -29,6 +29,10 @@ SUMMARIES: tuple[Summary, ...] = get_args(Summary)
 # Tokens per SAE call: bounds the dense [tokens, d_sae] pre-activations (~256 MB at 32k latents).
 TOKEN_SLICE = 2048
 OnTokens = Callable[[Tensor, Tensor, Tensor, NormInfo], None]
+# A fit's progress(phase, done, total): "alignment" once its texts are passed, "reference" after
+# each chunk of the walk (total None: a stream of unknown size), "rule" before the rule runs.
+# Raising from it stops the fit; the model is left as it was.
+ProgressCallback = Callable[[str, int, int | None], None]
 
 
 def _zeros(n: int, dtype: torch.dtype = torch.float64) -> Tensor:
