@@ -132,7 +132,7 @@ def resolve_spec(
     if strength is None:  # add / vector without a strength: the default norm fraction
         given = spec.latents is not None or spec.vector is not None
         step.strength = Intervention.check_strength(
-            1.0 if given else _calibrated_strength(step, artifact)
+            1.0 if given else calibrated_strength(step, artifact)
         )
     block = layout.blocks[site.layer]
     param = next((p for p in block.parameters() if p.device.type != "meta"), None)
@@ -170,7 +170,7 @@ def _choose(
     return method, strength, preserve_error
 
 
-def _calibrated_strength(step: Intervention, artifact: FeatureScores | None) -> float:
+def calibrated_strength(step: Intervention, artifact: FeatureScores | None) -> float:
     """The strength of the default norm fraction, when the artifact records the mean norms;
     else 1 (a vector or weights given by the user are taken as they are)."""
     calibration = artifact.calibration if artifact is not None else {}
