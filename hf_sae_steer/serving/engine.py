@@ -54,12 +54,15 @@ class Tokens:
 
 @dataclass(frozen=True)
 class Finished:
-    """The last event of a stream."""
+    """The last event of a stream. With ``reason="error"``, ``status`` says whose fault it
+    was: 400 when the request itself failed (its steering turned the hidden states NaN), 500
+    when the engine did."""
 
     reason: FinishReason
     prompt_tokens: int
     completion_tokens: int
     error: str | None = None
+    status: int = 500
 
 
 StreamEvent = Tokens | Finished

@@ -70,8 +70,12 @@ class RequestError(ValueError):
     def to_json(self) -> dict[str, Any]:
         """OpenAI's error body: ``{"error": {"message", "type", "param", "code"}}``."""
         return {
-            "error": {"message": str(self), "type": self.kind, "param": self.param,
-                      "code": self.code}  # fmt: skip
+            "error": {
+                "message": str(self),
+                "type": self.kind,
+                "param": self.param,
+                "code": self.code,
+            }  # fmt: skip
         }
 
 
@@ -166,7 +170,7 @@ def parse_steering(value: Any, limits: Limits = Limits()) -> tuple[SteeringItem,
     items = [value] if isinstance(value, Mapping) else value
     if not isinstance(items, list):
         raise RequestError(
-            "steering must be a list of items like {\"concept\": \"medical\"}.", param="steering"
+            'steering must be a list of items like {"concept": "medical"}.', param="steering"
         )
     if len(items) > limits.max_steering:
         raise RequestError(
@@ -179,14 +183,10 @@ def parse_steering(value: Any, limits: Limits = Limits()) -> tuple[SteeringItem,
 def _item(raw: Any, i: int, limits: Limits) -> SteeringItem:
     param = f"steering[{i}]"
     if not isinstance(raw, Mapping):
-        raise RequestError(
-            f"{param} must be an object like {{\"concept\": \"medical\"}}.", param=param
-        )
+        raise RequestError(f'{param} must be an object like {{"concept": "medical"}}.', param=param)
     kinds = [k for k in ("concept", "latents", "vector") if k in raw]
     if len(kinds) != 1:
-        raise RequestError(
-            f"{param} needs exactly one of concept, latents or vector.", param=param
-        )
+        raise RequestError(f"{param} needs exactly one of concept, latents or vector.", param=param)
     kind = kinds[0]
     unknown = sorted(set(raw) - _ITEM_KEYS[kind])
     if unknown:
@@ -440,8 +440,10 @@ def _sampling(body: Mapping[str, Any]) -> Sampling:
 def _number(value: Any, name: str, low: float, high: float) -> float:
     if value is None:
         return 1.0
-    if isinstance(value, bool) or not isinstance(value, int | float) or not (
-        math.isfinite(value) and low <= value <= high
+    if (
+        isinstance(value, bool)
+        or not isinstance(value, int | float)
+        or not (math.isfinite(value) and low <= value <= high)
     ):
         raise RequestError(f"{name} must be a number from {low:g} to {high:g}.", param=name)
     return float(value)
@@ -469,8 +471,7 @@ def _is_token(value: Any) -> bool:
 
 def _too_long(size: int, limits: Limits) -> RequestError:
     return RequestError(
-        f"The prompt has {size} characters; this server takes at most "
-        f"{limits.max_prompt_chars}.",
+        f"The prompt has {size} characters; this server takes at most {limits.max_prompt_chars}.",
         param="prompt",
         code="context_length_exceeded",
     )
