@@ -166,7 +166,7 @@ class BatchDecoder:
             sampling = row.request.sampling
             token = greedy[i] if sampling.greedy else _sample_one(logits[i], row)
             row.generated.append(int(token))
-            if token in self.eos:
+            if token in self.eos and not row.request.ignore_eos:
                 row.done = "stop"
             elif len(row.generated) >= row.request.max_tokens:
                 row.done = "length"

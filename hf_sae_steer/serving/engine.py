@@ -36,13 +36,15 @@ class EngineBusy(RuntimeError):
 
 @dataclass
 class GenerationRequest:
-    """What an engine generates: ``prompt_ids`` continued by at most ``max_tokens`` tokens."""
+    """What an engine generates: ``prompt_ids`` continued by at most ``max_tokens`` tokens
+    (exactly ``max_tokens`` with ``ignore_eos``)."""
 
     prompt_ids: list[int]
     max_tokens: int
     sampling: Sampling = field(default_factory=Sampling)
     steering: ResolvedSteering = BASE
     request_id: str = field(default_factory=lambda: f"req-{next(_ids)}")
+    ignore_eos: bool = False
 
 
 @dataclass(frozen=True)

@@ -106,4 +106,6 @@ def prepare(
             f"model's context holds {context}, so at most {room} new tokens fit.",
             param="max_tokens", code="context_length_exceeded",
         )  # fmt: skip
-    return GenerationRequest(ids, max_tokens, parsed.sampling, steering)
+    return GenerationRequest(
+        ids, max_tokens, parsed.sampling, steering, ignore_eos=parsed.ignore_eos
+    )

@@ -14,10 +14,12 @@ A body is a JSON object as the official ``openai`` client sends it; steering tra
 - ``{"vector": "medical", "strength": ...}``: method ``vector`` with that concept's steering
   vector (its ``delta_raw``; no SAE pass).
 
-No steering (absent, ``null`` or ``[]``) is the base model. Strengths are finite numbers within
-±:data:`MAX_STRENGTH` (the library's bound), ``"recommended"`` (the artifact's recommended
-strength; its method only) or ``"calibrated"`` (the strength whose added vector is the default
-fraction of the typical hidden-state norm; ``add`` and ``vector`` only).
+No steering (absent, ``null`` or ``[]``) is the base model. ``ignore_eos: true`` (vLLM's
+extension) generates ``max_tokens`` tokens whatever the model says (for benchmarks).
+Strengths are finite numbers within ±:data:`MAX_STRENGTH` (the library's bound),
+``"recommended"`` (the artifact's recommended strength; its method only) or ``"calibrated"``
+(the strength whose added vector is the default fraction of the typical hidden-state norm;
+``add`` and ``vector`` only).
 
 Every problem raises :class:`RequestError`: an HTTP status (400 unless said otherwise), the
 offending parameter and a one-line message; :meth:`RequestError.to_json` is OpenAI's error body.
@@ -47,7 +49,7 @@ _ITEM_KEYS = {
 }
 _COMMON = {"model", "max_tokens", "temperature", "top_p", "n", "stream", "stream_options",
            "stop", "seed", "user", "steering", "presence_penalty", "frequency_penalty",
-           "logit_bias", "logprobs"}  # fmt: skip
+           "logit_bias", "logprobs", "ignore_eos"}  # fmt: skip
 _COMPLETION_KEYS = _COMMON | {"prompt", "echo", "best_of", "suffix"}
 _CHAT_KEYS = _COMMON | {"messages", "max_completion_tokens", "top_logprobs"}
 
@@ -160,6 +162,7 @@ class ParsedRequest:
     stream: bool
     include_usage: bool
     steering: tuple[SteeringItem, ...]
+    ignore_eos: bool = False  # vLLM's extension: generate max_tokens whatever comes (benchmarks)
 
 
 # -- steering ----------------------------------------------------------------------------
@@ -413,7 +416,14 @@ def _request(body: dict[str, Any], kind: str, limits: Limits, **what: Any) -> Pa
         stream=bool(stream),
         include_usage=bool(options.get("include_usage", False)),
         steering=parse_steering(body.get("steering"), limits),
+        ignore_eos=_flag(body.get("ignore_eos", False), "ignore_eos"),
     )
+
+
+def _flag(value: Any, name: str) -> bool:
+    if not isinstance(value, bool):
+        raise RequestError(f"{name} must be true or false.", param=name)
+    return value
 
 
 def _max_tokens(value: Any) -> int | None:
