@@ -70,10 +70,13 @@ def test_the_calibration_survives_saving_and_steers_by_default(fitted, tmp_path)
         assert steered.interventions[0].strength == pytest.approx(scores.recommended["strength"])
 
 
-def test_calibrated_strength_needs_a_calibrated_artifact(fitted):
+def test_calibrated_strength_without_a_measured_curve(fitted):
     model, _, scores = fitted
+    # vector was not measured: the strength of the default norm fraction, as in 0.2
+    with SteeredModel(model, None, scores=scores, method="vector", strength="calibrated") as s:
+        delta = scores.stats["delta_raw"].double()
+        assert s.interventions[0].strength * float(delta.norm()) == pytest.approx(
+            0.5 * scores.calibration["mean_norm_raw"])  # fmt: skip
+    # a method that adds no vector has nothing to calibrate
     with pytest.raises(ValueError, match="calibrated"):
-        SteeredModel(model, tiny_topk_sae(), scores=scores, method="vector", strength="calibrated")
-    with pytest.raises(ValueError, match="calibrated"):
-        SteeredModel(model, tiny_topk_sae(), scores=scores.scores, method="swap",
-                     strength="calibrated")  # fmt: skip
+        SteeredModel(model, tiny_topk_sae(), scores=scores, method="swap", strength="calibrated")

@@ -134,7 +134,7 @@ def resolve_spec(
     if strength is None:  # add / vector without a strength: the default norm fraction
         given = spec.latents is not None or spec.vector is not None
         step.strength = Intervention.check_strength(
-            1.0 if given else _calibrated_strength(step, artifact)
+            1.0 if given else calibrated_strength(step, artifact)
         )
     block = layout.blocks[site.layer]
     param = next((p for p in block.parameters() if p.device.type != "meta"), None)
@@ -174,21 +174,23 @@ def _choose(
     return method, strength, preserve_error
 
 
-def _fluency_strength(method: str, artifact: FeatureScores | None) -> float:
-    """``strength="calibrated"``: the strength the artifact's fluency calibration chose for its
-    method (``docs/method.md`` §6)."""
+def _fluency_strength(method: str, artifact: FeatureScores | None) -> float | None:
+    """``strength="calibrated"``: the strength the artifact's fluency calibration chose for
+    ``method`` (``docs/method.md`` §6); ``None`` for ``add``/``vector`` without one (then the
+    default norm fraction's, as 0.2's artifacts had)."""
     fluency = (artifact.calibration.get("fluency") if artifact is not None else None) or {}
-    if fluency.get("method") != method:
-        have = f"for {fluency['method']!r}" if fluency else "none"
-        raise ValueError(
-            f'strength="calibrated" needs scores whose fluency calibration is for {method!r} '
-            f"(they have {have}); fit them with FeatureScores.fit(calibrate_strength=True) or "
-            "give a number."
-        )
-    return float(fluency["strength"])
+    if fluency.get("method") == method:
+        return float(fluency["strength"])
+    if method in ("add", "vector"):
+        return None
+    raise ValueError(
+        f'strength="calibrated" is measured for additive steering only; these scores have '
+        f"{'one for ' + repr(fluency['method']) if fluency else 'none'}, not for {method!r}. "
+        "Give a number."
+    )
 
 
-def _calibrated_strength(step: Intervention, artifact: FeatureScores | None) -> float:
+def calibrated_strength(step: Intervention, artifact: FeatureScores | None) -> float:
     """The strength of the default norm fraction, when the artifact records the mean norms;
     else 1 (a vector or weights given by the user are taken as they are)."""
     calibration = artifact.calibration if artifact is not None else {}
