@@ -75,7 +75,8 @@ def _reference(model, library, prompt_ids, steering, eos, max_tokens=NEW):
     else:
         specs = []
         for item, applied in zip(
-            parse_steering(steering), library.resolve(parse_steering(steering)).applied,
+            parse_steering(steering),
+            library.resolve(parse_steering(steering)).applied,
             strict=True,
         ):
             name = item.concept or item.vector
@@ -92,7 +93,7 @@ def _reference(model, library, prompt_ids, steering, eos, max_tokens=NEW):
             out = steered.generate(ids, max_new_tokens=max_tokens, do_sample=False)
         finally:
             steered.remove()
-    new = out[0, ids.shape[1]:].tolist()
+    new = out[0, ids.shape[1] :].tolist()
     for i, token in enumerate(new):
         if token in eos:
             return new[: i + 1]
@@ -131,8 +132,10 @@ def _check_engine(engine, model, prompts, tmp_name):
     )
     got = [ids for ids, _ in together]
     assert got == expected + base
-    assert any(e != b for e, b in zip(expected, [base[i % len(base)] for i in range(len(cases))],
-                                      strict=True))  # fmt: skip  (steering changes tokens)
+    assert any(
+        e != b
+        for e, b in zip(expected, [base[i % len(base)] for i in range(len(cases))], strict=True)
+    )  # fmt: skip  (steering changes tokens)
 
 
 def _concepts_as_c(setup):
@@ -204,7 +207,10 @@ class TestDemo:
                           demo_engine.eos_token_ids)  # fmt: skip
         assert end2.error is None and ids2 == want
         assert _run_all(demo_engine, [good])[0][0] == _reference(
-            demo_model, lib, prompt, [{"concept": "c", "method": "add", "strength": 6.0}],
+            demo_model,
+            lib,
+            prompt,
+            [{"concept": "c", "method": "add", "strength": 6.0}],
             demo_engine.eos_token_ids,
         )
 

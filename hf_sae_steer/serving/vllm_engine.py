@@ -140,9 +140,7 @@ class VLLMEngine:
             self._active += 1
         stream = _VLLMStream(len(request.prompt_ids))
         try:
-            stream.future = asyncio.run_coroutine_threadsafe(
-                self._run(request, stream), self._loop
-            )
+            stream.future = asyncio.run_coroutine_threadsafe(self._run(request, stream), self._loop)
         except BaseException:
             self._release()
             raise
