@@ -28,6 +28,9 @@ _EXPORTS = {
     "LatentEdit": "hf_sae_steer.steering.interventions",
     "POSITIONS": "hf_sae_steer.steering.positions",
     "SteeredModel": "hf_sae_steer.steering.steered",
+    "BatchedSteering": "hf_sae_steer.steering.batched",
+    "BatchRows": "hf_sae_steer.steering.batched",
+    "SiteEdit": "hf_sae_steer.steering.batched",
     "SteeringSpec": "hf_sae_steer.steering.steered",
     "SteeringLogitsProcessor": "hf_sae_steer.steering.guidance",
     "remove_steering": "hf_sae_steer.steering.live",
@@ -43,6 +46,8 @@ _EXPORTS = {
 
 __all__ = [
     "__version__",
+    "BatchRows",
+    "BatchedSteering",
     "EvalResult",
     "FeatureScores",
     "Intervention",
@@ -55,6 +60,7 @@ __all__ = [
     "SITES",
     "ScoreReport",
     "Site",
+    "SiteEdit",
     "SteeredModel",
     "SteeringLogitsProcessor",
     "SteeringSpec",
@@ -83,6 +89,7 @@ if TYPE_CHECKING:
     from hf_sae_steer.sites.layouts import ModelLayout, find_layout
     from hf_sae_steer.sites.names import SITES, Site
     from hf_sae_steer.sites.resolve import resolve_site
+    from hf_sae_steer.steering.batched import BatchedSteering, BatchRows, SiteEdit
     from hf_sae_steer.steering.guidance import SteeringLogitsProcessor
     from hf_sae_steer.steering.interventions import METHODS, Intervention, LatentEdit
     from hf_sae_steer.steering.live import remove_steering, steering_suspended

@@ -10,7 +10,7 @@ from typing import Any
 import torch
 
 from hf_sae_steer.cli.chat import run_chat
-from hf_sae_steer.cli.demo import run_demo
+from hf_sae_steer.cli.demo import find_assets, run_demo
 from hf_sae_steer.cli.playground import Playground
 from hf_sae_steer.cli.settings import Settings, parse_method
 from hf_sae_steer.distributed import current_world, launched_size, process_device, shutdown
@@ -127,6 +127,7 @@ def cmd_score(args: argparse.Namespace) -> dict[str, Any]:
     check_output_folder(args.out, ARTIFACT_FILES, overwrite=args.overwrite, is_ours=is_artifact)
     if args.device is not None:
         check_device(args.device)
+
     def options(which: str) -> dict[str, Any]:
         return {
             "column": getattr(args, f"{which}_column") or args.column,
@@ -378,6 +379,43 @@ def cmd_app(args: argparse.Namespace) -> None:
     webapp.serve(_playground(args), host=args.host, port=args.port, share=args.share)
 
 
+def cmd_serve(args: argparse.Namespace) -> None:
+    try:  # before loading the model: without FastAPI and uvicorn there is nothing to serve
+        from hf_sae_steer.serving import server
+        from hf_sae_steer.serving.concepts import concepts_in, parse_concept_args
+        from hf_sae_steer.serving.prepare import ServeLimits
+    except ImportError as error:
+        if (error.name or "").split(".")[0] not in ("fastapi", "uvicorn", "starlette"):
+            raise
+        raise ImportError(
+            f"hf-sae-steer serve needs {error.name}: pip install 'hf_sae_steer[serve]'"
+        ) from error
+    concepts = concepts_in(args.concepts_dir) if args.concepts_dir else {}
+    for name, source in parse_concept_args(args.concept).items():
+        if name in concepts:
+            raise ValueError(f"Concept {name!r} is in --concepts-dir and given by --concept.")
+        concepts[name] = source
+    setup = server.setup_from(
+        model=args.model, saes=args.sae, concepts=concepts,
+        demo=None if args.model else find_assets(args.assets),
+        served_name=args.served_model_name, device=args.device, dtype=args.dtype,
+        max_batch=args.max_batch, max_waiting=args.max_waiting, max_context=args.max_context,
+    )  # fmt: skip
+    engine, library = server.start_engine(args.engine, setup)
+    names = ", ".join(library.concepts) or "none"
+
+    def ready(url: str) -> None:
+        if not args.quiet:
+            print(f"hf-sae-steer serve: {setup.served_name} on {url} (engine {args.engine}; "
+                  f"concepts: {names})", flush=True)  # fmt: skip
+
+    server.serve(
+        engine, library, host=args.host, port=args.port,
+        limits=ServeLimits(max_prompt_chars=args.max_prompt_chars),
+        served_names=(setup.served_name,), on_ready=ready,
+    )  # fmt: skip
+
+
 COMMANDS = {
     "score": cmd_score,
     "generate": cmd_generate,
@@ -386,4 +424,5 @@ COMMANDS = {
     "eval": cmd_eval,
     "chat": cmd_chat,
     "app": cmd_app,
+    "serve": cmd_serve,
 }

@@ -230,6 +230,34 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--host", default="127.0.0.1", help="address to bind (default 127.0.0.1)")
     p.add_argument("--port", type=positive_int, default=7860, help="port (default 7860)")
     p.add_argument("--share", action="store_true", help="also open a public Gradio share link")
+
+    p = sub.add_parser(
+        "serve", help="an OpenAI-compatible server with per-request steering (the [serve] extra)"
+    )
+    p.add_argument("--model", help="HF model id or local folder (default: the demo's)")
+    p.add_argument(
+        "--sae", action="append", default=[], help="SAE spec (repeatable; needed with --model)"
+    )
+    p.add_argument(
+        "--concept", action="append", default=[], metavar="NAME=PATH_OR_HUB_ID",
+        help="a named score artifact (repeatable; demo default: medical=<demo scores>)",
+    )  # fmt: skip
+    p.add_argument("--concepts-dir", help="a folder of score artifact folders, named by folder")
+    p.add_argument("--assets", help="demo asset folder (default: the shipped demo)")
+    p.add_argument("--engine", default="transformers", help="transformers (default) or vllm")
+    p.add_argument("--host", default="127.0.0.1", help="address to bind (default 127.0.0.1)")
+    p.add_argument("--port", type=positive_int, default=8000, help="port (default 8000)")
+    p.add_argument("--served-model-name", help="the model id clients send (default: --model)")
+    p.add_argument("--max-batch", type=positive_int, default=32, help="rows decoded together")
+    p.add_argument(
+        "--max-waiting", type=positive_int, default=64, help="queued requests before 429"
+    )
+    p.add_argument("--max-context", type=positive_int, help="cap the model's context (tokens)")
+    p.add_argument(
+        "--max-prompt-chars", type=positive_int, default=32_000,
+        help="longest prompt in characters, checked before tokenizing (default 32000)",
+    )  # fmt: skip
+    _common(p, json=False)
     return parser
 
 

@@ -200,8 +200,7 @@ class ConceptLibrary:
         method = item.method or (artifact.recommended or {}).get("method")
         if item.kind == "vector" and "delta_raw" not in artifact.stats:
             raise RequestError(
-                f"{param}: concept {name!r} has no steering vector (fit it with "
-                "rule='mean_diff').",
+                f"{param}: concept {name!r} has no steering vector (fit it with rule='mean_diff').",
                 param=param,
             )
         if item.strength == "recommended":
@@ -246,8 +245,10 @@ class ConceptLibrary:
         if item.layer is None and item.site is None and len(self.saes) == 1:
             return self.saes[0]
         for sae, site in zip(self.saes, self.sae_sites, strict=True):
-            if site is not None and (item.layer in (None, site.layer)) and (
-                item.site in (None, site.kind)
+            if (
+                site is not None
+                and (item.layer in (None, site.layer))
+                and (item.site in (None, site.kind))
             ):
                 return sae
         where = ", ".join(s.hook_name for s in self.sae_sites if s) or "none known"
@@ -293,9 +294,7 @@ def concepts_in(folder: str | Path) -> dict[str, str]:
     root = Path(folder).expanduser()
     if not root.is_dir():
         raise FileNotFoundError(f"--concepts-dir {root} is not a folder.")
-    found = {
-        p.name: str(p) for p in sorted(root.iterdir()) if (p / CONFIG_FILE).is_file()
-    }
+    found = {p.name: str(p) for p in sorted(root.iterdir()) if (p / CONFIG_FILE).is_file()}
     if not found:
         raise ValueError(f"--concepts-dir {root} holds no score artifact folders.")
     for name in found:

@@ -36,13 +36,15 @@ class EngineBusy(RuntimeError):
 
 @dataclass
 class GenerationRequest:
-    """What an engine generates: ``prompt_ids`` continued by at most ``max_tokens`` tokens."""
+    """What an engine generates: ``prompt_ids`` continued by at most ``max_tokens`` tokens
+    (exactly ``max_tokens`` with ``ignore_eos``)."""
 
     prompt_ids: list[int]
     max_tokens: int
     sampling: Sampling = field(default_factory=Sampling)
     steering: ResolvedSteering = BASE
     request_id: str = field(default_factory=lambda: f"req-{next(_ids)}")
+    ignore_eos: bool = False
 
 
 @dataclass(frozen=True)
@@ -54,12 +56,15 @@ class Tokens:
 
 @dataclass(frozen=True)
 class Finished:
-    """The last event of a stream."""
+    """The last event of a stream. With ``reason="error"``, ``status`` says whose fault it
+    was: 400 when the request itself failed (its steering turned the hidden states NaN), 500
+    when the engine did."""
 
     reason: FinishReason
     prompt_tokens: int
     completion_tokens: int
     error: str | None = None
+    status: int = 500
 
 
 StreamEvent = Tokens | Finished

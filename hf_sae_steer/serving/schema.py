@@ -14,10 +14,12 @@ A body is a JSON object as the official ``openai`` client sends it; steering tra
 - ``{"vector": "medical", "strength": ...}``: method ``vector`` with that concept's steering
   vector (its ``delta_raw``; no SAE pass).
 
-No steering (absent, ``null`` or ``[]``) is the base model. Strengths are finite numbers within
-±:data:`MAX_STRENGTH` (the library's bound), ``"recommended"`` (the artifact's recommended
-strength; its method only) or ``"calibrated"`` (the strength whose added vector is the default
-fraction of the typical hidden-state norm; ``add`` and ``vector`` only).
+No steering (absent, ``null`` or ``[]``) is the base model. ``ignore_eos: true`` (vLLM's
+extension) generates ``max_tokens`` tokens whatever the model says (for benchmarks).
+Strengths are finite numbers within ±:data:`MAX_STRENGTH` (the library's bound),
+``"recommended"`` (the artifact's recommended strength; its method only) or ``"calibrated"``
+(the strength whose added vector is the default fraction of the typical hidden-state norm;
+``add`` and ``vector`` only).
 
 Every problem raises :class:`RequestError`: an HTTP status (400 unless said otherwise), the
 offending parameter and a one-line message; :meth:`RequestError.to_json` is OpenAI's error body.
@@ -47,7 +49,7 @@ _ITEM_KEYS = {
 }
 _COMMON = {"model", "max_tokens", "temperature", "top_p", "n", "stream", "stream_options",
            "stop", "seed", "user", "steering", "presence_penalty", "frequency_penalty",
-           "logit_bias", "logprobs"}  # fmt: skip
+           "logit_bias", "logprobs", "ignore_eos"}  # fmt: skip
 _COMPLETION_KEYS = _COMMON | {"prompt", "echo", "best_of", "suffix"}
 _CHAT_KEYS = _COMMON | {"messages", "max_completion_tokens", "top_logprobs"}
 
@@ -70,8 +72,12 @@ class RequestError(ValueError):
     def to_json(self) -> dict[str, Any]:
         """OpenAI's error body: ``{"error": {"message", "type", "param", "code"}}``."""
         return {
-            "error": {"message": str(self), "type": self.kind, "param": self.param,
-                      "code": self.code}  # fmt: skip
+            "error": {
+                "message": str(self),
+                "type": self.kind,
+                "param": self.param,
+                "code": self.code,
+            }  # fmt: skip
         }
 
 
@@ -156,6 +162,7 @@ class ParsedRequest:
     stream: bool
     include_usage: bool
     steering: tuple[SteeringItem, ...]
+    ignore_eos: bool = False  # vLLM's extension: generate max_tokens whatever comes (benchmarks)
 
 
 # -- steering ----------------------------------------------------------------------------
@@ -166,7 +173,7 @@ def parse_steering(value: Any, limits: Limits = Limits()) -> tuple[SteeringItem,
     items = [value] if isinstance(value, Mapping) else value
     if not isinstance(items, list):
         raise RequestError(
-            "steering must be a list of items like {\"concept\": \"medical\"}.", param="steering"
+            'steering must be a list of items like {"concept": "medical"}.', param="steering"
         )
     if len(items) > limits.max_steering:
         raise RequestError(
@@ -179,14 +186,10 @@ def parse_steering(value: Any, limits: Limits = Limits()) -> tuple[SteeringItem,
 def _item(raw: Any, i: int, limits: Limits) -> SteeringItem:
     param = f"steering[{i}]"
     if not isinstance(raw, Mapping):
-        raise RequestError(
-            f"{param} must be an object like {{\"concept\": \"medical\"}}.", param=param
-        )
+        raise RequestError(f'{param} must be an object like {{"concept": "medical"}}.', param=param)
     kinds = [k for k in ("concept", "latents", "vector") if k in raw]
     if len(kinds) != 1:
-        raise RequestError(
-            f"{param} needs exactly one of concept, latents or vector.", param=param
-        )
+        raise RequestError(f"{param} needs exactly one of concept, latents or vector.", param=param)
     kind = kinds[0]
     unknown = sorted(set(raw) - _ITEM_KEYS[kind])
     if unknown:
@@ -413,7 +416,14 @@ def _request(body: dict[str, Any], kind: str, limits: Limits, **what: Any) -> Pa
         stream=bool(stream),
         include_usage=bool(options.get("include_usage", False)),
         steering=parse_steering(body.get("steering"), limits),
+        ignore_eos=_flag(body.get("ignore_eos", False), "ignore_eos"),
     )
+
+
+def _flag(value: Any, name: str) -> bool:
+    if not isinstance(value, bool):
+        raise RequestError(f"{name} must be true or false.", param=name)
+    return value
 
 
 def _max_tokens(value: Any) -> int | None:
@@ -440,8 +450,10 @@ def _sampling(body: Mapping[str, Any]) -> Sampling:
 def _number(value: Any, name: str, low: float, high: float) -> float:
     if value is None:
         return 1.0
-    if isinstance(value, bool) or not isinstance(value, int | float) or not (
-        math.isfinite(value) and low <= value <= high
+    if (
+        isinstance(value, bool)
+        or not isinstance(value, int | float)
+        or not (math.isfinite(value) and low <= value <= high)
     ):
         raise RequestError(f"{name} must be a number from {low:g} to {high:g}.", param=name)
     return float(value)
@@ -469,8 +481,7 @@ def _is_token(value: Any) -> bool:
 
 def _too_long(size: int, limits: Limits) -> RequestError:
     return RequestError(
-        f"The prompt has {size} characters; this server takes at most "
-        f"{limits.max_prompt_chars}.",
+        f"The prompt has {size} characters; this server takes at most {limits.max_prompt_chars}.",
         param="prompt",
         code="context_length_exceeded",
     )

@@ -36,6 +36,7 @@ from __future__ import annotations
 
 import contextlib
 import threading
+from collections import OrderedDict
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 
@@ -79,26 +80,20 @@ class BatchRows:
     steerings: Sequence[RowSteering]
     offsets: Sequence[int]
     prompt_lengths: Sequence[int]
-    _groups: dict[Site, list[_Group]] = field(default_factory=dict, init=False, repr=False)
+    _plan: _Plan = field(init=False, repr=False)
 
     def __post_init__(self) -> None:
         n = len(self.steerings)
         if len(self.offsets) != n or len(self.prompt_lengths) != n:
             raise ValueError("BatchRows needs one offset and one prompt length per row.")
-        by_site: dict[Site, dict[RowSteering, list[int]]] = {}
-        for row, edits in enumerate(self.steerings):
-            sites: dict[Site, list[SiteEdit]] = {}
-            for edit in edits:
-                sites.setdefault(edit.site, []).append(edit)
-            for site, at_site in sites.items():
-                by_site.setdefault(site, {}).setdefault(tuple(at_site), []).append(row)
-        self._groups = {
-            site: [_Group(edits, rows, n) for edits, rows in groups.items()]
-            for site, groups in by_site.items()
-        }
+        self._plan = _plan(tuple(self.steerings))
 
     def groups(self, site: Site) -> list[_Group]:
-        return self._groups.get(site, [])
+        return self._plan.groups.get(site, [])
+
+    @property
+    def sites(self) -> frozenset[Site]:
+        return self._plan.sites
 
 
 class _Group:
@@ -116,10 +111,49 @@ class _Group:
         return self._index[device]
 
 
+@dataclass(frozen=True)
+class _Plan:
+    """The groups of one batch composition, per site (kept across the steps of a batch)."""
+
+    groups: dict[Site, list[_Group]]
+    sites: frozenset[Site]
+
+
+_PLANS: OrderedDict[tuple[RowSteering, ...], _Plan] = OrderedDict()
+_PLANS_KEPT = 64  # batch compositions remembered (a decode loop reuses one for many steps)
+_PLANS_LOCK = threading.Lock()
+
+
+def _plan(steerings: tuple[RowSteering, ...]) -> _Plan:
+    with _PLANS_LOCK:
+        plan = _PLANS.get(steerings)
+        if plan is not None:
+            _PLANS.move_to_end(steerings)
+            return plan
+    by_site: dict[Site, dict[RowSteering, list[int]]] = {}
+    for row, edits in enumerate(steerings):
+        sites: dict[Site, list[SiteEdit]] = {}
+        for edit in edits:
+            sites.setdefault(edit.site, []).append(edit)
+        for site, at_site in sites.items():
+            by_site.setdefault(site, {}).setdefault(tuple(at_site), []).append(row)
+    n = len(steerings)
+    plan = _Plan(
+        {site: [_Group(e, rows, n) for e, rows in groups.items()] for site, groups in
+         by_site.items()},
+        frozenset(by_site),
+    )  # fmt: skip
+    with _PLANS_LOCK:
+        _PLANS[steerings] = plan
+        while len(_PLANS) > _PLANS_KEPT:
+            _PLANS.popitem(last=False)
+    return plan
+
+
 class _State(threading.local):
     def __init__(self) -> None:
         self.batch: BatchRows | None = None
-        self.nonfinite: Tensor | None = None  # [batch] bool on the device
+        self.finite: list[tuple[Tensor | None, Tensor]] = []  # (rows or None: all, flags)
 
 
 class BatchedSteering:
@@ -161,25 +195,28 @@ class BatchedSteering:
     @contextlib.contextmanager
     def rows(self, batch: BatchRows) -> Iterator[None]:
         """Steer this thread's forward passes inside the block row by row, as ``batch`` says."""
-        unknown = {e.site for s in batch.steerings for e in s} - set(self.sites)
+        unknown = batch.sites - set(self.sites)
         if unknown:
             names = ", ".join(sorted(site.hook_name for site in unknown))
             raise ValueError(f"No steering hook at {names}; build BatchedSteering with it.")
         state = self._state
-        previous = state.batch, state.nonfinite
-        state.batch, state.nonfinite = batch, None
+        previous = state.batch, state.finite
+        state.batch, state.finite = batch, []
         try:
             yield
         finally:
-            self._last_nonfinite = state.nonfinite
-            state.batch, state.nonfinite = previous
+            self._last = (len(batch.steerings), state.finite)
+            state.batch, state.finite = previous
 
     def nonfinite_rows(self) -> list[int]:
         """Rows whose steered state was NaN/inf in the last ``rows()`` block (reads the device)."""
-        flags = getattr(self, "_last_nonfinite", None)
-        if flags is None:
-            return []
-        return [int(i) for i in torch.nonzero(flags).flatten().tolist()]
+        n, checks = getattr(self, "_last", (0, []))
+        bad: set[int] = set()
+        for rows, finite in checks:
+            flags = finite.tolist()
+            bad.update(r for r, ok in zip(rows if rows is not None else range(n), flags,
+                                          strict=True) if not ok)  # fmt: skip
+        return sorted(bad)
 
     def suspended(self) -> contextlib.AbstractContextManager[object]:
         """The live-steering registry's switch: no rows, so the hooks change nothing."""
@@ -230,10 +267,9 @@ class BatchedSteering:
             elif keep is not False:
                 y = torch.where(keep.unsqueeze(-1), edit.step(y), y)
         if y is not x:  # one device flag per row, read after the forward: no sync here
-            bad = ~torch.isfinite(y).flatten(1).all(1)
-            flags = torch.zeros(len(batch.steerings), dtype=torch.bool, device=x.device)
-            flags = flags.index_copy(0, index, bad) if index is not None else bad
-            state.nonfinite = flags if state.nonfinite is None else state.nonfinite | flags
+            # A sum is NaN/inf when any term is (or when finite states overflow float32).
+            finite = torch.isfinite(y.sum(dim=(-2, -1)))
+            state.finite.append((None if index is None else group.rows, finite))
         return y
 
 
