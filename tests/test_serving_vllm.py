@@ -107,43 +107,55 @@ CASES = [
 ]
 
 
-def _check_engine(engine, model, prompts, tmp_name):
-    """Every case alone equals SteeredModel; all cases plus the base model in one batch give
-    the same tokens again (no cross-talk)."""
+def _check_engine(engine, model, prompts, name):
+    """Every case alone equals SteeredModel and the transformers engine on the same request;
+    all cases plus the base model in one batch give the same tokens again (no cross-talk)."""
+    from hf_sae_steer.serving.server import start_engine
+
     library = engine.library
     cases = [c for c in CASES if c[0]["method"] != "vector" or "delta_raw" in
              library.concepts["c"].scores.stats]  # fmt: skip
+    prompt_of = [prompts[i % len(prompts)] for i in range(len(cases))]
     expected = [
-        _reference(model, library, prompts[i % len(prompts)], case, engine.eos_token_ids)
-        for i, case in enumerate(cases)
+        _reference(model, library, p, case, engine.eos_token_ids)
+        for p, case in zip(prompt_of, cases, strict=True)
     ]
     base = [_reference(model, library, p, None, engine.eos_token_ids) for p in prompts]
+    assert any(e != base[i % len(base)] for i, e in enumerate(expected))  # steering shows
     alone = [
-        _run_all(engine, [_request(library, prompts[i % len(prompts)], case)])[0]
-        for i, case in enumerate(cases)
+        _run_all(engine, [_request(library, p, c)])[0]
+        for p, c in zip(prompt_of, cases, strict=True)
     ]
     for case, (ids, end), want in zip(cases, alone, expected, strict=True):
         assert end.reason in ("stop", "length") and end.error is None, (case, end)
-        assert ids == want, (tmp_name, case)
+        assert ids == want, (name, case)
     together = _run_all(
         engine,
-        [_request(library, prompts[i % len(prompts)], c) for i, c in enumerate(cases)]
+        [_request(library, p, c) for p, c in zip(prompt_of, cases, strict=True)]
         + [_request(library, p, None) for p in prompts],
     )
-    got = [ids for ids, _ in together]
-    assert got == expected + base
-    assert any(
-        e != b
-        for e, b in zip(expected, [base[i % len(base)] for i in range(len(cases))], strict=True)
-    )  # fmt: skip  (steering changes tokens)
+    assert [ids for ids, _ in together] == expected + base
+    other, other_library = start_engine("transformers", _serve_setup(engine.setup))
+    try:
+        theirs = _run_all(
+            other,
+            [_request(other_library, p, c) for p, c in zip(prompt_of, cases, strict=True)]
+            + [_request(other_library, p, None) for p in prompts],
+        )
+    finally:
+        other.close()
+    assert [ids for ids, _ in theirs] == expected + base
 
 
-def _concepts_as_c(setup):
-    return {**setup, "concepts": {"c": next(iter(setup["concepts"].values()))}}
+def _serve_setup(setup):
+    from hf_sae_steer.serving.server import setup_from
+
+    return setup_from(model=setup["model"], saes=setup["saes"], concepts=setup["concepts"],
+                      dtype="float32")  # fmt: skip
 
 
 # -- the demo (GPT-2 blocks: one tensor per block) -----------------------------------------
-@pytest.fixture(scope="class")
+@pytest.fixture(scope="module")
 def demo_engine():
     from hf_sae_steer.serving.vllm_engine import VLLMEngine
 
@@ -154,7 +166,7 @@ def demo_engine():
     engine.close()
 
 
-@pytest.fixture(scope="class")
+@pytest.fixture(scope="module")
 def demo_model():
     from transformers import AutoModelForCausalLM
 
@@ -213,6 +225,99 @@ class TestDemo:
             [{"concept": "c", "method": "add", "strength": 6.0}],
             demo_engine.eos_token_ids,
         )
+
+
+@pytest.fixture(scope="module")
+def demo_http(demo_engine):
+    """The project's own HTTP front end over the vLLM engine, in this process."""
+    import socket
+    import threading
+    import time
+
+    import uvicorn
+
+    from hf_sae_steer.serving.app import build_app
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    app = build_app(demo_engine, demo_engine.library, served_names=("demo",))
+    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="error"))
+    thread = threading.Thread(target=server.run, daemon=True)
+    thread.start()
+    deadline = time.monotonic() + 60
+    while not server.started and time.monotonic() < deadline:
+        time.sleep(0.05)
+    yield f"http://127.0.0.1:{port}"
+    server.should_exit = True
+    thread.join(timeout=20)
+
+
+class TestDemoOverHTTP:
+    """The official openai client against ``hf-sae-steer serve --engine vllm``'s app."""
+
+    STEERINGS = [
+        None,
+        [{"concept": "c"}],
+        [{"concept": "c", "method": "swap", "positions": "generated"}],
+        [{"vector": "c", "strength": 6, "positions": "prompt"}],
+        [{"concept": "c", "method": "add", "strength": 9}],
+    ]
+
+    def _expected(self, engine, model, prompt, steering, n):
+        ids = engine.tokenizer(prompt)["input_ids"]
+        new = _reference(model, engine.library, ids, steering, engine.eos_token_ids, n)
+        return engine.tokenizer.decode(new, skip_special_tokens=True)
+
+    def test_steered_completions_equal_steered_model_alone_and_concurrently(
+        self, demo_http, demo_engine, demo_model
+    ):
+        from concurrent.futures import ThreadPoolExecutor
+
+        openai = pytest.importorskip("openai")
+        client = openai.OpenAI(base_url=f"{demo_http}/v1", api_key="none", max_retries=0)
+        prompts = ["The patient was", "I went to see the", "A long time ago"]
+        cases = [(p, s) for p in prompts for s in self.STEERINGS]
+
+        def ask(case):
+            prompt, steering = case
+            r = client.completions.create(
+                model="demo", prompt=prompt, max_tokens=12, temperature=0,
+                extra_body={"steering": steering},
+            )  # fmt: skip
+            return r.choices[0].text, r.model_extra.get("steering")
+
+        with ThreadPoolExecutor(16) as pool:
+            got = list(pool.map(ask, cases))
+        expected = [self._expected(demo_engine, demo_model, p, s, 12) for p, s in cases]
+        assert [text for text, _ in got] == expected
+        assert len(set(expected)) > len(prompts) + 3  # the steerings really differ
+        applied = got[1][1]
+        assert applied[0]["concept"] == "c" and applied[0]["site"] == "resid_post"
+        stream = client.completions.create(
+            model="demo", prompt=prompts[0], max_tokens=12, temperature=0, stream=True,
+            extra_body={"steering": self.STEERINGS[2]},
+        )  # fmt: skip
+        assert "".join(c.choices[0].text for c in stream) == expected[2]
+
+    @pytest.mark.parametrize(
+        "steering, match",
+        [
+            ([{"concept": "oncology"}], "unknown concept 'oncology'"),
+            ([{"concept": "c", "strength": 1e6}], "between -1000 and 1000"),
+            ([{"concept": "c", "method": "boost"}], "method 'boost' is unknown"),
+            ([{"concept": "c", "positions": "middle"}], "positions 'middle' is unknown"),
+        ],
+    )
+    def test_a_bad_request_gets_400_and_the_engine_keeps_serving(self, demo_http, steering, match):
+        import httpx
+
+        url = f"{demo_http}/v1/completions"
+        bad = httpx.post(url, json={"prompt": "a", "steering": steering}, timeout=60)
+        assert bad.status_code == 400 and match in bad.json()["error"]["message"]
+        good = httpx.post(url, json={"prompt": "a", "max_tokens": 3, "steering": [
+            {"concept": "c"}]}, timeout=60)  # fmt: skip
+        assert good.status_code == 200 and good.json()["choices"][0]["text"]
 
 
 # -- a tiny Llama (vLLM's fused add-norm: blocks return (hidden, residual)) -----------------

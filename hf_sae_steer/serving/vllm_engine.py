@@ -28,6 +28,7 @@ import threading
 from collections.abc import AsyncIterator, Mapping
 from typing import Any
 
+from hf_sae_steer.models import eos_token_ids
 from hf_sae_steer.serving.concepts import ConceptLibrary
 from hf_sae_steer.serving.engine import (
     EngineBusy,
@@ -37,6 +38,7 @@ from hf_sae_steer.serving.engine import (
     StreamEvent,
     Tokens,
 )
+from hf_sae_steer.serving.server import ServeSetup
 from hf_sae_steer.serving.vllm_worker import (
     build_library,
     check_sites,
@@ -53,9 +55,27 @@ def vllm_available() -> str | None:
     try:
         import vllm  # noqa: F401
     except Exception as error:  # ImportError, or a broken install
-        return f"vllm is not importable ({type(error).__name__}: {error}); pip install " \
-            "'hf_sae_steer[vllm]' (on CPU: scripts/setup_vllm_env.sh)"  # fmt: skip
+        return (
+            f"vllm is not importable ({type(error).__name__}: {error}); pip install "
+            "'hf_sae_steer[vllm]' (on a CPU-only machine: scripts/setup_vllm_env.sh)"
+        )
     return None
+
+
+def vllm_engine(setup: ServeSetup) -> tuple[VLLMEngine, ConceptLibrary]:
+    """``hf-sae-steer serve --engine vllm``: :data:`~hf_sae_steer.serving.server.ENGINES`'
+    factory. ``--max-batch`` is vLLM's ``max_num_seqs``, ``--max-batch`` + ``--max-waiting``
+    the requests admitted at once, ``--max-context`` its ``max_model_len``, ``--dtype`` its
+    dtype; ``setup.options`` go to vLLM as engine arguments (``tensor_parallel_size``, ...)."""
+    if setup.device not in (None, "cpu", "cuda") and not str(setup.device).startswith("cuda"):
+        raise ValueError(f"The vLLM engine places the model itself; drop --device {setup.device}.")
+    engine = VLLMEngine(
+        {"model": setup.model, "saes": setup.saes, "concepts": setup.concepts},
+        name=setup.served_name, dtype=setup.dtype or "auto", max_model_len=setup.max_context,
+        max_pending=setup.max_batch + setup.max_waiting, max_num_seqs=setup.max_batch,
+        **setup.options,
+    )  # fmt: skip
+    return engine, engine.library
 
 
 class VLLMEngine:
@@ -79,11 +99,12 @@ class VLLMEngine:
         max_model_len: int | None = None,
         max_pending: int = 256,
         library: ConceptLibrary | None = None,
+        name: str | None = None,
         **engine_args: Any,
     ) -> None:
         missing = vllm_available()
         if missing:
-            raise RuntimeError(missing)
+            raise ImportError(missing)
         if engine_args.pop("enforce_eager", True) is not True:
             raise ValueError(
                 "The vLLM engine runs eagerly: under torch.compile / CUDA graphs vLLM does not "
@@ -92,6 +113,7 @@ class VLLMEngine:
         if engine_args.get("compilation_config") not in (None, 0):
             raise ValueError("The vLLM engine runs eagerly; drop compilation_config.")
         self.setup = setup_json(setup)
+        self.name = name or self.setup["model"]
         self.library = library if library is not None else build_library(self.setup)
         check_sites(self.library.sites)  # before vLLM starts: fail fast, in one line
         from transformers import AutoTokenizer
@@ -118,14 +140,8 @@ class VLLMEngine:
         except BaseException:
             self.close()
             raise
-        config = self._llm.model_config
-        self.context_length = int(config.max_model_len)
-        eos = {config.hf_config.eos_token_id, self.tokenizer.eos_token_id}
-        gen = getattr(config, "hf_generation_config", None) or {}
-        eos |= set(gen.get("eos_token_id", []) if isinstance(gen, dict) else [])
-        self.eos_token_ids = frozenset(
-            i for e in eos for i in (e if isinstance(e, list | tuple) else [e]) if i is not None
-        )
+        self.context_length = int(self._llm.model_config.max_model_len)
+        self.eos_token_ids = frozenset(_eos_token_ids(self.setup["model"], self.tokenizer))
 
     def _call(self, coro: Any) -> Any:
         return asyncio.run_coroutine_threadsafe(coro, self._loop).result()
@@ -179,10 +195,11 @@ class VLLMEngine:
         params = SamplingParams(
             max_tokens=request.max_tokens,
             temperature=sampling.temperature, top_p=sampling.top_p, seed=sampling.seed,
-            stop_token_ids=sorted(self.eos_token_ids), detokenize=False,
+            stop_token_ids=[] if request.ignore_eos else sorted(self.eos_token_ids),
+            ignore_eos=request.ignore_eos, detokenize=False,
             output_kind=RequestOutputKind.DELTA, extra_args=extra,
         )  # fmt: skip
-        produced, reason, error = 0, "cancelled", None
+        produced, reason, error, status = 0, "cancelled", None, 500
         try:
             async for output in self._llm.generate(prompt, params, request.request_id):
                 done = output.outputs[0]
@@ -194,16 +211,17 @@ class VLLMEngine:
             if extra is not None:
                 failed = await self._failures(request.request_id)
                 if failed:
-                    reason, error = "error", failed
+                    reason, error, status = "error", failed["message"], failed["status"]
         except asyncio.CancelledError:
             reason = "cancelled"
         except Exception as exc:  # vLLM refused or failed the request: this request only
             reason, error = "error", f"{type(exc).__name__}: {exc}"
         finally:
-            stream.push(Finished(reason, len(request.prompt_ids), produced, error))  # type: ignore[arg-type]
+            end = Finished(reason, len(request.prompt_ids), produced, error, status)  # type: ignore[arg-type]
+            stream.push(end)
             self._release(served=True)
 
-    async def _failures(self, request_id: str) -> str | None:
+    async def _failures(self, request_id: str) -> dict[str, Any] | None:
         found = await self._llm.collective_rpc("hf_sae_steer_failures", args=([request_id],))
         for per_worker in found:
             if request_id in per_worker:
@@ -214,6 +232,21 @@ class VLLMEngine:
         with self._lock:
             self._active -= 1
             self._served += served
+
+
+def _eos_token_ids(model_path: str, tokenizer: Any) -> set[int]:
+    """The ids that end a generation, found as the transformers engine finds them."""
+    from types import SimpleNamespace
+
+    from transformers import GenerationConfig
+
+    try:
+        config = GenerationConfig.from_pretrained(model_path)
+    except OSError:  # no generation_config.json: the model config's ids
+        from transformers import AutoConfig
+
+        config = GenerationConfig.from_model_config(AutoConfig.from_pretrained(model_path))
+    return eos_token_ids(SimpleNamespace(generation_config=config), tokenizer)  # type: ignore[arg-type]
 
 
 async def _make_llm(cls: Any, args: Any) -> Any:

@@ -52,6 +52,7 @@ import torch
 from torch import Tensor, nn
 from torch.utils.hooks import RemovableHandle
 
+from hf_sae_steer.serving.batch_decoder import NONFINITE
 from hf_sae_steer.serving.concepts import ConceptLibrary, load_library
 from hf_sae_steer.serving.schema import parse_steering
 from hf_sae_steer.sites.names import Site
@@ -136,15 +137,16 @@ class WorkerSteering:
         self._plan: dict[Site, list[_Group]] | None = None
         self._requests: dict[str, tuple[str, tuple[SiteEdit, ...]] | None] = {}
         self._checks: list[tuple[_Group, Tensor]] = []
-        self.failures: dict[str, str] = {}
+        self.failures: dict[str, dict[str, Any]] = {}
 
     def remove(self) -> None:
         for handle in self._handles:
             handle.remove()
         self._handles = []
 
-    def take_failures(self, ids: Sequence[str]) -> dict[str, str]:
-        """The failures of ``ids`` (forgotten once read)."""
+    def take_failures(self, ids: Sequence[str]) -> dict[str, dict[str, Any]]:
+        """The failures of ``ids``, ``{"status", "message"}`` each (forgotten once read): 400
+        when the request's own steering turned NaN/inf, 500 when the worker failed."""
         return {i: self.failures.pop(i) for i in ids if i in self.failures}
 
     # -- once per forward pass -----------------------------------------------------------
@@ -208,7 +210,7 @@ class WorkerSteering:
                 entry = (owner, tuple(resolved.edits)) if resolved.edits else None
             except Exception as error:  # the front end validated it; this is a worker's bug
                 logger.exception("hf_sae_steer: resolving request %s failed", owner)
-                self.failures[owner] = f"steering failed in the worker: {error}"
+                self.failures[owner] = _failure(500, f"steering failed in the worker: {error}")
         self._requests[req_id] = entry
         return entry
 
@@ -224,7 +226,7 @@ class WorkerSteering:
                 rows = torch.nonzero(bad).flatten().tolist()
                 if rows:
                     for owner in group.owners:  # coarse but safe: the whole group
-                        self.failures.setdefault(owner, _NONFINITE)
+                        self.failures.setdefault(owner, _failure(400, NONFINITE))
         except Exception:
             logger.exception("hf_sae_steer: reading the non-finite flags failed")
 
@@ -233,7 +235,7 @@ class WorkerSteering:
         for rid in list(batch.req_ids[: int(batch.num_reqs)]):
             entry = self._requests.get(rid)
             if entry is not None:
-                self.failures.setdefault(entry[0], message)
+                self.failures.setdefault(entry[0], _failure(500, message))
 
     # -- per steered block ---------------------------------------------------------------
     def _edit_hook(self, sites: list[Site]):  # noqa: ANN202 (a hook)
@@ -278,10 +280,8 @@ class WorkerSteering:
         return (hidden, residual, *output[2:])
 
 
-_NONFINITE = (
-    "Steering produced NaN or infinite hidden states: the strength (or clamp value) is too large "
-    "for this model's dtype. Lower it."
-)
+def _failure(status: int, message: str) -> dict[str, Any]:
+    return {"status": status, "message": message}
 
 
 def _apply(group: _Group, x: Tensor) -> Tensor:
@@ -330,7 +330,7 @@ class SteeringWorkerExtension:
         self._hf_sae_steer = steering
         return [site.hook_name for site in library.sites]
 
-    def hf_sae_steer_failures(self, ids: list[str]) -> dict[str, str]:
+    def hf_sae_steer_failures(self, ids: list[str]) -> dict[str, dict[str, Any]]:
         steering = getattr(self, "_hf_sae_steer", None)
         return {} if steering is None else steering.take_failures(ids)
 
