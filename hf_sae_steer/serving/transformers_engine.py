@@ -62,6 +62,11 @@ class _Job:
         self.emit(done)
 
 
+def _deliver(events: list[tuple[asyncio.Queue, StreamEvent]]) -> None:
+    for queue, event in events:
+        queue.put_nowait(event)
+
+
 class _Stream:
     """The :class:`~hf_sae_steer.serving.engine.TokenStream` of one job."""
 
@@ -211,12 +216,17 @@ class TransformersEngine:
             self._drop_finished()
 
     def _publish(self, jobs: list[_Job]) -> None:
-        """Each job's newest token (one per forward pass)."""
+        """Each job's newest token (one per forward pass): one wake-up of each event loop per
+        step, not one per row (the loop and this thread share the GIL)."""
+        by_loop: dict[asyncio.AbstractEventLoop, list[tuple[asyncio.Queue, StreamEvent]]] = {}
         for job in jobs:
             row = job.row
             if row.generated and not row.error and not job.cancelled:
-                job.emit(Tokens((row.generated[-1],)))
+                by_loop.setdefault(job.loop, []).append((job.queue, Tokens((row.generated[-1],))))
                 self._counts["tokens"] += 1
+        for loop, events in by_loop.items():
+            with contextlib.suppress(RuntimeError):  # the loop is closed: nobody listens
+                loop.call_soon_threadsafe(_deliver, events)
 
     def _drop_finished(self) -> None:
         with self._wake:
