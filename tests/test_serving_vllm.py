@@ -320,6 +320,30 @@ class TestDemoOverHTTP:
         assert good.status_code == 200 and good.json()["choices"][0]["text"]
 
 
+@pytest.mark.skipif((os.cpu_count() or 1) < 2, reason="tensor parallelism needs 2 CPU cores")
+def test_tensor_parallel_ranks_each_hook_and_steer_identically(demo_model, monkeypatch):
+    """Two tensor-parallel workers (one core each): both are hooked, and every case in one
+    mixed batch still equals SteeredModel (the ranks apply the same edit after all-reduce)."""
+    from hf_sae_steer.serving.vllm_engine import VLLMEngine
+
+    monkeypatch.setenv("VLLM_CPU_OMP_THREADS_BIND", "0|1")  # one NUMA node: bind by hand
+    setup = {"model": str(DEMO / "model"), "saes": [str(DEMO / "sae")],
+             "concepts": {"c": str(DEMO / "scores")}}  # fmt: skip
+    engine = VLLMEngine(setup, tensor_parallel_size=2, **ENGINE_ARGS)
+    try:
+        assert engine.stats()["steered_ranks"] == 2
+        tok = engine.tokenizer
+        prompts = [tok(t)["input_ids"] for t in ("The patient was", "A long time ago")]
+        cases = [*CASES, None]
+        pairs = [(prompts[i % 2], c) for i, c in enumerate(cases)]
+        got = _run_all(engine, [_request(engine.library, p, c) for p, c in pairs])
+        want = [_reference(demo_model, engine.library, p, c, engine.eos_token_ids)
+                for p, c in pairs]  # fmt: skip
+        assert [ids for ids, _ in got] == want
+    finally:
+        engine.close()
+
+
 # -- a tiny Llama (vLLM's fused add-norm: blocks return (hidden, residual)) -----------------
 @pytest.fixture(scope="class")
 def llama_files(tmp_path_factory, tokenizer):

@@ -129,6 +129,8 @@ class VLLMEngine:
         self._active = 0
         self._served = 0
         self._lock = threading.Lock()
+        self._asking: dict[str, asyncio.Future[dict[str, Any] | None]] = {}
+        self._asker: asyncio.Future[None] | None = None
         self._loop = asyncio.new_event_loop()
         self._thread = threading.Thread(
             target=self._loop.run_forever, name="hf-sae-steer-vllm", daemon=True
@@ -136,7 +138,10 @@ class VLLMEngine:
         self._thread.start()
         try:
             self._llm = self._call(_make_llm(AsyncLLM, args))
-            self._call(self._llm.collective_rpc("hf_sae_steer_install", args=(self.setup,)))
+            hooked = self._call(
+                self._llm.collective_rpc("hf_sae_steer_install", args=(self.setup,))
+            )
+            self.steered_ranks = len(hooked)  # one entry per worker: every TP/PP rank
         except BaseException:
             self.close()
             raise
@@ -164,8 +169,8 @@ class VLLMEngine:
 
     def stats(self) -> dict[str, Any]:
         with self._lock:
-            return {"engine": self.name, "active": self._active, "served": self._served,
-                    "max_pending": self.max_pending}  # fmt: skip
+            return {"engine": "vllm", "active": self._active, "served": self._served,
+                    "max_pending": self.max_pending, "steered_ranks": self.steered_ranks}  # fmt: skip
 
     def close(self) -> None:
         llm = getattr(self, "_llm", None)
@@ -222,11 +227,27 @@ class VLLMEngine:
             self._release(served=True)
 
     async def _failures(self, request_id: str) -> dict[str, Any] | None:
-        found = await self._llm.collective_rpc("hf_sae_steer_failures", args=([request_id],))
-        for per_worker in found:
-            if request_id in per_worker:
-                return per_worker[request_id]
-        return None
+        """This request's failure in the workers, if any. Requests that finish together share
+        one ``collective_rpc`` (it waits for the engine's next step), not one each."""
+        future = asyncio.get_running_loop().create_future()
+        self._asking[request_id] = future
+        if self._asker is None or self._asker.done():
+            self._asker = asyncio.ensure_future(self._ask_workers())
+        return await future
+
+    async def _ask_workers(self) -> None:
+        while self._asking:
+            asking, self._asking = self._asking, {}
+            try:
+                found = await self._llm.collective_rpc(
+                    "hf_sae_steer_failures", args=(list(asking),)
+                )
+            except Exception as error:  # the engine itself failed: every request in it did
+                found = [{i: {"status": 500, "message": str(error)} for i in asking}]
+            for request_id, future in asking.items():
+                hit = next((w[request_id] for w in found if request_id in w), None)
+                if not future.done():
+                    future.set_result(hit)
 
     def _release(self, served: bool = False) -> None:
         with self._lock:
