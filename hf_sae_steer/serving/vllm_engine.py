@@ -169,8 +169,10 @@ class VLLMEngine:
 
     def stats(self) -> dict[str, Any]:
         with self._lock:
-            return {"engine": "vllm", "active": self._active, "served": self._served,
-                    "max_pending": self.max_pending, "steered_ranks": self.steered_ranks}  # fmt: skip
+            return {
+                "engine": "vllm", "active": self._active, "served": self._served,
+                "max_pending": self.max_pending, "steered_ranks": self.steered_ranks,
+            }  # fmt: skip
 
     def close(self) -> None:
         llm = getattr(self, "_llm", None)
