@@ -219,3 +219,24 @@ def test_non_finite_scores_are_refused(openai_pair, bad):
 def test_bad_edit_mode():
     with pytest.raises(ValueError, match="Unknown edit mode"):
         LatentEdit(0, 1.0, "scale")  # type: ignore[arg-type]
+
+
+@pytest.mark.parametrize("norm", ["none", "layer_norm", "constant_norm_rescale"])
+@pytest.mark.parametrize("center", [False, True])
+def test_input_scale_is_the_scale_preprocessing_divides_by(norm, center):
+    """The constant-add fast path scales its vector per token by ``input_scale``, computed
+    without normalising ``x``: it must be the scale ``preprocess`` records."""
+    from hf_sae_steer.sae import build_sae
+
+    g = torch.Generator().manual_seed(0)
+    cfg = SAEConfig(d_in=16, d_sae=8, activation="relu", normalize_activations=norm,
+                    center_input=center)  # fmt: skip
+    sae = build_sae(cfg, {"W_enc": torch.randn(16, 8, generator=g), "b_enc": torch.zeros(8),
+                          "W_dec": torch.randn(8, 16, generator=g), "b_dec": torch.zeros(16)})
+    x = torch.randn(2, 5, 16, generator=g) * 3 + 7
+    _, info = sae.preprocess(x)
+    scale = sae.input_scale(x)
+    if info.scale is None:
+        assert scale is None
+    else:
+        torch.testing.assert_close(scale, info.scale, rtol=1e-5, atol=1e-6)

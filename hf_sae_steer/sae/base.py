@@ -130,6 +130,19 @@ class SAE(nn.Module):
             scale = 1.0 / factor
         return x, NormInfo(scale, shift)
 
+    def input_scale(self, x: Tensor) -> Tensor | None:
+        """The per-token scale :meth:`preprocess` divides ``x`` by (``None`` when it does not
+        scale), without normalising ``x``: what a change in the decoder's space is multiplied
+        by to be in the input's units."""
+        norm = self.cfg.normalize_activations
+        if norm == "layer_norm":  # centring changes no standard deviation
+            return x.std(dim=-1, keepdim=True)
+        if norm == "constant_norm_rescale":
+            if self.cfg.center_input:
+                x = x - x.mean(dim=-1, keepdim=True)
+            return x.norm(dim=-1, keepdim=True) / (self.d_in**0.5)
+        return None
+
     def postprocess(self, y: Tensor, info: NormInfo | None) -> Tensor:
         """Undo :meth:`preprocess` on a decoded ``y``."""
         if info is None:

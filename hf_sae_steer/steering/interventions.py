@@ -221,16 +221,22 @@ class Intervention:
         if self._placed != x.device:
             self.place(x.device)
         xf = x if x.dtype == torch.float32 else x.float()
-        if self.method == "vector":
-            x_new = xf + self._vector
-        elif self._constant:  # a constant change of latents: no encoder needed
-            _, info = self._sae.preprocess(xf)
-            x_new = xf + self._sae.scale_change(self._shift, info)
+        if self.method == "vector" or self._constant:
+            x_new = xf + self._constant_change(xf)  # no encoder; the strength scales a [d] vector
         else:
             x_new = self._through_sae(xf)
-        if self.strength != 1.0:
-            x_new = xf + self.strength * (x_new - xf)
+            if self.strength != 1.0:
+                x_new = xf + self.strength * (x_new - xf)
         return x_new if x_new.dtype == x.dtype else x_new.to(x.dtype)
+
+    def _constant_change(self, x: Tensor) -> Tensor:
+        """``strength`` times the constant change (``vector``; ``add``/``clamp`` keeping the
+        error, scaled per token by the SAE's preprocessing): a few cheap ops per token."""
+        if self.method == "vector":
+            return self._vector * self.strength
+        shift = self._shift * self.strength
+        scale = self._sae.input_scale(x)
+        return shift if scale is None else shift * scale
 
     def _through_sae(self, x: Tensor) -> Tensor:
         sae = self._sae
