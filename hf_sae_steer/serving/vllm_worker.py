@@ -48,6 +48,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
+import numpy as np
 import torch
 from torch import Tensor, nn
 from torch.utils.hooks import RemovableHandle
@@ -135,6 +136,7 @@ class WorkerSteering:
         for block, here in at_block.items():
             self._handles.append(blocks[block].register_forward_hook(self._edit_hook(here)))
         self._plan: dict[Site, list[_Group]] | None = None
+        self._layout: tuple[Any, list] | None = None
         self._requests: dict[str, tuple[str, tuple[SiteEdit, ...]] | None] = {}
         self._checks: list[tuple[_Group, Tensor]] = []
         self.failures: dict[str, dict[str, Any]] = {}
@@ -159,41 +161,59 @@ class WorkerSteering:
             self._fail_all(f"steering failed in the worker: {error}")
 
     def _make_plan(self, positions: Tensor | None) -> dict[Site, list[_Group]] | None:
+        if positions is None or positions.ndim != 1:
+            return None
         batch = self.runner.input_batch
         n = int(batch.num_reqs)
-        req_ids = list(batch.req_ids[:n])
-        steered = [(i, self._steering_of(rid)) for i, rid in enumerate(req_ids)]
-        steered = [(i, s) for i, s in steered if s is not None]
+        req_ids = tuple(batch.req_ids[:n])
+        starts = tuple(self.runner.query_start_loc.cpu[: n + 1].tolist())
+        key = (req_ids, starts, positions.shape[0])
+        if self._layout is None or self._layout[0] != key:  # decode steps repeat the layout
+            self._layout = (key, self._lay_out(req_ids, starts, positions))
+        layout = self._layout[1]
+        if not layout:
+            return None
+        plan: dict[Site, list[_Group]] = {}
+        for site, edits, index, bounds, whole, owners in layout:
+            generated = bounds  # unused unless an edit steers prompt or generated positions
+            if any(e.positions != "all" for e in edits):
+                generated = positions.index_select(0, index).long() >= bounds
+            plan.setdefault(site, []).append(_Group(edits, index, generated, whole, owners))
+        return plan
+
+    def _lay_out(self, req_ids: tuple[str, ...], starts: tuple[int, ...], positions: Tensor):
+        """Which rows of this batch each group of identically steered requests holds."""
         if len(self._requests) > 4 * max(len(self.runner.requests), 16):
             self._requests = {r: s for r, s in self._requests.items() if r in self.runner.requests}
-        if not steered or positions is None or positions.ndim != 1:
-            return None
-        starts = self.runner.query_start_loc.cpu[: n + 1].tolist()
-        total = positions.shape[0]
-        device = positions.device
+        total, device = positions.shape[0], positions.device
         by_site: dict[Site, dict[tuple[SiteEdit, ...], list[tuple[int, int, int, str]]]] = {}
-        for i, (owner, edits) in steered:
-            prompt = int(self.runner.requests[req_ids[i]].num_prompt_tokens)
+        for i, req_id in enumerate(req_ids):
+            found = self._steering_of(req_id)
+            if found is None or starts[i + 1] == starts[i]:
+                continue
+            owner, edits = found
+            prompt = int(self.runner.requests[req_id].num_prompt_tokens)
             sites: dict[Site, list[SiteEdit]] = {}
             for edit in edits:
                 sites.setdefault(edit.site, []).append(edit)
             for site, at_site in sites.items():
                 rows = by_site.setdefault(site, {}).setdefault(tuple(at_site), [])
                 rows.append((starts[i], starts[i + 1], prompt, owner))
-        plan: dict[Site, list[_Group]] = {}
+        layout = []
         for site, groups in by_site.items():
             for edits, spans in groups.items():
-                index = torch.cat([torch.arange(a, b) for a, b, _, _ in spans]).to(device)
-                bounds = torch.cat(
-                    [torch.full((b - a,), p, dtype=torch.long) for a, b, p, _ in spans]
-                ).to(device)
-                generated = positions.index_select(0, index).long() >= bounds
-                whole = index.numel() == total and len(spans) == 1 and spans[0][0] == 0
-                whole = whole or (index.numel() == total and bool(
-                    (index == torch.arange(total, device=device)).all()))  # fmt: skip
+                lengths = np.array([b - a for a, b, _, _ in spans])
+                first = np.array([a for a, _, _, _ in spans])
+                offsets = np.repeat(first - np.cumsum(lengths) + lengths, lengths)
+                rows = offsets + np.arange(int(lengths.sum()))
+                bounds = np.repeat(np.array([p for _, _, p, _ in spans]), lengths)
+                whole = rows.size == total and bool((rows == np.arange(total)).all())
                 owners = tuple(dict.fromkeys(o for *_, o in spans))
-                plan.setdefault(site, []).append(_Group(edits, index, generated, whole, owners))
-        return plan
+                layout.append((
+                    site, edits, torch.from_numpy(rows).to(device),
+                    torch.from_numpy(bounds).to(device), whole, owners,
+                ))  # fmt: skip
+        return layout
 
     def _steering_of(self, req_id: str) -> tuple[str, tuple[SiteEdit, ...]] | None:
         """A request's steering id and edits, resolved once per request (None: unsteered)."""
