@@ -22,7 +22,7 @@ import torch
 from hf_sae_steer.serving.vllm_engine import vllm_available
 
 _MISSING = vllm_available()
-pytestmark = pytest.mark.skipif(_MISSING is not None, reason=str(_MISSING))
+needs_vllm = pytest.mark.skipif(_MISSING is not None, reason=str(_MISSING))
 
 os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", "1")
 os.environ.setdefault("VLLM_CPU_NUM_OF_RESERVED_CPU", "0")
@@ -30,6 +30,49 @@ os.environ.setdefault("VLLM_CPU_NUM_OF_RESERVED_CPU", "0")
 DEMO = Path(__file__).resolve().parents[1] / "storage" / "demo"
 NEW = 10
 ENGINE_ARGS = {"dtype": "float32", "max_model_len": 128, "block_size": 32, "max_num_seqs": 16}
+
+
+# -- without vLLM: what is refused, in one line --------------------------------------------
+def test_sites_the_vllm_engine_cannot_steer_are_refused_at_start_up():
+    from hf_sae_steer.serving.vllm_worker import check_sites
+    from hf_sae_steer.sites.names import Site
+
+    check_sites([Site(2, "resid_post"), Site(1, "resid_pre"), Site(0, "resid_post")])
+    for site in (Site(0, "resid_pre"), Site(1, "mlp_out"), Site(1, "attn_out"),
+                 Site(1, "resid_mid")):  # fmt: skip
+        with pytest.raises(ValueError, match=f"not {site.hook_name}; serve this concept with"):
+            check_sites([site])
+
+
+@pytest.mark.skipif(_MISSING is None, reason="vllm is installed: the engine would start")
+def test_serve_engine_vllm_without_vllm_is_one_line_exit_2(capsys):
+    from hf_sae_steer.cli.main import main
+
+    pytest.importorskip("fastapi", reason="hf-sae-steer serve needs the [serve] extra")
+    code = main(["serve", "--engine", "vllm", "--quiet"])
+    err = capsys.readouterr().err
+    assert code == 2 and "vllm is not importable" in err and "setup_vllm_env.sh" in err
+    assert len(err.strip().splitlines()) == 1
+
+
+def test_tensor_parallel_size_needs_the_vllm_engine(capsys):
+    from hf_sae_steer.cli.main import main
+
+    pytest.importorskip("fastapi", reason="hf-sae-steer serve needs the [serve] extra")
+    code = main(["serve", "--tensor-parallel-size", "2", "--quiet"])
+    err = capsys.readouterr().err
+    assert code == 2 and "--tensor-parallel-size needs --engine vllm" in err
+
+
+def test_the_engine_refuses_compiled_mode():
+    """Under torch.compile vLLM never calls the hooks: asking for it is refused before
+    anything loads (checked first, so this runs without vLLM too)."""
+    from hf_sae_steer.serving.vllm_engine import VLLMEngine
+
+    with pytest.raises(ValueError, match="runs eagerly"):
+        VLLMEngine({"model": str(DEMO / "model")}, enforce_eager=False)
+    with pytest.raises(ValueError, match="runs eagerly"):
+        VLLMEngine({"model": str(DEMO / "model")}, compilation_config={"mode": 3})
 
 
 # -- helpers -----------------------------------------------------------------------------
@@ -173,6 +216,7 @@ def demo_model():
     return AutoModelForCausalLM.from_pretrained(DEMO / "model", dtype=torch.float32).eval()
 
 
+@needs_vllm
 class TestDemo:
     def test_every_method_and_positions_alone_and_mixed(self, demo_engine, demo_model):
         tok = demo_engine.tokenizer
@@ -253,6 +297,7 @@ def demo_http(demo_engine):
     thread.join(timeout=20)
 
 
+@needs_vllm
 class TestDemoOverHTTP:
     """The official openai client against ``hf-sae-steer serve --engine vllm``'s app."""
 
@@ -320,6 +365,7 @@ class TestDemoOverHTTP:
         assert good.status_code == 200 and good.json()["choices"][0]["text"]
 
 
+@needs_vllm
 @pytest.mark.skipif((os.cpu_count() or 1) < 2, reason="tensor parallelism needs 2 CPU cores")
 def test_tensor_parallel_ranks_each_hook_and_steer_identically(demo_model, monkeypatch):
     """Two tensor-parallel workers (one core each): both are hooked, and every case in one
@@ -376,6 +422,7 @@ def llama_files(tmp_path_factory, tokenizer):
     return root
 
 
+@needs_vllm
 class TestLlama:
     @pytest.fixture(scope="class")
     def engine(self, llama_files):

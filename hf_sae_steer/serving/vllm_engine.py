@@ -102,9 +102,6 @@ class VLLMEngine:
         name: str | None = None,
         **engine_args: Any,
     ) -> None:
-        missing = vllm_available()
-        if missing:
-            raise ImportError(missing)
         if engine_args.pop("enforce_eager", True) is not True:
             raise ValueError(
                 "The vLLM engine runs eagerly: under torch.compile / CUDA graphs vLLM does not "
@@ -112,6 +109,9 @@ class VLLMEngine:
             )
         if engine_args.get("compilation_config") not in (None, 0):
             raise ValueError("The vLLM engine runs eagerly; drop compilation_config.")
+        missing = vllm_available()
+        if missing:
+            raise ImportError(missing)
         self.setup = setup_json(setup)
         self.name = name or self.setup["model"]
         self.library = library if library is not None else build_library(self.setup)
