@@ -67,8 +67,11 @@ def vllm_engine(setup: ServeSetup) -> tuple[VLLMEngine, ConceptLibrary]:
     factory. ``--max-batch`` is vLLM's ``max_num_seqs``, ``--max-batch`` + ``--max-waiting``
     the requests admitted at once, ``--max-context`` its ``max_model_len``, ``--dtype`` its
     dtype; ``setup.options`` go to vLLM as engine arguments (``tensor_parallel_size``, ...)."""
-    if setup.device not in (None, "cpu", "cuda") and not str(setup.device).startswith("cuda"):
-        raise ValueError(f"The vLLM engine places the model itself; drop --device {setup.device}.")
+    if setup.device not in (None, "cpu", "cuda"):
+        raise ValueError(
+            f"The vLLM engine places the model itself (CUDA_VISIBLE_DEVICES picks its GPUs); "
+            f"drop --device {setup.device}."
+        )
     engine = VLLMEngine(
         {"model": setup.model, "saes": setup.saes, "concepts": setup.concepts},
         name=setup.served_name, dtype=setup.dtype or "auto", max_model_len=setup.max_context,
