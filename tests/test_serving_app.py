@@ -271,6 +271,7 @@ def test_memory_stays_steady_across_1000_requests(server):
     before = psutil.Process(proc.pid).memory_info().rss
     assert set(run(bodies[200:])) == {200}
     grown = psutil.Process(proc.pid).memory_info().rss - before
+    print(f"server RSS {before / 1e6:.1f} MB, +{grown / 1e6:.1f} MB over 1,000 requests")
     assert grown < 25e6, f"RSS grew by {grown / 1e6:.1f} MB over 1,000 requests"
     stats = httpx.get(f"{url}/health").json()
     assert stats["running"] == 0 and stats["waiting"] == 0
