@@ -88,10 +88,18 @@ async def one_level(url: str, model: str, steering, clients: int, n: int, tokens
 
 
 def _cpu(process: psutil.Process | None) -> float:
+    """CPU seconds of the server and its child processes (vLLM runs its engine core and
+    workers in children)."""
     if process is None:
         return 0.0
-    times = process.cpu_times()
-    return times.user + times.system
+    total = 0.0
+    for proc in [process, *process.children(recursive=True)]:
+        try:
+            times = proc.cpu_times()
+        except psutil.Error:  # a child that just exited
+            continue
+        total += times.user + times.system
+    return total
 
 
 def measure(args: argparse.Namespace, url: str, model: str, pid: int | None) -> list[dict]:

@@ -435,6 +435,7 @@ def cmd_serve(args: argparse.Namespace) -> None:
         demo=None if args.model else find_assets(args.assets),
         served_name=args.served_model_name, device=args.device, dtype=args.dtype,
         max_batch=args.max_batch, max_waiting=args.max_waiting, max_context=args.max_context,
+        options=_engine_options(args),
     )  # fmt: skip
     engine, library = server.start_engine(args.engine, setup)
     names = ", ".join(library.concepts) or "none"
@@ -449,6 +450,14 @@ def cmd_serve(args: argparse.Namespace) -> None:
         limits=ServeLimits(max_prompt_chars=args.max_prompt_chars),
         served_names=(setup.served_name,), on_ready=ready,
     )  # fmt: skip
+
+
+def _engine_options(args: argparse.Namespace) -> dict[str, Any]:
+    if args.tensor_parallel_size == 1:
+        return {}
+    if args.engine != "vllm":
+        raise ValueError("--tensor-parallel-size needs --engine vllm.")
+    return {"tensor_parallel_size": args.tensor_parallel_size}
 
 
 COMMANDS = {

@@ -265,6 +265,10 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--max-context", type=positive_int, help="cap the model's context (tokens)")
     p.add_argument(
+        "--tensor-parallel-size", type=positive_int, default=1,
+        help="--engine vllm: GPUs the model is split across (default 1)",
+    )  # fmt: skip
+    p.add_argument(
         "--max-prompt-chars", type=positive_int, default=32_000,
         help="longest prompt in characters, checked before tokenizing (default 32000)",
     )  # fmt: skip

@@ -22,6 +22,7 @@ from hf_sae_steer.serving.prepare import ServeLimits
 
 ENGINES: dict[str, str] = {
     "transformers": "hf_sae_steer.serving.server:transformers_engine",
+    "vllm": "hf_sae_steer.serving.vllm_engine:vllm_engine",
 }
 DEMO_NAME = "hf-sae-steer-demo"
 
