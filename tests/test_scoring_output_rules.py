@@ -63,7 +63,7 @@ def plain_margin(model, tok, sae, texts_a, texts_r, row: torch.Tensor | None, ep
     def mean_logp(texts):
         total = 0.0
         for text in texts:
-            ids = tok(text)["input_ids"][:64]
+            ids = tok(text)["input_ids"][:24]  # the margin reads the first 24 tokens (§6)
             with torch.no_grad():
                 logits = model(torch.tensor([ids])).logits[0].double()
             logp = torch.log_softmax(logits[:-1], -1)
