@@ -108,7 +108,7 @@ def fit(
     >>> scores.recommended, scores.report()
 
     ``rule`` picks the selection rule (:mod:`~hf_sae_steer.scoring.selection`): ``"mean_diff"``
-    (``k`` latents fitted to the mean difference, 5 by default), ``"output"`` (the same over
+    (``k`` latents fitted to the mean difference, 10 by default), ``"output"`` (the same over
     the rows that raise the topic's likelihood), ``"trained"`` (weights fitted by gradient on
     the output; ``rule_options`` such as ``objective``, ``steps``, ``l1``), ``"support"``
     (``prior_prompts``, 5 by default) or ``"seed"``, the reference rule exactly. The artifact
