@@ -102,6 +102,12 @@ def default_steers(run: dict[str, Any]) -> bool:
     return bool(row) and steers(row) and row.get("perplexity_ratio", math.inf) <= 2.0
 
 
+def _mean(values: list[float]) -> float:
+    """The mean of the defined values; NaN when there are none."""
+    kept = [v for v in values if not math.isnan(v)]
+    return float(np.mean(kept)) if kept else math.nan
+
+
 def summary_table(runs: list[dict[str, Any]]) -> list[str]:
     """Per condition: topics where it steers at ≤ 2×, its standing against CAA at 1.5× on
     P(topic), and its mean matched gains."""
@@ -119,8 +125,8 @@ def summary_table(runs: list[dict[str, Any]]) -> list[str]:
             count = "(the comparison)"
         elif stand.count("n/a"):
             count += f" ({stand.count('n/a')} n/a)"
-        means = [np.nanmean([matched(r, label, MAIN_TARGET, m).get("gain", math.nan) for r in runs])
-                 if runs else math.nan for m in ("p_topic", "relevance_centroid")]  # fmt: skip
+        means = [_mean([matched(r, label, MAIN_TARGET, m).get("gain", math.nan) for r in runs])
+                 for m in ("p_topic", "relevance_centroid")]  # fmt: skip
         steer = sum(steers_at(r, label) for r in runs)
         lines.append(f"| {label} | {steer} / {n} | {count} | {_fmt(means[0])} | {_fmt(means[1])} |")
     return lines
@@ -182,6 +188,7 @@ def plot(runs: list[dict[str, Any]], path: Path) -> Path | None:
 
         matplotlib.use("Agg")
         import matplotlib.pyplot as plt
+        from matplotlib import ticker
     except ImportError:
         return None
     cols = 4
@@ -198,6 +205,8 @@ def plot(runs: list[dict[str, Any]], path: Path) -> Path | None:
         if row:
             ax.plot([row["perplexity_ratio"]], [row["p_topic_delta"]], "k*", ms=10, label="default")
         ax.set_xscale("log")
+        ax.xaxis.set_major_formatter(ticker.FuncFormatter(lambda v, _: f"{v:g}×"))
+        ax.xaxis.set_minor_formatter(ticker.NullFormatter())
         ax.axvline(2.0, color="grey", lw=0.5, ls=":")
         ax.axhline(0.0, color="grey", lw=0.5)
         ax.set_title(f"{run['topic']} ({run['split']})", fontsize=9)
