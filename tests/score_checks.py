@@ -19,6 +19,7 @@ def fit_tiny(setup: tuple, reference: Any = None, sae: Any = None, **kw: Any) ->
     """``FeatureScores.fit`` on the tiny model with the letters embedder (reference rule)."""
     model, tok, default_sae = setup
     kw.setdefault("rule", "seed")
+    kw.setdefault("calibrate_strength", False)  # these check sums and scores, not strengths
     kw.setdefault("alignment", ALIGNMENT)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # a random SAE reconstructs badly: the FVU warning

@@ -29,6 +29,7 @@ UP_ARROW = "\x1b[A"
 
 def spawn(tmp_path: Path, *args: str):
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false",
+           "OMP_NUM_THREADS": "1",
            "TERM": "xterm"}  # fmt: skip
     command = [
         "-m", "hf_sae_steer", "chat", "--quiet", "--max-new-tokens", str(TOKENS), *args,

@@ -65,7 +65,8 @@ def server(tmp_path_factory) -> Iterator[str]:
     """``hf-sae-steer app`` on a free loopback port; stopped (Ctrl-C, then killed) at the end."""
     port = _free_port()
     log = tmp_path_factory.mktemp("app") / "server.log"
-    env = {**os.environ, "HF_HUB_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false"}
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false",
+           "OMP_NUM_THREADS": "1"}
     command = [sys.executable, "-m", "hf_sae_steer", "app", "--port", str(port), "--quiet",
                "--max-new-tokens", str(TOKENS)]  # fmt: skip
     with log.open("w") as out:

@@ -19,6 +19,7 @@ from torch import nn
 
 from hf_sae_steer.models import context_length
 from hf_sae_steer.sae.base import SAE
+from hf_sae_steer.steering.live import live_steerings
 
 # What the library calibrates against: generic sentence openings about nothing in particular
 # (the demo's tuning prompts; the benchmark reports on other prompts).
@@ -131,6 +132,8 @@ def calibrate(
     rec = scores.recommended
     if rec is None or rec.get("norm_fraction") is None:
         raise ValueError("Only an artifact whose recommended steering is additive is calibrated.")
+    if live_steerings(model):  # one steering at a time: measuring needs the model to ourselves
+        raise ValueError("the model is steered now; remove its SteeredModel to calibrate")
     key = "mean_norm_raw" if rec["method"] == "vector" else "mean_norm"
     mean_norm = float(scores.calibration[key])
     with torch.inference_mode():
