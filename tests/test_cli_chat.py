@@ -21,6 +21,13 @@ from hf_sae_steer.steering.steered import SteeredModel
 pexpect = pytest.importorskip("pexpect", reason="pexpect drives the terminal: pip install pexpect")
 
 DEMO = Path(__file__).resolve().parents[1] / "storage" / "demo"
+
+
+def demo_strength() -> str:
+    """The demo artifact's recommended strength as the playground prints it."""
+    from hf_sae_steer.scoring.record import load_scores
+
+    return f"{load_scores(DEMO / 'scores').recommended['strength']:.3g}"
 PROMPT = "The children went"
 TOKENS = 8
 WAIT = 90  # seconds: a bound on every wait, never a speed claim
@@ -66,7 +73,7 @@ def test_chat_in_a_terminal(tmp_path):
     base, steered = expected_texts(PROMPT)
     child, banner = spawn(tmp_path)
     try:
-        assert "steering: add (the scores' recommendation) at strength 4.05" in banner
+        assert f"steering: add (the scores' recommendation) at strength {demo_strength()}" in banner
         type_line(child, PROMPT)
         child.expect(turn_line("base", base))
         child.expect(turn_line("steered", steered))

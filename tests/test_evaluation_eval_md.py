@@ -30,9 +30,11 @@ def test_eval_md_on_the_demo_at_small_size(tmp_path):
             ),
         }  # fmt: skip
     prompts = (DEMO / "eval_prompts.txt").read_text().splitlines()[:4]
+    # the recommended (calibrated) point is on the curves, as scripts/run_demo_eval.py puts it
+    conditions = demo_conditions(scores["default"].recommended["norm_fraction"])
     result = evaluate(
         model, tokenizer, sae, scores, prompts, DEMO / "alignment.txt",
-        reference=DEMO / "reference.txt", conditions=demo_conditions(), samples=1,
+        reference=DEMO / "reference.txt", conditions=conditions, samples=1,
         max_new_tokens=6, progress=False, n_boot=200,
     )  # fmt: skip
     report = write_eval_md(result, scores, demo=DEMO, command="test", seconds=1.0, threads=1)
@@ -49,7 +51,7 @@ def test_eval_md_on_the_demo_at_small_size(tmp_path):
     result.plot(tmp_path / "eval_plot.png")
     assert (tmp_path / "eval_plot.png").stat().st_size > 0
     with (tmp_path / "eval_table.csv").open() as f:
-        assert len(list(csv.DictReader(f))) == sum(len(c.points()) for c in demo_conditions())
+        assert len(list(csv.DictReader(f))) == sum(len(c.points()) for c in conditions)
 
 
 def test_at_ratio_interpolates_in_log_perplexity():
