@@ -11,10 +11,9 @@ from typing import Any
 
 import torch
 
-from hf_sae_steer.cli.chat import run_chat
-from hf_sae_steer.cli.demo import find_assets, run_demo
-from hf_sae_steer.cli.playground import Playground
-from hf_sae_steer.cli.settings import MAX_SEED, Settings, parse_method
+from hf_sae_steer.cli.demo import run_demo
+from hf_sae_steer.cli.interactive import cmd_app, cmd_chat, cmd_serve
+from hf_sae_steer.cli.settings import MAX_SEED
 from hf_sae_steer.distributed import current_world, launched_size, process_device, shutdown
 from hf_sae_steer.evaluation.conditions import BASELINES, CONTROLS
 from hf_sae_steer.evaluation.result import EVAL_FILES, is_evaluation
@@ -365,99 +364,6 @@ def cmd_eval(args: argparse.Namespace) -> dict[str, Any]:
         print(result.to_markdown())
         print(f"\nWrote {', '.join(str(path) for path in files.values())}")
     return {"files": {name: str(path) for name, path in files.items()}, "rows": result.rows}
-
-
-def _playground(args: argparse.Namespace) -> Playground:
-    settings = Settings(
-        method=parse_method(args.method),
-        strength=args.strength,
-        positions=args.positions,
-        preserve_error=args.preserve_error,
-        max_new_tokens=args.max_new_tokens,
-        do_sample=args.sample,
-        temperature=args.temperature,
-        top_k=args.top_k,
-        top_p=args.top_p,
-        seed=args.seed,
-    )
-    return Playground.load(
-        assets=args.assets,
-        model=args.model,
-        sae=args.sae,
-        scores=args.scores,
-        compare_model=args.compare_model,
-        latent_prompts=args.latent_prompts,
-        reference=args.reference,
-        device=args.device,
-        dtype=args.dtype,
-        layer=args.layer,
-        site=args.site,
-        clamp_value=args.clamp_value,
-        settings=settings,
-    )
-
-
-def cmd_chat(args: argparse.Namespace) -> None:
-    run_chat(_playground(args), debug=args.debug)
-
-
-def cmd_app(args: argparse.Namespace) -> None:
-    try:  # before loading the model: without Gradio there is nothing to serve
-        from hf_sae_steer.cli import webapp
-    except ImportError as error:
-        if (error.name or "gradio").split(".")[0] != "gradio":
-            raise
-        raise ImportError(
-            "The web app needs Gradio, which is not installed: pip install 'hf_sae_steer[app]'"
-        ) from error
-    webapp.check_address(args.host, args.port)
-    webapp.serve(_playground(args), host=args.host, port=args.port, share=args.share)
-
-
-def cmd_serve(args: argparse.Namespace) -> None:
-    try:  # before loading the model: without FastAPI and uvicorn there is nothing to serve
-        from hf_sae_steer.serving import server
-        from hf_sae_steer.serving.concepts import concepts_in, parse_concept_args
-        from hf_sae_steer.serving.prepare import ServeLimits
-    except ImportError as error:
-        if (error.name or "").split(".")[0] not in ("fastapi", "uvicorn", "starlette"):
-            raise
-        raise ImportError(
-            f"hf-sae-steer serve needs {error.name}: pip install 'hf_sae_steer[serve]'"
-        ) from error
-    concepts = concepts_in(args.concepts_dir) if args.concepts_dir else {}
-    for name, source in parse_concept_args(args.concept).items():
-        if name in concepts:
-            raise ValueError(f"Concept {name!r} is in --concepts-dir and given by --concept.")
-        concepts[name] = source
-    setup = server.setup_from(
-        model=args.model, saes=args.sae, concepts=concepts,
-        demo=None if args.model else find_assets(args.assets),
-        served_name=args.served_model_name, device=args.device, dtype=args.dtype,
-        max_batch=args.max_batch, max_waiting=args.max_waiting, max_context=args.max_context,
-        options=_engine_options(args),
-    )  # fmt: skip
-    engine, library = server.start_engine(args.engine, setup)
-    names = ", ".join(library.concepts) or "none"
-
-    def ready(url: str) -> None:
-        if not args.quiet:
-            print(f"hf-sae-steer serve: {setup.served_name} on {url} (engine {args.engine}; "
-                  f"concepts: {names})", flush=True)  # fmt: skip
-
-    server.serve(
-        engine, library, host=args.host, port=args.port,
-        limits=ServeLimits(max_prompt_chars=args.max_prompt_chars),
-        served_names=(setup.served_name,), on_ready=ready,
-    )  # fmt: skip
-
-
-def _engine_options(args: argparse.Namespace) -> dict[str, Any]:
-    if args.tensor_parallel_size == 1:
-        return {}
-    if args.engine != "vllm":
-        raise ValueError("--tensor-parallel-size needs --engine vllm.")
-    return {"tensor_parallel_size": args.tensor_parallel_size}
 
 
 COMMANDS = {
