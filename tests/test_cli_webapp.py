@@ -369,11 +369,11 @@ def test_space_entry_builds_the_same_app():
 
 
 def test_app_refuses_a_bad_host_or_a_busy_port_in_one_line(capsys, monkeypatch):
-    from hf_sae_steer.cli import commands
+    from hf_sae_steer.cli import interactive
     from hf_sae_steer.cli.main import main
 
     loads = []
-    monkeypatch.setattr(commands, "_playground", lambda args: loads.append(1))
+    monkeypatch.setattr(interactive, "_playground", lambda args: loads.append(1))
     code = main(["app", "--host", "192.0.2.1", "--quiet"])  # TEST-NET: nobody's address
     err = capsys.readouterr().err
     assert code == 2 and len(err.strip().splitlines()) == 1, err
