@@ -17,17 +17,12 @@ import torch
 from torch import Tensor
 
 from hf_sae_steer.sae.base import SAE, SparseCode
+from hf_sae_steer.steering.names import MAX_NORM_FRACTION
 
 # The recommended norm fraction: the largest of 1/8, 1/4, 1/2, 1 at which the demo's `add`
 # steering kept the upper 95% bound of its perplexity ratio to the unsteered model under 2x, on
 # the tuning prompts (never the evaluation's): scripts/tune_norm_fraction.py, tuning.json.
 NORM_FRACTION = 0.5
-# Strength is a multiple of what the method does: beyond this, nothing meaningful is left (and
-# float16/bfloat16 overflow long before). Steering refuses more; fitting never recommends more.
-MAX_STRENGTH = 1000.0
-# An added vector ten times a hidden state's size leaves nothing of the state to steer.
-MAX_NORM_FRACTION = 10.0
-ADDITIVE = ("add", "clamp", "vector")
 REFERENCE_CLAMP_VALUE = 10.0
 
 

@@ -36,12 +36,7 @@ from hf_sae_steer.models import (
 )
 from hf_sae_steer.sae.base import SAE
 from hf_sae_steer.scoring.accumulation import CHUNK, Checkpointing, ScoringWalk
-from hf_sae_steer.scoring.calibration import (
-    MAX_STRENGTH,
-    NORM_FRACTION,
-    check_norm_fraction,
-    recommend,
-)
+from hf_sae_steer.scoring.calibration import NORM_FRACTION, check_norm_fraction, recommend
 from hf_sae_steer.scoring.embedders import DEFAULT_EMBEDDER, Embedder, load_embedder
 from hf_sae_steer.scoring.objective import TopicMargin
 from hf_sae_steer.scoring.passes import (
@@ -67,6 +62,7 @@ from hf_sae_steer.scoring.uncertainty import build_report
 from hf_sae_steer.sites.layouts import find_layout
 from hf_sae_steer.sites.resolve import resolve_site
 from hf_sae_steer.steering.live import steering_suspended
+from hf_sae_steer.steering.names import MAX_STRENGTH
 
 
 def fit(

@@ -33,12 +33,14 @@ import torch
 from torch import Tensor
 
 from hf_sae_steer.sae.base import SAE, Code, SparseCode
-from hf_sae_steer.scoring.calibration import MAX_STRENGTH, clamp_values
+from hf_sae_steer.scoring.calibration import clamp_values
+from hf_sae_steer.steering.names import (
+    MAX_STRENGTH,
+    METHODS,
+    NEEDS_SCORES,
+    Method,
+)
 
-Method = Literal["orig", "sae", "clamp", "weight", "swap", "add", "vector"]
-METHODS: tuple[Method, ...] = get_args(Method)
-REFERENCE_METHODS: tuple[Method, ...] = ("orig", "sae", "clamp", "weight", "swap")
-NEEDS_SCORES: tuple[Method, ...] = ("clamp", "weight", "swap")
 EditMode = Literal["pin", "add", "multiply"]
 EDIT_MODES: tuple[EditMode, ...] = get_args(EditMode)
 # Methods whose new code is the plain activation act(pre); clamp and add put a constant on top.

@@ -18,7 +18,7 @@ from __future__ import annotations
 import contextlib
 import threading
 from collections.abc import Callable, Iterator
-from typing import Any, Literal, get_args
+from typing import Any
 
 import torch
 from torch import Tensor, nn
@@ -26,9 +26,7 @@ from torch.utils.hooks import RemovableHandle
 
 from hf_sae_steer.sites.hooks import register
 from hf_sae_steer.steering.continuation import Spans
-
-Positions = Literal["all", "prompt", "generated"]
-POSITIONS: tuple[Positions, ...] = get_args(Positions)
+from hf_sae_steer.steering.names import POSITIONS, Positions
 
 
 def _past_length(args: tuple, kwargs: dict) -> int:

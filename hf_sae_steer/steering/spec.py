@@ -20,7 +20,7 @@ from hf_sae_steer.sites.layouts import ModelLayout
 from hf_sae_steer.sites.names import Site, SiteKind
 from hf_sae_steer.sites.resolve import resolve_site
 from hf_sae_steer.steering.interventions import Intervention, LatentEdit, Method
-from hf_sae_steer.steering.positions import POSITIONS, Positions
+from hf_sae_steer.steering.names import DIRECTIONS, POSITIONS, Direction, Positions
 
 Scores = FeatureScores | Tensor | str | Path
 # Latents to add, with their weights: {latent: weight}, (latents, weights), or a SparseCode.
@@ -60,6 +60,7 @@ class SteeringSpec:
     latents: LatentsLike | None = None
     vector: Tensor | None = None
     allow_score_mismatch: bool = False
+    direction: Direction = "toward"
 
 
 SpecLike = SteeringSpec | Mapping[str, Any] | Sequence[Any]
@@ -104,6 +105,12 @@ def resolve_spec(
         raise ValueError(
             f"Unknown positions {spec.positions!r}; use one of {', '.join(POSITIONS)}."
         )
+    if spec.direction not in DIRECTIONS:
+        raise ValueError(
+            f"Unknown direction {spec.direction!r}; use one of {', '.join(DIRECTIONS)}."
+        )
+    if spec.direction == "away":
+        raise ValueError("direction='away' is not implemented yet.")  # placeholder (issue 21)
     method, strength, preserve_error = _choose(spec, artifact)
     latents = _as_latents(spec.latents) if spec.latents is not None else None
     if latents is None and artifact is not None and artifact.latent_weights() is not None:
