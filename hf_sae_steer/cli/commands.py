@@ -4,6 +4,7 @@ the result; no logic of its own."""
 from __future__ import annotations
 
 import argparse
+import math
 import os
 import warnings
 from pathlib import Path
@@ -194,12 +195,24 @@ def cmd_score(args: argparse.Namespace) -> dict[str, Any]:
         steer = f"{rec['method']} at strength {rec['strength']:.3g}" if rec else "none"
         print(f"Wrote {path} (rule {scores.rule}; recommended steering: {steer})")
         print(scores.report())
+        print(_fit_time(scores.options))
     return {
         "path": str(path),
         "rule": scores.rule,
         "recommended": scores.recommended and scores.recommended.to_json(),
         "report": scores.report().to_dict(),
+        **{key: scores.options[key] for key in ("fit_seconds", "calibration_seconds",
+                                                "calibration_tokens") if key in scores.options},
     }
+
+
+def _fit_time(options: dict[str, Any]) -> str:
+    """How long the fit took, and its calibration (both as this process measured them)."""
+    line = f"Fitted in {options.get('fit_seconds', math.nan):.1f} s"
+    if "calibration_seconds" in options:
+        line += (f", of which calibrating the strength {options['calibration_seconds']:.1f} s "
+                 f"({options['calibration_tokens']:,} LM tokens)")  # fmt: skip
+    return line + "."
 
 
 def _check_checkpoint_place(checkpoint: Path, out: Path) -> None:

@@ -107,9 +107,12 @@ class Recommendation(_ReadsLikeADict):
 @dataclass(eq=False)
 class FluencyCalibration(_ReadsLikeADict):
     """A measured fluency curve (``docs/method.md`` §6): ``curve`` holds
-    ``{norm_fraction, strength, perplexity_ratio}`` per point; the chosen point is the largest
-    strength of ``method`` whose perplexity ratio stays under ``target_ratio`` on ``prompts``
-    neutral prompts."""
+    ``{norm_fraction, strength, perplexity_ratio}`` per measured point (and, in newer
+    artifacts, ``continuations``: the pairs averaged); the chosen point is the largest strength of
+    ``method`` whose perplexity ratio stays under ``target_ratio`` on ``prompts`` neutral
+    prompts. ``search`` says how the points were chosen (``"secant"`` or ``"grid"``) and
+    ``samples`` how many continuations per prompt a point has; both are ``None`` (and left out
+    of the JSON) for older artifacts, which measured the whole grid."""
 
     method: str
     target_ratio: float
@@ -117,11 +120,16 @@ class FluencyCalibration(_ReadsLikeADict):
     strength: float
     prompts: int
     curve: list[dict[str, Any]] = field(default_factory=list)
+    search: str | None = None
+    samples: int | None = None
     extra: dict[str, Any] = field(default_factory=dict)
 
     def to_json(self) -> dict[str, Any]:
         fields = {f.name: getattr(self, f.name) for f in dataclasses.fields(self)}
         fields.pop("extra")
+        for name in ("search", "samples"):  # absent from older artifacts: saved as they were
+            if fields[name] is None:
+                fields.pop(name)
         return {**fields, **self.extra}
 
     @classmethod

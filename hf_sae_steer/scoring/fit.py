@@ -26,7 +26,7 @@ from torch import nn
 from hf_sae_steer.data.embedders import DEFAULT_EMBEDDER, Embedder, load_embedder
 from hf_sae_steer.data.prompts import hash_prompts, load_prompts
 from hf_sae_steer.data.sources import open_prompts
-from hf_sae_steer.distributed import current_world
+from hf_sae_steer.distributed import World, all_gather_json, current_world
 from hf_sae_steer.models import (
     context_length,
     model_device,
@@ -37,7 +37,12 @@ from hf_sae_steer.models import (
 )
 from hf_sae_steer.sae.base import SAE
 from hf_sae_steer.scores import record
-from hf_sae_steer.scoring.calibration import CALIBRATION_PROMPTS, TARGET_RATIO, calibrate
+from hf_sae_steer.scoring.calibration import (
+    CALIBRATION_PROMPTS,
+    TARGET_RATIO,
+    CalibrationRun,
+    run_calibration,
+)
 from hf_sae_steer.scoring.checks import check_options, checkpointing
 from hf_sae_steer.scoring.from_sums import from_sums
 from hf_sae_steer.scoring.rules import DEFAULT_RULE, Rule, get_rule
@@ -121,7 +126,10 @@ def fit_scores(
     the fit and leaves the model as it was.
 
     Under ``torchrun`` or ``accelerate launch`` the processes share the prompts (prompt ``i``
-    to rank ``i mod world_size``) and add up their sums; every rank returns the same record.
+    to rank ``i mod world_size``) and add up their sums, and share the calibration's batches;
+    every rank returns the same record. ``options`` records ``fit_seconds``, and for a
+    calibrated fit ``calibration_seconds`` and ``calibration_tokens`` (the LM tokens it
+    generated and scored; per process in ``options["processes"]`` under a launcher).
     ``checkpoint`` (a file) receives the sums every ``checkpoint_every`` reference prompts
     (default 1,024) and at the end; ``resume=True`` continues from it and gives the same
     scores as an uninterrupted run. An existing checkpoint is never overwritten otherwise; one
@@ -212,9 +220,9 @@ def fit_scores(
                 if callable(progress):
                     progress("calibrate", 0, None)
                 try:
-                    fluency = calibrate(
+                    done_calibrating = run_calibration(
                         model, tokenizer, sae, record, target_ratio=target_ratio,
-                        prompts=calibration_prompts, seed=seed,
+                        prompts=calibration_prompts, seed=seed, world=world,
                     )  # fmt: skip
                 except ValueError as error:  # e.g. no room in a tiny context
                     warnings.warn(
@@ -223,12 +231,24 @@ def fit_scores(
                         stacklevel=2,
                     )
                 else:
+                    fluency = done_calibrating.fluency
                     record.calibration.fluency = fluency
                     record.recommended = record.recommended.calibrated_to(fluency)
+                    _record_calibration_cost(record.options, done_calibrating, world)
     finally:
         model.train(was_training)
     record.options["fit_seconds"] = time.perf_counter() - started
     return record
+
+
+def _record_calibration_cost(options: dict[str, Any], run: CalibrationRun, world: World) -> None:
+    """What the calibration cost: its seconds and LM tokens (all processes'), and under a
+    launcher each process's tokens beside its prompt counts."""
+    tokens = all_gather_json(run.tokens, world)
+    options["calibration_seconds"] = run.seconds
+    options["calibration_tokens"] = sum(tokens)
+    if "processes" in options:
+        options["processes"]["calibration_tokens"] = tokens
 
 
 def _reference_sample(reference: Any, n: int = 256) -> list[str]:
