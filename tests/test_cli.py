@@ -93,6 +93,12 @@ def test_score_writes_an_artifact_and_prints_the_report(capsys, tmp_path):
     assert code == 0, err
     assert (out_dir / "scores.safetensors").is_file() and (out_dir / "README.md").is_file()
     assert "coverage" in out.lower()
+    # the fit's time and the calibration's share of it, as the artifact records them
+    last = out.strip().splitlines()[-1]
+    assert last.startswith("Fitted in ") and "of which calibrating the strength" in last
+    options = json.loads((out_dir / "steering_config.json").read_text())["options"]
+    assert f"{options['calibration_seconds']:.1f} s" in last
+    assert f"({options['calibration_tokens']:,} LM tokens)" in last
 
 
 def test_score_bad_input(capsys, tmp_path):
