@@ -67,3 +67,24 @@ def test_it_refuses_more_steps_than_it_was_built_for():
         sampler(torch.zeros(1, 1, dtype=torch.long), torch.randn(1, 5))
     with pytest.raises(ValueError, match="temperature"):
         RowSeededSampler([1], steps=1, temperature=0)
+
+
+def test_scored_rows_keep_the_models_log_probabilities_of_their_tokens(gpt2, tokenizer):
+    ids = torch.tensor([tokenizer(text)["input_ids"][:3] for text in ("The river", "A doctor")])
+    steps = 5
+    sampler = RowSeededSampler([3, 4], steps=steps, scored_rows=[1])
+    hook = gpt2.register_forward_hook(sampler.observe)
+    try:
+        out = gpt2.generate(input_ids=ids, attention_mask=torch.ones_like(ids), do_sample=False,
+                            logits_processor=[sampler], max_new_tokens=steps,
+                            pad_token_id=0, eos_token_id=None)  # fmt: skip
+    finally:
+        hook.remove()
+    assert sampler.log_probs.shape == (1, steps)
+    # plainly: the whole sequence once, log-softmax at each chosen token
+    with torch.no_grad():
+        logp = torch.log_softmax(gpt2(out[1:]).logits[0].double(), -1)
+    width = ids.shape[1]
+    want = [float(logp[width - 1 + t, out[1, width + t]]) for t in range(steps)]
+    torch.testing.assert_close(sampler.log_probs[0], torch.tensor(want, dtype=torch.float64),
+                               rtol=0, atol=1e-5)  # fmt: skip

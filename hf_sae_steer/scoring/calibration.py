@@ -61,7 +61,7 @@ def fluency_curve(
     samples: int = 2,
     max_new_tokens: int = 24,
     seed: int = 0,
-    batch_size: int = 48,
+    batch_size: int = 96,
     world: World | None = None,
 ) -> list[dict[str, float]]:
     """``[{norm_fraction, strength, perplexity_ratio, continuations}]``: the paired
@@ -137,7 +137,7 @@ def run_calibration(
     seed: int = 0,
     samples: int = 2,
     max_new_tokens: int = 24,
-    batch_size: int = 48,
+    batch_size: int = 96,
     search: bool = True,
     world: World | None = None,
 ) -> CalibrationRun:

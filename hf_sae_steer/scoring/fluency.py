@@ -10,8 +10,9 @@ search that asks for a few points at a time:
   keyed by ``(seed, p, j)``), the same at every strength and in any batch, so a point measured
   with fewer samples is the start of the same point with more, and the pairs share their noise;
 - rows of several strengths (and unsteered ones) run in one batched ``generate``, each row with
-  its own strength (:class:`~hf_sae_steer.steering.batched.BatchedSteering`), and each batch's
-  perplexity right after it, in one pass;
+  its own strength (:class:`~hf_sae_steer.steering.batched.BatchedSteering`); an unsteered row
+  is scored while it is generated (the model's own log-probabilities of the tokens it chose),
+  the steered rows of a batch right after it, in one pass of the unsteered model;
 - under ``torchrun`` / ``accelerate launch`` every process lays out the same batches (their rows
   do not depend on the number of processes) and runs those it is dealt, the least loaded taking
   the next; the perplexities are gathered, so every process holds what one process would, to
@@ -40,6 +41,7 @@ from hf_sae_steer.steering.spec import SteeringSpec, resolve_spec
 from hf_sae_steer.steering.strength import strength_for
 
 MIN_NEW_TOKENS = 4
+PPL_BATCH = 48  # rows per perplexity pass (a generate batch may be larger: its logits are not)
 BASE = None  # the point of the unsteered rows
 
 Row = tuple[float | None, int, int]  # (norm fraction or BASE, prompt, sample)
@@ -80,7 +82,7 @@ class FluencyProbe:
         top_k: int = 50,
         temperature: float = 1.0,
         seed: int = 0,
-        batch_size: int = 48,
+        batch_size: int = 96,
         world: World | None = None,
     ) -> None:
         self.model, self.tokenizer, self.world = model, tokenizer, world or World()
@@ -160,8 +162,10 @@ class FluencyProbe:
         return FluencyPoint(rho, self.strength(rho), ratio, len(logs), samples)
 
     def _run(self, batch: list[Row]) -> list[float | None]:
-        """Generate one batch's rows (each at its own strength) and score them unsteered:
-        their perplexities, ``inf`` for a row whose steered state overflowed."""
+        """Generate one batch's rows (each at its own strength) and score them unsteered: their
+        perplexities, ``inf`` for a row whose steered state overflowed. An unsteered row is
+        scored as it is generated (the model's own log-probabilities of its tokens); the
+        steered ones in one pass of the unsteered model afterwards."""
         assert self._steering is not None, "use FluencyProbe as a context manager"
         seqs = [self.prompt_ids[p] for _, p, _ in batch]
         ids, mask = self.gen.left_padded(seqs, model_device(self.model))
@@ -170,27 +174,46 @@ class FluencyProbe:
             offsets=[len(s) - ids.shape[1] for s in seqs],
             prompt_lengths=[len(s) for s in seqs],
         )
+        base = [r for r, (rho, _, _) in enumerate(batch) if rho is BASE]
         sampler = RowSeededSampler(
             [row_key(self.seed, p, j) for _, p, j in batch], steps=self.max_new_tokens,
-            top_k=self.top_k, temperature=self.temperature,
+            top_k=self.top_k, temperature=self.temperature, scored_rows=base,
         )  # fmt: skip
-        with self._steering.rows(rows):
-            out = self.model.generate(
-                input_ids=ids, attention_mask=mask, logits_processor=[sampler],
-                max_new_tokens=self.max_new_tokens, do_sample=False,
-                pad_token_id=pad_token_id(self.tokenizer),
-            )  # fmt: skip
+        watching = self.model.register_forward_hook(sampler.observe)
+        try:
+            with self._steering.rows(rows):
+                out = self.model.generate(
+                    input_ids=ids, attention_mask=mask, logits_processor=[sampler],
+                    max_new_tokens=self.max_new_tokens, do_sample=False,
+                    pad_token_id=pad_token_id(self.tokenizer),
+                )  # fmt: skip
+        finally:
+            watching.remove()
         overflowed = set(self._steering.nonfinite_rows())
         new = out[:, ids.shape[1] :].tolist()
         continuations = []
         for tokens in new:
             stop = next((i for i, t in enumerate(tokens) if t in self.eos), len(tokens))
             continuations.append(tokens[:stop])
-        # prefill, then one token per row and step
+        ppl = [math.nan] * len(batch)
+        log_probs = sampler.log_probs
+        if log_probs.shape[1] < len(new[0]):  # the hook saw no logits: score them all again
+            base = []
+        for k, r in enumerate(base):
+            n = len(continuations[r])
+            if n:  # an empty continuation has no perplexity
+                ppl[r] = math.exp(-float(log_probs[k, :n].mean()))
+        steered = [r for r in range(len(batch)) if r not in set(base)]
+        if steered:
+            scored = perplexity(
+                self.model, self.tokenizer, [seqs[r] for r in steered],
+                [continuations[r] for r in steered], batch_size=min(len(steered), PPL_BATCH),
+            ).tolist()  # fmt: skip
+            for r, value in zip(steered, scored, strict=True):
+                ppl[r] = value
+        # prefill, one token per row and step; then the steered rows again, for perplexity
         self.tokens += int(mask.sum()) + len(batch) * max(len(new[0]) - 1, 0)
-        self.tokens += sum(len(s) + len(c) for s, c in zip(seqs, continuations, strict=True))
-        ppl = perplexity(self.model, self.tokenizer, seqs, continuations,
-                         batch_size=len(batch)).tolist()  # fmt: skip
+        self.tokens += sum(len(seqs[r]) + len(continuations[r]) for r in steered)
         return [
             math.inf if r in overflowed else (None if math.isnan(v) else v)
             for r, v in enumerate(ppl)
