@@ -245,8 +245,10 @@ def perplexity(
             # empty prompt the first one has no context and is not scored.
             scored[r, max(len(p), 1) - 1 : len(p) + len(c) - 1] = True
         ids, mask = ids.to(device), mask.to(device)
-        logp = model(input_ids=ids, attention_mask=mask).logits[:, :-1].float().log_softmax(-1)
-        nll = -logp.gather(-1, ids[:, 1:, None]).squeeze(-1).double().cpu()
+        logits = model(input_ids=ids, attention_mask=mask).logits[:, :-1].float()
+        # -log softmax at the target, without writing the whole log-softmax out
+        picked = logits.gather(-1, ids[:, 1:, None]).squeeze(-1)
+        nll = (logits.logsumexp(-1) - picked).double().cpu()
         total = (nll * scored).sum(dim=1)
         count = scored.sum(dim=1)
         out[rows] = torch.where(count > 0, (total / count.clamp_min(1)).exp(), math.nan)

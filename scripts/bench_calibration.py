@@ -5,8 +5,10 @@ Time: default fits (``FeatureScores.fit`` with the demo's model, SAE, ``referenc
 ``alignment.txt``: the default rule, MiniLM embedder, calibration on) against the same fits
 with ``calibrate_strength=False``, alternating, in one process; printed: the fits' medians and
 the calibration's share of a calibrated fit (its ``calibration_seconds`` over ``fit_seconds``;
-target <= 25%). ``--grid`` also times the full grid on the last fit and compares its chosen
-point with the search's.
+target <= 25%). By default the fits run in this process after one untimed warm-up fit (the
+embedder then loads faster); ``--fresh`` runs each in a new process, as ``hf-sae-steer score``
+does. ``--grid`` also times the full grid on the last fit, and the search, for three seeds,
+and compares their chosen points.
 
 Tokens: the real command, ``hf_sae_steer score`` on a ``--n-ref`` prompt reference set (the
 demo's 150, then WordNet documents as ``scripts/demo_corpus.py`` makes them), in one process and
@@ -17,6 +19,7 @@ count and the busiest one's as a share of one process's (target <= 70%).
 
     python scripts/bench_calibration.py                  # both, 3 repeats, 300 prompts
     python scripts/bench_calibration.py --part time --repeats 5 --grid
+    python scripts/bench_calibration.py --part time --fresh   # each fit in a new process
     python scripts/bench_calibration.py --part tokens --n-ref 300
     # the same measurements of another checkout's library (its venv's python):
     PYTHONDONTWRITEBYTECODE=1 /path/to/other/.venv/bin/python scripts/bench_calibration.py
@@ -38,12 +41,12 @@ from typing import Any
 
 DEMO = Path(__file__).resolve().parents[1] / "storage" / "demo"
 CHILD = "--count-tokens-child"  # internal: run the CLI with a token counter (see count_tokens)
+FIT_CHILD = "--one-fit-child"  # internal: one fit, its options printed as JSON
 
 
 # -- time -------------------------------------------------------------------------------------
-def bench_time(repeats: int, grid: bool) -> None:
-    import torch
-
+def demo_fitter() -> Any:
+    """``fit(calibrate)``: a default fit on the demo (model and SAE loaded once)."""
     from hf_sae_steer import FeatureScores, load_sae
     from hf_sae_steer.models import load_model
 
@@ -59,8 +62,29 @@ def bench_time(repeats: int, grid: bool) -> None:
                 calibrate_strength=calibrate,
             )  # fmt: skip
 
-    print(f"torch threads {torch.get_num_threads()}, {os.cpu_count()} cores; warming up")
-    fit(False)  # the embedder's first load, allocator, lazy imports: paid once, untimed
+    fit.assets = (model, tok, sae)  # type: ignore[attr-defined]
+    return fit
+
+
+def fresh_fit(calibrate: bool) -> Any:
+    """One default fit in a new process (as ``hf-sae-steer score`` runs it): its options."""
+    from types import SimpleNamespace
+
+    done = subprocess.run([sys.executable, __file__, FIT_CHILD, "1" if calibrate else "0"],
+                          capture_output=True, text=True, check=True)  # fmt: skip
+    return SimpleNamespace(options=json.loads(done.stdout.strip().splitlines()[-1]))
+
+
+def bench_time(repeats: int, grid: bool, fresh: bool) -> None:
+    import torch
+
+    print(f"torch threads {torch.get_num_threads()}, {os.cpu_count()} cores; fits "
+          f"{'each in a new process' if fresh else 'in this process, after one to warm up'}")
+    if fresh:
+        fit = fresh_fit
+    else:
+        fit = demo_fitter()
+        fit(False)  # the embedder's first load, allocator, lazy imports: paid once, untimed
     plain, calibrated, shares, differences = [], [], [], []
     for i in range(repeats):
         uncalibrated = fit(False)
@@ -72,16 +96,15 @@ def bench_time(repeats: int, grid: bool) -> None:
         seconds = options.get("calibration_seconds", with_ - without)
         plain.append(without), calibrated.append(with_)
         shares.append(seconds / with_), differences.append((with_ - without) / with_)
-        points = len(record.calibration.fluency.curve)
         print(f"  repeat {i + 1}: fit {without:6.2f} s without calibration, {with_:6.2f} s with "
-              f"(calibration {seconds:5.2f} s, {points} points, "
+              f"(calibration {seconds:5.2f} s, "
               f"{options.get('calibration_tokens', '?')} LM tokens)", flush=True)  # fmt: skip
     print(f"median default fit: {statistics.median(plain):.2f} s without calibration, "
           f"{statistics.median(calibrated):.2f} s with it")  # fmt: skip
     print(f"calibration / calibrated fit: median {statistics.median(shares):.1%} "
           f"(target <= 25%); by the fits' difference {statistics.median(differences):.1%}")
-    if grid:
-        compare_with_grid(model, tok, sae, uncalibrated)
+    if grid and not fresh:
+        compare_with_grid(*fit.assets, uncalibrated)
 
 
 def compare_with_grid(model: Any, tok: Any, sae: Any, uncalibrated: Any) -> None:
@@ -182,16 +205,21 @@ def bench_tokens(n: int) -> None:
 def main() -> None:
     if len(sys.argv) > 2 and sys.argv[1] == CHILD:
         return count_tokens(Path(sys.argv[2]), sys.argv[3:])
+    if len(sys.argv) > 2 and sys.argv[1] == FIT_CHILD:
+        options = demo_fitter()(sys.argv[2] == "1").options
+        return print(json.dumps({k: v for k, v in options.items() if "seconds" in k or
+                                 k == "calibration_tokens"}))
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--part", choices=["time", "tokens", "both"], default="both")
     parser.add_argument("--repeats", type=int, default=3, help="calibrated/plain fit pairs")
     parser.add_argument("--grid", action="store_true", help="also time the full grid")
+    parser.add_argument("--fresh", action="store_true", help="each fit in a new process")
     parser.add_argument("--n-ref", type=int, default=300, help="reference prompts (tokens)")
     args = parser.parse_args()
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
     if args.part in ("time", "both"):
-        bench_time(args.repeats, args.grid)
+        bench_time(args.repeats, args.grid, args.fresh)
     if args.part in ("tokens", "both"):
         bench_tokens(args.n_ref)
 
