@@ -40,6 +40,7 @@ from hf_sae_steer.steering.names import (
     NEEDS_SCORES,
     Method,
 )
+from hf_sae_steer.steering.names import REFERENCE_METHODS as REFERENCE_METHODS  # re-export
 
 EditMode = Literal["pin", "add", "multiply"]
 EDIT_MODES: tuple[EditMode, ...] = get_args(EditMode)
