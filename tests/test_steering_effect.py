@@ -4,6 +4,8 @@ for the next-token effect, and an explicit matmul through the final norm for the
 
 from __future__ import annotations
 
+import re
+
 import pytest
 import torch
 from arch_models import ARCHS
@@ -82,6 +84,11 @@ def assert_ranked_like(effect: TokenEffect, values: torch.Tensor, tokenizer) -> 
     torch.testing.assert_close(torch.tensor([v for _, v in effect.lowered]).double(),
                                -down.values, atol=1e-4, rtol=1e-4)  # fmt: skip
     assert [t for t, _ in effect.raised] == [tokenizer.decode([i]) for i in effect.raised_ids]
+    # Whole words: a space, then three letters or more (this tokenizer is byte-level BPE).
+    order = torch.argsort(values, descending=True).tolist()
+    words = [i for i in order if re.fullmatch(r" [A-Za-z]{3,}", tokenizer.decode([i]))][:TOP]
+    assert effect.word_ids == words
+    assert [v for _, v in effect.words] == pytest.approx(values[words].tolist(), abs=1e-4)
 
 
 @pytest.mark.parametrize("method", [m for m in METHODS if m not in ("orig", "sae")])
@@ -197,11 +204,10 @@ def test_effect_round_trips_and_prints(gpt2, tokenizer, sae):
     assert text.startswith("next token (4 neutral prompts") and "  raises  " in text
     assert text.count("logit lens of latent") == 2
     assert effect.format(latents=1).count("logit lens of latent") == 1
-    ids = effect.topic_token_ids(TOP)
-    chosen = [i for (t, _), i in zip(effect.next_token.raised, effect.next_token.raised_ids,
-                                     strict=True) if is_word(t)]  # fmt: skip
-    assert ids == set(chosen)
-    assert effect.words(TOP) == list(dict.fromkeys(tokenizer.decode([i]).strip() for i in chosen))
+    chosen = effect.next_token.word_ids
+    assert chosen and effect.topic_token_ids(3) == set(chosen[:3])
+    assert effect.words(3) == [tokenizer.decode([i]).strip() for i in chosen[:3]]
+    assert "  words   " in text
 
 
 def test_is_word():

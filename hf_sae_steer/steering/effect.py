@@ -43,34 +43,44 @@ EFFECT_PROMPTS = (
     "The small boat", "After the meeting, the", "This is a story about", "His brother was",
     "The road to the", "Every morning she",
 )  # fmt: skip
-TOP = 10  # tokens per list
+TOP = 20  # tokens per list (the topic's words are read off the first list)
 ROWS = 5  # chosen latents whose decoder rows get a logit lens of their own
 # Attribute names of the final norm on the module that holds the decoder blocks.
 _FINAL_NORMS = ("ln_f", "norm", "final_layer_norm", "final_layernorm", "final_norm", "norm_f")
 _WORD = re.compile(r"[^\W\d_]{3,}")  # a word-like token: three letters or more
+_WHOLE_WORD = re.compile(r"[^\W\d_]{3,}$")
+# Candidates searched for whole-word tokens (by value): enough to find ``top`` of them in
+# any vocabulary seen so far, without decoding all of a 256k vocabulary.
+_WORD_CANDIDATES = 2000
 
 
 @dataclass(frozen=True)
 class TokenEffect:
-    """The tokens one measure raises and lowers most: ``(token text, value)``, largest first.
+    """The tokens one measure raises and lowers most: ``(token text, value)``, largest first;
+    ``words``: the same measure's top among whole-word tokens (a token that starts a word and
+    holds three letters or more: ``" artery"``, not ``"osis"``), which read as the topic.
 
-    ``raised_ids``/``lowered_ids`` are the same tokens' ids (to find them in generated text)."""
+    ``*_ids`` are the same tokens' ids (to find them in generated text)."""
 
     label: str
     raised: list[tuple[str, float]]
     lowered: list[tuple[str, float]]
     raised_ids: list[int] = field(default_factory=list)
     lowered_ids: list[int] = field(default_factory=list)
+    words: list[tuple[str, float]] = field(default_factory=list)
+    word_ids: list[int] = field(default_factory=list)
 
     def format(self, n: int = 8) -> str:
-        """Three lines: the label, the ``n`` tokens raised most and those lowered most."""
-        return "\n".join(
-            [
-                f"{self.label}:",
-                f"  raises  {_listed(self.raised[:n])}",
-                f"  lowers  {_listed(self.lowered[:n])}",
-            ]
-        )
+        """The label, the ``n`` tokens raised most, those lowered most, and the words raised
+        most (when any)."""
+        lines = [
+            f"{self.label}:",
+            f"  raises  {_listed(self.raised[:n])}",
+            f"  lowers  {_listed(self.lowered[:n])}",
+        ]
+        if self.words:
+            lines.append(f"  words   {_listed(self.words[:n])}")
+        return "\n".join(lines)
 
     def __str__(self) -> str:
         return self.format()
@@ -82,17 +92,22 @@ class TokenEffect:
             "lowered": [[t, v] for t, v in self.lowered],
             "raised_ids": list(self.raised_ids),
             "lowered_ids": list(self.lowered_ids),
+            "words": [[t, v] for t, v in self.words],
+            "word_ids": list(self.word_ids),
         }
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> TokenEffect:
+        def pairs(key: str) -> list[tuple[str, float]]:
+            return [(str(t), float(v)) for t, v in data.get(key, [])]
+
+        def ids(key: str) -> list[int]:
+            return [int(i) for i in data.get(key, [])]
+
         return cls(
-            str(data["label"]),
-            [(str(t), float(v)) for t, v in data.get("raised", [])],
-            [(str(t), float(v)) for t, v in data.get("lowered", [])],
-            [int(i) for i in data.get("raised_ids", [])],
-            [int(i) for i in data.get("lowered_ids", [])],
-        )
+            str(data["label"]), pairs("raised"), pairs("lowered"), ids("raised_ids"),
+            ids("lowered_ids"), pairs("words"), ids("word_ids"),
+        )  # fmt: skip
 
 
 @dataclass(frozen=True)
@@ -118,21 +133,19 @@ class SteeringEffect:
     def __str__(self) -> str:
         return self.format()
 
+    @property
+    def main(self) -> TokenEffect | None:
+        """The measure the topic's words come from: the next-token effect, else (not
+        measured) the first logit lens, the added vector's."""
+        return self.next_token or (self.lens[0] if self.lens else None)
+
     def topic_token_ids(self, n: int = 20) -> set[int]:
-        """The ids of the word-like tokens among the ``n`` the steering raises most: the
-        next-token effect's, else (none measured) the first logit lens's."""
-        source = self.next_token or (self.lens[0] if self.lens else None)
-        if source is None:
-            return set()
-        pairs = zip(source.raised[:n], source.raised_ids[:n], strict=False)
-        return {i for (text, _), i in pairs if is_word(text)}
+        """The ids of the ``n`` whole-word tokens the steering raises most (:attr:`main`)."""
+        return set() if self.main is None else set(self.main.word_ids[:n])
 
     def words(self, n: int = 20) -> list[str]:
-        """The word-like tokens among the ``n`` raised most, stripped, without repeats."""
-        source = self.next_token or (self.lens[0] if self.lens else None)
-        if source is None:
-            return []
-        found = [text.strip() for text, _ in source.raised[:n] if is_word(text)]
+        """The ``n`` whole-word tokens the steering raises most, stripped, without repeats."""
+        found = [] if self.main is None else [t.strip() for t, _ in self.main.words[:n]]
         return list(dict.fromkeys(found))
 
     def to_dict(self) -> dict[str, Any]:
@@ -153,6 +166,17 @@ class SteeringEffect:
 def is_word(token: str) -> bool:
     """Whether a token's text reads as (part of) a word: three letters or more."""
     return bool(_WORD.search(token))
+
+
+def starts_word(tokenizer: Any, token_id: int) -> bool:
+    """Whether a token begins a word: its text (or, for SentencePiece, whose decoder drops
+    it, its piece) starts with a space marker, followed by three letters or more."""
+    text = _text(tokenizer, token_id)
+    if not text[:1].isspace():
+        piece = tokenizer.convert_ids_to_tokens(token_id)
+        if not (isinstance(piece, str) and piece[:1] in ("\u2581", "\u0120")):
+            return False
+    return bool(_WHOLE_WORD.match(text.strip()))
 
 
 def steering_effect(
@@ -346,16 +370,15 @@ def _ranked(label: str, values: Tensor, tokenizer: Any, top: int) -> TokenEffect
     k = min(top, known)
     up = torch.topk(values, k)
     down = torch.topk(-values, k)
+    candidates = torch.topk(values, min(_WORD_CANDIDATES, known)).indices.tolist()
+    word_ids = [i for i in candidates if starts_word(tokenizer, i)][:top]
 
-    def listed(ids: Tensor, vals: Tensor) -> list[tuple[str, float]]:
-        return [(_text(tokenizer, int(i)), float(v)) for i, v in zip(ids, vals, strict=True)]
+    def listed(ids: list[int]) -> list[tuple[str, float]]:
+        return [(_text(tokenizer, i), float(values[i])) for i in ids]
 
+    raised, lowered = up.indices.tolist(), down.indices.tolist()
     return TokenEffect(
-        label,
-        listed(up.indices, up.values),
-        listed(down.indices, -down.values),
-        [int(i) for i in up.indices],
-        [int(i) for i in down.indices],
+        label, listed(raised), listed(lowered), raised, lowered, listed(word_ids), word_ids
     )
 
 
