@@ -10,11 +10,20 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from hf_sae_steer.cli.highlight import Style, marked, topic_spans
+from hf_sae_steer.cli.highlight import Style
+from hf_sae_steer.cli.samples import (
+    NO_REPEAT_NGRAM_SIZE,
+    REPETITION_PENALTY,
+    SHOWN_SAMPLES,
+    TOPIC_TOKENS,
+    describe,
+    sample_generator,
+    shown_samples,
+)
 from hf_sae_steer.evaluation.conditions import Condition, recommended_condition
 from hf_sae_steer.evaluation.result import EvalResult, ci
 from hf_sae_steer.evaluation.sweep import evaluate
-from hf_sae_steer.generation import Generator, sampling_options
+from hf_sae_steer.generation import Generator
 from hf_sae_steer.models import load_model
 from hf_sae_steer.sae.loading import load_sae
 from hf_sae_steer.scoring.embedders import DEFAULT_EMBEDDER, load_embedder
@@ -33,12 +42,6 @@ EMBEDDER_HINT = (
 _PACKAGE = Path(__file__).resolve().parents[1]
 DEFAULT_LOCATIONS = (_PACKAGE / "_demo", _PACKAGE.parent / "storage" / "demo")
 RECOMMENDED, REFERENCE = "recommended", "swap (reference)"
-# The continuations shown: sampled, with repetition control, so that a loop does not hide what
-# the steering favours (the measured figures use plain sampling, as the evaluation does).
-SHOWN_SAMPLES = 3
-REPETITION_PENALTY = 1.3
-NO_REPEAT_NGRAM_SIZE = 3
-TOPIC_TOKENS = 20  # the topic's words: the 20 whole-word tokens the steering raises most
 
 
 def find_assets(assets: str | Path | None = None) -> Path:
@@ -63,17 +66,6 @@ def recommended_line(scores: FeatureScores) -> str:
         f"Recommended steering (rule {scores.rule}): {rec['method']} at strength "
         f"{rec['strength']:.3g}{keep}; {rec.get('why', '')}."
     )
-
-
-@dataclass
-class Shown:
-    """One shown continuation: its text and the spans of the topic's words in it."""
-
-    text: str
-    spans: list[tuple[int, int]]
-
-    def marked(self, style: Style) -> str:
-        return marked(self.text, self.spans, style)
 
 
 @dataclass
@@ -109,10 +101,8 @@ class DemoResult:
         mark = {"ansi": "coloured", "brackets": "in [brackets]", "html": "marked"}[style]
         words = ", ".join(self.topic_words()) or "none"
         return (
-            f"{g['samples']} sampled continuations per prompt (temperature {g['temperature']:g}, "
-            f"top-k {g['top_k']}, repetition_penalty {g['repetition_penalty']:g}, "
-            f"no_repeat_ngram_size {g['no_repeat_ngram_size']}); {mark}: the {TOPIC_TOKENS} "
-            f"words the recommended steering raises most ({words})."
+            f"{g['samples']} sampled continuations per prompt ({g['sampling']}); {mark}: the "
+            f"{TOPIC_TOKENS} words the recommended steering raises most ({words})."
         )
 
     def topic_counts(self) -> str:
@@ -132,8 +122,8 @@ class DemoResult:
         m = self.measured
         c = m.config
         head = (
-            f"Measured on {c['n_prompts']} prompts x {c['samples']} samples, paired against the "
-            "base model (95% intervals over prompts):"
+            f"Measured on {c['n_prompts']} prompts x {c['samples']} samples (plain sampling, no "
+            "repetition control), paired against the base model (95% intervals over prompts):"
         )
         lines = [head]
         for label in self.columns[1:]:
@@ -239,17 +229,13 @@ def run_demo(
     conditions = [Condition("base"), recommended_condition(artifacts["default"].recommended)]
     if "seed" in artifacts:
         conditions.append(Condition(REFERENCE, "swap", scores="seed"))
-    shown = texts[:n_prompts]
-    options = sampling_options(
-        max_new_tokens=max_new_tokens, do_sample=True, repetition_penalty=repetition_penalty,
-        no_repeat_ngram_size=no_repeat_ngram_size,
+    generator = sample_generator(
+        tokenizer, texts[:n_prompts], samples=shown_samples, max_new_tokens=max_new_tokens,
+        repetition_penalty=repetition_penalty, no_repeat_ngram_size=no_repeat_ngram_size,
+        seed=seed, batch_size=batch_size,
     )  # fmt: skip
-    generator = Generator(tokenizer, shown, samples=shown_samples, seed=seed,
-                          batch_size=batch_size, options=options)  # fmt: skip
     rows, effect = _show(lm, tokenizer, autoencoder, artifacts, conditions, generator, progress)
-    generation = {"samples": shown_samples, "temperature": 1.0, "top_k": 50,
-                  "repetition_penalty": repetition_penalty,
-                  "no_repeat_ngram_size": no_repeat_ngram_size, "seed": seed}  # fmt: skip
+    generation = {"samples": shown_samples, "sampling": describe(generator), "seed": seed}
     measured, missing = None, None
     if alignment is not None:
         name = artifacts["default"].embedder or DEFAULT_EMBEDDER
@@ -282,15 +268,15 @@ def _show(
     generator: Generator,
     progress: bool,
 ) -> tuple[list[dict[str, Any]], SteeringEffect | None]:
-    """Every condition's continuations of the generator's prompts (a row per prompt, the same
-    random numbers for each condition), the topic's words marked; and the effect in words of
-    the first steered condition (the recommended steering), which picks those words."""
-    rows: list[dict[str, Any]] = [{"prompt": t} for t in generator.prompts]
-    found: dict[str, list[Any]] = {}
-    effect = None
-    for cond in conditions:
+    """Every condition's samples of the generator's prompts (a row per prompt; the same random
+    numbers for each condition), the topic's words marked; and the effect in words of the
+    first steered condition (the recommended steering), which picks those words."""
+    steered_first = sorted(conditions, key=lambda c: c.method is None)
+    found: dict[str, Any] = {}
+    effect, topic = None, set()
+    for cond in steered_first:
         if cond.method is None:
-            found[cond.name], _ = generator.run(lm, progress=progress)
+            found[cond.name] = shown_samples(lm, generator, topic, progress=progress)
             continue
         with SteeredModel(
             lm, sae, scores=artifacts[cond.scores], method=cond.method,
@@ -298,14 +284,12 @@ def _show(
         ) as steered:  # fmt: skip
             if effect is None:
                 effect = steering_effect(steered, tokenizer)
-            found[cond.name], _ = generator.run(steered, progress=progress)
-    topic = effect.topic_token_ids(TOPIC_TOKENS) if effect is not None else set()
-    for name, continuations in found.items():
-        for row in rows:
-            row[name] = []
-        for c in continuations:
-            text, spans = topic_spans(tokenizer, c.token_ids, topic)
-            rows[c.prompt_index][name].append(Shown(text, spans))
+                topic = effect.topic_token_ids(TOPIC_TOKENS)
+            found[cond.name] = shown_samples(steered, generator, topic, progress=progress)
+    rows: list[dict[str, Any]] = [{"prompt": t} for t in generator.prompts]
+    for cond in conditions:
+        for row, shown in zip(rows, found[cond.name], strict=True):
+            row[cond.name] = shown
     return rows, effect
 
 
