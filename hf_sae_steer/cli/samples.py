@@ -73,6 +73,16 @@ def shown_samples(
     return rows
 
 
+def describe_options(
+    repetition_penalty: float = REPETITION_PENALTY, no_repeat_ngram_size: int = NO_REPEAT_NGRAM_SIZE
+) -> str:
+    """How samples are drawn, in words (the defaults: what the app shows)."""
+    return (
+        f"temperature {TEMPERATURE:g}, top-k {TOP_K}, repetition_penalty "
+        f"{repetition_penalty:g}, no_repeat_ngram_size {no_repeat_ngram_size}"
+    )
+
+
 def describe(generator: Generator) -> str:
     """How the samples were drawn, in words."""
     o = generator.options
