@@ -11,6 +11,7 @@ from pathlib import Path
 import pytest
 
 from hf_sae_steer.cli.main import main
+from hf_sae_steer.scores.record import load_scores
 
 DEMO = Path(__file__).resolve().parents[1] / "storage" / "demo"
 ASSETS = f"--model {DEMO / 'model'} --sae {DEMO / 'sae'}"
@@ -94,6 +95,9 @@ def test_score_writes_an_artifact_and_prints_the_report(capsys, tmp_path):
     assert code == 0, err
     assert (out_dir / "scores.safetensors").is_file() and (out_dir / "README.md").is_file()
     assert "coverage" in out.lower()
+    saved = load_scores(out_dir)  # the effect in words is printed, as the artifact records it
+    assert saved.effect is not None and saved.effect.format() in out
+    assert "What the recommended steering does, in words:\nnext token (16 neutral" in out
 
 
 def test_score_bad_input(capsys, tmp_path):

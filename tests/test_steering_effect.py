@@ -221,3 +221,19 @@ def test_a_bare_decoder_is_refused(tokenizer, sae):
     with SteeredModel(bare, sae, layer=LAYER, method="add", latents=ADDED) as steered:
         with pytest.raises(ValueError, match="no output embeddings"):
             steering_effect(steered, tokenizer, None)
+
+
+def test_concept_effect_is_the_stored_one_else_measured(gpt2, tokenizer, sae, scores):
+    from hf_sae_steer import FeatureScores
+    from hf_sae_steer.steering.effect import concept_effect
+
+    artifact = FeatureScores(scores=scores, coverage=1.0, layer=LAYER, site="resid_post")
+    assert concept_effect(artifact) is None  # nothing stored, no model to measure with
+    measured = concept_effect(artifact, gpt2, tokenizer, sae, n=5)
+    want = effect_of(gpt2, tokenizer, sae, scores=artifact).summary(5)  # swap, as recommended
+    assert measured == want and len(measured["raises"]) == 5
+    assert measured["measure"].startswith("next token") and measured["words"]
+    artifact.effect = SteeringEffect.from_dict(effect_of(
+        gpt2, tokenizer, sae, scores=artifact, method="add", latents=ADDED).to_dict())
+    stored = concept_effect(artifact, gpt2, tokenizer, sae, n=5)
+    assert stored == artifact.effect.summary(5) and stored != measured

@@ -200,6 +200,7 @@ def cmd_score(args: argparse.Namespace) -> dict[str, Any]:
         "rule": scores.rule,
         "recommended": scores.recommended and scores.recommended.to_json(),
         "report": scores.report().to_dict(),
+        "effect": None if scores.effect is None else scores.effect.to_dict(),
     }
 
 

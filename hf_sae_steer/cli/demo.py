@@ -6,7 +6,7 @@ steps on any setup.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -158,7 +158,8 @@ class DemoResult:
                     label = f"[{column:<{width}}]" if i == 0 else " " * (width + 2)
                     lines.append(f"  {label} '{shown.marked(style)}'")
         lines += ["", self.topic_counts(), ""]
-        lines += ["Uncertainty report of the scores:", str(self.scores.report()), ""]
+        report = replace(self.scores.report(), effect=None)  # the effect is printed above
+        lines += ["Uncertainty report of the scores:", str(report), ""]
         return "\n".join(lines + self.measured_lines())
 
     def to_dict(self) -> dict[str, Any]:

@@ -24,13 +24,14 @@ from __future__ import annotations
 
 import re
 from collections.abc import Sequence
-from dataclasses import dataclass, field
 from typing import Any
 
 import torch
 from torch import Tensor, nn
 
 from hf_sae_steer.models import model_device, pad_token_id
+from hf_sae_steer.scores.effect import SteeringEffect, TokenEffect
+from hf_sae_steer.scores.record import FeatureScores
 from hf_sae_steer.sites.layouts import find_layout
 from hf_sae_steer.steering.interventions import Intervention
 from hf_sae_steer.steering.steered import SteeredModel
@@ -52,115 +53,6 @@ _WHOLE_WORD = re.compile(r"[^\W\d_]{3,}$")
 # Candidates searched for whole-word tokens (by value): enough to find ``top`` of them in
 # any vocabulary seen so far, without decoding all of a 256k vocabulary.
 _WORD_CANDIDATES = 2000
-
-
-@dataclass(frozen=True)
-class TokenEffect:
-    """The tokens one measure raises and lowers most: ``(token text, value)``, largest first;
-    ``words``: the same measure's top among whole-word tokens (a token that starts a word and
-    holds three letters or more: ``" artery"``, not ``"osis"``), which read as the topic.
-
-    ``*_ids`` are the same tokens' ids (to find them in generated text)."""
-
-    label: str
-    raised: list[tuple[str, float]]
-    lowered: list[tuple[str, float]]
-    raised_ids: list[int] = field(default_factory=list)
-    lowered_ids: list[int] = field(default_factory=list)
-    words: list[tuple[str, float]] = field(default_factory=list)
-    word_ids: list[int] = field(default_factory=list)
-
-    def format(self, n: int = 8) -> str:
-        """The label, the ``n`` tokens raised most, those lowered most, and the words raised
-        most (when any)."""
-        lines = [
-            f"{self.label}:",
-            f"  raises  {_listed(self.raised[:n])}",
-            f"  lowers  {_listed(self.lowered[:n])}",
-        ]
-        if self.words:
-            lines.append(f"  words   {_listed(self.words[:n])}")
-        return "\n".join(lines)
-
-    def __str__(self) -> str:
-        return self.format()
-
-    def to_dict(self) -> dict[str, Any]:
-        return {
-            "label": self.label,
-            "raised": [[t, v] for t, v in self.raised],
-            "lowered": [[t, v] for t, v in self.lowered],
-            "raised_ids": list(self.raised_ids),
-            "lowered_ids": list(self.lowered_ids),
-            "words": [[t, v] for t, v in self.words],
-            "word_ids": list(self.word_ids),
-        }
-
-    @classmethod
-    def from_dict(cls, data: dict[str, Any]) -> TokenEffect:
-        def pairs(key: str) -> list[tuple[str, float]]:
-            return [(str(t), float(v)) for t, v in data.get(key, [])]
-
-        def ids(key: str) -> list[int]:
-            return [int(i) for i in data.get(key, [])]
-
-        return cls(
-            str(data["label"]), pairs("raised"), pairs("lowered"), ids("raised_ids"),
-            ids("lowered_ids"), pairs("words"), ids("word_ids"),
-        )  # fmt: skip
-
-
-@dataclass(frozen=True)
-class SteeringEffect:
-    """What a steering does in words: the next-token effect (``None`` when not measured) and
-    the logit lens of its added vector, then of its chosen latents (per steered site)."""
-
-    next_token: TokenEffect | None
-    lens: list[TokenEffect] = field(default_factory=list)
-
-    def format(self, n: int = 8, latents: int = 3) -> str:
-        """The next-token effect, the lens of each site's added vector and of its first
-        ``latents`` chosen latents, ``n`` tokens each way."""
-        parts = [] if self.next_token is None else [self.next_token.format(n)]
-        shown, per_site = [], 0
-        for effect in self.lens:
-            is_row = effect.label.startswith("logit lens of latent")
-            per_site = per_site + 1 if is_row else 0
-            if not is_row or per_site <= latents:
-                shown.append(effect.format(n))
-        return "\n".join(parts + shown)
-
-    def __str__(self) -> str:
-        return self.format()
-
-    @property
-    def main(self) -> TokenEffect | None:
-        """The measure the topic's words come from: the next-token effect, else (not
-        measured) the first logit lens, the added vector's."""
-        return self.next_token or (self.lens[0] if self.lens else None)
-
-    def topic_token_ids(self, n: int = 20) -> set[int]:
-        """The ids of the ``n`` whole-word tokens the steering raises most (:attr:`main`)."""
-        return set() if self.main is None else set(self.main.word_ids[:n])
-
-    def words(self, n: int = 20) -> list[str]:
-        """The ``n`` whole-word tokens the steering raises most, stripped, without repeats."""
-        found = [] if self.main is None else [t.strip() for t, _ in self.main.words[:n]]
-        return list(dict.fromkeys(found))
-
-    def to_dict(self) -> dict[str, Any]:
-        return {
-            "next_token": None if self.next_token is None else self.next_token.to_dict(),
-            "lens": [effect.to_dict() for effect in self.lens],
-        }
-
-    @classmethod
-    def from_dict(cls, data: dict[str, Any]) -> SteeringEffect:
-        nxt = data.get("next_token")
-        return cls(
-            None if nxt is None else TokenEffect.from_dict(nxt),
-            [TokenEffect.from_dict(e) for e in data.get("lens", [])],
-        )
 
 
 def is_word(token: str) -> bool:
@@ -220,6 +112,24 @@ def effect_of(
         return steering_effect(
             steered, tokenizer, prompts, top=top, rows=rows, batch_size=batch_size
         )
+
+
+def concept_effect(
+    scores: FeatureScores,
+    model: nn.Module | None = None,
+    tokenizer: Any = None,
+    sae: Any = None,
+    *,
+    n: int = 10,
+) -> dict[str, Any] | None:
+    """A short JSON listing of what an artifact's recommended steering does in words (for a
+    server's list of concepts, :meth:`SteeringEffect.summary`): the effect the artifact
+    records; else, given ``model``, ``tokenizer`` and ``sae``, measured now (``model`` must not
+    be steered); else None."""
+    effect = scores.effect
+    if effect is None and model is not None and tokenizer is not None and sae is not None:
+        effect = effect_of(model, tokenizer, sae, scores=scores)
+    return None if effect is None else effect.summary(n)
 
 
 @torch.no_grad()
@@ -384,18 +294,6 @@ def _ranked(label: str, values: Tensor, tokenizer: Any, top: int) -> TokenEffect
 
 def _text(tokenizer: Any, token_id: int) -> str:
     return tokenizer.decode([token_id], skip_special_tokens=False)
-
-
-def _listed(pairs: list[tuple[str, float]]) -> str:
-    return ", ".join(f"{_shown(text)} {value:+.2f}" for text, value in pairs) or "(none)"
-
-
-def _shown(text: str) -> str:
-    """A token as printed: stripped of the space that starts a word, quoted when that leaves
-    nothing readable or the token holds other whitespace."""
-    stripped = text.strip()
-    readable = stripped.isprintable() and not any(c.isspace() for c in stripped)
-    return stripped if stripped and readable else repr(text)
 
 
 def _decoder(model: nn.Module) -> nn.Module:
