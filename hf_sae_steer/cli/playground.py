@@ -336,8 +336,7 @@ class Playground:
     # -- what the scores say -------------------------------------------------------------
     def report(self) -> str:
         """The recommended steering and the uncertainty report of the scores."""
-        report = replace(self.scores.report(), effect=None)  # :effect / the app's panel show it
-        return f"{recommended_line(self.scores)}\n{report}"
+        return f"{recommended_line(self.scores)}\n{self.scores.report()}"
 
     def top_latents(self, k: int = 10, per_latent: int = 3) -> list[LatentRow]:
         """Up to ``k`` top-scoring latents (those scored above 0) with the tokens of the latent

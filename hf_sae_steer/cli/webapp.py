@@ -27,6 +27,7 @@ from typing import Any
 os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")  # no telemetry calls, works offline
 import gradio as gr  # noqa: E402 - after the switch above
 
+from hf_sae_steer.cli.demo import recommended_line  # noqa: E402
 from hf_sae_steer.cli.playground import Output, Playground  # noqa: E402
 from hf_sae_steer.cli.samples import TOPIC_TOKENS, describe_options  # noqa: E402
 from hf_sae_steer.cli.settings import (  # noqa: E402
@@ -116,8 +117,8 @@ def latent_rows(playground: Playground, k: int = 10) -> list[list[Any]]:
 
 def report_markdown(playground: Playground) -> str:
     """The recommended steering and the uncertainty report of the scores steered with."""
-    recommended, _, report = playground.report().partition("\n")
-    return f"{recommended}\n```\n{report}\n```"
+    report = replace(playground.scores.report(), effect=None)  # its own panel shows the effect
+    return f"{recommended_line(playground.scores)}\n```\n{report}\n```"
 
 
 def effect_markdown(playground: Playground, settings: Settings | None = None) -> str:
