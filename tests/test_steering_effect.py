@@ -237,3 +237,13 @@ def test_concept_effect_is_the_stored_one_else_measured(gpt2, tokenizer, sae, sc
         gpt2, tokenizer, sae, scores=artifact, method="add", latents=ADDED).to_dict())
     stored = concept_effect(artifact, gpt2, tokenizer, sae, n=5)
     assert stored == artifact.effect.summary(5) and stored != measured
+
+
+def test_a_steering_that_changes_nothing_says_so(gpt2, tokenizer, sae, scores):
+    for options in ({"method": "orig"}, {"method": "swap", "strength": 0.0}):
+        effect = effect_of(gpt2, tokenizer, sae, PROMPTS, layer=LAYER, scores=scores, **options)
+        assert effect == SteeringEffect(None, []) and effect.words() == []
+        assert str(effect) == "no change: the steering leaves the model as it is"
+    with SteeredModel(gpt2, sae, layer=LAYER, method="sae", scores=scores) as steered:
+        sae_only = steering_effect(steered, tokenizer, PROMPTS)  # no latent chosen: no lens
+    assert sae_only.next_token is not None and sae_only.lens == []

@@ -76,6 +76,8 @@ class SteeringEffect:
     def format(self, n: int = 8, latents: int = 3) -> str:
         """The next-token effect, the lens of each site's added vector and of its first
         ``latents`` chosen latents, ``n`` tokens each way."""
+        if self.next_token is None and not self.lens:
+            return "no change: the steering leaves the model as it is"
         parts = [] if self.next_token is None else [self.next_token.format(n)]
         shown, per_site = [], 0
         for effect in self.lens:

@@ -83,6 +83,8 @@ def steering_effect(
     """The ``top`` tokens ``steered`` raises and lowers most: over ``prompts`` (``None``: skip
     the next-token effect, which needs forward passes) and by the logit lens of every site
     (its added vector, then the decoder rows of up to ``rows`` chosen latents)."""
+    if all(step.is_identity for step in steered.interventions):
+        return SteeringEffect(None, [])  # it changes nothing: nothing to measure
     nxt = None
     if prompts is not None:
         nxt = next_token_effect(steered, tokenizer, prompts, top=top, batch_size=batch_size)
@@ -90,8 +92,9 @@ def steering_effect(
     for site, step in zip(steered.sites, steered.interventions, strict=True):
         where = f" at {site.hook_name}" if len(steered.sites) > 1 else ""
         vectors, labels = steering_directions(step, rows)
-        labels = [label + where for label in labels]
-        lens += logit_lens(steered.model, tokenizer, vectors, labels, top=top)
+        if labels:
+            labels = [label + where for label in labels]
+            lens += logit_lens(steered.model, tokenizer, vectors, labels, top=top)
     return SteeringEffect(nxt, lens)
 
 
