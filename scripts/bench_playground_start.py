@@ -84,8 +84,10 @@ def main() -> None:
         runs = ", ".join(f"{t:.1f}" for t in times)
         print(f"{name:<5} start: median {statistics.median(times):.1f} s  (runs: {runs} s)")
     after = os.getloadavg()
-    print(f"({os.cpu_count()} CPUs, 1-minute load average {before[0]:.1f} before and "
-          f"{after[0]:.1f} after; demo assets; imports and model loading included)")
+    print(
+        f"({os.cpu_count()} CPUs, 1-minute load average {before[0]:.1f} before and "
+        f"{after[0]:.1f} after; demo assets; imports and model loading included)"
+    )
 
 
 if __name__ == "__main__":

@@ -136,8 +136,10 @@ def screenshot(out: Path, prompt: str, tokens: int | None, max_height: int, limi
             page = driver.execute_script("return document.documentElement.scrollHeight")
             height = min(max(int(page), 900), max_height)
             # The viewport itself (a window's size would include its frame and cut the page).
-            driver.execute_cdp_cmd("Emulation.setDeviceMetricsOverride", {
-                "width": 1280, "height": height, "deviceScaleFactor": 1, "mobile": False})
+            driver.execute_cdp_cmd(
+                "Emulation.setDeviceMetricsOverride",
+                {"width": 1280, "height": height, "deviceScaleFactor": 1, "mobile": False},
+            )
             time.sleep(0.5)  # one repaint at the new size
             taken = Path(scratch) / "playground.png"
             if not driver.save_screenshot(str(taken)) or taken.stat().st_size < 10_000:
@@ -146,8 +148,10 @@ def screenshot(out: Path, prompt: str, tokens: int | None, max_height: int, limi
             staged = out.with_name(f".{out.name}.tmp")
             shutil.copyfile(taken, staged)
             os.replace(staged, out)  # the old picture stays until the new one is whole
-            print(f"wrote {out} ({out.stat().st_size // 1024} KiB, 1280 x {height}) "
-                  f"in {time.monotonic() - t0:.1f} s")
+            print(
+                f"wrote {out} ({out.stat().st_size // 1024} KiB, 1280 x {height}) "
+                f"in {time.monotonic() - t0:.1f} s"
+            )
         except BaseException:
             print(f"--- the app's log ---\n{log_path.read_text()}", file=sys.stderr)
             raise
@@ -161,11 +165,19 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--out", type=Path, default=ROOT / "docs" / "playground.png")
     parser.add_argument("--prompt", default="The king")
-    parser.add_argument("--max-new-tokens", type=int, default=None,
-                        help="the app's --max-new-tokens (default: the app's own)")
+    parser.add_argument(
+        "--max-new-tokens",
+        type=int,
+        default=None,
+        help="the app's --max-new-tokens (default: the app's own)",
+    )
     parser.add_argument("--max-height", type=int, default=1600, help="pixels; the page is cut")
-    parser.add_argument("--timeout", type=float, default=180.0,
-                        help="seconds allowed for each wait (start, run), not a speed claim")
+    parser.add_argument(
+        "--timeout",
+        type=float,
+        default=180.0,
+        help="seconds allowed for each wait (start, run), not a speed claim",
+    )
     args = parser.parse_args()
     try:
         screenshot(args.out, args.prompt, args.max_new_tokens, args.max_height, args.timeout)
