@@ -1,4 +1,4 @@
-"""Regenerate the README's picture of the web playground (``docs/playground.png``).
+"""Regenerate the picture of the web playground in docs/playground.md (``docs/playground.png``).
 
     python scripts/screenshot_playground.py [--out docs/playground.png] [--prompt "The king"]
 
