@@ -156,14 +156,17 @@ def recommendation(
     return Recommendation(method, strength, preserve_error, norm_fraction, why)
 
 
+def _additive(method: str, u: Tensor, mean_norm: float, norm_fraction: float) -> Recommendation:
+    strength = strength_for(norm_fraction, u, mean_norm)
+    return recommendation(method, strength, preserve_error=True, norm_fraction=norm_fraction)
+
+
 def recommend_add(
     result: RuleResult, stats: dict[str, Tensor], sae: SAE, mean_norm: float, norm_fraction: float
 ) -> Recommendation:
     """Rules that pick latents with weights: ``add`` them, error kept, at norm fraction ``ρ``."""
-    latents = SparseCode(stats["latents"], stats["weights"])
-    u = added_vector("add", sae, latents=latents)
-    strength = strength_for(norm_fraction, u, mean_norm)
-    return recommendation("add", strength, preserve_error=True, norm_fraction=norm_fraction)
+    u = added_vector("add", sae, latents=SparseCode(stats["latents"], stats["weights"]))
+    return _additive("add", u, mean_norm, norm_fraction)
 
 
 def recommend_clamp(
@@ -171,9 +174,7 @@ def recommend_clamp(
 ) -> Recommendation:
     """Rules that only rank latents: ``clamp`` the 5 top ones by their typical activations."""
     clamp = clamp_values(result.scores, 5, None, stats.get("typical_activation"))
-    u = added_vector("clamp", sae, clamp=clamp)
-    strength = strength_for(norm_fraction, u, mean_norm)
-    return recommendation("clamp", strength, preserve_error=True, norm_fraction=norm_fraction)
+    return _additive("clamp", added_vector("clamp", sae, clamp=clamp), mean_norm, norm_fraction)
 
 
 def recommend_swap(
@@ -183,8 +184,19 @@ def recommend_swap(
     return recommendation("swap", 1.0, preserve_error=False, norm_fraction=None)
 
 
-def check_k(k: int, d_sae: int | None) -> None:
-    """``k`` latents to choose: a whole number from 1 to ``d_sae``."""
-    if isinstance(k, bool) or not isinstance(k, int) or k < 1 or (d_sae and k > d_sae):
-        top = f"d_sae={d_sae}" if d_sae else "d_sae"
-        raise ValueError(f"k (--k) must be a whole number from 1 to {top}, got {k!r}.")
+# Latents a pursuit chooses: 10, chosen on the benchmark's tuning topics (docs/benchmark.md);
+# 0.2 used 5, which fell behind CAA at matched fluency.
+PURSUIT_K = 10
+
+
+@dataclass(frozen=True)
+class PursuitOptions:
+    """``k``: how many decoder rows write the mean difference (``mean_diff``, ``output``)."""
+
+    k: int = PURSUIT_K
+
+    def check(self, d_sae: int | None = None) -> None:
+        k = self.k
+        if isinstance(k, bool) or not isinstance(k, int) or k < 1 or (d_sae and k > d_sae):
+            top = f"d_sae={d_sae}" if d_sae else "d_sae"
+            raise ValueError(f"k (--k) must be a whole number from 1 to {top}, got {k!r}.")

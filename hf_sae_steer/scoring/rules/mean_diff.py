@@ -6,34 +6,21 @@ by what they *write*, which is what steers; steered with ``add``.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-
 import torch
 
 from hf_sae_steer.sae.base import SAE
 from hf_sae_steer.scoring.rules.base import (
+    PURSUIT_K,
+    PursuitOptions,
     RuleResult,
     SelectionRule,
     check_direction,
-    check_k,
     nn_omp,
     recommend_add,
 )
 from hf_sae_steer.scoring.walk.passes import ScoringSums
 
-# Latents chosen. 10, chosen on the benchmark's tuning topics (docs/benchmark.md); 0.2 used 5,
-# which fell behind CAA at matched fluency.
-MEAN_DIFF_K = 10
-
-
-@dataclass(frozen=True)
-class MeanDiffOptions:
-    """``k``: how many decoder rows write the mean difference."""
-
-    k: int = MEAN_DIFF_K
-
-    def check(self, d_sae: int | None = None) -> None:
-        check_k(self.k, d_sae)
+MEAN_DIFF_K = PURSUIT_K
 
 
 def mean_diff_rule(sums: ScoringSums, sae: SAE, *, k: int = MEAN_DIFF_K) -> RuleResult:
@@ -63,4 +50,4 @@ def mean_diff_rule(sums: ScoringSums, sae: SAE, *, k: int = MEAN_DIFF_K) -> Rule
     return RuleResult(scores, stats, {"k": k}, explained)
 
 
-MEAN_DIFF = SelectionRule("mean_diff", mean_diff_rule, MeanDiffOptions, recommend_add)
+MEAN_DIFF = SelectionRule("mean_diff", mean_diff_rule, PursuitOptions, recommend_add)

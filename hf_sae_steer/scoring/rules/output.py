@@ -12,33 +12,23 @@ of the rest.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-
 import torch
 
 from hf_sae_steer.sae.base import SAE
 from hf_sae_steer.scoring.rules.base import (
+    PURSUIT_K,
+    PursuitOptions,
     RuleResult,
     SelectionRule,
     check_direction,
-    check_k,
     nn_omp,
     recommend_add,
 )
 from hf_sae_steer.scoring.rules.objective import TopicMargin
 from hf_sae_steer.scoring.walk.passes import ScoringSums
 
-OUTPUT_K = 10
+OUTPUT_K = PURSUIT_K
 
-
-@dataclass(frozen=True)
-class OutputOptions:
-    """``k``: how many of the rows that raise the topic write the mean difference."""
-
-    k: int = OUTPUT_K
-
-    def check(self, d_sae: int | None = None) -> None:
-        check_k(self.k, d_sae)
 
 
 def output_rule(
@@ -68,4 +58,4 @@ def output_rule(
     return RuleResult(scores, stats, {"k": k, "kept_rows": len(keep)}, explained)
 
 
-OUTPUT = SelectionRule("output", output_rule, OutputOptions, recommend_add, needs_margin=True)
+OUTPUT = SelectionRule("output", output_rule, PursuitOptions, recommend_add, needs_margin=True)
