@@ -71,7 +71,9 @@ class ScoreReport:
             )
         lines += [f"warning: {w}" for w in self.warnings]
         if self.effect is not None:
-            lines += ["What the recommended steering does, in words:", self.effect.format()]
+            # The measures of the whole steering; effect.format() adds each chosen latent's.
+            lines.append("What the recommended steering does, in words:")
+            lines.append(self.effect.format(latents=0))
         return "\n".join(lines)
 
 
