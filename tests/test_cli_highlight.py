@@ -47,3 +47,22 @@ def test_a_topic_token_marks_its_whole_word(tokenizer):
 def test_marked_styles(style, want):
     text = "a <b> & c\nd"
     assert marked(text, [(2, 5), (8, 9)], style) == want
+
+
+def test_terminal_style_colours_a_terminal_unless_no_color(monkeypatch):
+    import io
+    import sys
+
+    from hf_sae_steer.cli.highlight import terminal_style
+
+    class Terminal(io.StringIO):
+        def isatty(self) -> bool:
+            return True
+
+    monkeypatch.delenv("NO_COLOR", raising=False)
+    monkeypatch.setattr(sys, "stdout", io.StringIO())
+    assert terminal_style() == "brackets"  # a pipe or a file
+    monkeypatch.setattr(sys, "stdout", Terminal())
+    assert terminal_style() == "ansi"
+    monkeypatch.setenv("NO_COLOR", "1")
+    assert terminal_style() == "brackets"

@@ -108,7 +108,7 @@ def test_next_token_effect_matches_two_plain_forward_passes(
         assert steered.is_steering  # measuring leaves the steering on
     assert_ranked_like(effect.next_token, want, tokenizer)
     n_tokens = sum(len(tokenizer(t)["input_ids"]) for t in PROMPTS)
-    assert f"{len(PROMPTS)} neutral prompts, {n_tokens} positions" in effect.next_token.label
+    assert f"({len(PROMPTS)} prompts, {n_tokens} positions" in effect.next_token.label
     assert torch.equal(gpt2(torch.tensor([[5, 6, 7]])).logits, before)  # no hook left behind
 
 
@@ -201,7 +201,7 @@ def test_effect_round_trips_and_prints(gpt2, tokenizer, sae):
     again = SteeringEffect.from_dict(effect.to_dict())
     assert again.format() == effect.format()
     text = str(effect)
-    assert text.startswith("next token (4 neutral prompts") and "  raises  " in text
+    assert text.startswith("next token (4 prompts") and "  raises  " in text
     assert text.count("logit lens of latent") == 2
     assert effect.format(latents=1).count("logit lens of latent") == 1
     chosen = effect.next_token.word_ids

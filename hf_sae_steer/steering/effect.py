@@ -175,7 +175,8 @@ def next_token_effect(
         count += int(keep.sum())
     assert total is not None
     mean = total / count
-    label = f"next token ({len(rows)} neutral prompts, {count} positions; mean Δ log-prob)"
+    kind = "neutral prompts" if tuple(prompts) == EFFECT_PROMPTS else "prompts"
+    label = f"next token ({len(rows)} {kind}, {count} positions; mean Δ log-prob)"
     return _ranked(label, mean, tokenizer, top)
 
 
