@@ -96,7 +96,7 @@ def test_score_writes_an_artifact_and_prints_the_report(capsys, tmp_path):
     assert (out_dir / "scores.safetensors").is_file() and (out_dir / "README.md").is_file()
     assert "coverage" in out.lower()
     saved = load_scores(out_dir)  # the effect in words is printed, as the artifact records it
-    assert saved.effect is not None and saved.effect.format() in out
+    assert saved.effect is not None and saved.effect.format(latents=0) in out
     assert "What the recommended steering does, in words:\nnext token (16 neutral" in out
 
 
