@@ -78,11 +78,13 @@ class FeatureScores:
     recommended: Recommendation | None = None
     calibration: Calibration = field(default_factory=Calibration)
     effect: SteeringEffect | None = None
+    recommended_away: Recommendation | None = None
 
     def __post_init__(self) -> None:
         self.scores = torch.as_tensor(self.scores, dtype=torch.float32).detach().cpu().flatten()
         self.coverage = float(self.coverage)
         self.recommended = Recommendation.from_json(self.recommended)
+        self.recommended_away = Recommendation.from_json(self.recommended_away)
         self.calibration = Calibration.from_json(self.calibration)
         if isinstance(self.effect, dict):
             self.effect = SteeringEffect.from_dict(self.effect)
@@ -104,13 +106,46 @@ class FeatureScores:
         report = self.quality or build_report(
             self.scores, self.coverage, None, self.stats.get("align_fire_counts")
         )
-        return report if self.effect is None else replace(report, effect=self.effect)
+        return replace(report, effect=self.effect, steering=self._steering_lines())
+
+    def _steering_lines(self) -> list[str]:
+        """The recommended steering towards the topic and the recommended suppression."""
+        lines = []
+        for label, rec in (("toward", self.recommended), ("away", self.recommended_away)):
+            if rec is not None:
+                lines.append(
+                    f"steer {label:<13}{rec.method} at strength {rec.strength:.3g}"
+                    f"{' (calibrated)' if rec.calibrated else ''}: {rec.why}"
+                )
+        away = self.calibration.away
+        if away is not None:
+            points = ", ".join(
+                f"{p['strength']:g}: x{p['neutral_ratio']:.2f} neutral, "
+                f"{p['topic_drop']:+.3f} topic" for p in away.curve
+                if p["neutral_ratio"] is not None and p["topic_drop"] is not None
+            )
+            lines.append(f"away curve         {points}")
+        return lines
 
     def latent_weights(self) -> tuple[Tensor, Tensor] | None:
         """``(latents, weights)`` chosen by a rule that picks latents (``mean_diff``), else None."""
         if "latents" in self.stats and "weights" in self.stats:
             return self.stats["latents"].long(), self.stats["weights"].float()
         return None
+
+    def topic_latents(self) -> tuple[Tensor, Tensor | None, float | None] | None:
+        """``(latents, log_odds, bias)`` a suppression attenuates (``docs/method.md`` §7): the
+        latents that fire on the topic's tokens, and the posterior that gates them (``None``
+        when ungated); ``None`` for artifacts from before 0.4."""
+        if "away_latents" not in self.stats:
+            return None
+        odds = self.stats.get("away_log_odds")
+        bias = self.stats.get("away_bias")
+        return (
+            self.stats["away_latents"].long(),
+            None if odds is None else odds.float(),
+            None if bias is None else float(bias.flatten()[0]),
+        )
 
     def top_latents(self, k: int = TOP_K) -> Tensor:
         """Indices of the ``k`` highest-scoring latents, best first."""
@@ -143,6 +178,8 @@ class FeatureScores:
             "options": self.options,
             "report": _finite(self.report().to_dict()),
         }
+        if self.recommended_away is not None:  # absent, not null, like the effect
+            config["recommended_away"] = self.recommended_away.to_json()
         if self.effect is not None:  # absent, not null: older artifacts write as they did
             config["effect"] = _finite(self.effect.to_dict())
         return config
@@ -251,6 +288,7 @@ class FeatureScores:
             quality=quality,
             rule=config.get("rule"),
             recommended=config.get("recommended"),
+            recommended_away=config.get("recommended_away"),
             calibration=config.get("calibration") or {},
             effect=SteeringEffect.from_dict(config["effect"]) if config.get("effect") else None,
         )

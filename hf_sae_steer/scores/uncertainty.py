@@ -40,15 +40,17 @@ class ScoreReport:
     delta_explained: float | None = None
     warnings: list[str] = field(default_factory=list)
     effect: SteeringEffect | None = field(default=None, compare=False)
+    steering: list[str] = field(default_factory=list, compare=False)
 
     def to_dict(self) -> dict[str, Any]:
         data = asdict(replace(self, effect=None))
-        del data["effect"]
+        del data["effect"], data["steering"]
         return data
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> ScoreReport:
-        return cls(**{k: data[k] for k in cls.__dataclass_fields__ if k in data and k != "effect"})
+        skip = ("effect", "steering")
+        return cls(**{k: data[k] for k in cls.__dataclass_fields__ if k in data and k not in skip})
 
     def __str__(self) -> str:
         lines = [
@@ -70,6 +72,7 @@ class ScoreReport:
                 f"target explained   {self.delta_explained:.1%} of the alignment direction"
             )
         lines += [f"warning: {w}" for w in self.warnings]
+        lines += self.steering
         if self.effect is not None:
             # The measures of the whole steering; effect.format() adds each chosen latent's.
             lines.append("What the recommended steering does, in words:")

@@ -13,6 +13,7 @@ the size of the reference set.
 
 from __future__ import annotations
 
+import dataclasses
 import itertools
 import time
 import warnings
@@ -23,7 +24,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from hf_sae_steer.data.embedders import DEFAULT_EMBEDDER, Embedder, load_embedder
+from hf_sae_steer.data.embedders import DEFAULT_EMBEDDER, Embedder, embed_prompts, load_embedder
 from hf_sae_steer.data.prompts import hash_prompts, load_prompts
 from hf_sae_steer.data.sources import open_prompts
 from hf_sae_steer.distributed import current_world
@@ -37,6 +38,7 @@ from hf_sae_steer.models import (
 )
 from hf_sae_steer.sae.base import SAE
 from hf_sae_steer.scores import record
+from hf_sae_steer.scoring.away import calibrate_away, inviting_prompts
 from hf_sae_steer.scoring.calibration import CALIBRATION_PROMPTS, TARGET_RATIO, calibrate
 from hf_sae_steer.scoring.checks import check_options, checkpointing
 from hf_sae_steer.scoring.from_sums import from_sums
@@ -230,12 +232,63 @@ def fit_scores(
                 else:
                     record.calibration.fluency = fluency
                     record.recommended = record.recommended.calibrated_to(fluency)
+            if calibrate_strength and record.recommended_away is not None:
+                _calibrate_away(
+                    model, tokenizer, sae, record, alignment, embed_model,
+                    neutral=calibration_prompts, seed=seed,
+                )  # fmt: skip
             if measure_effect:
                 record.effect = _effect_in_words(model, tokenizer, sae, record)
     finally:
         model.train(was_training)
     record.options["fit_seconds"] = time.perf_counter() - started
     return record
+
+
+def _calibrate_away(
+    model: nn.Module,
+    tokenizer: Any,
+    sae: SAE,
+    scores: record.FeatureScores,
+    alignment: Sequence[str],
+    embed_model: Any,
+    *,
+    neutral: Sequence[str],
+    seed: int,
+) -> None:
+    """The recommended suppression's strength, measured (``docs/method.md`` §7); a warning and
+    the uncalibrated strength 1 where it cannot be."""
+
+    def embed(texts: list[str]) -> torch.Tensor:
+        (out,), _ = embed_prompts(embed_model, [texts], progress=False)
+        return out / out.norm(dim=-1, keepdim=True).clamp_min(1e-12)
+
+    try:
+        inviting = inviting_prompts(alignment)
+        if not inviting:
+            raise ValueError("no alignment text is long enough to open a prompt with")
+        centroid = embed(list(alignment)[:256]).mean(0)
+        away = calibrate_away(
+            model, tokenizer, sae, scores, neutral=neutral, inviting=inviting, embed=embed,
+            centroid=centroid / centroid.norm().clamp_min(1e-12), seed=seed,
+        )  # fmt: skip
+    except ValueError as error:
+        warnings.warn(
+            f"The suppression's strength was not calibrated ({error}); it stays at 1.",
+            stacklevel=3,
+        )
+        return
+    scores.calibration.away = away
+    rec = scores.recommended_away
+    scores.recommended_away = dataclasses.replace(
+        rec,  # type: ignore[arg-type]
+        strength=away.strength,
+        calibrated=True,
+        why=(
+            f"the largest strength whose continuations of {away.neutral_prompts} neutral prompts "
+            f"stay under {away.target_ratio:g}x the unsteered model's perplexity"
+        ),
+    )
 
 
 def _effect_in_words(

@@ -10,6 +10,7 @@ from hf_sae_steer.sae.base import SAE
 from hf_sae_steer.scores.recommendation import Calibration
 from hf_sae_steer.scores.record import FeatureScores
 from hf_sae_steer.scores.uncertainty import build_report
+from hf_sae_steer.scoring.away import recommend_away, topic_latents
 from hf_sae_steer.scoring.rules import apply_rule, recommend
 from hf_sae_steer.scoring.rules.objective import TopicMargin
 from hf_sae_steer.scoring.walk.passes import ScoringSums
@@ -69,6 +70,9 @@ def from_sums(
             f"±{MAX_STRENGTH:g} that steering accepts: the SAE's decoder rows are tiny next to "
             "the hidden states. Pass a smaller norm_fraction (--norm-fraction)."
         )
+    away = topic_latents(sums)
+    if len(away):
+        stats["away_latents"] = away
     options = {**fields.pop("options", {}), "rule_options": result.options}
     return record_class(
         scores=result.scores,
@@ -82,6 +86,7 @@ def from_sums(
         quality=report,
         rule=rule,
         recommended=recommended,
+        recommended_away=recommend_away(away),
         calibration=Calibration(sums.mean_norm(), sums.mean_norm(raw=True)),
         **fields,
     )
