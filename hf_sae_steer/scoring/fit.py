@@ -188,7 +188,7 @@ def fit_scores(
             if get_rule(rule).needs_margin:
                 margin = TopicMargin(
                     model, tokenizer, layout, where, passes.sae, alignment,
-                    _reference_sample(reference), seed=seed,
+                    _reference_sample(reference), seed=seed, rule=rule,
                 )  # fmt: skip
             if done.resumed_at:
                 options["resumed_at"] = done.resumed_at
@@ -203,6 +203,7 @@ def fit_scores(
             record = from_sums(
                 done.sums, sae, rule=rule, rule_options=options_of_rule, margin=margin,
                 norm_fraction=norm_fraction, warn=world.is_main, layer=where.layer,
+                alignment_texts=(len({text.strip() for text in alignment}), len(alignment)),
                 site=where.kind, summary=summary, model_id=model_id(model),
                 embedder=embedder_name, reference_hash=done.reference_hash,
                 alignment_hash=hash_prompts(alignment), options=options,
