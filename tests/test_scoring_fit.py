@@ -358,6 +358,18 @@ def test_errors(model, tokenizer, topk_sae, tmp_path):
         ({"rule": "mean_diff", "k": 2.5}, "k"),
         ({"rule": "seed", "k": 3}, "option of the rule mean_diff, not seed"),
         ({"rule": "mean_diff", "prior_prompts": 3}, "option of the rule support"),
+        # issue 23: the calibration's options too, whatever the rule, with the CLI's messages
+        ({"target_ratio": 0}, r"target_ratio \(--target-ratio\) must be a perplexity ratio "
+                              r"above 1 and below 100, got 0"),
+        ({"rule": "mean_diff", "target_ratio": 1}, r"above 1 and below 100, got 1\b"),
+        ({"rule": "mean_diff", "target_ratio": math.nan}, "above 1 and below 100, got nan"),
+        ({"target_ratio": 1e9}, "above 1 and below 100, got 1e"),
+        ({"target_ratio": "2"}, "target_ratio"),
+        ({"rule": "mean_diff", "calibrate_strength": False, "target_ratio": 3},
+         r"calibrate_strength=False \(--no-calibrate\)"),
+        ({"calibration_prompts": []}, "calibration_prompts must be"),
+        ({"calibration_prompts": "The garden"}, "calibration_prompts must be"),
+        ({"calibration_prompts": ["The garden", " "]}, "calibration_prompts must be"),
     ],
 )
 def test_options_are_checked_before_any_pass(model, tokenizer, topk_sae, options, message):

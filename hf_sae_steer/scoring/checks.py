@@ -3,11 +3,13 @@ its CLI flag, and the checkpoint's folder."""
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+import math
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
 from hf_sae_steer.folders import check_writable
+from hf_sae_steer.scoring.calibration import TARGET_RATIO
 from hf_sae_steer.scoring.rules import REGISTRY, check_rule_options, get_rule
 from hf_sae_steer.scoring.walk.accumulation import CHUNK, Checkpointing
 from hf_sae_steer.scoring.walk.passes import SUMMARIES
@@ -38,6 +40,43 @@ def check_options(
     given.update(rule_options or {})
     check_rule_options(rule, given, d_sae)
     return given
+
+
+MAX_TARGET_RATIO = 100.0  # a steering that costs 100x the perplexity is no longer text
+
+
+def check_calibration(
+    calibrate_strength: bool, target_ratio: float | None, prompts: Sequence[str] | None = None
+) -> float:
+    """The target perplexity ratio of the fluency calibration (``None``: the default), if the
+    calibration's options are valid; checked before any work, whatever the rule (the messages
+    name the arguments and their flags, for the API and the CLI alike)."""
+    if target_ratio is not None and not calibrate_strength:
+        raise ValueError(
+            "target_ratio (--target-ratio) is the calibration's target, but "
+            "calibrate_strength=False (--no-calibrate) turns the calibration off: drop one of them."
+        )
+    target = TARGET_RATIO if target_ratio is None else target_ratio
+    number = isinstance(target, (int, float)) and not isinstance(target, bool)
+    if not (number and 1 < target < MAX_TARGET_RATIO):  # NaN fails both comparisons
+        shown = f"{target:g}" if number and math.isfinite(target) else repr(target)
+        raise ValueError(
+            f"target_ratio (--target-ratio) must be a perplexity ratio above 1 and below "
+            f"{MAX_TARGET_RATIO:g}, got {shown}: the calibrated strength keeps the steered "
+            f"texts' perplexity under that many times the unsteered model's (default "
+            f"{TARGET_RATIO:g})."
+        )
+    if prompts is not None and (
+        isinstance(prompts, str)
+        or not isinstance(prompts, Sequence)
+        or not prompts
+        or not all(isinstance(p, str) and p.strip() for p in prompts)
+    ):
+        raise ValueError(
+            "calibration_prompts must be a non-empty list of texts (neutral sentence openings), "
+            "none of them blank."
+        )
+    return float(target)
 
 
 def _taking(option: str) -> str:

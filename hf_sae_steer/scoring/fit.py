@@ -37,8 +37,8 @@ from hf_sae_steer.models import (
 )
 from hf_sae_steer.sae.base import SAE
 from hf_sae_steer.scores import record
-from hf_sae_steer.scoring.calibration import CALIBRATION_PROMPTS, TARGET_RATIO, calibrate
-from hf_sae_steer.scoring.checks import check_options, checkpointing
+from hf_sae_steer.scoring.calibration import CALIBRATION_PROMPTS, calibrate
+from hf_sae_steer.scoring.checks import check_calibration, check_options, checkpointing
 from hf_sae_steer.scoring.from_sums import from_sums
 from hf_sae_steer.scoring.rules import DEFAULT_RULE, Rule, get_rule
 from hf_sae_steer.scoring.rules.objective import TopicMargin
@@ -69,7 +69,7 @@ def fit_scores(
     rule_options: Mapping[str, Any] | None = None,
     norm_fraction: float = NORM_FRACTION,
     calibrate_strength: bool = True,
-    target_ratio: float = TARGET_RATIO,
+    target_ratio: float | None = None,
     calibration_prompts: Sequence[str] = CALIBRATION_PROMPTS,
     seed: int = 0,
     summary: Summary = "avg",
@@ -99,10 +99,11 @@ def fit_scores(
     (``prior_prompts``, 5 by default) or ``"seed"``, the reference rule exactly. The artifact
     records the steering its rule recommends. An additive one (``add``) is calibrated on
     ``calibration_prompts`` (neutral openings): its strength is the largest whose perplexity
-    ratio to the unsteered model stays under ``target_ratio``, and the measured curve is kept
-    (:mod:`~hf_sae_steer.scoring.calibration`); ``calibrate_strength=False`` sets it by norm
-    fraction ``norm_fraction`` instead (:mod:`~hf_sae_steer.steering.strength`). ``seed``
-    makes the trained rule and the calibration's sampling reproducible.
+    ratio to the unsteered model stays under ``target_ratio`` (default 1.5), and the measured
+    curve is kept (:mod:`~hf_sae_steer.scoring.calibration`); ``calibrate_strength=False`` sets
+    it by norm fraction ``norm_fraction`` instead (:mod:`~hf_sae_steer.steering.strength`;
+    ``target_ratio`` is then refused). The calibration's options are checked before any work.
+    ``seed`` makes the trained rule and the calibration's sampling reproducible.
 
     ``layer``/``site`` default to where the SAE was trained
     (:func:`~hf_sae_steer.sites.resolve.resolve_site`). ``alignment`` takes anything
@@ -132,6 +133,7 @@ def fit_scores(
         rule, summary=summary, k=k, prior_prompts=prior_prompts, norm_fraction=norm_fraction,
         d_sae=sae.d_sae, rule_options=rule_options,
     )  # fmt: skip
+    target_ratio = check_calibration(calibrate_strength, target_ratio, calibration_prompts)
     saving = checkpointing(checkpoint, checkpoint_every, resume)
     started = time.perf_counter()
     source, alignment = open_prompts(reference), load_prompts(alignment)
