@@ -392,3 +392,17 @@ def test_app_refuses_a_bad_host_or_a_busy_port_in_one_line(capsys, monkeypatch):
     code = main(["app", "--port", "70000", "--quiet"])
     assert code == 2 and "--port must be from 1 to 65535" in capsys.readouterr().err
     assert loads == []  # refused before the model loads
+
+
+def test_http_api_refuses_topic_texts_over_the_limit(server):
+    # issue 23: a 10 MB line went through /fit_topic; now one answer naming the limit.
+    from gradio_client import Client
+
+    from hf_sae_steer.cli.topics import MAX_EXAMPLE_CHARS
+
+    client = Client(server, verbose=False)
+    texts = ["Bread is baked.", "Soup is boiled.", "Rice is cooked.", "x" * 2_000_000]
+    for sent in (texts, "\n".join(texts)):
+        answer = client.predict(sent, api_name="/fit_topic")
+        assert f"at most {MAX_EXAMPLE_CHARS:,} characters" in answer["error"], answer
+        assert "Traceback" not in answer["error"] and "\n" not in answer["error"]

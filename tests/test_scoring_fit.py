@@ -402,3 +402,22 @@ def test_an_unwritable_checkpoint_is_refused_before_any_pass(model, tokenizer, t
     blocker.write_text("a file, not a folder")
     with pytest.raises(NotADirectoryError, match="is a file"):
         fit(model, tokenizer, topk_sae, checkpoint=blocker / "run.ckpt")
+
+
+def test_alignment_texts_have_a_size_limit(model, tokenizer, topk_sae):
+    # issue 23: a 10 MB text went into a fit unchecked; refused before any pass, named.
+    from hf_sae_steer.scoring.checks import MAX_ALIGNMENT_CHARS, MAX_ALIGNMENT_TEXTS
+
+    read = []
+
+    def reference():
+        read.append(1)
+        yield from REFERENCE
+
+    huge = "a" * (MAX_ALIGNMENT_CHARS + 1)
+    with pytest.raises(ValueError, match=rf"Alignment text 2 is {MAX_ALIGNMENT_CHARS + 1:,} "):
+        fit(model, tokenizer, topk_sae, reference=reference(), alignment=[ALIGNMENT[0], huge])
+    many = [f"text {i}" for i in range(MAX_ALIGNMENT_TEXTS + 1)]
+    with pytest.raises(ValueError, match=f"more than the {MAX_ALIGNMENT_TEXTS:,}"):
+        fit(model, tokenizer, topk_sae, reference=reference(), alignment=many)
+    assert read == []

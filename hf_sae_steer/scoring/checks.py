@@ -79,6 +79,31 @@ def check_calibration(
     return float(target)
 
 
+# The alignment set is read whole (loaded, embedded, passed at once): bounds that no topic needs
+# to pass, and that keep a stray file (one 10 MB line) from costing minutes and gigabytes.
+MAX_ALIGNMENT_TEXTS = 100_000
+MAX_ALIGNMENT_CHARS = 1_000_000
+
+
+def check_alignment(alignment: list[str]) -> list[str]:
+    """``alignment`` if it is within :data:`MAX_ALIGNMENT_TEXTS` texts of at most
+    :data:`MAX_ALIGNMENT_CHARS` characters each (checked before the model runs)."""
+    if len(alignment) > MAX_ALIGNMENT_TEXTS:
+        raise ValueError(
+            f"The alignment set holds {len(alignment):,} texts, more than the "
+            f"{MAX_ALIGNMENT_TEXTS:,} a fit reads at once: give a sample of them (a few hundred "
+            "typical texts describe a topic)."
+        )
+    for number, text in enumerate(alignment, start=1):
+        if len(text) > MAX_ALIGNMENT_CHARS:
+            raise ValueError(
+                f"Alignment text {number} is {len(text):,} characters long, more than the "
+                f"{MAX_ALIGNMENT_CHARS:,} an alignment text may have (the fit reads its first "
+                "report_max_tokens tokens): cut it, or split it into several texts."
+            )
+    return alignment
+
+
 def _taking(option: str) -> str:
     return next(name for name, rule in REGISTRY.items() if option in rule.option_names())
 

@@ -38,7 +38,12 @@ from hf_sae_steer.models import (
 from hf_sae_steer.sae.base import SAE
 from hf_sae_steer.scores import record
 from hf_sae_steer.scoring.calibration import CALIBRATION_PROMPTS, calibrate
-from hf_sae_steer.scoring.checks import check_calibration, check_options, checkpointing
+from hf_sae_steer.scoring.checks import (
+    check_alignment,
+    check_calibration,
+    check_options,
+    checkpointing,
+)
 from hf_sae_steer.scoring.from_sums import from_sums
 from hf_sae_steer.scoring.rules import DEFAULT_RULE, Rule, get_rule
 from hf_sae_steer.scoring.rules.objective import TopicMargin
@@ -136,7 +141,7 @@ def fit_scores(
     target_ratio = check_calibration(calibrate_strength, target_ratio, calibration_prompts)
     saving = checkpointing(checkpoint, checkpoint_every, resume)
     started = time.perf_counter()
-    source, alignment = open_prompts(reference), load_prompts(alignment)
+    source, alignment = open_prompts(reference), check_alignment(load_prompts(alignment))
     layout = find_layout(model)
     where = resolve_site(layout, layer, site, trained=sae.cfg)
     inputs_on = model_device(model)
