@@ -115,7 +115,8 @@ def expected() -> dict[str, str]:
     sae, scores = load_sae(DEMO / "sae"), load_scores(DEMO / "scores")
     with SteeredModel(model, sae, scores=scores) as steered:
         recommended = continue_prompts(steered, tokenizer, [PROMPT], max_new_tokens=TOKENS)[0]
-    with SteeredModel(model, sae, scores=scores, method="swap", strength=0.5) as steered:
+    seed = load_scores(DEMO / "scores_seed")  # swap: on the reference rule's scores, as the demo
+    with SteeredModel(model, sae, scores=seed, method="swap", strength=0.5) as steered:
         swap = continue_prompts(steered, tokenizer, [PROMPT], max_new_tokens=TOKENS)[0]
     return {"base": base, "recommended": recommended, "swap": swap}
 
@@ -139,6 +140,7 @@ def test_http_api(server, expected):
 
     answer = client.predict(PROMPT, "swap", "0.5", "all", "default", TOKENS, api_name="/compare")
     assert answer["outputs"]["steered"]["text"] == expected["swap"]
+    assert answer["steering"].startswith("swap on the reference rule's scores (seed) at strength")
 
     base, steered, status = client.predict(
         PROMPT, "recommended", "", "all", "default", TOKENS, False, api_name="/generate"

@@ -31,6 +31,8 @@ EMBEDDER_HINT = (
 _PACKAGE = Path(__file__).resolve().parents[1]
 DEFAULT_LOCATIONS = (_PACKAGE / "_demo", _PACKAGE.parent / "storage" / "demo")
 RECOMMENDED, REFERENCE = "recommended", "swap (reference)"
+# What "swap" means in the demo, the chat and the app alike (cli/playground.py).
+SWAP_SCORES = "the reference rule's scores (seed)"
 
 
 def find_assets(assets: str | Path | None = None) -> Path:
@@ -69,7 +71,10 @@ class DemoResult:
     missing: str | None = None
 
     def steering_line(self) -> str:
-        return recommended_line(self.scores)
+        line = recommended_line(self.scores)
+        if REFERENCE in self.columns:
+            line += f"\n{REFERENCE}: the reference's method, swap, on {SWAP_SCORES}."
+        return line
 
     def measured_lines(self) -> list[str]:
         if self.missing is not None:
