@@ -82,6 +82,9 @@ def test_swap_means_what_the_demo_means(playground):
                       strength=0.5, preserve_error=True) as steered:  # fmt: skip
         want = continue_prompts(steered, playground.tokenizer, [PROMPT], max_new_tokens=10)[0]
     assert outputs[STEERED].text == want
+    # (the default scores swap to another text: the check above tells the two apart)
+    assert want != _steered_text(playground, PROMPT, method="swap", strength=0.5,
+                                 preserve_error=True)  # fmt: skip
     assert playground.describe(settings) == (
         "swap on the reference rule's scores (seed) at strength 0.5, preserve_error on, "
         "positions all"
@@ -89,7 +92,8 @@ def test_swap_means_what_the_demo_means(playground):
     shown = run_demo(prompts=[PROMPT], alignment=None, n_prompts=1, max_new_tokens=10,
                      progress=False)  # fmt: skip
     swap = Settings(method="swap", max_new_tokens=10)
-    assert shown.rows[0][REFERENCE] == playground.run(PROMPT, swap)[STEERED].text
+    samples = playground.samples(PROMPT, swap, n=len(shown.rows[0][REFERENCE]))[STEERED]
+    assert [s.text for s in shown.rows[0][REFERENCE]] == [s.text for s in samples]
     assert "on the reference rule's scores (seed" in shown.steering_line()
     # Without reference-rule scores, swap steers with the scores loaded, and says which.
     bare = Playground(playground.model, playground.tokenizer, playground.sae,
