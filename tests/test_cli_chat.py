@@ -70,12 +70,13 @@ def expected_texts(prompt: str) -> tuple[str, str]:
 
 
 def expected_effect() -> str:
-    """The effect in words of the steering the chat has when it is asked for it."""
+    """The effect in words of the steering the chat has when it is asked for it (swap: on the
+    reference rule's scores, as the demo's)."""
     from hf_sae_steer.steering.effect import effect_of
 
     model, tokenizer = load_model(str(DEMO / "model"))
     return effect_of(
-        model, tokenizer, load_sae(DEMO / "sae"), scores=load_scores(DEMO / "scores"),
+        model, tokenizer, load_sae(DEMO / "sae"), scores=load_scores(DEMO / "scores_seed"),
         method="swap", strength=0.5, preserve_error=True, positions="generated",
     ).format()  # fmt: skip
 
@@ -111,7 +112,7 @@ def test_chat_in_a_terminal(tmp_path):
         type_line(child, ":report")
         child.expect_exact("coverage")
         type_line(child, ":effect")  # what the current steering (swap at 0.5 ...) does
-        child.expect_exact("steering: swap at strength 0.5, preserve_error on, positions generated")
+        child.expect_exact("(seed) at strength 0.5, preserve_error on, positions generated")
         for line in expected_effect().splitlines()[:5]:  # next token, then the lens's label
             child.expect_exact(line)
         type_line(child, ":history")
