@@ -202,8 +202,11 @@ def test_http_api_samples_and_effect(server):
     assert ", ".join(effect.words(20)) in words and effect.format(latents=3) in words
 
     answer = client.predict("swap", "0.5", api_name="/effect")
-    assert answer["error"] is None and answer["steering"].startswith("swap at strength 0.5")
-    swap = effect_of(model, tokenizer, sae, scores=scores, method="swap", strength=0.5)
+    assert answer["error"] is None
+    swap_line = "swap on the reference rule's scores (seed) at strength 0.5"
+    assert answer["steering"].startswith(swap_line)
+    seed = load_scores(DEMO / "scores_seed")  # swap: on the reference rule's scores, as the demo
+    swap = effect_of(model, tokenizer, sae, scores=seed, method="swap", strength=0.5)
     assert answer["words"] == swap.words(20) and answer["effect"] == swap.to_dict()
     answer = client.predict("amplify", api_name="/effect")
     assert "Unknown method 'amplify'" in answer["error"]
