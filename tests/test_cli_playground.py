@@ -56,16 +56,70 @@ def test_run_matches_the_library_for_the_recommended_steering(playground):
 
 
 def test_settings_reach_the_steering(playground):
-    settings = Settings(method="swap", strength=0.5, positions="generated", preserve_error=True,
+    settings = Settings(method="clamp", strength=0.5, positions="generated", preserve_error=True,
                         max_new_tokens=10)  # fmt: skip
     outputs = playground.run(PROMPT, settings)
     want = _steered_text(
-        playground, PROMPT, method="swap", strength=0.5, positions="generated", preserve_error=True
+        playground, PROMPT, method="clamp", strength=0.5, positions="generated", preserve_error=True
     )
     assert outputs[STEERED].text == want
     assert playground.describe(settings) == (
-        "swap at strength 0.5, preserve_error on, positions generated"
+        "clamp at strength 0.5, preserve_error on, positions generated"
     )
+
+
+def test_swap_means_what_the_demo_means(playground):
+    # issue 23: the demo's swap steered with the reference rule's scores, the chat's with the
+    # default ones. Now both use the reference rule's scores, and say so.
+    from hf_sae_steer.cli.demo import REFERENCE, run_demo
+    from hf_sae_steer.scores.record import load_scores
+
+    seed = load_scores(DEMO / "scores_seed")
+    assert seed.rule == "seed" and playground.reference_scores is not None
+    settings = Settings(method="swap", strength=0.5, preserve_error=True, max_new_tokens=10)
+    outputs = playground.run(PROMPT, settings)
+    with SteeredModel(playground.model, playground.sae, scores=seed, method="swap",
+                      strength=0.5, preserve_error=True) as steered:  # fmt: skip
+        want = continue_prompts(steered, playground.tokenizer, [PROMPT], max_new_tokens=10)[0]
+    assert outputs[STEERED].text == want
+    # (the default scores swap to another text: the check above tells the two apart)
+    assert want != _steered_text(playground, PROMPT, method="swap", strength=0.5,
+                                 preserve_error=True)  # fmt: skip
+    assert playground.describe(settings) == (
+        "swap on the reference rule's scores (seed) at strength 0.5, preserve_error on, "
+        "positions all"
+    )
+    shown = run_demo(prompts=[PROMPT], alignment=None, n_prompts=1, max_new_tokens=10,
+                     progress=False)  # fmt: skip
+    swap = Settings(method="swap", max_new_tokens=10)
+    samples = playground.samples(PROMPT, swap, n=len(shown.rows[0][REFERENCE]))[STEERED]
+    assert [s.text for s in shown.rows[0][REFERENCE]] == [s.text for s in samples]
+    assert "on the reference rule's scores (seed" in shown.steering_line()
+    # Without reference-rule scores, swap steers with the scores loaded, and says which.
+    bare = Playground(playground.model, playground.tokenizer, playground.sae,
+                      playground.loaded_scores)  # fmt: skip
+    assert bare.describe(swap).startswith("swap on the loaded scores (rule mean_diff) at")
+    assert bare.run(PROMPT, swap)[STEERED].text == _steered_text(bare, PROMPT, method="swap")
+
+
+def test_new_scores_steer_as_they_recommend(playground):
+    # issue 23: after :topic the chat kept the method picked earlier.
+    try:
+        playground.update(method="swap", strength=0.5, preserve_error=True)
+        steering = playground.use_scores(playground.loaded_scores, topic="yours")
+        assert (playground.settings.method, playground.settings.strength) == ("recommended", None)
+        assert playground.settings.preserve_error is None
+        recommended = f"add (the scores' recommendation) at strength {demo_strength()}"
+        assert steering.startswith(recommended)
+        assert playground.describe(Settings(method="swap")).startswith(
+            "swap on your topic's scores (rule mean_diff) at"
+        )  # a topic has no reference-rule scores of its own
+        playground.update(method="clamp")
+        playground.use_scores(playground.loaded_scores, topic=None)  # :topic reset
+        assert playground.settings.method == "recommended"
+    finally:
+        playground.use_scores(playground.loaded_scores, topic=None)
+        playground.update(method="recommended")
 
 
 def test_stream_grows_and_ends_with_the_same_texts_and_times(playground):
@@ -87,7 +141,9 @@ def test_update_resets_strength_on_a_new_method_and_rejects_bad_values():
     assert pg.describe().startswith(
         f"add (the scores' recommendation) at strength {demo_strength()}"
     )
-    assert pg.update(method="swap", strength=0.25).startswith("swap at strength 0.25")
+    assert pg.update(method="swap", strength=0.25).startswith(
+        "swap on the reference rule's scores (seed) at strength 0.25"
+    )
     assert pg.update(method="clamp").startswith("clamp at strength 1,")  # strength reset
     before = pg.settings
     with pytest.raises(PlaygroundError, match="Unknown method 'amplify'"):

@@ -115,7 +115,8 @@ def expected() -> dict[str, str]:
     sae, scores = load_sae(DEMO / "sae"), load_scores(DEMO / "scores")
     with SteeredModel(model, sae, scores=scores) as steered:
         recommended = continue_prompts(steered, tokenizer, [PROMPT], max_new_tokens=TOKENS)[0]
-    with SteeredModel(model, sae, scores=scores, method="swap", strength=0.5) as steered:
+    seed = load_scores(DEMO / "scores_seed")  # swap: on the reference rule's scores, as the demo
+    with SteeredModel(model, sae, scores=seed, method="swap", strength=0.5) as steered:
         swap = continue_prompts(steered, tokenizer, [PROMPT], max_new_tokens=TOKENS)[0]
     return {"base": base, "recommended": recommended, "swap": swap}
 
@@ -139,6 +140,7 @@ def test_http_api(server, expected):
 
     answer = client.predict(PROMPT, "swap", "0.5", "all", "default", TOKENS, api_name="/compare")
     assert answer["outputs"]["steered"]["text"] == expected["swap"]
+    assert answer["steering"].startswith("swap on the reference rule's scores (seed) at strength")
 
     base, steered, status = client.predict(
         PROMPT, "recommended", "", "all", "default", TOKENS, False, api_name="/generate"
@@ -200,8 +202,11 @@ def test_http_api_samples_and_effect(server):
     assert ", ".join(effect.words(20)) in words and effect.format(latents=3) in words
 
     answer = client.predict("swap", "0.5", api_name="/effect")
-    assert answer["error"] is None and answer["steering"].startswith("swap at strength 0.5")
-    swap = effect_of(model, tokenizer, sae, scores=scores, method="swap", strength=0.5)
+    assert answer["error"] is None
+    swap_line = "swap on the reference rule's scores (seed) at strength 0.5"
+    assert answer["steering"].startswith(swap_line)
+    seed = load_scores(DEMO / "scores_seed")  # swap: on the reference rule's scores, as the demo
+    swap = effect_of(model, tokenizer, sae, scores=seed, method="swap", strength=0.5)
     assert answer["words"] == swap.words(20) and answer["effect"] == swap.to_dict()
     answer = client.predict("amplify", api_name="/effect")
     assert "Unknown method 'amplify'" in answer["error"]
@@ -438,3 +443,17 @@ def test_app_refuses_a_bad_host_or_a_busy_port_in_one_line(capsys, monkeypatch):
     code = main(["app", "--port", "70000", "--quiet"])
     assert code == 2 and "--port must be from 1 to 65535" in capsys.readouterr().err
     assert loads == []  # refused before the model loads
+
+
+def test_http_api_refuses_topic_texts_over_the_limit(server):
+    # issue 23: a 10 MB line went through /fit_topic; now one answer naming the limit.
+    from gradio_client import Client
+
+    from hf_sae_steer.cli.topics import MAX_EXAMPLE_CHARS
+
+    client = Client(server, verbose=False)
+    texts = ["Bread is baked.", "Soup is boiled.", "Rice is cooked.", "x" * 2_000_000]
+    for sent in (texts, "\n".join(texts)):
+        answer = client.predict(sent, api_name="/fit_topic")
+        assert f"at most {MAX_EXAMPLE_CHARS:,} characters" in answer["error"], answer
+        assert "Traceback" not in answer["error"] and "\n" not in answer["error"]

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import hashlib
 import json
 import math
@@ -260,6 +261,42 @@ def test_check_compatible(fitted, sae, tmp_path):
         check_compatible(fitted, wider, allow_mismatch=True)
     imported = FeatureScores(scores=torch.zeros(N), coverage=0.0)  # e.g. from CSV
     check_compatible(imported, other)
+
+
+@pytest.mark.parametrize(
+    "model_id, sae_spec, shown_model, shown_sae",
+    [
+        ("{tmp}/models/my-model", "{tmp}/saes/layer-9/", "my-model", "layer-9"),
+        ("~/models/my-model", "./saes/layer-9", "my-model", "layer-9"),
+        ("openai-community/gpt2", "hf://owner/repo/layer_9/width_16k",
+         "openai-community/gpt2", "hf://owner/repo/layer_9/width_16k"),
+        ("gpt2", "saelens:gpt2-small-res-jb/blocks.8.hook_resid_pre",
+         "gpt2", "saelens:gpt2-small-res-jb/blocks.8.hook_resid_pre"),
+        ("{tmp}/models/my-model", "https://example.org/sae/9.pt", "my-model",
+         "https://example.org/sae/9.pt"),
+    ],
+)  # fmt: skip
+def test_saved_artifacts_hold_no_local_paths(fitted, tmp_path, model_id, sae_spec, shown_model,
+                                             shown_sae):  # fmt: skip
+    # issue 23: a card and a config name a path by its last component, a Hub id as it is.
+    scores = copy.copy(fitted)
+    scores.model_id = model_id.format(tmp=tmp_path)
+    scores.sae_spec = sae_spec.format(tmp=tmp_path)
+    scores.embedder = str(tmp_path / "embedders" / "mini-lm")
+    folder = scores.save_pretrained(tmp_path / "art")
+    config = json.loads((folder / "steering_config.json").read_text())
+    card = (folder / "README.md").read_text()
+    for text in (card, json.dumps(config)):
+        assert str(tmp_path) not in text and "~/" not in text and "./" not in text
+    assert config["model_id"] == shown_model and config["sae"]["spec"] == shown_sae
+    assert config["embedder"] == "mini-lm"
+    assert f"| model | {shown_model} |" in card and f"{shown_sae} (fingerprint" in card
+    loadable = ":" in shown_sae  # a spec with a scheme loads anywhere; a folder's name does not
+    snippet = json.dumps(shown_sae if loadable else "<the SAE these scores fit>")
+    assert f"sae = load_sae({snippet})" in card
+    back = FeatureScores.from_pretrained(folder)
+    assert (back.model_id, back.sae_spec) == (shown_model, shown_sae)
+    assert back.to_config() == {k: v for k, v in config.items() if k != "scores_sha256"}
 
 
 def test_the_effect_in_words_is_saved_loaded_and_printed(fitted, tmp_path):

@@ -91,7 +91,11 @@ def test_the_same_item_shares_one_edit_and_keys_differ_by_steering(demo):
         ({"vector": "nope"}, "unknown concept"),
         ({"concept": "med", "strength": "recommended", "method": "swap"},
          "recommends add, not 'swap'"),
-        ({"concept": "seed", "strength": "calibrated"}, "calibrated"),
+        ({"concept": "seed", "strength": "calibrated"},
+         r'^steering\[0\]: The strength "calibrated" is .* these scores have none .*: give swap '
+         r"a number as its strength\.$"),
+        ({"concept": "med", "method": "clamp", "strength": "calibrated"},
+         "it measured add only, not clamp: give clamp a number as its strength, or steer with add"),
         ({"latents": {"5000": 1.0}}, "out of range for d_sae=1024"),
         ({"latents": {"1": 1.0}, "layer": 3}, "no served SAE at layer=3"),
     ],

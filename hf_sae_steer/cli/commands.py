@@ -27,8 +27,7 @@ from hf_sae_steer.models import check_device, load_model
 from hf_sae_steer.sae.loading import load_sae
 from hf_sae_steer.scores.card import CARD_FILE
 from hf_sae_steer.scores.record import ARTIFACT_FILES, is_artifact, load_scores
-from hf_sae_steer.scoring.calibration import TARGET_RATIO
-from hf_sae_steer.scoring.checks import check_options
+from hf_sae_steer.scoring.checks import check_calibration, check_options
 from hf_sae_steer.scoring.examples import latent_examples
 from hf_sae_steer.scoring.fit import FeatureScores
 from hf_sae_steer.scoring.rules import DEFAULT_RULE
@@ -136,9 +135,7 @@ def cmd_score(args: argparse.Namespace) -> dict[str, Any]:
     rule_options = {"objective": args.objective} if args.objective else None
     check_options(rule, summary=args.summary, k=args.k, prior_prompts=args.prior_prompts,
                   norm_fraction=args.norm_fraction, rule_options=rule_options)  # fmt: skip
-    target = TARGET_RATIO if args.target_ratio is None else args.target_ratio
-    if not 1 < target < 100:
-        raise ValueError(f"--target-ratio must be a perplexity ratio above 1, got {target}.")
+    check_calibration(not args.no_calibrate, args.target_ratio)
     out = check_output_folder(args.out, ARTIFACT_FILES, overwrite=args.overwrite,
                               is_ours=is_artifact, optional=(CARD_FILE,))  # fmt: skip
     if args.checkpoint is not None:
@@ -173,7 +170,7 @@ def cmd_score(args: argparse.Namespace) -> dict[str, Any]:
             rule_options=rule_options,
             norm_fraction=args.norm_fraction,
             calibrate_strength=not args.no_calibrate,
-            target_ratio=target,
+            target_ratio=args.target_ratio,
             seed=args.seed,
             summary=args.summary,
             embedder=args.embedder,

@@ -42,6 +42,8 @@ EMBEDDER_HINT = (
 _PACKAGE = Path(__file__).resolve().parents[1]
 DEFAULT_LOCATIONS = (_PACKAGE / "_demo", _PACKAGE.parent / "storage" / "demo")
 RECOMMENDED, REFERENCE = "recommended", "swap (reference)"
+# What "swap" means in the demo, the chat and the app alike (cli/playground.py).
+SWAP_SCORES = "the reference rule's scores (seed)"
 
 
 def find_assets(assets: str | Path | None = None) -> Path:
@@ -84,7 +86,10 @@ class DemoResult:
     generation: dict[str, Any] = field(default_factory=dict)
 
     def steering_line(self) -> str:
-        return recommended_line(self.scores)
+        line = recommended_line(self.scores)
+        if REFERENCE in self.columns:
+            line += f"\n{REFERENCE}: the reference's method, swap, on {SWAP_SCORES}."
+        return line
 
     def effect_lines(self) -> list[str]:
         """The tokens the recommended steering raises and lowers most, by both measures."""

@@ -34,6 +34,7 @@ def _playground(args: argparse.Namespace) -> Playground:
         compare_model=args.compare_model,
         latent_prompts=args.latent_prompts,
         reference=args.reference,
+        reference_scores=args.reference_scores,
         device=args.device,
         dtype=args.dtype,
         layer=args.layer,

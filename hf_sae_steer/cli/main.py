@@ -103,6 +103,10 @@ def _playground(p: argparse.ArgumentParser) -> None:
         "--reference",
         help="reference prompts a topic of your own is fitted against (default: --latent-prompts)",
     )
+    p.add_argument(
+        "--reference-scores",
+        help="the reference rule's scores, which swap steers with (demo: its scores_seed)",
+    )
     p.add_argument("--method", default="recommended", help=f"one of: {METHOD_HELP}")
     p.add_argument("--positions", default="all", choices=["all", "prompt", "generated"])
     p.add_argument("--strength", type=float, help="default: the method's (or the scores')")

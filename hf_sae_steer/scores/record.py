@@ -34,7 +34,7 @@ from hf_sae_steer.scores.artifact_checks import (
     check_tensors,
     read_config,
 )
-from hf_sae_steer.scores.card import CARD_FILE, HUB_ID, model_card
+from hf_sae_steer.scores.card import CARD_FILE, HUB_ID, model_card, portable_name
 from hf_sae_steer.scores.csv_scores import read_score_csv
 from hf_sae_steer.scores.effect import SteeringEffect
 from hf_sae_steer.scores.recommendation import Calibration, Recommendation
@@ -154,14 +154,15 @@ class FeatureScores:
     # -- the artifact --------------------------------------------------------------------
     def to_config(self) -> dict[str, Any]:
         """The JSON side of the artifact: provenance, options, the uncertainty report and (when
-        measured) the effect in words."""
+        measured) the effect in words (local paths by their last component:
+        :func:`~hf_sae_steer.scores.card.portable_name`)."""
         config = {
             "format": FORMAT,
             "format_version": FORMAT_VERSION,
             "library_version": __version__,
-            "model_id": self.model_id,
+            "model_id": portable_name(self.model_id),
             "sae": {
-                "spec": self.sae_spec,
+                "spec": portable_name(self.sae_spec),
                 "fingerprint": self.sae_fingerprint,
                 "d_sae": self.d_sae,
             },
@@ -171,7 +172,7 @@ class FeatureScores:
             "recommended": None if self.recommended is None else self.recommended.to_json(),
             "calibration": self.calibration.to_json(),
             "summary": self.summary,
-            "embedder": self.embedder,
+            "embedder": portable_name(self.embedder),
             "coverage": self.coverage,
             "reference": {"size": self.reference_size, "hash": self.reference_hash},
             "alignment": {"size": self.alignment_size, "hash": self.alignment_hash},

@@ -39,8 +39,13 @@ from hf_sae_steer.models import (
 from hf_sae_steer.sae.base import SAE
 from hf_sae_steer.scores import record
 from hf_sae_steer.scoring.away import calibrate_away, inviting_prompts
-from hf_sae_steer.scoring.calibration import CALIBRATION_PROMPTS, TARGET_RATIO, calibrate
-from hf_sae_steer.scoring.checks import check_options, checkpointing
+from hf_sae_steer.scoring.calibration import CALIBRATION_PROMPTS, calibrate
+from hf_sae_steer.scoring.checks import (
+    check_alignment,
+    check_calibration,
+    check_options,
+    checkpointing,
+)
 from hf_sae_steer.scoring.from_sums import from_sums
 from hf_sae_steer.scoring.rules import DEFAULT_RULE, Rule, get_rule
 from hf_sae_steer.scoring.rules.objective import TopicMargin
@@ -73,7 +78,7 @@ def fit_scores(
     norm_fraction: float = NORM_FRACTION,
     calibrate_strength: bool = True,
     measure_effect: bool = True,
-    target_ratio: float = TARGET_RATIO,
+    target_ratio: float | None = None,
     calibration_prompts: Sequence[str] = CALIBRATION_PROMPTS,
     seed: int = 0,
     summary: Summary = "avg",
@@ -103,10 +108,11 @@ def fit_scores(
     (``prior_prompts``, 5 by default) or ``"seed"``, the reference rule exactly. The artifact
     records the steering its rule recommends. An additive one (``add``) is calibrated on
     ``calibration_prompts`` (neutral openings): its strength is the largest whose perplexity
-    ratio to the unsteered model stays under ``target_ratio``, and the measured curve is kept
-    (:mod:`~hf_sae_steer.scoring.calibration`); ``calibrate_strength=False`` sets it by norm
-    fraction ``norm_fraction`` instead (:mod:`~hf_sae_steer.steering.strength`). ``seed``
-    makes the trained rule and the calibration's sampling reproducible. ``measure_effect``
+    ratio to the unsteered model stays under ``target_ratio`` (default 1.5), and the measured
+    curve is kept (:mod:`~hf_sae_steer.scoring.calibration`); ``calibrate_strength=False`` sets
+    it by norm fraction ``norm_fraction`` instead (:mod:`~hf_sae_steer.steering.strength`;
+    ``target_ratio`` is then refused). The calibration's options are checked before any work.
+    ``seed`` makes the trained rule and the calibration's sampling reproducible. ``measure_effect``
     records what the recommended steering does in words, ``record.effect`` (the tokens it raises
     and lowers most: two full forward passes over 16 neutral prompts and a logit lens,
     :mod:`~hf_sae_steer.steering.effect`).
@@ -139,9 +145,10 @@ def fit_scores(
         rule, summary=summary, k=k, prior_prompts=prior_prompts, norm_fraction=norm_fraction,
         d_sae=sae.d_sae, rule_options=rule_options,
     )  # fmt: skip
+    target_ratio = check_calibration(calibrate_strength, target_ratio, calibration_prompts)
     saving = checkpointing(checkpoint, checkpoint_every, resume)
     started = time.perf_counter()
-    source, alignment = open_prompts(reference), load_prompts(alignment)
+    source, alignment = open_prompts(reference), check_alignment(load_prompts(alignment))
     layout = find_layout(model)
     where = resolve_site(layout, layer, site, trained=sae.cfg)
     inputs_on = model_device(model)
@@ -195,7 +202,7 @@ def fit_scores(
             if get_rule(rule).needs_margin:
                 margin = TopicMargin(
                     model, tokenizer, layout, where, passes.sae, alignment,
-                    _reference_sample(reference), seed=seed,
+                    _reference_sample(reference), seed=seed, rule=rule,
                 )  # fmt: skip
             if done.resumed_at:
                 options["resumed_at"] = done.resumed_at
@@ -210,6 +217,7 @@ def fit_scores(
             record = from_sums(
                 done.sums, sae, rule=rule, rule_options=options_of_rule, margin=margin,
                 norm_fraction=norm_fraction, warn=world.is_main, layer=where.layer,
+                alignment_texts=(len({text.strip() for text in alignment}), len(alignment)),
                 site=where.kind, summary=summary, model_id=model_id(model),
                 embedder=embedder_name, reference_hash=done.reference_hash,
                 alignment_hash=hash_prompts(alignment), options=options,

@@ -26,11 +26,13 @@ def from_sums(
     norm_fraction: float,
     warn: bool = True,
     margin: TopicMargin | None = None,
+    alignment_texts: tuple[int, int] | None = None,
     record_class: type[FeatureScores] = FeatureScores,
     **fields: Any,
 ) -> FeatureScores:
     """The score record of a finished run: the rule's scores, its recommended steering, the
-    uncertainty report (warned about, once, when ``warn``) and provenance ``fields``."""
+    uncertainty report (warned about, once, when ``warn``) and provenance ``fields``.
+    ``alignment_texts``: (distinct, given) alignment texts, for the report's warning on too few."""
     broken = sums.non_finite()
     if broken is not None:  # NaN/inf never reach scores: the seed rule would score them 1
         raise ValueError(
@@ -55,6 +57,7 @@ def from_sums(
         sums.ref_prompts,
         result.delta_explained,
         top_k=picked,
+        alignment_texts=alignment_texts,
     )
     if warn:
         for note in report.warnings:
