@@ -58,9 +58,11 @@ def _task(folder: Path, name: str, rows: list[dict], body: str) -> None:
 @pytest.fixture(scope="module")
 def tasks(tmp_path_factory):
     folder = tmp_path_factory.mktemp("lm_eval_tasks")
-    _task(folder, "steer_mc", [{"q": q, "choices": c, "answer": a} for q, c, a in QUESTIONS],
+    mc = [{"q": q, "choices": c, "answer": a} for q, c, a in QUESTIONS]
+    _task(folder, "steer_mc", mc,
           'output_type: multiple_choice\ndoc_to_text: "{{q}}"\ndoc_to_choice: "{{choices}}"\n'
-          'doc_to_target: "{{answer}}"\ntarget_delimiter: ""\nmetric_list:\n  - metric: acc\n')  # fmt: skip
+          'doc_to_target: "{{answer}}"\ntarget_delimiter: ""\n'
+          "metric_list:\n  - metric: acc\n")  # fmt: skip
     _task(folder, "steer_gen", [{"prompt": p} for p in PROMPTS],
           'output_type: generate_until\ndoc_to_text: "{{prompt}}"\ndoc_to_target: ""\n'
           f'generation_kwargs:\n  until: ["."]\n  max_gen_toks: {NEW}\n  do_sample: false\n'
@@ -72,7 +74,8 @@ def tasks(tmp_path_factory):
 def server():
     port = free_port()
     cmd = [sys.executable, "-m", "hf_sae_steer", "serve", "--port", str(port), "--quiet",
-           "--concept", f"medical={DEMO / 'scores'}", "--steered-model", f"{STEERED}=medical"]  # fmt: skip
+           "--concept", f"medical={DEMO / 'scores'}",
+           "--steered-model", f"{STEERED}=medical"]  # fmt: skip
     env = {**os.environ, "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1"}
     proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
                             env=env)  # fmt: skip
