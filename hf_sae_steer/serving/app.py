@@ -55,8 +55,12 @@ def build_app(
     limits = limits or ServeLimits()
     names = served_names or (engine.name,)
     served = ServedModels.from_args(names, steered_models)
-    for items in served.steered.values():
-        library.resolve(items)
+    for name, items in served.steered.items():
+        try:
+            library.resolve(items)
+        except RequestError as error:
+            reason = str(error).removeprefix("steering[0]: ")
+            raise ValueError(f"--steered-model {name}: {reason}") from None
     created = int(time.time())
     app = FastAPI(title="hf-sae-steer", docs_url=None, redoc_url=None, openapi_url=None)
     app.state.engine, app.state.library = engine, library
