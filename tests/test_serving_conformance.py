@@ -261,6 +261,13 @@ def test_steered_model_names_are_listed_and_steer_like_their_items(client, serve
     assert [a.get("concept") for a in applied] == ["medical", "seed"]
     with pytest.raises(openai.NotFoundError, match=f"use one of: {NAME}, {STEERED}"):
         text("medical-demo-2")
+    toward, _, applied = text(NAME, [{"concept": "medical", "direction": "toward"}])
+    assert toward == by_body and applied[0]["direction"] == "toward"
+    try:  # "away" is the library's (issue 21): served as it resolves it, or its refusal
+        _, _, applied = text(NAME, [{"concept": "medical", "direction": "away"}])
+        assert applied[0]["direction"] == "away"
+    except openai.BadRequestError as error:
+        assert "direction='away'" in error.body["message"]
 
 
 # -- 4. fields -----------------------------------------------------------------------------------
