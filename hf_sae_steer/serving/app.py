@@ -4,8 +4,10 @@
 
 A request walks: body read with a byte cap (413 beyond it, drained without being kept) ->
 JSON (400) -> schema (400) -> :func:`~hf_sae_steer.serving.prepare.prepare` in a worker
-thread (tokenize, budget, steering: 400/404) -> ``engine.submit`` (429 when the queue is full)
--> tokens -> text (stop strings) -> the response. Every error is OpenAI's error JSON with a
+thread (tokenize, budget, steering: 400/404) -> ``engine.submit`` of each choice (one per
+prompt and sample; 429 when the queue is full, and then none is queued) -> tokens -> each
+choice's text, logprobs and usage (:mod:`.choices`) -> the response. Every error is OpenAI's
+error JSON with a
 one-line message, and the server goes on serving. A client that disconnects cancels its
 request (streamed or not), which frees its slot in the batch.
 """
