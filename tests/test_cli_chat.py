@@ -69,6 +69,17 @@ def expected_texts(prompt: str) -> tuple[str, str]:
         return base, continue_prompts(steered, tokenizer, [prompt], max_new_tokens=TOKENS)[0]
 
 
+def expected_effect() -> str:
+    """The effect in words of the steering the chat has when it is asked for it."""
+    from hf_sae_steer.steering.effect import effect_of
+
+    model, tokenizer = load_model(str(DEMO / "model"))
+    return effect_of(
+        model, tokenizer, load_sae(DEMO / "sae"), scores=load_scores(DEMO / "scores"),
+        method="swap", strength=0.5, preserve_error=True, positions="generated",
+    ).format()  # fmt: skip
+
+
 def test_chat_in_a_terminal(tmp_path):
     base, steered = expected_texts(PROMPT)
     child, banner = spawn(tmp_path)
@@ -98,6 +109,10 @@ def test_chat_in_a_terminal(tmp_path):
         child.expect(r"\n\s+3\s+\d+\s+\d\.\d{3}")  # the third row
         type_line(child, ":report")
         child.expect_exact("coverage")
+        type_line(child, ":effect")  # what the current steering (swap at 0.5 ...) does
+        child.expect_exact("steering: swap at strength 0.5, preserve_error on, positions generated")
+        for line in expected_effect().splitlines()[:5]:  # next token, then the lens's label
+            child.expect_exact(line)
         type_line(child, ":history")
         child.expect(rf"1  {PROMPT}\s+2  {PROMPT}\s+3  {PROMPT}")
 

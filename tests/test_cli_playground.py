@@ -218,3 +218,36 @@ def test_generate_refuses_a_huge_prompt_before_tokenizing(playground):
     with pytest.raises(ValueError, match="characters"):
         continue_prompts(playground.model, recording, ["hi", "word " * 1_000_000])
     assert recording.lengths == []
+
+
+def test_effect_follows_the_settings_and_the_scores(playground):
+    from hf_sae_steer.scores.record import FeatureScores
+    from hf_sae_steer.steering.effect import effect_of
+
+    recommended = playground.effect()
+    assert playground.effect() is recommended  # cached
+    assert recommended == effect_of(playground.model, playground.tokenizer, playground.sae,
+                                    scores=playground.scores)  # fmt: skip
+    swap = playground.effect(Settings(method="swap", strength=0.5))
+    assert swap != recommended and not live.live_steerings(playground.model)
+    other = FeatureScores(scores=torch.rand(playground.sae.d_sae,
+                                            generator=torch.Generator().manual_seed(3)),
+                          coverage=1.0)  # fmt: skip
+    try:
+        playground.use_scores(other, "random")
+        assert playground.effect() != recommended  # new scores: measured again
+    finally:
+        playground.use_scores(playground.loaded_scores)
+    assert playground.effect() == recommended
+
+
+def test_samples_mark_the_effect_words_in_base_and_steered(playground):
+    shown = playground.samples(PROMPT, n=2)
+    assert list(shown) == [BASE, STEERED] and all(len(s) == 2 for s in shown.values())
+    words = playground.effect().words(20)
+    for samples in shown.values():
+        for sample in samples:
+            assert all(any(w.startswith(t) for t in words) for w in sample.words)
+    assert shown[BASE] != shown[STEERED]
+    with pytest.raises(PlaygroundError, match="The prompt is empty"):
+        playground.samples("  ")

@@ -166,6 +166,50 @@ def test_http_api(server, expected):
     assert all(row[4].count("'") >= 2 for row in table["data"][:3])  # tokens that fire them
 
 
+def test_http_api_samples_and_effect(server):
+    """The marked samples and the effect in words follow a generation; they are the library's
+    own samples (the same seeds) with the words of the library's own effect marked."""
+    import html
+
+    from gradio_client import Client
+
+    from hf_sae_steer.cli.samples import sample_generator, shown_samples
+    from hf_sae_steer.steering.effect import effect_of
+
+    model, tokenizer = load_model(str(DEMO / "model"))
+    sae, scores = load_sae(DEMO / "sae"), load_scores(DEMO / "scores")
+    effect = effect_of(model, tokenizer, sae, scores=scores)
+    topic = effect.topic_token_ids(20)
+    generator = sample_generator(tokenizer, [PROMPT], samples=3, max_new_tokens=TOKENS)
+    base = shown_samples(model, generator, topic)[0]
+    with SteeredModel(model, sae, scores=scores) as steered:
+        recommended = shown_samples(steered, generator, topic)[0]
+
+    client = Client(server, verbose=False)
+    assert {"/samples", "/effect"} <= set(
+        client.view_api(print_info=False, return_format="dict")["named_endpoints"]
+    )
+    page, words = client.predict(PROMPT, "recommended", "", "all", "default", TOKENS, False,
+                                 api_name="/samples")  # fmt: skip
+    assert "repetition_penalty 1.3" in page
+    base_part, steered_part = page.split("<h4>steered")
+    for shown, part in [(base, base_part), (recommended, steered_part)]:
+        for sample in shown:
+            assert f"{html.escape(PROMPT)}<b>{sample.marked('html')}</b>" in part
+        assert f"({sum(len(s.spans) for s in shown)} marked)" in part
+    assert ", ".join(effect.words(20)) in words and effect.format(latents=3) in words
+
+    answer = client.predict("swap", "0.5", api_name="/effect")
+    assert answer["error"] is None and answer["steering"].startswith("swap at strength 0.5")
+    swap = effect_of(model, tokenizer, sae, scores=scores, method="swap", strength=0.5)
+    assert answer["words"] == swap.words(20) and answer["effect"] == swap.to_dict()
+    answer = client.predict("amplify", api_name="/effect")
+    assert "Unknown method 'amplify'" in answer["error"]
+    page, _ = client.predict("", "recommended", "", "all", "default", TOKENS, False,
+                             api_name="/samples")  # fmt: skip
+    assert "The prompt is empty" in page and "Traceback" not in page
+
+
 @pytest.mark.skipif(
     CHROMIUM is None or CHROMEDRIVER is None,
     reason="needs Chromium and its driver (Debian: apt-get install chromium chromium-driver)",
@@ -206,6 +250,8 @@ def test_page_in_headless_chromium(server, expected, tmp_path):
         assert output("base") == expected["base"]
         assert output("steered") == expected["recommended"]
         assert text("#out-steered").startswith("steered · ")  # its time in the label
+        wait.until(lambda d: "steered (" in text("#samples"))  # the samples follow
+        assert "raises" in text("#effect") and "Words it raises most" in text("#effect")
         _screenshot(driver, tmp_path)
 
         strength = driver.find_element(By.CSS_SELECTOR, "#strength textarea, #strength input")

@@ -260,3 +260,36 @@ def test_check_compatible(fitted, sae, tmp_path):
         check_compatible(fitted, wider, allow_mismatch=True)
     imported = FeatureScores(scores=torch.zeros(N), coverage=0.0)  # e.g. from CSV
     check_compatible(imported, other)
+
+
+def test_the_effect_in_words_is_saved_loaded_and_printed(fitted, tmp_path):
+    assert fitted.effect is not None and fitted.effect.next_token is not None
+    folder = fitted.save_pretrained(tmp_path / "art")
+    config = json.loads((folder / "steering_config.json").read_text())
+    assert config["effect"] == json.loads(json.dumps(fitted.effect.to_dict()))
+    assert "effect" not in config["report"]  # beside the report, not in it
+    loaded = FeatureScores.from_pretrained(folder)
+    assert loaded.effect == fitted.effect
+    text = str(loaded.report())
+    assert "What the recommended steering does, in words:" in text
+    assert fitted.effect.next_token.format() in text
+    assert "effect" not in loaded.report().to_dict()
+
+
+def test_an_artifact_from_before_the_effect_writes_back_byte_for_byte(fitted, tmp_path):
+    """Without an 'effect' (every artifact before it existed), loading and saving again gives
+    the same files, byte for byte: no key appears."""
+    folder = fitted.save_pretrained(tmp_path / "old")
+    path = folder / "steering_config.json"
+    config = json.loads(path.read_text())
+    del config["effect"]
+    path.write_text(json.dumps(config, indent=2, allow_nan=False) + "\n")
+    before = {p.name: p.read_bytes() for p in folder.iterdir() if not p.name.startswith(".")}
+    (folder / "README.md").unlink()  # the card is written from the config: compare it too
+    old = FeatureScores.from_pretrained(folder)
+    assert old.effect is None and "What the recommended steering" not in str(old.report())
+    again = old.save_pretrained(tmp_path / "again")
+    after = {p.name: p.read_bytes() for p in again.iterdir() if not p.name.startswith(".")}
+    assert after.keys() == before.keys() - {"README.md"} | {"README.md"}
+    assert after["steering_config.json"] == before["steering_config.json"]
+    assert after["scores.safetensors"] == before["scores.safetensors"]

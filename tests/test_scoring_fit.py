@@ -285,10 +285,12 @@ def test_forward_stops_at_the_site(model, tokenizer, topk_sae):
     calls = []
     handle = model.transformer.h[2].register_forward_hook(lambda *a: calls.append(1))
     try:
-        got = fit(model, tokenizer, topk_sae)
+        got = fit(model, tokenizer, topk_sae, measure_effect=False)
+        assert calls == [] and got.layer == LAYER
+        fit(model, tokenizer, topk_sae)  # the effect in words: one pass each way, in full
+        assert calls == [1, 1]
     finally:
         handle.remove()
-    assert calls == [] and got.layer == LAYER
 
 
 def _hooks(model) -> int:
@@ -390,3 +392,29 @@ def test_an_unwritable_checkpoint_is_refused_before_any_pass(model, tokenizer, t
     blocker.write_text("a file, not a folder")
     with pytest.raises(NotADirectoryError, match="is a file"):
         fit(model, tokenizer, topk_sae, checkpoint=blocker / "run.ckpt")
+
+
+def test_the_fit_records_what_its_steering_does_in_words(model, tokenizer, topk_sae):
+    from hf_sae_steer import SteeredModel
+    from hf_sae_steer.steering.effect import effect_of
+
+    got = fit(model, tokenizer, topk_sae, rule="mean_diff")
+    assert got.recommended["method"] == "add" and got.effect is not None
+    model.eval()  # measured as the fit measures it: no dropout
+    try:
+        want = effect_of(model, tokenizer, topk_sae, scores=got)
+    finally:
+        model.train()
+    assert got.effect.to_dict() == want.to_dict()
+    assert got.effect.next_token.words and got.effect.lens[0].label.startswith(
+        "logit lens of the added vector"
+    )
+    with SteeredModel(model, topk_sae, scores=got):  # steered now: the effect cannot be measured
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            steered = FeatureScores.fit(model, tokenizer, topk_sae, reference=REFERENCE,
+                                        alignment=ALIGNMENT, embedder=letters, progress=False)
+    assert steered.effect is None
+    assert "The effect in words was not measured (the model is steered now)." in [
+        str(w.message) for w in caught
+    ]

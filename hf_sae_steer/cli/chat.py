@@ -39,6 +39,7 @@ HELP = f"""Type a prompt to see base and steered continuations. Commands:
   :seed N             the seed of sampling
   :latents [N]        the top N latents of the scores and the tokens that fire them most
   :report             the uncertainty report of the scores
+  :effect             what the steering does, in words: the tokens it raises and lowers most
 {TOPIC_HELP}
   :settings           the current steering
   :history            the prompts typed so far (also: the up arrow)
@@ -69,6 +70,7 @@ class Chat:
             "seed": lambda arg: self._set(seed=parse_seed(arg)),
             "latents": self._latents,
             "report": lambda _: self.say(self.playground.report()),
+            "effect": lambda _: self.say(self.effect_text()),
             "settings": lambda _: self.say(self.settings_line()),
             "history": self._history,
             "help": lambda _: self.say(HELP),
@@ -89,6 +91,11 @@ class Chat:
         s = self.playground.settings
         decoding = f"sampled, seed {s.seed}" if s.do_sample else "greedy"
         return f"steering: {self.playground.describe()}; {s.max_new_tokens} new tokens, {decoding}"
+
+    def effect_text(self) -> str:
+        """The current steering's effect in words, under the steering it describes."""
+        effect = self.playground.effect()
+        return f"{self.settings_line()}\n{effect.format(latents=3)}"
 
     def handle(self, line: str) -> bool:
         """Run one line (a prompt or a command); False when the user asked to quit."""

@@ -13,6 +13,7 @@ import torch
 
 from hf_sae_steer.cli.compare import compare_methods
 from hf_sae_steer.cli.demo import run_demo
+from hf_sae_steer.cli.highlight import terminal_style
 from hf_sae_steer.cli.interactive import cmd_app, cmd_chat, cmd_serve
 from hf_sae_steer.cli.settings import MAX_SEED
 from hf_sae_steer.data.prompts import load_prompts
@@ -199,6 +200,7 @@ def cmd_score(args: argparse.Namespace) -> dict[str, Any]:
         "rule": scores.rule,
         "recommended": scores.recommended and scores.recommended.to_json(),
         "report": scores.report().to_dict(),
+        "effect": None if scores.effect is None else scores.effect.to_dict(),
     }
 
 
@@ -297,6 +299,9 @@ def cmd_demo(args: argparse.Namespace) -> dict[str, Any]:
         reference=args.reference,
         n_prompts=args.n_prompts,
         samples=args.samples,
+        shown_samples=args.show_samples,
+        repetition_penalty=args.repetition_penalty,
+        no_repeat_ngram_size=args.no_repeat_ngram_size,
         max_new_tokens=args.max_new_tokens,
         batch_size=args.batch_size,
         seed=args.seed,
@@ -305,11 +310,7 @@ def cmd_demo(args: argparse.Namespace) -> dict[str, Any]:
         progress=_progress(args),
     )
     if not args.json:
-        print(f"model {result.setup['model']}  sae {result.setup['sae']}")
-        print(result.steering_line())
-        _print_rows(result.rows, result.columns)
-        print(f"\nUncertainty report of the scores:\n{result.scores.report()}\n")
-        print("\n".join(result.measured_lines()))
+        print(result.text(terminal_style()))
     return result.to_dict()
 
 

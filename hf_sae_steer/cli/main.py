@@ -57,6 +57,13 @@ def _generation(p: argparse.ArgumentParser, batch: bool = True) -> None:
         p.add_argument("--batch-size", type=positive_int, default=8)
 
 
+def _repetition(p: argparse.ArgumentParser, penalty: float = 1.0, ngram: int = 0) -> None:
+    p.add_argument("--repetition-penalty", type=float, default=penalty,
+                   help=f"above 1 lowers tokens already in the text (default {penalty:g})")
+    p.add_argument("--no-repeat-ngram-size", type=int, default=ngram, metavar="N",
+                   help=f"never repeat any N tokens (0: off; default {ngram})")  # fmt: skip
+
+
 METHOD_HELP = (
     "recommended (the scores' own steering), add, vector, clamp, swap, weight, sae or orig"
 )
@@ -205,6 +212,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--reference", help="reference set, for the topic classifier")
     p.add_argument("--n-prompts", type=positive_int, default=6, help="prompts shown")
     p.add_argument("--samples", type=positive_int, default=3, help="samples per measured prompt")
+    p.add_argument("--show-samples", type=positive_int, default=3,
+                   help="sampled continuations shown per prompt (default 3)")  # fmt: skip
+    _repetition(p, penalty=1.3, ngram=3)
     p.add_argument("--max-new-tokens", type=positive_int, default=24)
     p.add_argument("--batch-size", type=positive_int, default=16)
     _common(p)

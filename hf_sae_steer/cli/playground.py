@@ -18,6 +18,7 @@ from typing import Any
 from torch import nn
 
 from hf_sae_steer.cli.demo import find_assets, recommended_line
+from hf_sae_steer.cli.samples import TOPIC_TOKENS, Shown, sample_generator, shown_samples
 from hf_sae_steer.cli.settings import (
     RECOMMENDED,
     PlaygroundError,
@@ -33,6 +34,7 @@ from hf_sae_steer.sae.base import SAE
 from hf_sae_steer.sae.loading import load_sae
 from hf_sae_steer.scores.record import FeatureScores, load_scores
 from hf_sae_steer.scoring.examples import LatentExample, latent_examples
+from hf_sae_steer.steering.effect import SteeringEffect, steering_effect
 from hf_sae_steer.steering.steered import SteeredModel
 
 BASE, STEERED, COMPARE = "base", "steered", "compare"
@@ -95,6 +97,7 @@ class Playground:
         self.setup = setup or {}
         self._lock = threading.Lock()  # a plain Lock: Gradio may resume a stream on any thread
         self._latents: dict[tuple[int, int], list[LatentRow]] = {}
+        self._effects: dict[tuple[Settings, int], SteeringEffect] = {}
         self.settings = self.validate(settings or Settings())
 
     @classmethod
@@ -189,7 +192,7 @@ class Playground:
         with self._lock:
             with self._steered(self.settings, scores):
                 pass
-            self.scores, self.topic, self._latents = scores, topic, {}
+            self.scores, self.topic, self._latents, self._effects = scores, topic, {}, {}
         return self.describe()
 
     @property
@@ -304,6 +307,31 @@ class Playground:
         else:
             (continuation,), seconds = generator.run(model)
         return Output(continuation.text, seconds)
+
+    # -- what the steering does ---------------------------------------------------------
+    def effect(self, settings: Settings | None = None) -> SteeringEffect:
+        """What the steering of ``settings`` does, in words (steering/effect.py); cached."""
+        settings = settings or self.settings
+        key = (replace(settings, max_new_tokens=0, do_sample=False, seed=0), id(self.scores))
+        if key not in self._effects:
+            with self._lock, self._steered(settings) as steered:
+                self._effects[key] = steering_effect(steered, self.tokenizer)
+        return self._effects[key]
+
+    def samples(
+        self, prompt: str, settings: Settings | None = None, n: int = 3
+    ) -> dict[str, list[Shown]]:
+        """``n`` sampled continuations of ``prompt`` by the base model and the steering (the
+        same draws, with repetition control), the steering's topic words marked in both."""
+        settings = settings or self.settings
+        self.check_prompt(prompt, settings)
+        topic = self.effect(settings).topic_token_ids(TOPIC_TOKENS)
+        generator = sample_generator(self.tokenizer, [prompt], samples=n, seed=settings.seed,
+                                     max_new_tokens=settings.max_new_tokens)  # fmt: skip
+        with self._lock:
+            base = shown_samples(self.model, generator, topic)[0]
+            with self._steered(settings) as steered:
+                return {BASE: base, STEERED: shown_samples(steered, generator, topic)[0]}
 
     # -- what the scores say -------------------------------------------------------------
     def report(self) -> str:

@@ -23,6 +23,7 @@ FORMAT_VERSION = 2  # 2: rule, recommended steering, calibration norms (1 still 
 METHOD_NAMES = ("orig", "sae", "clamp", "weight", "swap", "add", "vector")
 AGAIN = "write the artifact again (FeatureScores.save_pretrained, hf-sae-steer score)"
 PER_LATENT = ("typical_activation", "mass", "ref_fire_counts", "align_fire_counts")
+MAX_EFFECTS, MAX_TOKENS = 1000, 1000  # bounds on the effect in words an artifact may hold
 
 
 def read_config(path: Path) -> dict[str, Any]:
@@ -88,6 +89,30 @@ def _check_fields(config: dict[str, Any], field: Callable[..., Any]) -> None:
     report = field("report", config.get("report"), _optional(_is(dict)), "an object or null")
     if report:
         _check_report(report, field)
+    effect = field("effect", config.get("effect"), _optional(_is(dict)),
+                   "an object (next_token, lens) or null")  # fmt: skip
+    if effect:
+        _check_effect(effect, field)
+
+
+def _check_effect(effect: dict[str, Any], field: Callable[..., Any]) -> None:
+    """What the recommended steering does in words: lists of (token, value) and token ids."""
+    nxt = field("effect.next_token", effect.get("next_token"), _optional(_is(dict)),
+                "an object or null")  # fmt: skip
+    lens = field("effect.lens", effect.get("lens", []), _is(list), "a list")
+    if len(lens) > MAX_EFFECTS:
+        raise ValueError(f"'effect.lens' holds {len(lens)} measures, more than {MAX_EFFECTS}; "
+                         f"{AGAIN}.")  # fmt: skip
+    for where, one in [("effect.next_token", nxt), *((f"effect.lens[{i}]", e)
+                                                     for i, e in enumerate(lens))]:  # fmt: skip
+        if one is None:
+            continue
+        field(where, one, _is(dict), "an object (label, raised, lowered, words, ids)")
+        field(f"{where}.label", one.get("label"), _is(str), "a string")
+        for key in ("raised", "lowered", "words"):
+            field(f"{where}.{key}", one.get(key, []), _tokens, "a list of [token, number] pairs")
+        for key in ("raised_ids", "lowered_ids", "word_ids"):
+            field(f"{where}.{key}", one.get(key, []), _ids, "a list of token ids")
 
 
 def _check_fluency(fluency: Any, field: Callable[..., Any]) -> None:
@@ -156,6 +181,17 @@ def _checker(path: Path) -> Callable[..., Any]:
         return value
 
     return field
+
+
+def _tokens(value: Any) -> bool:
+    return isinstance(value, list) and len(value) <= MAX_TOKENS and all(
+        isinstance(p, list) and len(p) == 2 and isinstance(p[0], str) and _finite(p[1])
+        for p in value
+    )
+
+
+def _ids(value: Any) -> bool:
+    return isinstance(value, list) and len(value) <= MAX_TOKENS and all(map(_count, value))
 
 
 def _is(kind: type) -> Callable[[Any], bool]:

@@ -17,7 +17,7 @@ import json
 import math
 import tempfile
 import warnings
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -36,6 +36,7 @@ from hf_sae_steer.scores.artifact_checks import (
 )
 from hf_sae_steer.scores.card import CARD_FILE, HUB_ID, model_card
 from hf_sae_steer.scores.csv_scores import read_score_csv
+from hf_sae_steer.scores.effect import SteeringEffect
 from hf_sae_steer.scores.recommendation import Calibration, Recommendation
 from hf_sae_steer.scores.uncertainty import TOP_K, ScoreReport, build_report
 
@@ -52,7 +53,9 @@ class FeatureScores:
     preserve_error; ``SteeredModel`` uses it when no method is given). ``calibration`` holds
     the mean hidden-state norms that turn norm fractions into strengths. ``stats`` holds
     per-latent statistics (``typical_activation``, fire counts) and the rule's tensors (for
-    ``mean_diff``: ``latents``, ``weights``, ``delta``, ``delta_raw``).
+    ``mean_diff``: ``latents``, ``weights``, ``delta``, ``delta_raw``). ``effect`` is what the
+    recommended steering does in words (the tokens it raises and lowers most, measured when it
+    was fitted; ``None`` for artifacts from before, or imported).
     """
 
     scores: Tensor
@@ -74,12 +77,15 @@ class FeatureScores:
     rule: str | None = None
     recommended: Recommendation | None = None
     calibration: Calibration = field(default_factory=Calibration)
+    effect: SteeringEffect | None = None
 
     def __post_init__(self) -> None:
         self.scores = torch.as_tensor(self.scores, dtype=torch.float32).detach().cpu().flatten()
         self.coverage = float(self.coverage)
         self.recommended = Recommendation.from_json(self.recommended)
         self.calibration = Calibration.from_json(self.calibration)
+        if isinstance(self.effect, dict):
+            self.effect = SteeringEffect.from_dict(self.effect)
 
     @property
     def d_sae(self) -> int:
@@ -93,10 +99,12 @@ class FeatureScores:
         )
 
     def report(self) -> ScoreReport:
-        """Coverage, FVU, top latents firing on the alignment set, effective latents, warnings."""
-        if self.quality is not None:
-            return self.quality
-        return build_report(self.scores, self.coverage, None, self.stats.get("align_fire_counts"))
+        """Coverage, FVU, top latents firing on the alignment set, effective latents, warnings;
+        and what the recommended steering does in words, when the artifact records it."""
+        report = self.quality or build_report(
+            self.scores, self.coverage, None, self.stats.get("align_fire_counts")
+        )
+        return report if self.effect is None else replace(report, effect=self.effect)
 
     def latent_weights(self) -> tuple[Tensor, Tensor] | None:
         """``(latents, weights)`` chosen by a rule that picks latents (``mean_diff``), else None."""
@@ -110,8 +118,9 @@ class FeatureScores:
 
     # -- the artifact --------------------------------------------------------------------
     def to_config(self) -> dict[str, Any]:
-        """The JSON side of the artifact: provenance, options and the uncertainty report."""
-        return {
+        """The JSON side of the artifact: provenance, options, the uncertainty report and (when
+        measured) the effect in words."""
+        config = {
             "format": FORMAT,
             "format_version": FORMAT_VERSION,
             "library_version": __version__,
@@ -134,6 +143,9 @@ class FeatureScores:
             "options": self.options,
             "report": _finite(self.report().to_dict()),
         }
+        if self.effect is not None:  # absent, not null: older artifacts write as they did
+            config["effect"] = _finite(self.effect.to_dict())
+        return config
 
     def save_pretrained(self, path: str | Path, *, overwrite: bool = False) -> Path:
         """Write the artifact folder ``path`` atomically; returns it.
@@ -240,6 +252,7 @@ class FeatureScores:
             rule=config.get("rule"),
             recommended=config.get("recommended"),
             calibration=config.get("calibration") or {},
+            effect=SteeringEffect.from_dict(config["effect"]) if config.get("effect") else None,
         )
 
     @classmethod

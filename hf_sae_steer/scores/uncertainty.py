@@ -3,11 +3,13 @@
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from typing import Any
 
 import torch
 from torch import Tensor
+
+from hf_sae_steer.scores.effect import SteeringEffect
 
 TOP_K = 20
 THIN_SUPPORT = 2  # a top latent seen on this many reference prompts or fewer rests on anecdote
@@ -23,7 +25,8 @@ class ScoreReport:
     fire on the alignment set, ``thin_support`` how many fire on at most two reference prompts.
     ``delta_explained`` (``mean_diff`` only) is the share of the alignment-minus-reference
     direction that the chosen decoder rows reproduce. Figures that need the model are ``None``
-    for scores imported from CSV.
+    for scores imported from CSV. ``effect``: what the recommended steering does in words, when
+    the artifact records it (printed; stored beside the report, not in it).
     """
 
     coverage: float
@@ -36,13 +39,16 @@ class ScoreReport:
     thin_support: int | None = None
     delta_explained: float | None = None
     warnings: list[str] = field(default_factory=list)
+    effect: SteeringEffect | None = field(default=None, compare=False)
 
     def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
+        data = asdict(replace(self, effect=None))
+        del data["effect"]
+        return data
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> ScoreReport:
-        return cls(**{k: data[k] for k in cls.__dataclass_fields__ if k in data})
+        return cls(**{k: data[k] for k in cls.__dataclass_fields__ if k in data and k != "effect"})
 
     def __str__(self) -> str:
         lines = [
@@ -63,7 +69,12 @@ class ScoreReport:
             lines.append(
                 f"target explained   {self.delta_explained:.1%} of the alignment direction"
             )
-        return "\n".join(lines + [f"warning: {w}" for w in self.warnings])
+        lines += [f"warning: {w}" for w in self.warnings]
+        if self.effect is not None:
+            # The measures of the whole steering; effect.format() adds each chosen latent's.
+            lines.append("What the recommended steering does, in words:")
+            lines.append(self.effect.format(latents=0))
+        return "\n".join(lines)
 
 
 def build_report(

@@ -50,7 +50,8 @@ from hf_sae_steer.scoring.walk.passes import (
 )
 from hf_sae_steer.sites.layouts import find_layout
 from hf_sae_steer.sites.resolve import resolve_site
-from hf_sae_steer.steering.live import steering_suspended
+from hf_sae_steer.steering.effect import SteeringEffect, effect_of
+from hf_sae_steer.steering.live import live_steerings, steering_suspended
 from hf_sae_steer.steering.strength import NORM_FRACTION
 
 
@@ -69,6 +70,7 @@ def fit_scores(
     rule_options: Mapping[str, Any] | None = None,
     norm_fraction: float = NORM_FRACTION,
     calibrate_strength: bool = True,
+    measure_effect: bool = True,
     target_ratio: float = TARGET_RATIO,
     calibration_prompts: Sequence[str] = CALIBRATION_PROMPTS,
     seed: int = 0,
@@ -102,7 +104,10 @@ def fit_scores(
     ratio to the unsteered model stays under ``target_ratio``, and the measured curve is kept
     (:mod:`~hf_sae_steer.scoring.calibration`); ``calibrate_strength=False`` sets it by norm
     fraction ``norm_fraction`` instead (:mod:`~hf_sae_steer.steering.strength`). ``seed``
-    makes the trained rule and the calibration's sampling reproducible.
+    makes the trained rule and the calibration's sampling reproducible. ``measure_effect``
+    records what the recommended steering does in words, ``record.effect`` (the tokens it raises
+    and lowers most: two full forward passes over 16 neutral prompts and a logit lens,
+    :mod:`~hf_sae_steer.steering.effect`).
 
     ``layer``/``site`` default to where the SAE was trained
     (:func:`~hf_sae_steer.sites.resolve.resolve_site`). ``alignment`` takes anything
@@ -225,10 +230,28 @@ def fit_scores(
                 else:
                     record.calibration.fluency = fluency
                     record.recommended = record.recommended.calibrated_to(fluency)
+            if measure_effect:
+                record.effect = _effect_in_words(model, tokenizer, sae, record)
     finally:
         model.train(was_training)
     record.options["fit_seconds"] = time.perf_counter() - started
     return record
+
+
+def _effect_in_words(
+    model: nn.Module, tokenizer: Any, sae: SAE, scores: record.FeatureScores
+) -> SteeringEffect | None:
+    """What the recommended steering does in words (``docs/method.md`` §4): two forward passes
+    over a few neutral prompts and a logit lens. None, with a warning, where it cannot be
+    measured (the model is steered now, or has no LM head)."""
+    why = "the model is steered now" if live_steerings(model) else None
+    if why is None:
+        try:
+            return effect_of(model, tokenizer, sae, scores=scores)
+        except ValueError as error:
+            why = str(error)
+    warnings.warn(f"The effect in words was not measured ({why}).", stacklevel=3)
+    return None
 
 
 def _reference_sample(reference: Any, n: int = 256) -> list[str]:
