@@ -66,6 +66,7 @@ def cmd_serve(args: argparse.Namespace) -> None:
         from hf_sae_steer.serving import server
         from hf_sae_steer.serving.concepts import concepts_in, parse_concept_args
         from hf_sae_steer.serving.prepare import ServeLimits
+        from hf_sae_steer.serving.served_models import ServedModels
     except ImportError as error:
         if (error.name or "").split(".")[0] not in ("fastapi", "uvicorn", "starlette"):
             raise
@@ -84,6 +85,7 @@ def cmd_serve(args: argparse.Namespace) -> None:
         max_batch=args.max_batch, max_waiting=args.max_waiting, max_context=args.max_context,
         options=_engine_options(args),
     )  # fmt: skip
+    ServedModels.from_args([setup.served_name], args.steered_model)  # bad names: before loading
     engine, library = server.start_engine(args.engine, setup)
     names = ", ".join(library.concepts) or "none"
 
@@ -95,7 +97,7 @@ def cmd_serve(args: argparse.Namespace) -> None:
     server.serve(
         engine, library, host=args.host, port=args.port,
         limits=ServeLimits(max_prompt_chars=args.max_prompt_chars),
-        served_names=(setup.served_name,), on_ready=ready,
+        served_names=(setup.served_name,), steered_models=args.steered_model, on_ready=ready,
     )  # fmt: skip
 
 
