@@ -253,3 +253,26 @@ def test_chat_and_app_bad_setup_is_one_line(capsys):
     assert_one_line_error(code, err, "Unknown method 'amplify'")
     code, _, err = run(capsys, f"app {STEER} --compare-model /no/such/model")
     assert_one_line_error(code, err, "/no/such/model")
+
+
+def test_generate_away_matches_the_python_api(capsys):
+    prompt = "The doctor said"
+    code, out, err = run(
+        capsys,
+        f"generate {STEER} --direction away --methods recommended,vector --max-new-tokens 8 --json",
+        "--prompt", prompt,
+    )  # fmt: skip
+    assert code == 0, err
+    (row,) = json.loads(out)
+    from hf_sae_steer import SteeredModel, load_sae
+    from hf_sae_steer.generation import continue_prompts
+    from hf_sae_steer.models import load_model
+
+    model, tok = load_model(str(DEMO / "model"))
+    sae, scores = load_sae(DEMO / "sae"), load_scores(DEMO / "scores")
+    for method in (None, "vector"):
+        with SteeredModel(model, sae, scores=scores, method=method, direction="away") as steered:
+            want = continue_prompts(steered, tok, [prompt], max_new_tokens=8)[0]
+        assert row[method or "recommended"] == want
+    code, _, err = run(capsys, f"generate {STEER} --direction away --methods add", "--prompt", "A")
+    assert_one_line_error(code, err, "direction='away' steers with suppress, ablate, vector")

@@ -3,6 +3,7 @@ library's generation path gives for the same settings; bad input raises one clea
 
 from __future__ import annotations
 
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
@@ -12,6 +13,7 @@ from hf_sae_steer.cli.playground import BASE, COMPARE, STEERED, Playground
 from hf_sae_steer.cli.settings import (
     PlaygroundError,
     Settings,
+    parse_direction,
     parse_method,
     parse_positions,
     parse_seed,
@@ -307,3 +309,15 @@ def test_samples_mark_the_effect_words_in_base_and_steered(playground):
     assert shown[BASE] != shown[STEERED]
     with pytest.raises(PlaygroundError, match="The prompt is empty"):
         playground.samples("  ")
+
+
+def test_direction_away_steers_with_the_recommended_suppression(playground):
+    settings = replace(playground.settings, direction="away")
+    assert playground.describe(settings).endswith(", away from the topic")
+    outputs = playground.run(PROMPT, settings)
+    assert outputs[STEERED].text == _steered_text(playground, PROMPT, direction="away")
+    with pytest.raises(PlaygroundError, match="Unknown direction 'sideways'"):
+        parse_direction("sideways")
+    with pytest.raises(PlaygroundError, match="Unknown direction"):
+        playground.update(direction="up")
+    assert not live.live_steerings(playground.model)

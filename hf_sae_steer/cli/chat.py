@@ -17,7 +17,9 @@ from hf_sae_steer.cli.chat_topics import TopicCommands
 from hf_sae_steer.cli.playground import NOT_TEXT, Playground, is_text
 from hf_sae_steer.cli.settings import (
     METHOD_CHOICES,
+    RECOMMENDED,
     PlaygroundError,
+    parse_direction,
     parse_method,
     parse_positions,
     parse_seed,
@@ -33,6 +35,7 @@ HELP = f"""Type a prompt to see base and steered continuations. Commands:
   :method NAME        {", ".join(METHOD_CHOICES)}
   :strength X         a number, or default (the method's; recommended: the scores')
   :positions WHICH    all, prompt or generated
+  :direction WHICH    toward (write the topic in) or away (keep it out)
   :error on|off       preserve_error: keep the SAE's reconstruction error (or default)
   :tokens N           new tokens per continuation
   :sample on|off      sample (seeded) instead of greedy decoding
@@ -64,6 +67,9 @@ class Chat:
             "method": lambda arg: self._set(method=parse_method(arg)),
             "strength": lambda arg: self._set(strength=parse_strength(arg)),
             "positions": lambda arg: self._set(positions=parse_positions(arg)),
+            "direction": lambda arg: self._set(
+                direction=parse_direction(arg), method=RECOMMENDED, strength=None
+            ),
             "error": lambda arg: self._set(preserve_error=parse_switch(arg, ":error")),
             "tokens": lambda arg: self._set(max_new_tokens=parse_tokens(arg)),
             "sample": lambda arg: self._set(do_sample=bool(parse_switch(arg or "on", ":sample"))),

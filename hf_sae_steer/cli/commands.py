@@ -229,6 +229,7 @@ def cmd_generate(args: argparse.Namespace) -> list[dict[str, str]]:
         preserve_error=args.preserve_error,
         clamp_value=args.clamp_value,
         positions=args.positions,
+        direction=args.direction,
         include_base=args.compare,
         **_gen_options(args),
     )

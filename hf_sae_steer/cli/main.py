@@ -109,6 +109,8 @@ def _playground(p: argparse.ArgumentParser) -> None:
     )
     p.add_argument("--method", default="recommended", help=f"one of: {METHOD_HELP}")
     p.add_argument("--positions", default="all", choices=["all", "prompt", "generated"])
+    p.add_argument("--direction", default="toward", choices=["toward", "away"],
+                   help="steer towards the topic or away from it (default: toward)")  # fmt: skip
     p.add_argument("--strength", type=float, help="default: the method's (or the scores')")
     p.add_argument(
         "--preserve-error",
@@ -193,6 +195,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--prompts", help="file of prompts (txt/csv/json/jsonl/parquet)")
     p.add_argument("--compare", action="store_true", help="print base and steered side by side")
     p.add_argument("--positions", default="all", choices=["all", "prompt", "generated"])
+    p.add_argument("--direction", default="toward", choices=["toward", "away"],
+                   help="steer towards the topic or away from it (default: toward)")  # fmt: skip
     _steering(p)
     _generation(p)
     _common(p)

@@ -23,6 +23,7 @@ from hf_sae_steer.cli.settings import (
     RECOMMENDED,
     PlaygroundError,
     Settings,
+    parse_direction,
     parse_method,
     parse_positions,
     parse_tokens,
@@ -179,6 +180,7 @@ class Playground:
         """``settings`` if the steering can be built with them (built once, then removed)."""
         parse_method(settings.method)
         parse_positions(settings.positions)
+        parse_direction(settings.direction)
         parse_tokens(settings.max_new_tokens)
         with self._lock, self._steered(settings):
             pass
@@ -191,11 +193,14 @@ class Playground:
             step = steered.interventions[0]
             method, strength, keep = step.method, step.strength, step.preserve_error
         origin = " (the scores' recommendation)" if settings.method == RECOMMENDED else ""
+        if settings.method == RECOMMENDED and settings.direction == "away":
+            origin = " (the scores' recommended suppression)"
         if settings.method == SWAP:
             origin = f" on {self.swap_scores_label()}"
         return (
             f"{method}{origin} at strength {strength:.3g}, preserve_error "
             f"{'on' if keep else 'off'}, positions {settings.positions}"
+            + (", away from the topic" if settings.direction == "away" else "")
         )
 
     def use_scores(self, scores: FeatureScores, topic: str | None = None) -> str:
@@ -243,7 +248,7 @@ class Playground:
                     self.swap_scores() if settings.method == SWAP else self.scores),
                 strength=settings.strength,
                 preserve_error=settings.preserve_error, positions=settings.positions,
-                clamp_value=self.clamp_value,
+                clamp_value=self.clamp_value, direction=settings.direction,
             )  # type: ignore[arg-type]  # fmt: skip
         except (ValueError, TypeError) as error:
             raise PlaygroundError(f"Cannot steer with {settings.method}: {error}") from error

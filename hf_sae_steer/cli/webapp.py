@@ -34,6 +34,7 @@ from hf_sae_steer.cli.settings import (  # noqa: E402
     METHOD_CHOICES,
     PlaygroundError,
     Settings,
+    parse_direction,
     parse_method,
     parse_positions,
     parse_strength,
@@ -42,7 +43,7 @@ from hf_sae_steer.cli.settings import (  # noqa: E402
 )
 from hf_sae_steer.cli.topic_panel import TopicPanel  # noqa: E402
 from hf_sae_steer.models import context_length  # noqa: E402
-from hf_sae_steer.steering.positions import POSITIONS  # noqa: E402
+from hf_sae_steer.steering.names import DIRECTIONS, POSITIONS  # noqa: E402
 
 TITLE = "hf-sae-steer playground"
 LATENT_HEADERS = ["rank", "latent", "score", "weight", "fires most on (token, activation)",
@@ -69,6 +70,7 @@ def settings_from_controls(
     preserve_error: str,
     max_new_tokens: float,
     sample: bool,
+    direction: str = "toward",
 ) -> Settings:
     """The settings the controls mean (sampling options and seed stay the playground's)."""
     return replace(
@@ -76,6 +78,7 @@ def settings_from_controls(
         method=parse_method(method or ""),
         strength=parse_strength(strength),
         positions=parse_positions(positions or ""),
+        direction=parse_direction(direction or "toward"),
         preserve_error=parse_switch(preserve_error, "preserve_error"),
         max_new_tokens=parse_tokens(max_new_tokens),
         do_sample=bool(parse_switch(sample, "sample")),
@@ -163,6 +166,8 @@ def build_app(playground: Playground) -> gr.Blocks:
             )  # fmt: skip
             positions = gr.Radio(list(POSITIONS), value=initial.positions, label="positions",
                                  elem_id="positions")  # fmt: skip
+            direction = gr.Radio(list(DIRECTIONS), value=initial.direction, label="direction",
+                                 elem_id="direction")  # fmt: skip
             keep = {None: "default", True: "on", False: "off"}[initial.preserve_error]
             error = gr.Radio(ERROR_CHOICES, value=keep, label="preserve_error",
                              elem_id="preserve-error")  # fmt: skip
@@ -199,11 +204,11 @@ def build_app(playground: Playground) -> gr.Blocks:
 
         def generate(
             prompt: str, method: str, strength: str, positions: str, error: str,
-            tokens: float, sample: bool,
+            tokens: float, sample: bool, direction: str = "toward",
         ) -> Iterator[list[Any]]:  # fmt: skip
             try:
                 settings = settings_from_controls(
-                    playground, method, strength, positions, error, tokens, sample
+                    playground, method, strength, positions, error, tokens, sample, direction
                 )
                 steering = playground.describe(settings)
                 for outputs in playground.stream(prompt, settings):
@@ -217,19 +222,19 @@ def build_app(playground: Playground) -> gr.Blocks:
 
         def sampled(
             prompt: str, method: str, strength: str, positions: str, error: str,
-            tokens: float, sample: bool,
+            tokens: float, sample: bool, direction: str = "toward",
         ) -> list[str]:  # fmt: skip
             """The marked samples (HTML) and the effect in words of the controls' steering."""
             try:
                 settings = settings_from_controls(
-                    playground, method, strength, positions, error, tokens, sample
+                    playground, method, strength, positions, error, tokens, sample, direction
                 )
                 return [samples_html(playground, prompt, settings),
                         effect_markdown(playground, settings)]  # fmt: skip
             except Exception as failure:  # noqa: BLE001 - the page shows one line, never a trace
                 return [f"<p>{html.escape(_failure(failure))}</p>", gr.skip()]
 
-        controls = [prompt, method, strength, positions, error, tokens, sample]
+        controls = [prompt, method, strength, positions, error, tokens, sample, direction]
         button.click(generate, controls, [*boxes, status], api_name="generate").then(
             sampled, controls, [samples, effect], api_name="samples"
         )
@@ -253,12 +258,13 @@ def build_app(playground: Playground) -> gr.Blocks:
             preserve_error: str = "default",
             max_new_tokens: int = 32,
             sample: bool = False,
+            direction: str = "toward",
         ) -> dict:
             """Every continuation with its time, as JSON; bad input gives {"error": message}."""
             try:
                 settings = settings_from_controls(
                     playground, method, strength, positions, preserve_error, max_new_tokens,
-                    sample,
+                    sample, direction,
                 )  # fmt: skip
                 outputs = playground.run(prompt, settings)
                 steering = playground.describe(settings)
@@ -277,12 +283,13 @@ def build_app(playground: Playground) -> gr.Blocks:
             strength: str = "",
             positions: str = "all",
             preserve_error: str = "default",
+            direction: str = "toward",
         ) -> dict:
             """What a steering does in words, as JSON; bad input gives {"error": message}."""
             try:
                 settings = settings_from_controls(
                     playground, method, strength, positions, preserve_error,
-                    playground.settings.max_new_tokens, playground.settings.do_sample,
+                    playground.settings.max_new_tokens, playground.settings.do_sample, direction,
                 )  # fmt: skip
                 found = playground.effect(settings)
                 steering = playground.describe(settings)
