@@ -1,4 +1,4 @@
-"""Steering away from a topic through SteeredModel (``docs/method.md`` §7): the artifact's
+"""Steering away from a topic through SteeredModel (``docs/method.md`` §9): the artifact's
 recommended suppression, CAA subtraction and directional ablation, each against the plain
 per-token implementation in method_reference; the fit's topic latents and calibration; the
 artifact round trip."""

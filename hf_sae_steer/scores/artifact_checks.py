@@ -123,7 +123,7 @@ def _check_recommendation(key: str, rec: Any, field: Callable[..., Any]) -> None
 
 
 def _check_away(away: Any, field: Callable[..., Any]) -> None:
-    """The suppression's calibration (``docs/method.md`` §7): its curve and chosen point."""
+    """The suppression's calibration (``docs/method.md`` §9): its curve and chosen point."""
     field("calibration.away", away, _is(dict), "an object (method, curve, strength)")
     field("calibration.away.method", away.get("method"), lambda v: v in METHOD_NAMES,
           f"one of {', '.join(METHOD_NAMES)}")  # fmt: skip

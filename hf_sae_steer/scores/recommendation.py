@@ -136,7 +136,7 @@ class FluencyCalibration(_ReadsLikeADict):
 
 @dataclass(eq=False)
 class AwayCalibration(_ReadsLikeADict):
-    """A measured suppression curve (``docs/method.md`` §7): ``curve`` holds ``{strength,
+    """A measured suppression curve (``docs/method.md`` §9): ``curve`` holds ``{strength,
     neutral_ratio, topic_drop}`` per point (the perplexity ratio on ``neutral_prompts`` neutral
     prompts, the side effect; the drop of the topic's similarity on ``inviting_prompts``
     prompts that invite it); the chosen ``strength`` of ``method`` is the largest whose neutral

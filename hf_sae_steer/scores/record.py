@@ -134,7 +134,7 @@ class FeatureScores:
         return None
 
     def topic_latents(self) -> tuple[Tensor, Tensor | None, float | None] | None:
-        """``(latents, log_odds, bias)`` a suppression attenuates (``docs/method.md`` §7): the
+        """``(latents, log_odds, bias)`` a suppression attenuates (``docs/method.md`` §9): the
         latents that fire on the topic's tokens, and the posterior that gates them (``None``
         when ungated); ``None`` for artifacts from before 0.4."""
         if "away_latents" not in self.stats:

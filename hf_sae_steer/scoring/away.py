@@ -1,4 +1,4 @@
-"""Steering away, fitted (``docs/method.md`` §7): which latents carry the topic where it is
+"""Steering away, fitted (``docs/method.md`` §9): which latents carry the topic where it is
 written, and how hard to suppress them.
 
 The topic's latents are the ``k`` whose mean activation per token is highest on the alignment

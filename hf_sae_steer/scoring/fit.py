@@ -264,7 +264,7 @@ def _calibrate_away(
     neutral: Sequence[str],
     seed: int,
 ) -> None:
-    """The recommended suppression's strength, measured (``docs/method.md`` §7); a warning and
+    """The recommended suppression's strength, measured (``docs/method.md`` §9); a warning and
     the uncalibrated strength 1 where it cannot be."""
 
     def embed(texts: list[str]) -> torch.Tensor:

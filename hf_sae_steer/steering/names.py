@@ -17,7 +17,7 @@ ADDITIVE: tuple[Method, ...] = ("add", "clamp", "vector")
 Positions = Literal["all", "prompt", "generated"]
 POSITIONS: tuple[Positions, ...] = get_args(Positions)
 
-# "toward" writes a topic in; "away" takes it out of the text (docs/method.md §7).
+# "toward" writes a topic in; "away" takes it out of the text (docs/method.md §9).
 Direction = Literal["toward", "away"]
 DIRECTIONS: tuple[Direction, ...] = get_args(Direction)
 # What can steer away: the topic's latents attenuated where they fire (``suppress``), the topic

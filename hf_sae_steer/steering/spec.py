@@ -196,7 +196,7 @@ def _choose(
 def _choose_away(
     spec: SteeringSpec, artifact: FeatureScores | None
 ) -> tuple[Method, float | None, bool]:
-    """Method and strength of a spec steering away (``docs/method.md`` §7): what it says, else
+    """Method and strength of a spec steering away (``docs/method.md`` §9): what it says, else
     the artifact's recommended suppression, else ``suppress`` at 1 (the topic's latents zeroed
     where they fire) when the artifact records its topic latents, else ``ablate`` at 1."""
     rec = artifact.recommended_away if artifact is not None else None

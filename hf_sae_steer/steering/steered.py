@@ -64,7 +64,7 @@ class SteeredModel(nn.Module):
     are all steered; anything else is delegated to the wrapped model.
 
     ``direction="away"`` steers away from the scores' topic: their recommended suppression
-    (``docs/method.md`` §7) unless ``method``/``strength`` say otherwise.
+    (``docs/method.md`` §9) unless ``method``/``strength`` say otherwise.
 
     Pass one SAE and keyword options, or a list of :class:`SteeringSpec` (or dicts / tuples,
     see :func:`as_spec`) to steer several sites at once.

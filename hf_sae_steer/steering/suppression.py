@@ -1,4 +1,4 @@
-"""Steering away from a topic, on bare tensors (``docs/method.md`` §7). Nothing here knows
+"""Steering away from a topic, on bare tensors (``docs/method.md`` §9). Nothing here knows
 about models or hooks.
 
 With ``z`` the SAE code of a hidden state ``x``, ``S`` the topic's latents and ``s`` the
