@@ -78,7 +78,8 @@ def test_the_engine_refuses_compiled_mode():
 # -- helpers -----------------------------------------------------------------------------
 def _request(library, prompt_ids, steering, max_tokens=NEW):
     from hf_sae_steer.serving.engine import GenerationRequest
-    from hf_sae_steer.serving.schema import Sampling, parse_steering
+    from hf_sae_steer.serving.sampling import Sampling
+    from hf_sae_steer.serving.steering_items import parse_steering
 
     return GenerationRequest(
         list(prompt_ids), max_tokens, Sampling(temperature=0.0),
@@ -110,7 +111,7 @@ def _reference(model, library, prompt_ids, steering, eos, max_tokens=NEW):
     """SteeredModel on the HF model, built from the item as the concept library resolves it
     (the transformers engine's contract), greedy, cut after the first end-of-sequence."""
     from hf_sae_steer import SteeredModel
-    from hf_sae_steer.serving.schema import parse_steering
+    from hf_sae_steer.serving.steering_items import parse_steering
 
     ids = torch.tensor([list(prompt_ids)])
     if not steering:
@@ -248,7 +249,7 @@ class TestDemo:
         cannot resolve), that request ends with an error and the next is served."""
         from dataclasses import replace
 
-        from hf_sae_steer.serving.schema import SteeringItem
+        from hf_sae_steer.serving.steering_items import SteeringItem
 
         lib = demo_engine.library
         prompt = demo_engine.tokenizer("The patient was")["input_ids"]
@@ -269,6 +270,73 @@ class TestDemo:
             [{"concept": "c", "method": "add", "strength": 6.0}],
             demo_engine.eos_token_ids,
         )
+
+
+def _scored(engine, library, prompt, steering, max_tokens, **sampling):
+    """One request with logprobs (3 alternatives) and prompt logprobs: its events."""
+    from dataclasses import replace
+
+    from hf_sae_steer.serving.engine import Finished, PromptLogprobs, Tokens
+    from hf_sae_steer.serving.sampling import Sampling
+
+    request = replace(_request(library, prompt, steering, max_tokens),
+                      sampling=Sampling(temperature=0.0, **sampling), logprobs=3,
+                      prompt_logprobs=3)  # fmt: skip
+
+    async def go():
+        ids, entries, prompt_entries, end = [], [], None, None
+        async for event in engine.submit(request):
+            if isinstance(event, PromptLogprobs):
+                prompt_entries = event.entries
+            elif isinstance(event, Tokens):
+                ids += event.ids
+                entries += event.logprobs
+            else:
+                assert isinstance(event, Finished)
+                end = event
+        return ids, entries, prompt_entries, end
+
+    return asyncio.run(go())
+
+
+def _same_scores(got, want):
+    assert [e.token for e in got] == [e.token for e in want]
+    assert [e.logprob for e in got] == pytest.approx([e.logprob for e in want], abs=1e-3)
+    for g, w in zip(got, want, strict=True):
+        assert [v for _, v in g.top] == pytest.approx([v for _, v in w.top], abs=1e-3)
+
+
+@needs_vllm
+def test_logprobs_echo_and_sampling_controls_equal_the_transformers_engine(demo_engine):
+    """vLLM's own logprobs / prompt_logprobs (raw, before any sampling control) and its
+    sampling controls give what the transformers engine gives for the same request: the
+    steered model's log-softmax, tested there against SteeredModel's forward pass."""
+    from hf_sae_steer.serving.server import start_engine
+
+    prompt = demo_engine.tokenizer("The patient was")["input_ids"]
+    steering = [{"concept": "c", "method": "add", "strength": 6.0}]
+    controls = [{"repetition_penalty": 2.0}, {"presence_penalty": 2.0},
+                {"frequency_penalty": 2.0}, {"logit_bias": ((5, 8.0),)},
+                {"logit_bias": ((0, 100.0),), "min_tokens": 3}]  # EOS held back 3 tokens
+    cases = [(None, 8, {}), (steering, 6, {}), (steering, 0, {})]
+    cases += [(None, 8, c) for c in controls]
+    ours = [_scored(demo_engine, demo_engine.library, prompt, s, n, **c) for s, n, c in cases]
+    other, library = start_engine("transformers", _serve_setup(demo_engine.setup))
+    try:
+        theirs = [_scored(other, library, prompt, s, n, **c) for s, n, c in cases]
+    finally:
+        other.close()
+    for (ids, entries, prompt_entries, end), (want_ids, want, want_prompt, want_end) in zip(
+        ours, theirs, strict=True
+    ):
+        assert ids == want_ids and end.completion_tokens == want_end.completion_tokens
+        assert end.reason == want_end.reason and end.error is None
+        _same_scores(entries, want)
+        assert prompt_entries[0] is None and want_prompt[0] is None
+        _same_scores(prompt_entries[1:], want_prompt[1:])
+    assert ours[2][0] == [] and ours[2][3].reason == "length"  # echo with max_tokens 0
+    assert ours[0][1] != ours[1][1]  # steering moved the scores
+    assert all(ids != ours[0][0] for ids, *_ in ours[3:])  # every control changed the tokens
 
 
 @pytest.fixture(scope="module")

@@ -14,6 +14,7 @@ import torch
 
 from hf_sae_steer.cli.compare import compare_methods
 from hf_sae_steer.cli.demo import run_demo
+from hf_sae_steer.cli.highlight import terminal_style
 from hf_sae_steer.cli.interactive import cmd_app, cmd_chat, cmd_serve
 from hf_sae_steer.cli.settings import MAX_SEED
 from hf_sae_steer.data.prompts import load_prompts
@@ -27,8 +28,7 @@ from hf_sae_steer.models import check_device, load_model
 from hf_sae_steer.sae.loading import load_sae
 from hf_sae_steer.scores.card import CARD_FILE
 from hf_sae_steer.scores.record import ARTIFACT_FILES, is_artifact, load_scores
-from hf_sae_steer.scoring.calibration import TARGET_RATIO
-from hf_sae_steer.scoring.checks import check_options
+from hf_sae_steer.scoring.checks import check_calibration, check_options
 from hf_sae_steer.scoring.examples import latent_examples
 from hf_sae_steer.scoring.fit import FeatureScores
 from hf_sae_steer.scoring.rules import DEFAULT_RULE
@@ -136,9 +136,7 @@ def cmd_score(args: argparse.Namespace) -> dict[str, Any]:
     rule_options = {"objective": args.objective} if args.objective else None
     check_options(rule, summary=args.summary, k=args.k, prior_prompts=args.prior_prompts,
                   norm_fraction=args.norm_fraction, rule_options=rule_options)  # fmt: skip
-    target = TARGET_RATIO if args.target_ratio is None else args.target_ratio
-    if not 1 < target < 100:
-        raise ValueError(f"--target-ratio must be a perplexity ratio above 1, got {target}.")
+    check_calibration(not args.no_calibrate, args.target_ratio)
     out = check_output_folder(args.out, ARTIFACT_FILES, overwrite=args.overwrite,
                               is_ours=is_artifact, optional=(CARD_FILE,))  # fmt: skip
     if args.checkpoint is not None:
@@ -173,7 +171,7 @@ def cmd_score(args: argparse.Namespace) -> dict[str, Any]:
             rule_options=rule_options,
             norm_fraction=args.norm_fraction,
             calibrate_strength=not args.no_calibrate,
-            target_ratio=target,
+            target_ratio=args.target_ratio,
             seed=args.seed,
             summary=args.summary,
             embedder=args.embedder,
@@ -201,6 +199,7 @@ def cmd_score(args: argparse.Namespace) -> dict[str, Any]:
         "rule": scores.rule,
         "recommended": scores.recommended and scores.recommended.to_json(),
         "report": scores.report().to_dict(),
+        "effect": None if scores.effect is None else scores.effect.to_dict(),
         **{key: scores.options[key] for key in ("fit_seconds", "calibration_seconds",
                                                 "calibration_tokens") if key in scores.options},
     }
@@ -243,6 +242,7 @@ def cmd_generate(args: argparse.Namespace) -> list[dict[str, str]]:
         preserve_error=args.preserve_error,
         clamp_value=args.clamp_value,
         positions=args.positions,
+        direction=args.direction,
         include_base=args.compare,
         **_gen_options(args),
     )
@@ -310,6 +310,9 @@ def cmd_demo(args: argparse.Namespace) -> dict[str, Any]:
         reference=args.reference,
         n_prompts=args.n_prompts,
         samples=args.samples,
+        shown_samples=args.show_samples,
+        repetition_penalty=args.repetition_penalty,
+        no_repeat_ngram_size=args.no_repeat_ngram_size,
         max_new_tokens=args.max_new_tokens,
         batch_size=args.batch_size,
         seed=args.seed,
@@ -318,11 +321,7 @@ def cmd_demo(args: argparse.Namespace) -> dict[str, Any]:
         progress=_progress(args),
     )
     if not args.json:
-        print(f"model {result.setup['model']}  sae {result.setup['sae']}")
-        print(result.steering_line())
-        _print_rows(result.rows, result.columns)
-        print(f"\nUncertainty report of the scores:\n{result.scores.report()}\n")
-        print("\n".join(result.measured_lines()))
+        print(result.text(terminal_style()))
     return result.to_dict()
 
 

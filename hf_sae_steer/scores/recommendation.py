@@ -143,14 +143,42 @@ class FluencyCalibration(_ReadsLikeADict):
 
 
 @dataclass(eq=False)
+class AwayCalibration(_ReadsLikeADict):
+    """A measured suppression curve (``docs/method.md`` §9): ``curve`` holds ``{strength,
+    neutral_ratio, topic_drop}`` per point (the perplexity ratio on ``neutral_prompts`` neutral
+    prompts, the side effect; the drop of the topic's similarity on ``inviting_prompts``
+    prompts that invite it); the chosen ``strength`` of ``method`` is the largest whose neutral
+    ratio stays under ``target_ratio``."""
+
+    method: str
+    target_ratio: float
+    strength: float
+    neutral_prompts: int
+    inviting_prompts: int
+    curve: list[dict[str, Any]] = field(default_factory=list)
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    to_json = FluencyCalibration.to_json
+
+    @classmethod
+    def from_json(cls, data: Mapping[str, Any] | AwayCalibration | None) -> AwayCalibration | None:
+        if data is None or isinstance(data, AwayCalibration):
+            return data
+        known, extra = _split(cls, data)
+        return cls(**known, extra=extra)
+
+
+@dataclass(eq=False)
 class Calibration(_ReadsLikeADict):
     """What turns norm fractions into strengths: the mean norm of a reference token's hidden
     state in the SAE's input space (``mean_norm``) and in the raw residual stream
-    (``mean_norm_raw``), and the measured :class:`FluencyCalibration`, if any."""
+    (``mean_norm_raw``), and the measured :class:`FluencyCalibration` and
+    :class:`AwayCalibration`, if any."""
 
     mean_norm: float | None = None
     mean_norm_raw: float | None = None
     fluency: FluencyCalibration | None = None
+    away: AwayCalibration | None = None
     extra: dict[str, Any] = field(default_factory=dict)
 
     def to_json(self) -> dict[str, Any]:
@@ -161,6 +189,8 @@ class Calibration(_ReadsLikeADict):
             out["mean_norm_raw"] = self.mean_norm_raw
         if self.fluency is not None:
             out["fluency"] = self.fluency.to_json()
+        if self.away is not None:
+            out["away"] = self.away.to_json()
         return {**out, **self.extra}
 
     @classmethod
@@ -169,7 +199,8 @@ class Calibration(_ReadsLikeADict):
             return data
         known, extra = _split(cls, data or {})
         fluency = FluencyCalibration.from_json(known.pop("fluency", None))
-        return cls(**known, fluency=fluency, extra=extra)
+        away = AwayCalibration.from_json(known.pop("away", None))
+        return cls(**known, fluency=fluency, away=away, extra=extra)
 
     def __bool__(self) -> bool:
         return bool(self.to_json())

@@ -11,7 +11,7 @@ when chosen.
 from __future__ import annotations
 
 import importlib
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -103,6 +103,7 @@ def serve(
     port: int = 8000,
     limits: ServeLimits | None = None,
     served_names: tuple[str, ...] = (),
+    steered_models: Sequence[str] = (),
     log_level: str = "warning",
     on_ready: Callable[[str], None] | None = None,
 ) -> None:
@@ -111,7 +112,12 @@ def serve(
 
     from hf_sae_steer.serving.app import build_app
 
-    app = build_app(engine, library, limits=limits, served_names=served_names)
+    try:
+        app = build_app(engine, library, limits=limits, served_names=served_names,
+                        steered_models=steered_models)  # fmt: skip
+    except BaseException:  # a bad --steered-model: nothing served, the engine closed
+        engine.close()
+        raise
     config = uvicorn.Config(app, host=host, port=port, log_level=log_level,
                             timeout_graceful_shutdown=5)  # fmt: skip
     server = uvicorn.Server(config)
