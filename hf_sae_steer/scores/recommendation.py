@@ -53,6 +53,16 @@ def _split(cls: type, data: Mapping[str, Any]) -> tuple[dict[str, Any], dict[str
     return known, {k: v for k, v in data.items() if k not in names}
 
 
+def _fields_json(record: Any, omitted_when_none: tuple[str, ...] = ()) -> dict[str, Any]:
+    """A record's fields in their order, then the keys it kept from the JSON it was read from."""
+    fields = {f.name: getattr(record, f.name) for f in dataclasses.fields(record)}
+    fields.pop("extra")
+    for name in omitted_when_none:
+        if fields[name] is None:
+            fields.pop(name)
+    return {**fields, **record.extra}
+
+
 @dataclass(eq=False)
 class Recommendation(_ReadsLikeADict):
     """The steering an artifact recommends: ``method`` at ``strength`` with ``preserve_error``.
@@ -125,12 +135,8 @@ class FluencyCalibration(_ReadsLikeADict):
     extra: dict[str, Any] = field(default_factory=dict)
 
     def to_json(self) -> dict[str, Any]:
-        fields = {f.name: getattr(self, f.name) for f in dataclasses.fields(self)}
-        fields.pop("extra")
-        for name in ("search", "samples"):  # absent from older artifacts: saved as they were
-            if fields[name] is None:
-                fields.pop(name)
-        return {**fields, **self.extra}
+        # absent from older artifacts: saved as they were
+        return _fields_json(self, omitted_when_none=("search", "samples"))
 
     @classmethod
     def from_json(
@@ -158,7 +164,8 @@ class AwayCalibration(_ReadsLikeADict):
     curve: list[dict[str, Any]] = field(default_factory=list)
     extra: dict[str, Any] = field(default_factory=dict)
 
-    to_json = FluencyCalibration.to_json
+    def to_json(self) -> dict[str, Any]:
+        return _fields_json(self)
 
     @classmethod
     def from_json(cls, data: Mapping[str, Any] | AwayCalibration | None) -> AwayCalibration | None:
