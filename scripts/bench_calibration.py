@@ -4,18 +4,21 @@
 Time: default fits (``FeatureScores.fit`` with the demo's model, SAE, ``reference.txt`` and
 ``alignment.txt``: the default rule, MiniLM embedder, calibration on) against the same fits
 with ``calibrate_strength=False``, alternating, in one process; printed: the fits' medians and
-the calibration's share of a calibrated fit (its ``calibration_seconds`` over ``fit_seconds``;
-target <= 25%). By default the fits run in this process after one untimed warm-up fit (the
-embedder then loads faster); ``--fresh`` runs each in a new process, as ``hf-sae-steer score``
-does. ``--grid`` also times the full grid on the last fit, and the search, for three seeds,
-and compares their chosen points.
+the strength calibration's share of a calibrated fit (its ``calibration_seconds`` over
+``fit_seconds``; target <= 25%), and the share of everything ``calibrate_strength`` adds (the
+fits' difference: with it, the suppression's calibration too, ``docs/method.md`` §9). By
+default the fits run in this process after one untimed warm-up fit (the embedder then loads
+faster); ``--fresh`` runs each in a new process, as ``hf-sae-steer score`` does. ``--grid``
+also times the full grid on the last fit, and the search, for three seeds, and compares their
+chosen points.
 
 Tokens: the real command, ``hf_sae_steer score`` on a ``--n-ref`` prompt reference set (the
 demo's 150, then WordNet documents as ``scripts/demo_corpus.py`` makes them), in one process and
 under ``torchrun --nproc-per-node 2`` (gloo on CPU); every process counts the positions its LM
 embeds (a forward pre-hook on the model's input embedding: the scoring walk, the alignment
-pass, the calibration's generation and perplexity; padding included). Printed: each process's
-count and the busiest one's as a share of one process's (target <= 70%).
+pass, the calibrations' generation and perplexity, the effect in words; padding included).
+Printed: each process's count and the busiest one's as a share of one process's (target <=
+70%).
 
     python scripts/bench_calibration.py                  # both, 3 repeats, 300 prompts
     python scripts/bench_calibration.py --part time --repeats 5 --grid
@@ -97,12 +100,15 @@ def bench_time(repeats: int, grid: bool, fresh: bool) -> None:
         plain.append(without), calibrated.append(with_)
         shares.append(seconds / with_), differences.append((with_ - without) / with_)
         print(f"  repeat {i + 1}: fit {without:6.2f} s without calibration, {with_:6.2f} s with "
-              f"(calibration {seconds:5.2f} s, "
-              f"{options.get('calibration_tokens', '?')} LM tokens)", flush=True)  # fmt: skip
+              f"(strength calibration {seconds:5.2f} s, "
+              f"{options.get('calibration_tokens', '?')} LM tokens; the rest of the difference, "
+              f"e.g. the suppression's calibration: {with_ - without - seconds:5.2f} s)",
+              flush=True)  # fmt: skip
     print(f"median default fit: {statistics.median(plain):.2f} s without calibration, "
           f"{statistics.median(calibrated):.2f} s with it")  # fmt: skip
-    print(f"calibration / calibrated fit: median {statistics.median(shares):.1%} "
-          f"(target <= 25%); by the fits' difference {statistics.median(differences):.1%}")
+    print(f"strength calibration / calibrated fit: median {statistics.median(shares):.1%} "
+          f"(target <= 25%); everything calibrate_strength adds, by the fits' difference: "
+          f"{statistics.median(differences):.1%}")
     if grid and not fresh:
         compare_with_grid(*fit.assets, uncalibrated)
 
