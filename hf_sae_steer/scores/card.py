@@ -16,8 +16,9 @@ SCHEME = re.compile(r"^[A-Za-z][\w+.-]+:")  # openai:, saelens:, hf://, https://
 
 def portable_name(spec: str | None) -> str | None:
     """What an artifact records of a model, SAE or embedder: a Hub id, a spec with a scheme or a
-    relative path as it is, an absolute (or home-, dot-relative) local path by its last component (a card is shared; the folder it came from on
-    one machine means nothing on another, and may say too much about it)."""
+    relative path as it is; an absolute (or home- or dot-relative) local path by its last
+    component (a card is shared; the folder it came from on one machine means nothing on
+    another, and may say too much about it)."""
     if spec is None:
         return None
     text = str(spec)
