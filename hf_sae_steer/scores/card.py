@@ -15,16 +15,19 @@ SCHEME = re.compile(r"^[A-Za-z][\w+.-]+:")  # openai:, saelens:, hf://, https://
 
 
 def portable_name(spec: str | None) -> str | None:
-    """What an artifact records of a model, SAE or embedder: a Hub id or a spec with a scheme
-    as it is, a local path by its last component (a card is shared; the folder it came from on
-    one machine means nothing on another, and may say too much about it)."""
+    """What an artifact records of a model, SAE or embedder: a Hub id, a spec with a scheme or a
+    relative path as it is; an absolute (or home- or dot-relative) local path by its last
+    component (a card is shared; the folder it came from on one machine means nothing on
+    another, and may say too much about it)."""
     if spec is None:
         return None
     text = str(spec)
     if SCHEME.match(text):
         return text
+    # Relative paths are kept: they name no machine, and artifacts written before 0.4 (the
+    # demo's "storage/demo/model") then load and save as they were.
     local = os.path.isabs(text) or text.startswith(("~", ".")) or "\\" in text
-    if not local and (HUB_ID.match(text) or not Path(text).exists()):
+    if not local:
         return text
     name = PureWindowsPath(text.rstrip("/\\")).name if "\\" in text else Path(text).name
     return name or text
