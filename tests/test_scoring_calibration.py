@@ -170,3 +170,23 @@ def test_the_search_chooses_the_full_grids_point_with_fewer_points(uncalibrated)
         assert 0 < run.tokens <= (len(fluency.curve) + 1) * 8 * 2 * (STEPS + 4)
         measured.append(len(fluency.curve))
     assert max(measured) < len(plain) and sum(measured) <= 3 * len(measured), measured
+
+
+def test_a_negative_uncalibrated_norm_fraction_starts_the_search_at_its_size(tokenizer):
+    model = sharp_model("gpt2", len(tokenizer))
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        fits = [
+            FeatureScores.fit(
+                model, tokenizer, tiny_topk_sae(), reference=varied_prompts(16),
+                alignment=ALIGNMENT, embedder=letters, progress=False, calibrate_strength=False,
+                norm_fraction=rho,
+            )  # fmt: skip
+            for rho in (0.5, -0.5)
+        ]
+    got = [
+        calibrate(model, tokenizer, tiny_topk_sae(), scores, prompts=PROMPTS, max_new_tokens=STEPS)
+        for scores in fits
+    ]
+    assert got[1].norm_fraction == got[0].norm_fraction
+    assert [p["norm_fraction"] for p in got[1].curve] == [p["norm_fraction"] for p in got[0].curve]

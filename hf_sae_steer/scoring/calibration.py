@@ -162,7 +162,7 @@ def run_calibration(
         max_new_tokens=max_new_tokens, seed=seed, batch_size=batch_size, world=world,
     ) as probe:  # fmt: skip
         if search:
-            points = _search(probe, target_ratio, rec.norm_fraction, samples)
+            points = _search(probe, target_ratio, abs(rec.norm_fraction), samples)
         else:
             points = probe.measure([(rho, samples) for rho in GRID])
         tokens = probe.tokens
