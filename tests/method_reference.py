@@ -62,7 +62,7 @@ def steer_token(
     if method == "ablate":  # project the unit direction out, times the strength
         d = torch.as_tensor(vector).double()
         d = d / d.norm()
-        return x - strength * float(x @ d) * d
+        return x - strength * float(x.detach() @ d) * d
     s = None if scores is None else torch.as_tensor(scores).double()
     xp, info = sae.preprocess(x)
     pre = sae.pre(xp)

@@ -25,7 +25,9 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
+from hf_sae_steer.distributed import World, all_gather_json
 from hf_sae_steer.generation import Generator, perplexity, sampling_options
+from hf_sae_steer.models import context_length
 from hf_sae_steer.scores.recommendation import AwayCalibration, Recommendation
 from hf_sae_steer.scoring.walk.passes import ScoringSums
 from hf_sae_steer.steering.steered import SteeredModel
@@ -34,7 +36,9 @@ AWAY_K = 10
 # Alignment tokens a latent must fire on before it can be a topic latent.
 MIN_ALIGNMENT_TOKENS = 3
 AWAY_TARGET_RATIO = 1.1
-AWAY_GRID = (0.5, 1.0, 2.0, 3.0)
+AWAY_GRID = (0.5, 1.0, 2.0)
+# Prompts of each kind the suppression is measured on (one sample each): a cheap calibration.
+AWAY_PROMPTS = 12
 INVITING_WORDS = 4
 
 
@@ -59,7 +63,7 @@ def recommend_away(latents: Tensor) -> Recommendation | None:
     )  # fmt: skip
 
 
-def inviting_prompts(alignment: Sequence[str], n: int = 24) -> list[str]:
+def inviting_prompts(alignment: Sequence[str], n: int = AWAY_PROMPTS) -> list[str]:
     """Openings of alignment texts: prompts that invite the topic."""
     seen: dict[str, None] = {}
     for text in alignment:
@@ -83,39 +87,59 @@ def calibrate_away(
     centroid: Tensor,
     target_ratio: float = AWAY_TARGET_RATIO,
     strengths: Sequence[float] = AWAY_GRID,
-    max_new_tokens: int = 20,
+    max_new_tokens: int = 16,
     seed: int = 0,
+    world: World | None = None,
 ) -> AwayCalibration:
     """Measure the recommended suppression at ``strengths`` and choose the largest whose neutral
-    perplexity ratio stays under ``target_ratio`` (read between grid points in log ratio)."""
+    perplexity ratio stays under ``target_ratio`` (read between grid points in log ratio).
+
+    Neutral and inviting prompts run as one batch per strength (one sample each, the same seeds
+    at every strength); under ``torchrun`` the batches are shared out and gathered, so every
+    process holds what one process would."""
+    world = world or World()
     rec = scores.recommended_away
-    options = sampling_options(max_new_tokens=max_new_tokens, do_sample=True)
-    neutral_gen = Generator(tokenizer, list(neutral), seed=seed, batch_size=48, options=options)
-    inviting_gen = Generator(tokenizer, list(inviting), seed=seed, batch_size=48, options=options)
-    base_neutral, _ = neutral_gen.run(model)
-    base_inviting, _ = inviting_gen.run(model)
-    runs = []
-    with SteeredModel(model, sae, scores=scores, direction="away", method=rec.method,
-                      strength=1.0) as steered:  # fmt: skip
-        for strength in strengths:
-            steered.set_strength(strength)
-            runs.append((neutral_gen.run(steered)[0], inviting_gen.run(steered)[0]))
-    everything = [base_neutral] + [r[0] for r in runs]
-    ids = [c.token_ids for part in everything for c in part]
-    prompt_ids = [neutral_gen.prompt_ids[c.prompt_index] for part in everything for c in part]
-    ppl = perplexity(model, tokenizer, prompt_ids, ids).view(len(everything), -1)
+    prompts = list(neutral) + list(inviting)
+    gen = Generator(tokenizer, prompts, seed=seed, batch_size=len(prompts))
+    context = context_length(model, tokenizer)
+    if context is not None:  # a short context: fewer new tokens, never a truncated prompt
+        max_new_tokens = min(max_new_tokens, context - max(map(len, gen.prompt_ids)))
+    if max_new_tokens < 4:
+        raise ValueError(f"the model's context ({context} tokens) leaves no room to continue")
+    gen.options = sampling_options(max_new_tokens=max_new_tokens, do_sample=True)
+    jobs = [None, *strengths]  # None: the unsteered model
 
-    def similarity(part: list[Any]) -> float:
-        texts = [c.text if c.text.strip() else "." for c in part]
-        return float((embed(texts) @ centroid).mean())
+    def run(strength: float | None) -> list[list[int]]:
+        if strength is None:
+            part = gen.run(model)[0]
+        else:
+            with SteeredModel(model, sae, scores=scores, direction="away", method=rec.method,
+                              strength=strength) as steered:  # fmt: skip
+                part = gen.run(steered)[0]
+        return [c.token_ids for c in part]
 
-    base_similarity = similarity(base_inviting)
+    mine = {i: run(job) for i, job in enumerate(jobs) if i % world.size == world.rank}
+    done: dict[int, list[list[int]]] = {}
+    for part in all_gather_json(mine, world):
+        done.update({int(i): ids for i, ids in part.items()})
+    outputs = [done[i] for i in range(len(jobs))]
+    n = len(neutral)
+    neutral_ids = [ids[:n] for ids in outputs]
+    prompt_ids = gen.prompt_ids[:n] * len(jobs)
+    ppl = perplexity(model, tokenizer, prompt_ids, [c for ids in neutral_ids for c in ids])
+    ppl = ppl.view(len(jobs), -1)
+
+    def similarity(ids: list[list[int]]) -> float:
+        texts = [tokenizer.decode(t, skip_special_tokens=True) or "." for t in ids[n:]]
+        return float((embed([t if t.strip() else "." for t in texts]) @ centroid).mean())
+
+    base_similarity = similarity(outputs[0])
     curve = []
-    for j, (strength, (_, inviting_part)) in enumerate(zip(strengths, runs, strict=True), 1):
+    for j, strength in enumerate(strengths, 1):
         logs = (ppl[j] / ppl[0]).log()
         logs = logs[logs.isfinite()]
         ratio = math.exp(float(logs.mean())) if len(logs) else None
-        drop = base_similarity - similarity(inviting_part)
+        drop = base_similarity - similarity(outputs[j])
         curve.append({"strength": strength, "neutral_ratio": ratio, "topic_drop": drop})
     return AwayCalibration(
         method=rec.method,

@@ -38,7 +38,7 @@ from hf_sae_steer.models import (
 )
 from hf_sae_steer.sae.base import SAE
 from hf_sae_steer.scores import record
-from hf_sae_steer.scoring.away import calibrate_away, inviting_prompts
+from hf_sae_steer.scoring.away import AWAY_PROMPTS, calibrate_away, inviting_prompts
 from hf_sae_steer.scoring.calibration import CALIBRATION_PROMPTS, CalibrationRun, run_calibration
 from hf_sae_steer.scoring.checks import (
     check_alignment,
@@ -248,7 +248,7 @@ def fit_scores(
             if calibrate_strength and record.recommended_away is not None:
                 _calibrate_away(
                     model, tokenizer, sae, record, alignment, embed_model,
-                    neutral=calibration_prompts, seed=seed,
+                    neutral=list(calibration_prompts)[:AWAY_PROMPTS], seed=seed, world=world,
                 )  # fmt: skip
             if measure_effect:
                 record.effect = _effect_in_words(model, tokenizer, sae, record)
@@ -278,6 +278,7 @@ def _calibrate_away(
     *,
     neutral: Sequence[str],
     seed: int,
+    world: Any = None,
 ) -> None:
     """The recommended suppression's strength, measured (``docs/method.md`` §9); a warning and
     the uncalibrated strength 1 where it cannot be."""
@@ -287,13 +288,15 @@ def _calibrate_away(
         return out / out.norm(dim=-1, keepdim=True).clamp_min(1e-12)
 
     try:
+        if live_steerings(model):  # measuring needs the model to ourselves
+            raise ValueError("the model is steered now; remove its SteeredModel to calibrate")
         inviting = inviting_prompts(alignment)
         if not inviting:
             raise ValueError("no alignment text is long enough to open a prompt with")
         centroid = embed(list(alignment)[:256]).mean(0)
         away = calibrate_away(
             model, tokenizer, sae, scores, neutral=neutral, inviting=inviting, embed=embed,
-            centroid=centroid / centroid.norm().clamp_min(1e-12), seed=seed,
+            centroid=centroid / centroid.norm().clamp_min(1e-12), seed=seed, world=world,
         )  # fmt: skip
     except ValueError as error:
         warnings.warn(
