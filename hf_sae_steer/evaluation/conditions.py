@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import Literal
+from typing import Any, Literal
 
 from hf_sae_steer.steering.names import Method
 
@@ -29,7 +29,8 @@ class Condition:
     ``method=None`` and no baseline is the unsteered model (``orig``). ``scores`` names the
     artifact (a key of the mapping given to ``evaluate``) it steers with. ``strengths`` or
     ``norm_fractions`` are its points; a baseline's points are ``epochs`` (fine-tuning) or a
-    single point (the prefix).
+    single point (the prefix). ``options`` are passed on to
+    :class:`~hf_sae_steer.steering.steered.SteeredModel` (``edits``, ``latents``, ...).
     """
 
     name: str
@@ -42,6 +43,8 @@ class Condition:
     control: Control | None = None
     baseline: Baseline | None = None
     epochs: tuple[int, ...] = field(default=FINETUNE_EPOCHS)
+    # Further SteeredModel options as (name, value) pairs, e.g. (("edits", (LatentEdit(...),)),)
+    options: tuple[tuple[str, Any], ...] = ()
 
     @property
     def kind(self) -> str:

@@ -77,6 +77,7 @@ def evaluate(
     batch_size: int = 16,
     n_boot: int = 1000,
     progress: bool = True,
+    classifier: TopicClassifier | None = None,
 ) -> EvalResult:
     """Generate from held-out ``prompts`` under every condition and measure relevance (centroid
     cosine, and ``P(topic)`` when ``reference`` texts are given to train the classifier),
@@ -117,11 +118,8 @@ def evaluate(
     main = first if isinstance(first, FeatureScores) else None
     embed_model, embedder_name = _embedder_for(embedder, main)
     (align_emb,), _ = embed_prompts(embed_model, [align_texts], progress=False)
-    classifier = (
-        TopicClassifier.fit(embed_model, align_texts, reference_texts, seed=seed)
-        if reference_texts is not None
-        else None
-    )
+    if classifier is None and reference_texts is not None:
+        classifier = TopicClassifier.fit(embed_model, align_texts, reference_texts, seed=seed)
     sampling = sampling_options(
         max_new_tokens=max_new_tokens, do_sample=temperature > 0, temperature=temperature,
         top_k=top_k, top_p=1.0,
@@ -241,6 +239,7 @@ def _run_steering(
         strength=1.0,
         preserve_error=cond.preserve_error,
         clamp_value=cond.clamp_value,
+        **dict(cond.options),
         **override,
     ) as steered:  # no hooks survive, even on error
         step = steered.interventions[0]
