@@ -145,8 +145,9 @@ def run_topics(a: argparse.Namespace, topics: list, runs_dir: Path) -> None:
                         model, tok, sae, topic, reference, {plan.name: plan.fit_options()},
                         seed=a.seed, extra={"embedder": embedder},
                     )  # fmt: skip
+                neutral = prompt_sets["heldout"][: a.n_prompts]  # never the calibration prompts
                 away = run_away_topic(
-                    model, tok, sae, topic, artifacts, DEFAULT_CANDIDATE, prompts,
+                    model, tok, sae, topic, artifacts, DEFAULT_CANDIDATE, neutral,
                     measure=judged(judge, texts, topic), n_inviting=a.n_inviting, **options,
                 )  # fmt: skip
                 away.config["judge"] = judge.summary()

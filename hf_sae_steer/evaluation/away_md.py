@@ -166,6 +166,10 @@ def verdicts(held: list[dict[str, Any]]) -> list[str]:
         lowers(budget_row(r, lab, MAIN_BUDGET)) for r in held))  # fmt: skip
     k = sum(lowers(budget_row(r, best, MAIN_BUDGET)) for r in held)
     vector = best in (CAA_SUBTRACTION, ABLATION)
+    if k == 0:
+        out.append(f"- **No method lowers P(topic) (interval below 0) on any held-out topic "
+                   f"within {MAIN_BUDGET:.2f}× neutral perplexity.**")  # fmt: skip
+        return out
     out.append(f"- The method that lowers P(topic) on the most held-out topics within "
                f"{MAIN_BUDGET:.2f}× is `{best}` ({k} of {n})"
                + (": **a vector method wins**." if vector else "."))  # fmt: skip
@@ -184,10 +188,11 @@ def section(runs: list[dict[str, Any]], samples: int) -> list[str]:
         "",
         f"Per topic, {cfg['n_inviting']} **inviting** prompts (the first 4-6 words of the topic's "
         f"`eval.txt` texts, which no fit saw) and {cfg['n_neutral']} **neutral** prompts (the "
-        f"topic's neutral prompts, as toward), {samples} sampled continuation(s) of "
-        f"{cfg['max_new_tokens']} tokens each, the same seeds under every condition. Δ P(topic) "
-        "is the judge's P(topic) on inviting prompts, paired with the unsteered continuation "
-        "(negative: suppressed); the side effect is the perplexity ratio on neutral prompts. "
+        f"demo's held-out evaluation prompts, for every topic), {samples} sampled "
+        f"continuation(s) of {cfg['max_new_tokens']} tokens each, the same seeds under every "
+        "condition. Δ P(topic) is the judge's P(topic) on inviting prompts, paired with the "
+        "unsteered continuation (negative: suppressed); the side effect is the perplexity ratio "
+        "on neutral prompts. "
         f"Within a budget (neutral ratio {', '.join(f'{b:.2f}×' for b in BUDGETS)}) a curve is "
         "read where it crosses the budget, or at its strongest point when it never costs that "
         "much (marked ·). Intervals: 95% paired bootstraps, inviting and neutral prompts "
