@@ -51,7 +51,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--threads", type=int, default=1)
     p.add_argument("--calibrate", action="store_true",
                    help="calibrate every candidate's strength (slow)")
-    p.add_argument("--quick", action="store_true", help="two topics, 6 prompts, 1 sample")
+    p.add_argument("--quick", action="store_true",
+                   help="two topics, 6 prompts each way, 1 sample, 12 tokens")
     p.add_argument("--report-only", action="store_true", help="rewrite the report from runs")
     p.add_argument("--readme", type=Path, default=None,
                    help="also rewrite this README's benchmark table (between its markers)")
