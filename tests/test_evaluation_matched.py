@@ -122,3 +122,16 @@ def test_against_point_reads_each_curve_at_that_points_ratio():
     assert {r["label"] for r in rows} == {"new"}
     with pytest.raises(ValueError, match="no point 0.75"):
         against_point(curves(base + old), "old", 0.75)
+
+
+def test_an_empty_continuation_does_not_void_the_curve():
+    base = [{"label": "orig", "norm_fraction": None, "strength": None, "prompt_index": p,
+             "sample": 0, "relevance_centroid": 0.2, "p_topic": 0.1, "perplexity": 40.0}
+            for p in range(4)]  # fmt: skip
+    a = [{"label": "a", "norm_fraction": 1.0, "strength": 2.0, "prompt_index": p, "sample": 0,
+          "relevance_centroid": 0.3, "p_topic": 0.2, "perplexity": 80.0 if p else math.nan}
+         for p in range(4)]  # fmt: skip
+    found = curves(base + a)["a"]
+    # prompt 0 has no perplexity: it takes the other prompts' log ratio, its gains stay its own
+    assert found.log_ratio == pytest.approx(np.log([[2.0] * 4]))
+    assert found.gains["p_topic"] == pytest.approx(np.full((1, 4), 0.1))

@@ -56,21 +56,34 @@ def curves(
     out = {}
     for label, by_point in grouped.items():
         xs = sorted(by_point)
-        sums = {name: np.zeros((len(xs), len(prompts))) for name in (*GAINS, "log_ratio")}
-        counts = np.zeros((len(xs), len(prompts)))
+        names = (*GAINS, "log_ratio")
+        sums = {name: np.zeros((len(xs), len(prompts))) for name in names}
+        counts = {name: np.zeros((len(xs), len(prompts))) for name in names}
         for j, x in enumerate(xs):
             for r in by_point[x]:
                 b = base[(r["prompt_index"], r["sample"])]
                 i = column[r["prompt_index"]]
-                for name in GAINS:
-                    sums[name][j, i] += r[name] - b[name]
-                sums["log_ratio"][j, i] += math.log(r["perplexity"] / b["perplexity"])
-                counts[j, i] += 1
-        counts = np.maximum(counts, 1)
-        out[label] = Curve(
-            label, xs, {n: sums[n] / counts for n in GAINS}, sums["log_ratio"] / counts
-        )
+                values = {name: r[name] - b[name] for name in GAINS}
+                values["log_ratio"] = math.log(r["perplexity"] / b["perplexity"])
+                for name, v in values.items():
+                    if math.isfinite(v):  # an empty continuation has no perplexity
+                        sums[name][j, i] += v
+                        counts[name][j, i] += 1
+        means = {name: _filled(sums[name], counts[name]) for name in names}
+        out[label] = Curve(label, xs, {n: means[n] for n in GAINS}, means["log_ratio"])
     return out
+
+
+def _filled(sums: np.ndarray, counts: np.ndarray) -> np.ndarray:
+    """Means over samples; a prompt with no defined value at a point (every continuation empty)
+    takes the mean of the other prompts there, so one empty text cannot void a whole curve."""
+    with np.errstate(invalid="ignore", divide="ignore"):
+        means = sums / counts
+    missing = counts == 0
+    if missing.any():
+        fill = np.nanmean(np.where(missing, np.nan, means), axis=1, keepdims=True)
+        means = np.where(missing, np.nan_to_num(fill, nan=0.0), means)
+    return means
 
 
 def at_ratio(gain: np.ndarray, log_ratio: np.ndarray, target: float | np.ndarray) -> np.ndarray:
