@@ -14,6 +14,7 @@ import torch
 from tiny_models import letters, tiny_gpt2, tiny_topk_sae, varied_prompts
 
 from hf_sae_steer.evaluation.away import (
+    ABLATION,
     BUDGETS,
     CAA_SUBTRACTION,
     inviting_prompts,
@@ -114,9 +115,11 @@ def test_both_directions_run_judged_and_the_report_is_written(topics_dir, tokeni
             max_new_tokens=6, embedder=letters, n_boot=50,
         )  # fmt: skip
     assert away.inviting == inviting_prompts(topic.eval, 3)
-    assert {r["label"] for r in away.analysis["points"]} == {CAA_SUBTRACTION, "clamp top-3",
-                                                              "random 3 latents"}  # fmt: skip
-    assert len(away.analysis["budgets"]) == 3 * len(BUDGETS) * 2  # conditions x budgets x measures
+    assert {r["label"] for r in away.analysis["points"]} == {
+        CAA_SUBTRACTION, ABLATION, "clamp top-3", "random 3 latents"}  # fmt: skip
+    assert len(away.analysis["budgets"]) == 4 * len(BUDGETS) * 2  # conditions x budgets x measures
+    clamp = next(r for r in away.analysis["budgets"] if r["label"] == "clamp top-3")
+    assert {"vs " + CAA_SUBTRACTION, "vs " + ABLATION} <= set(clamp)
     assert all(torch.equal(a, b) for a, b in zip(weights, model.parameters(), strict=True))
 
     save_run(run, tmp_path / "runs", seconds=1.0)

@@ -45,9 +45,11 @@ from hf_sae_steer.steering.interventions import LatentEdit
 
 BUDGETS = (1.05, 1.10)
 CAA_SUBTRACTION = "CAA subtraction"
+ABLATION = "directional ablation"
 # norm fractions of the subtracted mean difference (negated), and strengths of latent edits
 SUBTRACT_GRID = (0.05, 0.1, 0.2, 0.4)
 EDIT_STRENGTHS = (1.0, 2.0, 4.0)
+ABLATION_STRENGTHS = (0.5, 1.0, 2.0)  # 1 projects the direction out, 2 reflects it
 
 
 def inviting_prompts(
@@ -89,8 +91,10 @@ def away_conditions(
     extra: Sequence[Condition] = (),
 ) -> list[Condition]:  # fmt: skip
     """``orig``; CAA subtraction (``vector`` along ``artifact``'s mean difference, negative norm
-    fractions); the artifact's ``latents`` multiplied towards 0 and below where they fire; as
-    many random latents edited alike (the control at equal strength); then ``extra``."""
+    fractions); directional ablation of that difference
+    (:func:`~hf_sae_steer.evaluation.baselines.directional_ablation`); the artifact's ``latents``
+    multiplied towards 0 and below where they fire; as many random latents edited alike (the
+    control at equal strength); then ``extra``."""
     edits = latent_edits(latents)
     control = latent_edits(random_latents(d_sae, latents, len(latents), seed))
     rhos = tuple(-abs(r) for r in subtract)
@@ -99,6 +103,8 @@ def away_conditions(
         Condition("orig"),
         Condition(CAA_SUBTRACTION, "vector", scores=artifact, preserve_error=True,
                   norm_fractions=rhos),
+        Condition(ABLATION, scores=artifact, baseline="ablation",
+                  strengths=ABLATION_STRENGTHS),
         Condition(f"clamp top-{k}", "sae", scores=artifact, preserve_error=True,
                   strengths=tuple(strengths), options=(("edits", edits),)),
         Condition(f"random {k} latents", "sae", scores=artifact, preserve_error=True,
@@ -228,7 +234,7 @@ def run_away_topic(
         samples=samples, max_new_tokens=max_new_tokens, seed=seed, batch_size=batch_size,
         embedder=embedder, n_boot=n_boot, progress=False, **measure,
     )  # fmt: skip
-    against = [CAA_SUBTRACTION, *(c.name for c in extra)]
+    against = [CAA_SUBTRACTION, ABLATION, *(c.name for c in extra)]
     analysis = analyse(result.samples, len(inviting), against=against, n_boot=n_boot, seed=seed)
     config = {"latents": latents, "n_inviting": len(inviting), "n_neutral": len(neutral),
               "samples": samples, "max_new_tokens": max_new_tokens,

@@ -8,9 +8,8 @@ from typing import Any
 
 import numpy as np
 
-from hf_sae_steer.evaluation.away import BUDGETS, CAA_SUBTRACTION, lowers
+from hf_sae_steer.evaluation.away import ABLATION, BUDGETS, CAA_SUBTRACTION, lowers
 
-ABLATION = "directional ablation"
 DEFAULT_SUPPRESSION = "default suppression"
 MAIN_BUDGET = 1.10
 
@@ -197,7 +196,9 @@ def section(runs: list[dict[str, Any]], samples: int) -> list[str]:
         "read where it crosses the budget, or at its strongest point when it never costs that "
         "much (marked ·). Intervals: 95% paired bootstraps, inviting and neutral prompts "
         "resampled independently. Conditions: CAA subtraction (`vector`, the artifact's mean "
-        "difference at negative norm fractions), `clamp top-k` (the default artifact's top "
+        "difference at negative norm fractions), directional ablation (the hidden state minus s "
+        "times its projection on that difference: s = 1 removes it; Arditi et al. 2024), "
+        "`clamp top-k` (the default artifact's top "
         "latents multiplied by 1 - s where they fire: s = 1 zeroes them, s > 1 makes them "
         "negative; SAE error kept), random latents edited alike (the control at equal "
         "strength), and every suppression the library has.",
