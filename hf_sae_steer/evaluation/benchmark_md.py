@@ -255,30 +255,35 @@ def _verdict(held: list[dict[str, Any]]) -> str:
 
 
 def reference_line(runs: list[dict[str, Any]], name: str) -> list[str]:
-    """Per topic: 0.2's default point (``REFERENCE_POINT``) against ``name``'s curve read at that
-    point's perplexity, P(topic) and cosine, paired (the EVAL.md-style comparison)."""
+    """Per topic: 0.2's default point (``REFERENCE_POINT``) against ``name``, read on its curve at
+    that point's perplexity (paired), and at its own recommended strength (the EVAL.md-style
+    comparison: a gain at no more than 0.2's perplexity)."""
     label, point = REFERENCE_POINT
-    head = ["topic", f"0.2's default ({label} at norm fraction {point}): × perplexity",
-            "its Δ P(topic)", f"`{name}` at that perplexity: Δ P(topic)", "difference",
-            "verdict"]  # fmt: skip
+    head = ["topic", f"0.2's default ({label} at norm fraction {point}): × perplexity, "
+            "Δ P(topic)", f"`{name}` at that perplexity: Δ P(topic)", "difference (paired)",
+            f"`{name}` at its recommended strength: × perplexity, Δ P(topic)",
+            "at least as strong at no more perplexity?"]  # fmt: skip
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for run in runs:
         rows = [r for r in run["fits"].get("reference_point", [])
                 if r["label"] == name and r["measure"] == "p_topic"]  # fmt: skip
+        own = default_row(run, name)
+        at_own = (f"{own.get('perplexity_ratio', math.nan):.2f}×, " + _fmt(
+            own.get("p_topic_delta"), own.get("p_topic_delta_lo"), own.get("p_topic_delta_hi")))
         if not rows:
-            verdict = "the same rule" if name == label else "–"
-            lines.append(f"| {run['topic']} | – | – | – | – | {verdict} |")
+            lines.append(f"| {run['topic']} | – | – | – | {at_own} | – |")
             continue
         r = rows[0]
-        lo = r["diff_lo"]
-        verdict = ("n/a" if lo is None or math.isnan(lo) else
-                   "at least as strong" if r["diff_hi"] >= 0 and (lo >= 0 or r["diff"] >= 0)
-                   else "tied (weaker point)" if r["diff_hi"] >= 0 else "weaker")  # fmt: skip
+        on_curve = r["diff"] is not None and not math.isnan(r["diff"]) and r["diff"] >= 0
+        own_point = (own.get("perplexity_ratio", math.inf) <= r["ratio"]
+                     and own.get("p_topic_delta", -math.inf) >= r["ref_gain"])  # fmt: skip
+        verdict = ("yes, on its curve" + (" and at its recommended strength" if own_point else "")
+                   if on_curve else "yes, at its recommended strength" if own_point else "no")
         lines.append("| " + " | ".join([
-            run["topic"], f"{r['ratio']:.2f}",
-            _fmt(r["ref_gain"], r["ref_gain_lo"], r["ref_gain_hi"]),
+            run["topic"], f"{r['ratio']:.2f}×, "
+            + _fmt(r["ref_gain"], r["ref_gain_lo"], r["ref_gain_hi"]),
             _fmt(r["gain"], r["gain_lo"], r["gain_hi"]),
-            _fmt(r["diff"], r["diff_lo"], r["diff_hi"]), verdict]) + " |")  # fmt: skip
+            _fmt(r["diff"], r["diff_lo"], r["diff_hi"]), at_own, verdict]) + " |")  # fmt: skip
     return lines
 
 
