@@ -182,6 +182,7 @@ def section(runs: list[dict[str, Any]], samples: int) -> list[str]:
     held = [r for r in runs if r["split"] == "heldout"]
     tuning = [r for r in runs if r["split"] == "tuning"]
     cfg = runs[0]["config"]
+    samples = cfg.get("samples") or samples  # as run
     lines = [
         "# Away: suppressing a topic",
         "",

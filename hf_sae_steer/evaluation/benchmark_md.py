@@ -302,6 +302,8 @@ def write_report(
     behind = [t for t, s in stand.items() if s == "behind"]
     ahead = [t for t, s in stand.items() if s == "ahead"]
     cfg = (runs or [{}])[0].get("config", {})
+    samples = cfg.get("samples") or samples  # as run, not as this report's command line says
+    n_prompts = max((r["config"].get("n_prompts") or 0 for r in runs), default=0)
     medical = [r for r in runs if r["topic"] == "medical"]
     tuning_names = ", ".join(r["topic"] for r in tuning) or "none run"
     lines = [
@@ -320,8 +322,8 @@ def write_report(
         "",
         "## Toward",
         "",
-        f"Measured on {cfg.get('n_prompts', '?')} neutral prompts per topic (tuning topics: the "
-        "tuning prompts; held-out topics: the held-out evaluation prompts), "
+        f"Measured on up to {n_prompts} neutral prompts per topic (tuning topics: the demo's 24 "
+        "tuning prompts; held-out topics: its held-out evaluation prompts), "
         f"{samples} sampled continuation(s) of {cfg.get('max_new_tokens', '?')} tokens. Gains "
         "are paired with the unsteered model; curves (norm fractions "
         f"{', '.join(f'{x:g}' for x in _grid(runs))}) are read at matched perplexity ratios; "
