@@ -32,10 +32,14 @@ def plot(
         if kind == "toward":
             for label in (default, *TOWARD_SHOWN):
                 pts = sorted((r for r in run["rows"] if r["label"] == label),
-                             key=lambda r: r["perplexity_ratio"])  # fmt: skip
+                             key=lambda r: r.get("norm_fraction") or 0.0)  # weakest first
                 xs = [1.0] + [r["perplexity_ratio"] for r in pts]
                 ys = [0.0] + [r["p_topic_delta"] for r in pts]
                 ax.plot(xs, ys, marker="o", ms=3, label=label)
+            own = [r for r in run["rows"] if r["label"] == f"{default} (calibrated)"]
+            if own:
+                ax.plot([own[0]["perplexity_ratio"]], [own[0]["p_topic_delta"]], "k*", ms=9,
+                        label="default, recommended strength")  # fmt: skip
             ax.set_xlabel("× perplexity", fontsize=8)
             ax.set_ylabel("Δ P(topic)", fontsize=8)
         else:
@@ -50,6 +54,8 @@ def plot(
             ax.set_xlabel("× perplexity, neutral prompts", fontsize=8)
             ax.set_ylabel("Δ P(topic), inviting prompts", fontsize=8)
         ax.set_xscale("log")
+        ticks = (0.9, 1.0, 1.25, 1.5, 2.0, 3.0) if kind == "toward" else (1.0, 1.05, 1.1, 1.25, 1.5)
+        ax.xaxis.set_major_locator(ticker.FixedLocator(ticks))
         ax.xaxis.set_major_formatter(ticker.FuncFormatter(lambda v, _: f"{v:g}×"))
         ax.xaxis.set_minor_formatter(ticker.NullFormatter())
         ax.axhline(0.0, color="grey", lw=0.5)
