@@ -1,7 +1,9 @@
 """The multi-topic benchmark, both directions: ``docs/benchmark.md`` with ``benchmark.png`` and
 ``benchmark.json``.
 
-    python scripts/run_topic_benchmark.py --threads 1 --only medical,food,animal,body
+    python scripts/run_topic_benchmark.py --only medical,food,plant,person,artifact,location &
+    python scripts/run_topic_benchmark.py --only animal,body,communication,substance,act,group
+    python scripts/run_topic_benchmark.py --report-only --readme README.md   # both halves' runs
     python scripts/run_topic_benchmark.py --direction away     # steering away only
     python scripts/run_topic_benchmark.py --report-only --readme README.md
     python scripts/run_topic_benchmark.py --quick --out /tmp/bench   # a smoke run (CI)
@@ -42,9 +44,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--split", choices=("tuning", "heldout", "all"), default="all")
     p.add_argument("--only", default=None, help="comma-separated topic names")
     p.add_argument("--direction", choices=("toward", "away", "both"), default="both")
-    p.add_argument("--samples", type=int, default=1, help="continuations per prompt")
-    p.add_argument("--n-prompts", type=int, default=24, help="neutral prompts per topic")
-    p.add_argument("--n-inviting", type=int, default=24, help="topic-inviting prompts per topic")
+    p.add_argument("--samples", type=int, default=2, help="continuations per prompt")
+    p.add_argument("--n-prompts", type=int, default=32, help="neutral prompts per topic")
+    p.add_argument("--n-inviting", type=int, default=32, help="topic-inviting prompts per topic")
     p.add_argument("--max-new-tokens", type=int, default=24)
     p.add_argument("--n-boot", type=int, default=1000)
     p.add_argument("--seed", type=int, default=0)

@@ -202,7 +202,10 @@ def section(runs: list[dict[str, Any]], samples: int) -> list[str]:
         "`clamp top-k` (the default artifact's top "
         "latents multiplied by 1 - s where they fire: s = 1 zeroes them, s > 1 makes them "
         "negative; SAE error kept), random latents edited alike (the control at equal "
-        "strength), and every suppression the library has.",
+        "strength)" + (", the library's default suppression and its other suppressions."
+                       if DEFAULT_SUPPRESSION in labels(runs) else
+                       ". The library had no suppression of its own (`direction=\"away\"`) "
+                       "when this ran, so none is compared."),
         "",
         *verdicts(held),
         "",
