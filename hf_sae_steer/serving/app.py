@@ -3,11 +3,12 @@
 :class:`~hf_sae_steer.serving.engine.Engine`.
 
 A request walks: body read with a byte cap (413 beyond it, drained without being kept) ->
-JSON (400) -> schema (400) -> :func:`~hf_sae_steer.serving.prepare.prepare` in a worker
-thread (tokenize, budget, steering: 400/404) -> ``engine.submit`` (429 when the queue is full)
--> tokens -> text (stop strings) -> the response. Every error is OpenAI's error JSON with a
-one-line message, and the server goes on serving. A client that disconnects cancels its
-request (streamed or not), which frees its slot in the batch.
+JSON, not too deep and valid Unicode (400; :mod:`.body`) -> schema (400) ->
+:func:`~hf_sae_steer.serving.prepare.prepare` in a worker thread (tokenize, budget, steering:
+400/404) -> ``engine.submit`` (429 when the queue is full) -> tokens -> text (stop strings) ->
+the response. Every error is OpenAI's error JSON with a one-line message, and the server goes on
+serving. A client that disconnects cancels its request (streamed or not), which frees its slot
+in the batch.
 """
 
 from __future__ import annotations
@@ -25,6 +26,7 @@ from starlette.concurrency import run_in_threadpool
 from starlette.exceptions import HTTPException
 
 from hf_sae_steer.serving import openai_format as fmt
+from hf_sae_steer.serving.body import read_json
 from hf_sae_steer.serving.concepts import ConceptLibrary
 from hf_sae_steer.serving.engine import Engine, EngineBusy, Finished, Tokens, TokenStream
 from hf_sae_steer.serving.prepare import ServeLimits, prepare
@@ -104,28 +106,6 @@ def build_app(
         return await handle(request, parse_chat)
 
     return app
-
-
-async def read_json(request: Request, limit: int) -> Any:
-    """The JSON body; 413 past ``limit`` bytes (the rest is read and dropped, never kept)."""
-    declared = request.headers.get("content-length", "")
-    size, parts = 0, []
-    too_big = declared.isdigit() and int(declared) > limit
-    async for part in request.stream():
-        size += len(part)
-        if size > limit:
-            too_big = True
-        if not too_big:
-            parts.append(part)
-    if too_big:
-        raise RequestError(
-            f"The request body has {size} bytes; this server takes at most {limit}.",
-            status=413, code="request_too_large",
-        )  # fmt: skip
-    try:
-        return json.loads(b"".join(parts))
-    except (ValueError, UnicodeDecodeError) as error:
-        raise RequestError(f"The request body is not valid JSON ({error}).") from None
 
 
 async def whole(
