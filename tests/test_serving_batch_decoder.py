@@ -17,7 +17,8 @@ from hf_sae_steer.scoring.record import FeatureScores, load_scores
 from hf_sae_steer.serving.batch_decoder import NONFINITE, BatchDecoder, Row, sample_rows
 from hf_sae_steer.serving.concepts import ConceptLibrary, ResolvedSteering
 from hf_sae_steer.serving.engine import GenerationRequest
-from hf_sae_steer.serving.schema import Sampling, parse_steering
+from hf_sae_steer.serving.sampling import Sampling
+from hf_sae_steer.serving.steering_items import parse_steering
 from hf_sae_steer.sites.names import Site
 from hf_sae_steer.steering.batched import BatchedSteering, SiteEdit
 from hf_sae_steer.steering.steered import SteeredModel

@@ -18,7 +18,9 @@ from hf_sae_steer.serving.concepts import (
     load_library,
     parse_concept_args,
 )
-from hf_sae_steer.serving.schema import RequestError, parse_steering
+from hf_sae_steer.serving.errors import RequestError
+from hf_sae_steer.serving.steering_items import parse_steering
+from hf_sae_steer.steering.spec import SteeringSpec, resolve_spec
 from hf_sae_steer.steering.steered import SteeredModel
 
 DEMO = Path(__file__).resolve().parents[1] / "storage" / "demo"
@@ -119,3 +121,26 @@ def test_concept_arguments_and_folders(tmp_path):
     assert concepts_in(tmp_path) == {"medical": str(tmp_path / "medical")}
     with pytest.raises(ValueError, match="holds no score artifact"):
         concepts_in(tmp_path / "notes")
+
+
+def test_direction_reaches_the_steering_spec(demo):
+    """``direction`` goes to SteeringSpec as given: the served edit is what resolve_spec makes
+    of the same spec, or the request gets resolve_spec's own refusal as a 400 (``away`` is
+    refused by the library until issue 21 implements it)."""
+    model, sae, library = demo
+    toward = library.resolve(parse_steering([{"concept": "med", "direction": "toward"}]))
+    assert toward.applied[0]["direction"] == "toward"
+    assert toward.edits == library.resolve(parse_steering([{"concept": "med"}])).edits
+    spec = SteeringSpec(sae, scores=load_scores(DEMO / "scores"), direction="away")
+    try:
+        site, step = resolve_spec(spec, model, library.layout)
+    except ValueError as error:
+        with pytest.raises(RequestError, match=r"steering\[0\]: ") as info:
+            library.resolve(parse_steering([{"concept": "med", "direction": "away"}]))
+        assert str(error).splitlines()[0] in str(info.value) and info.value.status == 400
+    else:
+        away = library.resolve(parse_steering([{"concept": "med", "direction": "away"}]))
+        (edit,) = away.edits
+        assert edit.site == site and away.applied[0]["direction"] == "away"
+        x = torch.randn(2, 3, 128, generator=torch.Generator().manual_seed(0))
+        torch.testing.assert_close(edit.step(x), step(x), rtol=0, atol=0)

@@ -78,7 +78,8 @@ def test_the_engine_refuses_compiled_mode():
 # -- helpers -----------------------------------------------------------------------------
 def _request(library, prompt_ids, steering, max_tokens=NEW):
     from hf_sae_steer.serving.engine import GenerationRequest
-    from hf_sae_steer.serving.schema import Sampling, parse_steering
+    from hf_sae_steer.serving.sampling import Sampling
+    from hf_sae_steer.serving.steering_items import parse_steering
 
     return GenerationRequest(
         list(prompt_ids), max_tokens, Sampling(temperature=0.0),
@@ -110,7 +111,7 @@ def _reference(model, library, prompt_ids, steering, eos, max_tokens=NEW):
     """SteeredModel on the HF model, built from the item as the concept library resolves it
     (the transformers engine's contract), greedy, cut after the first end-of-sequence."""
     from hf_sae_steer import SteeredModel
-    from hf_sae_steer.serving.schema import parse_steering
+    from hf_sae_steer.serving.steering_items import parse_steering
 
     ids = torch.tensor([list(prompt_ids)])
     if not steering:
@@ -248,7 +249,7 @@ class TestDemo:
         cannot resolve), that request ends with an error and the next is served."""
         from dataclasses import replace
 
-        from hf_sae_steer.serving.schema import SteeringItem
+        from hf_sae_steer.serving.steering_items import SteeringItem
 
         lib = demo_engine.library
         prompt = demo_engine.tokenizer("The patient was")["input_ids"]

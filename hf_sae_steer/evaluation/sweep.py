@@ -43,7 +43,7 @@ from hf_sae_steer.scoring.prompts import load_prompts
 from hf_sae_steer.scoring.record import FeatureScores, load_scores
 from hf_sae_steer.sites.layouts import find_layout
 from hf_sae_steer.sites.resolve import resolve_site
-from hf_sae_steer.steering.interventions import REFERENCE_METHODS, Method
+from hf_sae_steer.steering.names import REFERENCE_METHODS, Method
 from hf_sae_steer.steering.steered import Scores, SteeredModel
 
 NEAREST_K = 5

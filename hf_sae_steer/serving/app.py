@@ -29,13 +29,9 @@ from hf_sae_steer.serving import openai_format as fmt
 from hf_sae_steer.serving.body import read_json
 from hf_sae_steer.serving.concepts import ConceptLibrary
 from hf_sae_steer.serving.engine import Engine, EngineBusy, Finished, Tokens, TokenStream
+from hf_sae_steer.serving.errors import RequestError
 from hf_sae_steer.serving.prepare import ServeLimits, prepare
-from hf_sae_steer.serving.schema import (
-    ParsedRequest,
-    RequestError,
-    parse_chat,
-    parse_completion,
-)
+from hf_sae_steer.serving.requests import ParsedRequest, parse_chat, parse_completion
 
 
 def build_app(

@@ -7,14 +7,14 @@ its folder). Each concept is matched at start-up to the served SAE it was fitted
 artifact's SAE fingerprint; an artifact that fits none is refused then, not per request).
 
 Resolving an item builds exactly what ``SteeredModel(model, sae, scores=artifact, method=...,
-strength=..., positions=..., preserve_error=...)`` builds: :func:`resolve_spec` on a
+strength=..., positions=..., preserve_error=..., direction=...)`` builds: :func:`resolve_spec` on a
 :class:`SteeringSpec` (the site from the one resolver, the recommended method and strength, the
 calibrated strengths of ``add``/``vector``), so a request run alone gives SteeredModel's tokens.
 Resolved edits are cached by item (LRU), so requests with the same steering share the same
 :class:`~hf_sae_steer.steering.batched.SiteEdit` objects and run as one group in a batch.
 
 Errors in an item (an unknown concept, a method the artifact cannot serve, a strength the
-library refuses) raise :class:`~hf_sae_steer.serving.schema.RequestError` (HTTP 400).
+library refuses) raise :class:`~hf_sae_steer.serving.errors.RequestError` (HTTP 400).
 """
 
 from __future__ import annotations
@@ -33,7 +33,8 @@ from torch import nn
 
 from hf_sae_steer.sae.base import SAE
 from hf_sae_steer.scoring.record import CONFIG_FILE, FeatureScores, check_compatible, load_scores
-from hf_sae_steer.serving.schema import RequestError, SteeringItem
+from hf_sae_steer.serving.errors import RequestError
+from hf_sae_steer.serving.steering_items import SteeringItem
 from hf_sae_steer.sites.layouts import ModelLayout, find_layout
 from hf_sae_steer.sites.names import Site
 from hf_sae_steer.sites.resolve import resolve_site
@@ -169,7 +170,7 @@ class ConceptLibrary:
         applied = {
             **origin, "method": step.method, "strength": step.strength,
             "preserve_error": step.preserve_error, "positions": item.positions,
-            "layer": site.layer, "site": site.kind,
+            "layer": site.layer, "site": site.kind, "direction": item.direction,
         }  # fmt: skip
         return SiteEdit(site, step, item.positions), applied  # type: ignore[arg-type]
 
@@ -212,6 +213,7 @@ class ConceptLibrary:
         spec = SteeringSpec(
             concept.sae, scores=artifact, method=method, strength=strength,
             preserve_error=item.preserve_error, positions=item.positions,  # type: ignore[arg-type]
+            direction=item.direction,  # type: ignore[arg-type]
         )  # fmt: skip
         return spec, {item.kind: name}
 

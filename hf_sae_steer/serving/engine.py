@@ -24,7 +24,7 @@ from dataclasses import dataclass, field
 from typing import Any, Literal, Protocol, runtime_checkable
 
 from hf_sae_steer.serving.concepts import BASE, ResolvedSteering
-from hf_sae_steer.serving.schema import Sampling
+from hf_sae_steer.serving.sampling import Sampling
 
 FinishReason = Literal["stop", "length", "cancelled", "error"]
 _ids = itertools.count()

@@ -13,7 +13,7 @@ from collections.abc import Sequence
 from typing import Any
 
 from hf_sae_steer.serving.engine import Finished
-from hf_sae_steer.serving.schema import ParsedRequest
+from hf_sae_steer.serving.requests import ParsedRequest
 
 REPLACEMENT = "\ufffd"  # an incomplete UTF-8 sequence decodes to this: wait for more tokens
 

@@ -1,6 +1,6 @@
 """From a validated request to what an engine generates: the chat prompt, the token ids, the
 token budget and the resolved steering. No HTTP here; every problem is a
-:class:`~hf_sae_steer.serving.schema.RequestError`.
+:class:`~hf_sae_steer.serving.errors.RequestError`.
 
 **Chat prompts.** With a chat template (``tokenizer.chat_template``) the messages are rendered
 by it with the generation prompt added. Without one (base models such as GPT-2 and the demo)
@@ -20,7 +20,9 @@ from typing import Any
 
 from hf_sae_steer.serving.concepts import ConceptLibrary
 from hf_sae_steer.serving.engine import Engine, GenerationRequest
-from hf_sae_steer.serving.schema import ChatMessage, Limits, ParsedRequest, RequestError
+from hf_sae_steer.serving.errors import RequestError
+from hf_sae_steer.serving.limits import Limits
+from hf_sae_steer.serving.requests import ChatMessage, ParsedRequest
 
 COMPLETION_DEFAULT_TOKENS = 16
 
