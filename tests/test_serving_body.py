@@ -12,7 +12,7 @@ pytest.importorskip("fastapi", reason="hf-sae-steer serve needs the [serve] extr
 from serving_live import demo_engine, live_server  # noqa: E402
 
 from hf_sae_steer.serving.body import MAX_DEPTH, parse_json  # noqa: E402
-from hf_sae_steer.serving.schema import RequestError  # noqa: E402
+from hf_sae_steer.serving.errors import RequestError  # noqa: E402
 
 
 @pytest.fixture(scope="module")

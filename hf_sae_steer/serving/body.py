@@ -15,7 +15,7 @@ from typing import Any
 
 from starlette.requests import Request
 
-from hf_sae_steer.serving.schema import RequestError
+from hf_sae_steer.serving.errors import RequestError
 
 MAX_DEPTH = 64  # a chat message's text is 5 levels deep, a JSON schema rarely 20: none needs 64
 
