@@ -65,12 +65,17 @@ def cmd_serve(args: argparse.Namespace) -> None:
         from hf_sae_steer.serving import server
         from hf_sae_steer.serving.concepts import concepts_in, parse_concept_args
         from hf_sae_steer.serving.prepare import ServeLimits
+        from hf_sae_steer.serving.security import AccessPolicy
     except ImportError as error:
         if (error.name or "").split(".")[0] not in ("fastapi", "uvicorn", "starlette"):
             raise
         raise ImportError(
             f"hf-sae-steer serve needs {error.name}: pip install 'hf_sae_steer[serve]'"
         ) from error
+    policy = AccessPolicy.from_options(  # before loading the model: bad values fail fast
+        api_key=args.api_key, allowed_origins=args.allowed_origins,
+        allowed_hosts=args.allowed_hosts, bind=args.host,
+    )  # fmt: skip
     concepts = concepts_in(args.concepts_dir) if args.concepts_dir else {}
     for name, source in parse_concept_args(args.concept).items():
         if name in concepts:
@@ -94,7 +99,7 @@ def cmd_serve(args: argparse.Namespace) -> None:
     server.serve(
         engine, library, host=args.host, port=args.port,
         limits=ServeLimits(max_prompt_chars=args.max_prompt_chars),
-        served_names=(setup.served_name,), on_ready=ready,
+        served_names=(setup.served_name,), on_ready=ready, policy=policy,
     )  # fmt: skip
 
 

@@ -26,12 +26,14 @@ from starlette.concurrency import run_in_threadpool
 from starlette.exceptions import HTTPException
 
 from hf_sae_steer.serving import openai_format as fmt
+from hf_sae_steer.serving import security
 from hf_sae_steer.serving.body import read_json
 from hf_sae_steer.serving.concepts import ConceptLibrary
 from hf_sae_steer.serving.engine import Engine, EngineBusy, Finished, Tokens, TokenStream
 from hf_sae_steer.serving.errors import RequestError
 from hf_sae_steer.serving.prepare import ServeLimits, prepare
 from hf_sae_steer.serving.requests import ParsedRequest, parse_chat, parse_completion
+from hf_sae_steer.serving.security import AccessPolicy, redact_paths
 
 
 def build_app(
@@ -40,13 +42,16 @@ def build_app(
     *,
     limits: ServeLimits | None = None,
     served_names: tuple[str, ...] = (),
+    policy: AccessPolicy | None = None,
 ) -> FastAPI:
     """The app serving ``engine`` with ``library``'s concepts; the first served name is the
-    model id clients see (default: the engine's name)."""
+    model id clients see (default: the engine's name). ``policy``: who may use it (API key,
+    Host, CORS; :mod:`.security`), by default loopback without a key."""
     limits = limits or ServeLimits()
     names = served_names or (engine.name,)
     created = int(time.time())
     app = FastAPI(title="hf-sae-steer", docs_url=None, redoc_url=None, openapi_url=None)
+    security.install(app, policy or AccessPolicy())
     app.state.engine, app.state.library = engine, library
 
     @app.exception_handler(RequestError)
@@ -61,7 +66,8 @@ def build_app(
 
     @app.exception_handler(Exception)
     async def internal_error(request: Request, error: Exception) -> JSONResponse:
-        message = f"Internal error ({type(error).__name__}): {error}".splitlines()[0]
+        message = f"Internal error ({type(error).__name__}): {redact_paths(str(error))}"
+        message = message.splitlines()[0]
         body = RequestError(message, kind="server_error").to_json()
         return JSONResponse(body, status_code=500)
 
@@ -168,7 +174,10 @@ async def sse(
 def _raise_failure(done: Finished, stopped: bool) -> None:
     if done.reason == "error":
         kind = "invalid_request_error" if done.status < 500 else "server_error"
-        raise RequestError(done.error or "Generation failed.", status=done.status, kind=kind)
+        message = done.error or "Generation failed."
+        if done.status >= 500:  # the server's own failure: its paths stay in its log
+            message = redact_paths(message)
+        raise RequestError(message, status=done.status, kind=kind)
     if done.reason == "cancelled" and not stopped:
         raise RequestError(
             "The request was cancelled (the server is shutting down).", status=503,

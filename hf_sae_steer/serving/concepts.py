@@ -125,7 +125,8 @@ class ConceptLibrary:
         for c in self.concepts.values():
             rec = c.scores.recommended or {}
             out.append({
-                "name": c.name, "source": c.source, "layer": c.site.layer, "site": c.site.kind,
+                "name": c.name, "source": _public(c.source), "layer": c.site.layer,
+                "site": c.site.kind,
                 "rule": c.scores.rule, "recommended": {k: rec[k] for k in
                 ("method", "strength", "preserve_error") if k in rec} or None,
                 "vector": "delta_raw" in c.scores.stats,
@@ -263,6 +264,11 @@ def check_name(name: str) -> str:
             "(at most 64)."
         )
     return name
+
+
+def _public(source: str) -> str | None:
+    """A Hub id as given; a folder on this machine: None (clients never see server paths)."""
+    return None if Path(source).expanduser().exists() else source
 
 
 def parse_concept_args(values: Sequence[str]) -> dict[str, str]:

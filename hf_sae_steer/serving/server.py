@@ -11,6 +11,7 @@ when chosen.
 from __future__ import annotations
 
 import importlib
+import sys
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -19,6 +20,7 @@ from typing import Any
 from hf_sae_steer.serving.concepts import ConceptLibrary, load_library
 from hf_sae_steer.serving.engine import Engine
 from hf_sae_steer.serving.prepare import ServeLimits
+from hf_sae_steer.serving.security import AccessPolicy, exposure_warning
 
 ENGINES: dict[str, str] = {
     "transformers": "hf_sae_steer.serving.server:transformers_engine",
@@ -105,13 +107,20 @@ def serve(
     served_names: tuple[str, ...] = (),
     log_level: str = "warning",
     on_ready: Callable[[str], None] | None = None,
+    policy: AccessPolicy | None = None,
 ) -> None:
-    """Run the app with uvicorn until interrupted, then close the engine."""
+    """Run the app with uvicorn until interrupted, then close the engine. ``policy``: who may
+    use it (default: no API key, loopback names; a warning when ``host`` is beyond loopback
+    without a key)."""
     import uvicorn
 
     from hf_sae_steer.serving.app import build_app
 
-    app = build_app(engine, library, limits=limits, served_names=served_names)
+    policy = policy or AccessPolicy(bind=host)
+    warning = exposure_warning(policy)
+    if warning:
+        print(f"hf-sae-steer serve: {warning}", file=sys.stderr, flush=True)
+    app = build_app(engine, library, limits=limits, served_names=served_names, policy=policy)
     config = uvicorn.Config(app, host=host, port=port, log_level=log_level,
                             timeout_graceful_shutdown=5)  # fmt: skip
     server = uvicorn.Server(config)
