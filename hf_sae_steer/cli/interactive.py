@@ -64,6 +64,7 @@ def cmd_serve(args: argparse.Namespace) -> None:
     try:  # before loading the model: without FastAPI and uvicorn there is nothing to serve
         from hf_sae_steer.serving import server
         from hf_sae_steer.serving.concepts import concepts_in, parse_concept_args
+        from hf_sae_steer.serving.lifecycle import Lifecycle
         from hf_sae_steer.serving.prepare import ServeLimits
         from hf_sae_steer.serving.security import AccessPolicy
     except ImportError as error:
@@ -72,6 +73,7 @@ def cmd_serve(args: argparse.Namespace) -> None:
         raise ImportError(
             f"hf-sae-steer serve needs {error.name}: pip install 'hf_sae_steer[serve]'"
         ) from error
+    Lifecycle(args.shutdown_grace)  # before loading the model: a bad grace fails fast
     policy = AccessPolicy.from_options(  # before loading the model: bad values fail fast
         api_key=args.api_key, allowed_origins=args.allowed_origins,
         allowed_hosts=args.allowed_hosts, bind=args.host,
@@ -100,6 +102,7 @@ def cmd_serve(args: argparse.Namespace) -> None:
         engine, library, host=args.host, port=args.port,
         limits=ServeLimits(max_prompt_chars=args.max_prompt_chars),
         served_names=(setup.served_name,), on_ready=ready, policy=policy,
+        shutdown_grace=args.shutdown_grace,
     )  # fmt: skip
 
 

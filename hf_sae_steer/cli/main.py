@@ -272,6 +272,11 @@ def build_parser() -> argparse.ArgumentParser:
         help="extra names the Host header may carry (default: IP addresses, localhost, the bind "
         "address; * for any)",
     )  # fmt: skip
+    p.add_argument(
+        "--shutdown-grace", type=float, default=30.0, metavar="SECONDS",
+        help="on SIGTERM/Ctrl-C, how long running requests may finish before they get 503 "
+        "(default 30)",
+    )  # fmt: skip
     p.add_argument("--served-model-name", help="the model id clients send (default: --model)")
     p.add_argument("--max-batch", type=positive_int, default=32, help="rows decoded together")
     p.add_argument(

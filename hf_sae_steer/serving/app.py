@@ -31,9 +31,12 @@ from hf_sae_steer.serving.body import read_json
 from hf_sae_steer.serving.concepts import ConceptLibrary
 from hf_sae_steer.serving.engine import Engine, EngineBusy, Finished, Tokens, TokenStream
 from hf_sae_steer.serving.errors import RequestError
+from hf_sae_steer.serving.lifecycle import Lifecycle
+from hf_sae_steer.serving.metrics import Metrics
 from hf_sae_steer.serving.prepare import ServeLimits, prepare
 from hf_sae_steer.serving.requests import ParsedRequest, parse_chat, parse_completion
 from hf_sae_steer.serving.security import AccessPolicy, redact_paths
+from hf_sae_steer.serving.utility_routes import add_utility_routes
 
 
 def build_app(
@@ -43,16 +46,26 @@ def build_app(
     limits: ServeLimits | None = None,
     served_names: tuple[str, ...] = (),
     policy: AccessPolicy | None = None,
+    lifecycle: Lifecycle | None = None,
 ) -> FastAPI:
     """The app serving ``engine`` with ``library``'s concepts; the first served name is the
     model id clients see (default: the engine's name). ``policy``: who may use it (API key,
-    Host, CORS; :mod:`.security`), by default loopback without a key."""
+    Host, CORS; :mod:`.security`), by default loopback without a key. ``lifecycle``: its
+    requests in flight and its shutdown grace (:mod:`.lifecycle`)."""
     limits = limits or ServeLimits()
     names = served_names or (engine.name,)
     created = int(time.time())
     app = FastAPI(title="hf-sae-steer", docs_url=None, redoc_url=None, openapi_url=None)
-    security.install(app, policy or AccessPolicy())
     app.state.engine, app.state.library = engine, library
+    security.install(app, policy or AccessPolicy())
+    lifecycle = lifecycle or Lifecycle()
+    app.state.lifecycle = lifecycle
+    metrics = Metrics(engine)
+    app.state.metrics = metrics
+    # 503 once shutting down, streams in flight tracked, every generation counted
+    engine = metrics.observe(lifecycle.gate(engine))
+    app.add_middleware(_Counted, metrics=metrics)  # outermost: refusals are counted too
+    add_utility_routes(app, engine, limits, names, metrics)
 
     @app.exception_handler(RequestError)
     async def request_error(request: Request, error: RequestError) -> JSONResponse:
@@ -192,6 +205,16 @@ async def _cancel_on_disconnect(request: Request, stream: TokenStream) -> None:
             if message["type"] == "http.disconnect":
                 await stream.cancel()
                 return
+
+
+class _Counted:
+    """ASGI middleware: :meth:`Metrics.count_http` around the app."""
+
+    def __init__(self, app: Any, metrics: Metrics) -> None:
+        self._app = metrics.count_http(app)
+
+    async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
+        await self._app(scope, receive, send)
 
 
 def _event(body: dict[str, Any]) -> str:
