@@ -138,7 +138,7 @@ def build_gpt2_small(folder: Path) -> list[str]:
 
     from hf_sae_steer.cli.demo import find_assets
     from hf_sae_steer.sae.base import SAEConfig, build_sae
-    from hf_sae_steer.scoring.record import FeatureScores
+    from hf_sae_steer.scores.record import FeatureScores
 
     demo = find_assets()
     torch.manual_seed(0)

@@ -73,8 +73,8 @@ def main(argv: list[str] | None = None) -> None:
     started = time.time()
     if not a.report_only:
         from hf_sae_steer import load_prompts, load_sae
+        from hf_sae_steer.data.embedders import load_embedder
         from hf_sae_steer.models import load_model
-        from hf_sae_steer.scoring.embedders import load_embedder
 
         model, tok = load_model(str(a.demo / "model"))
         sae = load_sae(a.demo / "sae")

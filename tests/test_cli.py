@@ -50,7 +50,7 @@ def test_generate_json_matches_the_python_api(capsys):
     from hf_sae_steer import SteeredModel, load_sae
     from hf_sae_steer.generation import continue_prompts
     from hf_sae_steer.models import load_model
-    from hf_sae_steer.scoring.record import load_scores
+    from hf_sae_steer.scores.record import load_scores
 
     model, tok = load_model(str(DEMO / "model"))
     sae = load_sae(DEMO / "sae")

@@ -15,7 +15,7 @@ import pytest
 from hf_sae_steer.generation import continue_prompts
 from hf_sae_steer.models import load_model
 from hf_sae_steer.sae.loading import load_sae
-from hf_sae_steer.scoring.record import load_scores
+from hf_sae_steer.scores.record import load_scores
 from hf_sae_steer.steering.steered import SteeredModel
 
 pexpect = pytest.importorskip("pexpect", reason="pexpect drives the terminal: pip install pexpect")
@@ -25,7 +25,7 @@ DEMO = Path(__file__).resolve().parents[1] / "storage" / "demo"
 
 def demo_strength() -> str:
     """The demo artifact's recommended strength as the playground prints it."""
-    from hf_sae_steer.scoring.record import load_scores
+    from hf_sae_steer.scores.record import load_scores
 
     return f"{load_scores(DEMO / 'scores').recommended['strength']:.3g}"
 PROMPT = "The children went"
@@ -129,7 +129,7 @@ def test_chat_fits_your_topic_and_saves_it(tmp_path):
     from topic_texts import FOOD, fit_on_demo, steered_on_demo
 
     from hf_sae_steer.cli.demo import recommended_line
-    from hf_sae_steer.scoring.record import FeatureScores
+    from hf_sae_steer.scores.record import FeatureScores
 
     base, loaded_steered = expected_texts(PROMPT)
     topic = fit_on_demo(FOOD)

@@ -28,7 +28,7 @@ DEMO = Path(__file__).resolve().parents[1] / "storage" / "demo"
 
 def demo_strength() -> str:
     """The demo artifact's recommended strength as the playground prints it."""
-    from hf_sae_steer.scoring.record import load_scores
+    from hf_sae_steer.scores.record import load_scores
 
     return f"{load_scores(DEMO / 'scores').recommended['strength']:.3g}"
 PROMPT = "The children went"

@@ -25,7 +25,7 @@ from hf_sae_steer.cli.topics import (
     load_examples,
     parse_examples,
 )
-from hf_sae_steer.scoring.record import ARTIFACT_FILES
+from hf_sae_steer.scores.record import ARTIFACT_FILES
 from hf_sae_steer.steering import live
 
 PROMPT = "The children went"

@@ -23,7 +23,7 @@ import pytest
 from hf_sae_steer.generation import continue_prompts
 from hf_sae_steer.models import load_model
 from hf_sae_steer.sae.loading import load_sae
-from hf_sae_steer.scoring.record import load_scores
+from hf_sae_steer.scores.record import load_scores
 from hf_sae_steer.steering.steered import SteeredModel
 
 pytest.importorskip("gradio", reason="the web app needs the [app] extra (gradio)")
@@ -34,7 +34,7 @@ DEMO = ROOT / "storage" / "demo"
 
 def demo_strength() -> str:
     """The demo artifact's recommended strength as the playground prints it."""
-    from hf_sae_steer.scoring.record import load_scores
+    from hf_sae_steer.scores.record import load_scores
 
     return f"{load_scores(DEMO / 'scores').recommended['strength']:.3g}"
 PROMPT = "The children went"
@@ -241,7 +241,7 @@ def _check_zipped_topic(archive: Path, scores, folder: Path) -> None:
 
     import torch
 
-    from hf_sae_steer.scoring.record import FeatureScores
+    from hf_sae_steer.scores.record import FeatureScores
 
     with zipfile.ZipFile(archive) as zipped:
         zipped.extractall(folder)

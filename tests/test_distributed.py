@@ -24,8 +24,8 @@ from hf_sae_steer.distributed import (
     current_world,
     process_device,
 )
-from hf_sae_steer.scoring.checkpoint import read_checkpoint
-from hf_sae_steer.scoring.record import FeatureScores
+from hf_sae_steer.scores.record import FeatureScores
+from hf_sae_steer.scoring.walk.checkpoint import read_checkpoint
 
 DEMO = Path(__file__).resolve().parents[1] / "storage" / "demo"
 ASSETS = ["--model", str(DEMO / "model"), "--sae", str(DEMO / "sae")]

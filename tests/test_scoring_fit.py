@@ -11,9 +11,9 @@ import torch
 from transformers import GPT2Config, GPT2LMHeadModel
 
 from hf_sae_steer import FeatureScores
+from hf_sae_steer.data.embedders import DEFAULT_EMBEDDER
 from hf_sae_steer.sae import SAEConfig, build_sae
 from hf_sae_steer.sae.loading import load_sae
-from hf_sae_steer.scoring.embedders import DEFAULT_EMBEDDER
 
 D, N, LAYER = 32, 48, 1
 REFERENCE = [

@@ -25,7 +25,7 @@ pytest.importorskip("fastapi", reason="hf-sae-steer serve needs the [serve] extr
 
 from hf_sae_steer.models import load_model  # noqa: E402
 from hf_sae_steer.sae.loading import load_sae  # noqa: E402
-from hf_sae_steer.scoring.record import load_scores  # noqa: E402
+from hf_sae_steer.scores.record import load_scores  # noqa: E402
 from hf_sae_steer.steering.steered import SteeredModel  # noqa: E402
 
 DEMO = Path(__file__).resolve().parents[1] / "storage" / "demo"

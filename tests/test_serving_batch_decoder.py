@@ -13,7 +13,7 @@ from arch_models import hf, random_scores, tiny_sae, vector
 
 from hf_sae_steer.models import load_model
 from hf_sae_steer.sae.loading import load_sae
-from hf_sae_steer.scoring.record import FeatureScores, load_scores
+from hf_sae_steer.scores.record import FeatureScores, load_scores
 from hf_sae_steer.serving.batch_decoder import NONFINITE, BatchDecoder, Row, sample_rows
 from hf_sae_steer.serving.concepts import ConceptLibrary, ResolvedSteering
 from hf_sae_steer.serving.engine import GenerationRequest

@@ -11,7 +11,7 @@ from arch_models import tiny_sae
 
 from hf_sae_steer.models import load_model
 from hf_sae_steer.sae.loading import load_sae
-from hf_sae_steer.scoring.record import load_scores
+from hf_sae_steer.scores.record import load_scores
 from hf_sae_steer.serving.concepts import (
     ConceptLibrary,
     concepts_in,

@@ -11,27 +11,27 @@ from typing import Any
 
 import torch
 
+from hf_sae_steer.cli.compare import compare_methods
 from hf_sae_steer.cli.demo import run_demo
 from hf_sae_steer.cli.interactive import cmd_app, cmd_chat, cmd_serve
 from hf_sae_steer.cli.settings import MAX_SEED
+from hf_sae_steer.data.prompts import load_prompts
+from hf_sae_steer.data.sources import open_prompts
 from hf_sae_steer.distributed import current_world, launched_size, process_device, shutdown
 from hf_sae_steer.evaluation.conditions import BASELINES, CONTROLS
 from hf_sae_steer.evaluation.result import EVAL_FILES, is_evaluation
 from hf_sae_steer.evaluation.sweep import evaluate
 from hf_sae_steer.folders import check_output_folder, check_writable
-from hf_sae_steer.generation import compare_methods
 from hf_sae_steer.models import check_device, load_model
 from hf_sae_steer.sae.loading import load_sae
-from hf_sae_steer.scoring import FeatureScores
-from hf_sae_steer.scoring.card import CARD_FILE
+from hf_sae_steer.scores.card import CARD_FILE
+from hf_sae_steer.scores.record import ARTIFACT_FILES, is_artifact, load_scores
+from hf_sae_steer.scoring.calibration import TARGET_RATIO
+from hf_sae_steer.scoring.checks import check_options
 from hf_sae_steer.scoring.examples import latent_examples
-from hf_sae_steer.scoring.fit import check_options
-from hf_sae_steer.scoring.prompts import load_prompts
-from hf_sae_steer.scoring.record import ARTIFACT_FILES, is_artifact, load_scores
-from hf_sae_steer.scoring.selection import DEFAULT_RULE
-from hf_sae_steer.scoring.sources import open_prompts
-from hf_sae_steer.scoring.strength import TARGET_RATIO
-from hf_sae_steer.steering.interventions import METHODS
+from hf_sae_steer.scoring.fit import FeatureScores
+from hf_sae_steer.scoring.rules import DEFAULT_RULE
+from hf_sae_steer.steering.names import METHODS
 
 # Commands that share their work between processes under torchrun / accelerate launch.
 SHARED = ("score", "eval")
@@ -197,7 +197,7 @@ def cmd_score(args: argparse.Namespace) -> dict[str, Any]:
     return {
         "path": str(path),
         "rule": scores.rule,
-        "recommended": scores.recommended,
+        "recommended": scores.recommended and scores.recommended.to_json(),
         "report": scores.report().to_dict(),
     }
 

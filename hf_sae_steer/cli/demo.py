@@ -10,15 +10,15 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from hf_sae_steer.data.embedders import DEFAULT_EMBEDDER, load_embedder
+from hf_sae_steer.data.prompts import load_prompts
 from hf_sae_steer.evaluation.conditions import Condition, recommended_condition
 from hf_sae_steer.evaluation.result import EvalResult, ci
 from hf_sae_steer.evaluation.sweep import evaluate
 from hf_sae_steer.generation import continue_prompts
 from hf_sae_steer.models import load_model
 from hf_sae_steer.sae.loading import load_sae
-from hf_sae_steer.scoring.embedders import DEFAULT_EMBEDDER, load_embedder
-from hf_sae_steer.scoring.prompts import load_prompts
-from hf_sae_steer.scoring.record import FeatureScores, load_scores
+from hf_sae_steer.scores.record import FeatureScores, load_scores
 from hf_sae_steer.steering.steered import SteeredModel
 
 BUILD_COMMAND = "python scripts/build_demo_assets.py"
@@ -106,7 +106,7 @@ class DemoResult:
             "setup": self.setup,
             "rows": self.rows,
             "report": self.scores.report().to_dict(),
-            "recommended": self.scores.recommended,
+            "recommended": self.scores.recommended and self.scores.recommended.to_json(),
             "measured": None if self.measured is None else self.measured.rows,
             "missing": self.missing,
         }

@@ -26,13 +26,13 @@ from hf_sae_steer.cli.settings import (
     parse_positions,
     parse_tokens,
 )
+from hf_sae_steer.data.prompts import load_prompts
 from hf_sae_steer.generation import Generator, check_prompt_chars, sampling_options
 from hf_sae_steer.models import context_length, load_model
 from hf_sae_steer.sae.base import SAE
 from hf_sae_steer.sae.loading import load_sae
+from hf_sae_steer.scores.record import FeatureScores, load_scores
 from hf_sae_steer.scoring.examples import LatentExample, latent_examples
-from hf_sae_steer.scoring.prompts import load_prompts
-from hf_sae_steer.scoring.record import FeatureScores, load_scores
 from hf_sae_steer.steering.steered import SteeredModel
 
 BASE, STEERED, COMPARE = "base", "steered", "compare"

@@ -7,7 +7,7 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 
-from hf_sae_steer.steering.interventions import METHODS
+from hf_sae_steer.steering.names import METHODS
 from hf_sae_steer.steering.positions import POSITIONS
 
 RECOMMENDED = "recommended"

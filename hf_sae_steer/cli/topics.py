@@ -23,10 +23,10 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from hf_sae_steer.cli.settings import PlaygroundError
+from hf_sae_steer.data.prompts import load_prompts
 from hf_sae_steer.folders import check_output_folder
-from hf_sae_steer.scoring.fit import fit as fit_scores
-from hf_sae_steer.scoring.prompts import load_prompts
-from hf_sae_steer.scoring.record import ARTIFACT_FILES, FeatureScores, is_artifact
+from hf_sae_steer.scores.record import ARTIFACT_FILES, FeatureScores, is_artifact
+from hf_sae_steer.scoring.fit import fit_scores
 
 if TYPE_CHECKING:
     from hf_sae_steer.cli.playground import Playground

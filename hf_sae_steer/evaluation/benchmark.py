@@ -24,6 +24,7 @@ from hf_sae_steer.evaluation.result import EvalResult
 from hf_sae_steer.evaluation.sweep import evaluate
 from hf_sae_steer.evaluation.topics import Topic
 from hf_sae_steer.sae.base import SAE
+from hf_sae_steer.scoring.fit import FeatureScores
 
 GRID = (0.25, 0.5, 0.75, 1.0)
 CAA = "CAA"
@@ -120,7 +121,6 @@ def run_topic(
 ) -> TopicRun:
     """Fit every candidate (and the support and seed rules) on ``topic.fit``, evaluate every
     condition of :func:`conditions_for` on ``prompts`` and compare them at matched fluency."""
-    from hf_sae_steer.scoring import FeatureScores
 
     extra = dict(fit_options or {})
     if embedder is not None:
@@ -145,7 +145,7 @@ def run_topic(
             "latents": None if weights is None else len(weights[0]),
             "latents_90": None if weights is None else carrying(weights[1], 0.9),
             "target_explained": scores.quality.delta_explained if scores.quality else None,
-            "recommended": scores.recommended,
+            "recommended": scores.recommended and scores.recommended.to_json(),
         }
     conditions = conditions_for(
         candidates, default, grid=grid, baselines=baselines,

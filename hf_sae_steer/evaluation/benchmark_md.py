@@ -16,7 +16,7 @@ import numpy as np
 
 from hf_sae_steer.evaluation.benchmark import CAA, Candidate, TopicRun, calibrated_label
 from hf_sae_steer.evaluation.result import steers
-from hf_sae_steer.scoring.strength import TARGET_RATIO
+from hf_sae_steer.scoring.calibration import TARGET_RATIO
 
 CANDIDATES = (
     Candidate("mean_diff k=5", "mean_diff", (("k", 5),)),

@@ -12,7 +12,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Literal
 
-from hf_sae_steer.steering.interventions import Method
+from hf_sae_steer.steering.names import Method
 
 Baseline = Literal["prefix", "finetune"]
 Control = Literal["random_latents", "random_vector"]

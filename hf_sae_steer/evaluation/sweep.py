@@ -21,6 +21,8 @@ import torch
 from torch import nn
 from tqdm.auto import tqdm
 
+from hf_sae_steer.data.embedders import DEFAULT_EMBEDDER, Embedder, embed_prompts, load_embedder
+from hf_sae_steer.data.prompts import load_prompts
 from hf_sae_steer.distributed import current_world
 from hf_sae_steer.evaluation.baselines import FineTuner, topic_prefix
 from hf_sae_steer.evaluation.classifier import TopicClassifier
@@ -37,14 +39,12 @@ from hf_sae_steer.evaluation.runner import PointRunner
 from hf_sae_steer.generation import Generator, sampling_options
 from hf_sae_steer.models import model_device, model_id
 from hf_sae_steer.sae.base import SAE, SparseCode
-from hf_sae_steer.scoring.calibration import strength_for
-from hf_sae_steer.scoring.embedders import DEFAULT_EMBEDDER, Embedder, embed_prompts, load_embedder
-from hf_sae_steer.scoring.prompts import load_prompts
-from hf_sae_steer.scoring.record import FeatureScores, load_scores
+from hf_sae_steer.scores.record import FeatureScores, load_scores
 from hf_sae_steer.sites.layouts import find_layout
 from hf_sae_steer.sites.resolve import resolve_site
 from hf_sae_steer.steering.names import REFERENCE_METHODS, Method
 from hf_sae_steer.steering.steered import Scores, SteeredModel
+from hf_sae_steer.steering.strength import strength_for
 
 NEAREST_K = 5
 
@@ -315,7 +315,7 @@ def _describe(scores: Any) -> dict[str, Any] | None:
         return None
     return {
         "rule": scores.rule,
-        "recommended": scores.recommended,
+        "recommended": scores.recommended and scores.recommended.to_json(),
         "fit_seconds": scores.options.get("fit_seconds"),
         "coverage": scores.coverage,
     }

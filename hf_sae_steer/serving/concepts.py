@@ -1,7 +1,7 @@
 """The concept library: named score artifacts, the SAEs they belong to, and the one place where a
 request's steering items become per-row edits (:class:`ResolvedSteering`).
 
-A concept is a :class:`~hf_sae_steer.scoring.record.FeatureScores` artifact under a name
+A concept is a :class:`~hf_sae_steer.scores.record.FeatureScores` artifact under a name
 (``--concept medical=PATH_OR_HUB_ID``, or every artifact folder of ``--concepts-dir``, named by
 its folder). Each concept is matched at start-up to the served SAE it was fitted on (by the
 artifact's SAE fingerprint; an artifact that fits none is refused then, not per request).
@@ -32,7 +32,7 @@ from typing import Any
 from torch import nn
 
 from hf_sae_steer.sae.base import SAE
-from hf_sae_steer.scoring.record import CONFIG_FILE, FeatureScores, check_compatible, load_scores
+from hf_sae_steer.scores.record import CONFIG_FILE, FeatureScores, check_compatible, load_scores
 from hf_sae_steer.serving.errors import RequestError
 from hf_sae_steer.serving.steering_items import SteeringItem
 from hf_sae_steer.sites.layouts import ModelLayout, find_layout

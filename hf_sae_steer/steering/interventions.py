@@ -33,13 +33,9 @@ import torch
 from torch import Tensor
 
 from hf_sae_steer.sae.base import SAE, Code, SparseCode
-from hf_sae_steer.scoring.calibration import clamp_values
-from hf_sae_steer.steering.names import (
-    MAX_STRENGTH,
-    METHODS,
-    NEEDS_SCORES,
-    Method,
-)
+from hf_sae_steer.steering.names import MAX_STRENGTH, METHODS, NEEDS_SCORES, Method
+from hf_sae_steer.steering.names import REFERENCE_METHODS as REFERENCE_METHODS  # re-export
+from hf_sae_steer.steering.strength import clamp_values
 
 EditMode = Literal["pin", "add", "multiply"]
 EDIT_MODES: tuple[EditMode, ...] = get_args(EditMode)

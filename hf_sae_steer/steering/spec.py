@@ -14,13 +14,13 @@ from torch import Tensor, nn
 
 from hf_sae_steer.models import hidden_size
 from hf_sae_steer.sae.base import SAE, SparseCode
-from hf_sae_steer.scoring.calibration import NORM_FRACTION, strength_for
-from hf_sae_steer.scoring.record import FeatureScores, check_compatible, load_scores
+from hf_sae_steer.scores.record import FeatureScores, check_compatible, load_scores
 from hf_sae_steer.sites.layouts import ModelLayout
 from hf_sae_steer.sites.names import Site, SiteKind
 from hf_sae_steer.sites.resolve import resolve_site
 from hf_sae_steer.steering.interventions import Intervention, LatentEdit, Method
 from hf_sae_steer.steering.names import DIRECTIONS, POSITIONS, Direction, Positions
+from hf_sae_steer.steering.strength import calibrated_strength, fluency_strength
 
 Scores = FeatureScores | Tensor | str | Path
 # Latents to add, with their weights: {latent: weight}, (latents, weights), or a SparseCode.
@@ -165,7 +165,7 @@ def _choose(
         and spec.vector is None
     )
     if spec.strength == "calibrated":
-        strength: float | None = _fluency_strength(method, artifact)
+        strength: float | None = fluency_strength(method, artifact)
     elif spec.strength is not None:
         strength = float(spec.strength)
     elif as_recommended:
@@ -179,32 +179,6 @@ def _choose(
     else:
         preserve_error = method == "add"  # additive: x plus a change, the error kept
     return method, strength, preserve_error
-
-
-def _fluency_strength(method: str, artifact: FeatureScores | None) -> float | None:
-    """``strength="calibrated"``: the strength the artifact's fluency calibration chose for
-    ``method`` (``docs/method.md`` §6); ``None`` for ``add``/``vector`` without one (then the
-    default norm fraction's, as 0.2's artifacts had)."""
-    fluency = (artifact.calibration.get("fluency") if artifact is not None else None) or {}
-    if fluency.get("method") == method:
-        return float(fluency["strength"])
-    if method in ("add", "vector"):
-        return None
-    raise ValueError(
-        f'strength="calibrated" is measured for additive steering only; these scores have '
-        f"{'one for ' + repr(fluency['method']) if fluency else 'none'}, not for {method!r}. "
-        "Give a number."
-    )
-
-
-def calibrated_strength(step: Intervention, artifact: FeatureScores | None) -> float:
-    """The strength of the default norm fraction, when the artifact records the mean norms;
-    else 1 (a vector or weights given by the user are taken as they are)."""
-    calibration = artifact.calibration if artifact is not None else {}
-    key = "mean_norm_raw" if step.method == "vector" else "mean_norm"
-    if step.added is None or key not in calibration:
-        return 1.0
-    return strength_for(NORM_FRACTION, step.added.double().cpu(), float(calibration[key]))
 
 
 def _as_latents(value: LatentsLike) -> SparseCode:

@@ -7,7 +7,7 @@
 Local ``.txt`` (one prompt per line), ``.jsonl``, ``.csv`` and ``.parquet`` files are read a
 block of rows at a time; ``datasets`` objects (``load_dataset(..., streaming=True)`` too) row by
 row; a ``.json`` file (one JSON document) is read whole. Every source yields exactly the prompts
-:func:`~hf_sae_steer.scoring.prompts.load_prompts` returns for the same arguments, checked the
+:func:`~hf_sae_steer.data.prompts.load_prompts` returns for the same arguments, checked the
 same way, and bad input (a missing file, no prompt column) fails when the source is opened.
 """
 
@@ -21,8 +21,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from hf_sae_steer.scoring.prompt_files import check_utf8, is_blank, table_errors, text_lines
-from hf_sae_steer.scoring.prompts import (
+from hf_sae_steer.data.prompt_files import check_utf8, is_blank, table_errors, text_lines
+from hf_sae_steer.data.prompts import (
     FILE_SUFFIXES,
     check_prompt,
     empty_message,

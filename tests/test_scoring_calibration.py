@@ -9,7 +9,7 @@ import pytest
 from tiny_models import letters, tiny_gpt2, tiny_topk_sae, varied_prompts
 
 from hf_sae_steer import FeatureScores, SteeredModel
-from hf_sae_steer.scoring.strength import fraction_at
+from hf_sae_steer.scoring.calibration import fraction_at
 
 ALIGNMENT = ["The patient had a fever.", "A doctor treated the infection.",
              "Symptoms of the infection include fever.", "The doctor examined the lungs."]

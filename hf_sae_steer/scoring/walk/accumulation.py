@@ -21,8 +21,11 @@ import torch
 from torch import Tensor
 from tqdm.auto import tqdm
 
+from hf_sae_steer.data.embedders import embed_prompts
+from hf_sae_steer.data.prompts import PromptHash
+from hf_sae_steer.data.sources import PromptSource
 from hf_sae_steer.distributed import World, all_gather_json, all_reduce_sum, broadcast_json
-from hf_sae_steer.scoring.checkpoint import (
+from hf_sae_steer.scoring.walk.checkpoint import (
     CheckpointError,
     CheckpointState,
     check_same_run,
@@ -32,11 +35,8 @@ from hf_sae_steer.scoring.checkpoint import (
     remove_stale_temporaries,
     write_checkpoint,
 )
-from hf_sae_steer.scoring.embedders import embed_prompts
-from hf_sae_steer.scoring.passes import ProgressCallback, PromptPasses, ScoringSums, Summary
-from hf_sae_steer.scoring.prompts import PromptHash
-from hf_sae_steer.scoring.run_lock import RunLock
-from hf_sae_steer.scoring.sources import PromptSource
+from hf_sae_steer.scoring.walk.passes import ProgressCallback, PromptPasses, ScoringSums, Summary
+from hf_sae_steer.scoring.walk.run_lock import RunLock
 
 CHUNK = 1024  # reference prompts read, embedded and passed at a time (over all processes)
 

@@ -18,7 +18,7 @@ from huggingface_hub import constants
 from hf_sae_steer import FeatureScores
 from hf_sae_steer.sae import SAEConfig, build_sae
 from hf_sae_steer.sae.loading import load_sae
-from hf_sae_steer.scoring.record import check_compatible
+from hf_sae_steer.scores.record import check_compatible
 
 D, N = 32, 40
 COMMIT = "0123456789abcdef0123456789abcdef01234567"
@@ -102,7 +102,7 @@ def test_save_and_load_local(fitted, tmp_path):
 
 
 def test_a_failed_save_keeps_the_previous_artifact(fitted, tmp_path, monkeypatch):
-    import hf_sae_steer.scoring.record as record
+    import hf_sae_steer.scores.record as record
 
     folder = fitted.save_pretrained(tmp_path / "art")
     before = {p.name: p.read_bytes() for p in folder.iterdir()}

@@ -1,10 +1,10 @@
 """The score record, :class:`FeatureScores`: per-latent scores, where they came from, their
 uncertainty report, and their artifact (a folder, local or on the Hub, or the reference's CSV).
 
-This module is a leaf of the scoring package: it holds data and reads and writes it, and runs no
-algorithm. Fitting lives in :mod:`hf_sae_steer.scoring.fit` (``FeatureScores.fit`` is attached
-there). An artifact folder holds ``scores.safetensors`` (scores and per-latent statistics),
-``steering_config.json`` (provenance) and a ``README.md`` model card. Nothing is ever unpickled.
+It holds data and reads and writes it, and runs no algorithm: fitting lives above it, in
+:mod:`hf_sae_steer.scoring.fit`. An artifact folder holds ``scores.safetensors`` (scores and
+per-latent statistics), ``steering_config.json`` (provenance) and a ``README.md`` model card.
+Nothing is ever unpickled.
 
 >>> scores.save_pretrained("out/medical-gpt2-l9")                      # doctest: +SKIP
 >>> scores = FeatureScores.from_pretrained("out/medical-gpt2-l9")  # or "owner/repo"
@@ -17,26 +17,27 @@ import json
 import math
 import tempfile
 import warnings
-from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, ClassVar
+from typing import Any
 
 import torch
 from safetensors.torch import load_file, save_file
 from torch import Tensor
 
+from hf_sae_steer._version import __version__
 from hf_sae_steer.folders import write_folder
 from hf_sae_steer.sae.base import SAE
-from hf_sae_steer.scoring.artifact_checks import (
+from hf_sae_steer.scores.artifact_checks import (
     FORMAT,
     FORMAT_VERSION,
     check_tensors,
     read_config,
 )
-from hf_sae_steer.scoring.card import CARD_FILE, HUB_ID, model_card
-from hf_sae_steer.scoring.csv_scores import read_score_csv
-from hf_sae_steer.scoring.uncertainty import TOP_K, ScoreReport, build_report
+from hf_sae_steer.scores.card import CARD_FILE, HUB_ID, model_card
+from hf_sae_steer.scores.csv_scores import read_score_csv
+from hf_sae_steer.scores.recommendation import Calibration, Recommendation
+from hf_sae_steer.scores.uncertainty import TOP_K, ScoreReport, build_report
 
 SCORES_FILE = "scores.safetensors"
 CONFIG_FILE = "steering_config.json"
@@ -71,16 +72,14 @@ class FeatureScores:
     stats: dict[str, Tensor] = field(default_factory=dict)
     quality: ScoreReport | None = None
     rule: str | None = None
-    recommended: dict[str, Any] | None = None
-    calibration: dict[str, float] = field(default_factory=dict)
-
-    # ``FeatureScores.fit(model, tokenizer, sae, ...)``: set by hf_sae_steer.scoring.fit, so that
-    # the record imports no algorithm (see that module for the arguments).
-    fit: ClassVar[Callable[..., FeatureScores]]
+    recommended: Recommendation | None = None
+    calibration: Calibration = field(default_factory=Calibration)
 
     def __post_init__(self) -> None:
         self.scores = torch.as_tensor(self.scores, dtype=torch.float32).detach().cpu().flatten()
         self.coverage = float(self.coverage)
+        self.recommended = Recommendation.from_json(self.recommended)
+        self.calibration = Calibration.from_json(self.calibration)
 
     @property
     def d_sae(self) -> int:
@@ -112,8 +111,6 @@ class FeatureScores:
     # -- the artifact --------------------------------------------------------------------
     def to_config(self) -> dict[str, Any]:
         """The JSON side of the artifact: provenance, options and the uncertainty report."""
-        from hf_sae_steer import __version__
-
         return {
             "format": FORMAT,
             "format_version": FORMAT_VERSION,
@@ -127,8 +124,8 @@ class FeatureScores:
             "layer": self.layer,
             "site": self.site,
             "rule": self.rule,
-            "recommended": self.recommended,
-            "calibration": self.calibration,
+            "recommended": None if self.recommended is None else self.recommended.to_json(),
+            "calibration": self.calibration.to_json(),
             "summary": self.summary,
             "embedder": self.embedder,
             "coverage": self.coverage,
@@ -329,8 +326,6 @@ def _resolve(path_or_repo_id: str | Path, revision: str | None) -> Path:
             f"{text!r} is neither an artifact folder nor a Hub repo id ('owner/name')."
         )
     from huggingface_hub import snapshot_download
-
-    from hf_sae_steer import __version__
 
     return Path(
         snapshot_download(

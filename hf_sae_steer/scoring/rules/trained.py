@@ -5,7 +5,7 @@ The steering vector is ``u = Σ_i w_i W_dec[i]`` over a pool of candidate rows (
 rows most aligned with the mean difference), ``w ≥ 0`` (``w = exp θ``), held at a fixed norm,
 ``ρ`` times the mean hidden-state norm, so that only the direction is learned (the strength is
 calibrated afterwards). Objectives, on the alignment texts against the reference texts
-(:class:`~hf_sae_steer.scoring.objective.TopicMargin`):
+(:class:`~hf_sae_steer.scoring.rules.objective.TopicMargin`):
 
 - ``"preference"`` (reference-free, in the style of RePS): maximise the steered margin of the
   topic's mean token log-likelihood over the reference texts';
@@ -20,21 +20,62 @@ pool; deterministic under ``seed``.
 
 from __future__ import annotations
 
+import math
+from dataclasses import dataclass
 from typing import Literal
 
 import torch
 from tqdm.auto import tqdm
 
 from hf_sae_steer.sae.base import SAE
-from hf_sae_steer.scoring.objective import TopicMargin
-from hf_sae_steer.scoring.passes import ScoringSums
-from hf_sae_steer.scoring.rules import RuleResult, check_direction, nn_omp, nnls
+from hf_sae_steer.scoring.rules.base import (
+    RuleResult,
+    SelectionRule,
+    check_direction,
+    nn_omp,
+    nnls,
+    recommend_add,
+)
+from hf_sae_steer.scoring.rules.objective import TopicMargin
+from hf_sae_steer.scoring.walk.passes import ScoringSums
 
 Objective = Literal["preference", "lm_kl"]
 POOL = 64
 STEPS = 24
 KEEP_MASS = 0.95
 MAX_LATENTS = 20
+
+
+@dataclass(frozen=True)
+class TrainedOptions:
+    """The ``trained`` rule's options (see :func:`trained_rule`), checked before any work."""
+
+    objective: Objective = "preference"
+    pool: int = POOL
+    steps: int = STEPS
+    lr: float = 0.15
+    l1: float = 0.02
+    kl_weight: float = 1.0
+    norm_fraction: float = 0.5
+    max_latents: int = MAX_LATENTS
+    seed: int = 0
+    progress: bool = False
+
+    def check(self, d_sae: int | None = None) -> None:
+        if self.objective not in ("preference", "lm_kl"):
+            raise ValueError(
+                f"Unknown objective {self.objective!r}; use 'preference' or 'lm_kl'."
+            )
+        for name in ("pool", "steps", "max_latents"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+                raise ValueError("steps, pool and max_latents must be at least 1.")
+        for name in ("lr", "l1", "kl_weight", "norm_fraction"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, (int, float)) or not (
+                math.isfinite(value) and value >= 0
+            ):
+                raise ValueError(f"{name} must be a finite number >= 0, got {value!r}.")
 
 
 def trained_rule(
@@ -132,3 +173,6 @@ def trained_rule(
         "seed": seed,
     }  # fmt: skip
     return RuleResult(scores, stats, options, explained)
+
+
+TRAINED = SelectionRule("trained", trained_rule, TrainedOptions, recommend_add, needs_margin=True)

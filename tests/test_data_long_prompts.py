@@ -15,9 +15,9 @@ from conftest import CORPUS
 from score_checks import ALIGNMENT, REFERENCE, assert_same_scores, fit_tiny
 from tiny_models import tiny_gpt2, tiny_topk_sae
 
+from hf_sae_steer.data.long_prompts import prompt_windows, special_ids, text_pieces
+from hf_sae_steer.data.prompts import PromptHash, hash_prompts
 from hf_sae_steer.scoring import long_prompts
-from hf_sae_steer.scoring.long_prompts import prompt_windows, special_ids, text_pieces
-from hf_sae_steer.scoring.prompts import PromptHash, hash_prompts
 
 
 def sentencepiece_like(style: str):
@@ -98,7 +98,7 @@ def test_long_prompts_score_as_when_passed_whole(request, monkeypatch):
 
 
 def test_a_long_prompt_hashes_as_a_short_one(monkeypatch):
-    import hf_sae_steer.scoring.prompts as prompts
+    import hf_sae_steer.data.prompts as prompts
 
     texts = ['a "quoted" \\ back\nslash\ttab é ☕ ' * 5, "short"]
     monkeypatch.setattr(prompts, "HASH_PIECE", 7)

@@ -4,7 +4,7 @@ likelihood (``docs/method.md`` §6).
 ``mean_diff`` picks rows by what they write into the *input* space; a row can reproduce part of
 the mean difference and still do nothing for the topic downstream (or push the output the wrong
 way). Each row's *output score* is the first-order change of the topic margin
-(:class:`~hf_sae_steer.scoring.objective.TopicMargin`) when the row is added at the site:
+(:class:`~hf_sae_steer.scoring.rules.objective.TopicMargin`) when the row is added at the site:
 ``o_i = W_dec[i] · ∂margin/∂u`` at ``u = 0``, one backward pass for all rows. Rows with
 ``o_i ≤ 0`` are dropped, then non-negative matching pursuit fits the mean difference with ``k``
 of the rest.
@@ -15,11 +15,20 @@ from __future__ import annotations
 import torch
 
 from hf_sae_steer.sae.base import SAE
-from hf_sae_steer.scoring.objective import TopicMargin
-from hf_sae_steer.scoring.passes import ScoringSums
-from hf_sae_steer.scoring.rules import RuleResult, check_direction, nn_omp
+from hf_sae_steer.scoring.rules.base import (
+    PURSUIT_K,
+    PursuitOptions,
+    RuleResult,
+    SelectionRule,
+    check_direction,
+    nn_omp,
+    recommend_add,
+)
+from hf_sae_steer.scoring.rules.objective import TopicMargin
+from hf_sae_steer.scoring.walk.passes import ScoringSums
 
-OUTPUT_K = 10
+OUTPUT_K = PURSUIT_K
+
 
 
 def output_rule(
@@ -47,3 +56,6 @@ def output_rule(
     }
     explained = 1.0 - float(residual.pow(2).sum()) / norm2
     return RuleResult(scores, stats, {"k": k, "kept_rows": len(keep)}, explained)
+
+
+OUTPUT = SelectionRule("output", output_rule, PursuitOptions, recommend_add, needs_margin=True)

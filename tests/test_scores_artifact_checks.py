@@ -12,9 +12,9 @@ from safetensors.torch import load_file, save_file
 
 from hf_sae_steer import FeatureScores
 from hf_sae_steer.cli.main import main
-from hf_sae_steer.scoring.artifact_checks import METHOD_NAMES
-from hf_sae_steer.scoring.record import _sha256
-from hf_sae_steer.steering.interventions import METHODS
+from hf_sae_steer.scores.artifact_checks import METHOD_NAMES
+from hf_sae_steer.scores.record import _sha256
+from hf_sae_steer.steering.names import METHODS
 
 D_SAE = 16
 

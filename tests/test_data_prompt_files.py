@@ -8,8 +8,8 @@ import re
 
 import pytest
 
-import hf_sae_steer.scoring.prompt_files as prompt_files
-from hf_sae_steer.scoring.prompt_files import check_utf8, text_lines
+import hf_sae_steer.data.prompt_files as prompt_files
+from hf_sae_steer.data.prompt_files import check_utf8, text_lines
 
 
 def plain_position(data: bytes) -> tuple[int, int]:

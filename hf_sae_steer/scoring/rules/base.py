@@ -1,33 +1,24 @@
-"""Selection rules: how the sums of a scoring run become per-latent scores (``docs/method.md`` §3
-and §6).
-
-- ``seed``: the reference rule, exactly: the ``d²``-weighted mean of where a latent fires,
-  min-max normalised over the latents that fired. It ranks latents that fired once or twice,
-  near the topic, first.
-- ``support``: the reference rule with each latent's raw score shrunk towards the mean by how
-  few reference prompts it fired on, so a latent needs support before it can rank high.
-- ``mean_diff``: the direction from the reference set's mean hidden state to the alignment
-  set's, in the SAE's input space, written as a non-negative combination of ``k`` decoder rows
-  (non-negative orthogonal matching pursuit). It picks latents by what they *write*, which is
-  what steers.
+"""What every selection rule shares (``docs/method.md`` §3, §6): the :class:`RuleResult` a rule
+returns, the :class:`SelectionRule` entry that registers it, the direction from the reference
+mean to the alignment mean, non-negative matching pursuit, and the steering a rule recommends.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import math
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
 import torch
 from torch import Tensor
 
-from hf_sae_steer.sae.base import SAE
-from hf_sae_steer.scoring.passes import ScoringSums
+from hf_sae_steer.sae.base import SAE, SparseCode
+from hf_sae_steer.scores.recommendation import Recommendation
+from hf_sae_steer.scoring.walk.passes import ScoringSums
+from hf_sae_steer.steering.strength import added_vector, clamp_values, strength_for
 
-PRIOR_PROMPTS = 5  # support: pseudo-prompts at the mean raw score
-# mean_diff: latents chosen. 10, chosen on the benchmark's tuning topics (docs/benchmark.md);
-# 0.2 used 5, which fell behind CAA at matched fluency.
-MEAN_DIFF_K = 10
 # mean_diff: a |delta| below this fraction of a token's typical norm is float noise (the same
 # prompts in both sets, summed in another order), not a direction.
 NO_DIRECTION = 1e-4
@@ -57,40 +48,6 @@ def normalise(raw: Tensor, fired: Tensor) -> Tensor:
     return scores.float()
 
 
-def raw_scores(sums: ScoringSums) -> Tensor:
-    """``r_f = Σ_i d_i² a_if / Σ_i a_if`` (0 for latents that never fired)."""
-    return torch.where(sums.fired, sums.num / sums.den.clamp_min(1e-300), 0.0)
-
-
-def seed_rule(sums: ScoringSums, sae: SAE) -> RuleResult:
-    """The reference rule (§3), unchanged."""
-    raw = raw_scores(sums)
-    return RuleResult(normalise(raw, sums.fired), {"raw_scores": raw.float()})
-
-
-def support_rule(
-    sums: ScoringSums, sae: SAE, *, prior_prompts: float = PRIOR_PROMPTS
-) -> RuleResult:
-    """The reference rule with ``r_f`` shrunk to the mean: ``(n_f r_f + m r̄) / (n_f + m)``.
-
-    ``n_f`` is the number of reference prompts latent ``f`` fires on, ``m = prior_prompts`` and
-    ``r̄ = Σ num / Σ den`` the mean ``d²`` of the activation mass. A latent seen on one prompt
-    keeps about ``1 / (1 + m)`` of its distance from the mean; one seen on fifty keeps most.
-    """
-    if prior_prompts < 0:
-        raise ValueError(f"prior_prompts must be >= 0, got {prior_prompts}.")
-    raw = raw_scores(sums)
-    fired = sums.fired
-    mean = float(sums.num.sum() / sums.den.sum()) if fired.any() else 0.0
-    n = sums.ref_prompts.double()
-    shrunk = torch.where(fired, (n * raw + prior_prompts * mean) / (n + prior_prompts), 0.0)
-    return RuleResult(
-        normalise(shrunk, fired),
-        {"raw_scores": raw.float(), "shrunk_scores": shrunk.float()},
-        {"prior_prompts": prior_prompts},
-    )
-
-
 def check_direction(sums: ScoringSums) -> tuple[Tensor, Tensor]:
     """``Δ`` (the SAE's input space) and ``Δ_raw``: alignment minus reference mean hidden state;
     an error when there is none (no tokens, not finite, or float noise)."""
@@ -111,33 +68,6 @@ def check_direction(sums: ScoringSums) -> tuple[Tensor, Tensor]:
             "direction to steer towards. Give alignment texts of the topic, not the reference set."
         )
     return delta, delta_raw
-
-
-def mean_diff_rule(sums: ScoringSums, sae: SAE, *, k: int = MEAN_DIFF_K) -> RuleResult:
-    """``Δ = mean(alignment) - mean(reference)`` in the SAE's input space, approximated by a
-    non-negative combination of ``k`` decoder rows; scores are the weights over their maximum."""
-    if not 1 <= k <= sae.d_sae:
-        raise ValueError(f"k must be between 1 and d_sae={sae.d_sae}, got {k}.")
-    delta, delta_raw = check_direction(sums)
-    latents, weights, residual = nn_omp(sae.W_dec.detach().double().cpu(), delta, k)
-    if not len(latents):
-        raise ValueError(
-            "mean_diff: no decoder row of the SAE points along the direction from the reference "
-            "mean to the alignment mean: there is nothing to steer with (rule='seed' still ranks "
-            "latents)."
-        )
-    scores = torch.zeros(sae.d_sae, dtype=torch.float32)
-    if len(latents):
-        scores[latents] = (weights / weights.max()).float()
-    norm2 = float(delta.pow(2).sum())
-    explained = 1.0 - float(residual.pow(2).sum()) / norm2 if norm2 > 0 else 0.0
-    stats = {
-        "latents": latents,
-        "weights": weights.float(),
-        "delta": delta.float(),
-        "delta_raw": delta_raw.float(),
-    }
-    return RuleResult(scores, stats, {"k": k}, explained)
 
 
 # -- non-negative orthogonal matching pursuit ----------------------------------------------
@@ -193,3 +123,80 @@ def nnls(a: Tensor, b: Tensor, tol: float = 1e-10) -> Tensor:
             if not passive.any():
                 break
     return x
+
+
+# -- the registry entry ---------------------------------------------------------------------
+@dataclass(frozen=True)
+class SelectionRule:
+    """One selection rule: its name, its ``Options`` dataclass (every option a keyword of
+    ``select``, validated by ``Options(...).check(d_sae)`` before any work), whether it reads
+    the model's output through a :class:`~hf_sae_steer.scoring.rules.objective.TopicMargin`
+    (``needs_margin``), and the steering its scores are meant for (``recommend``)."""
+
+    name: str
+    select: Callable[..., RuleResult]
+    options: type
+    recommend: Callable[[RuleResult, dict[str, Tensor], SAE, float, float], Recommendation]
+    needs_margin: bool = False
+
+    def option_names(self) -> tuple[str, ...]:
+        return tuple(f.name for f in dataclasses.fields(self.options))
+
+
+def recommendation(
+    method: str, strength: float, *, preserve_error: bool, norm_fraction: float | None
+) -> Recommendation:
+    """A recommended steering, with its one-line reason."""
+    why = (
+        f"strength makes the added vector {norm_fraction:g} x the mean norm of a reference "
+        "token's hidden state"
+        if norm_fraction is not None
+        else "the reference method at full strength"
+    )
+    return Recommendation(method, strength, preserve_error, norm_fraction, why)
+
+
+def _additive(method: str, u: Tensor, mean_norm: float, norm_fraction: float) -> Recommendation:
+    strength = strength_for(norm_fraction, u, mean_norm)
+    return recommendation(method, strength, preserve_error=True, norm_fraction=norm_fraction)
+
+
+def recommend_add(
+    result: RuleResult, stats: dict[str, Tensor], sae: SAE, mean_norm: float, norm_fraction: float
+) -> Recommendation:
+    """Rules that pick latents with weights: ``add`` them, error kept, at norm fraction ``ρ``."""
+    u = added_vector("add", sae, latents=SparseCode(stats["latents"], stats["weights"]))
+    return _additive("add", u, mean_norm, norm_fraction)
+
+
+def recommend_clamp(
+    result: RuleResult, stats: dict[str, Tensor], sae: SAE, mean_norm: float, norm_fraction: float
+) -> Recommendation:
+    """Rules that only rank latents: ``clamp`` the 5 top ones by their typical activations."""
+    clamp = clamp_values(result.scores, 5, None, stats.get("typical_activation"))
+    return _additive("clamp", added_vector("clamp", sae, clamp=clamp), mean_norm, norm_fraction)
+
+
+def recommend_swap(
+    result: RuleResult, stats: dict[str, Tensor], sae: SAE, mean_norm: float, norm_fraction: float
+) -> Recommendation:
+    """The reference's own method, ``swap`` at strength 1."""
+    return recommendation("swap", 1.0, preserve_error=False, norm_fraction=None)
+
+
+# Latents a pursuit chooses: 10, chosen on the benchmark's tuning topics (docs/benchmark.md);
+# 0.2 used 5, which fell behind CAA at matched fluency.
+PURSUIT_K = 10
+
+
+@dataclass(frozen=True)
+class PursuitOptions:
+    """``k``: how many decoder rows write the mean difference (``mean_diff``, ``output``)."""
+
+    k: int = PURSUIT_K
+
+    def check(self, d_sae: int | None = None) -> None:
+        k = self.k
+        if isinstance(k, bool) or not isinstance(k, int) or k < 1 or (d_sae and k > d_sae):
+            top = f"d_sae={d_sae}" if d_sae else "d_sae"
+            raise ValueError(f"k (--k) must be a whole number from 1 to {top}, got {k!r}.")

@@ -14,7 +14,7 @@ import warnings
 from pathlib import Path
 from typing import Any
 
-from hf_sae_steer.scoring.checkpoint import CheckpointError
+from hf_sae_steer.scoring.walk.checkpoint import CheckpointError
 
 # flock is not supported there (some network filesystems): warn and run unlocked.
 _UNSUPPORTED = {errno.ENOLCK, errno.EOPNOTSUPP, getattr(errno, "ENOTSUP", errno.EOPNOTSUPP)}

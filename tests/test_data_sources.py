@@ -7,8 +7,8 @@ import json
 import pandas as pd
 import pytest
 
-from hf_sae_steer.scoring.prompts import PromptHash, hash_prompts, load_prompts
-from hf_sae_steer.scoring.sources import PromptSource, open_prompts
+from hf_sae_steer.data.prompts import PromptHash, hash_prompts, load_prompts
+from hf_sae_steer.data.sources import PromptSource, open_prompts
 
 PROMPTS = [
     "The patient was treated for a fever.",
@@ -58,7 +58,7 @@ def test_each_file_format_equals_load_prompts(files, kind, split):
 
 
 def test_small_read_blocks_give_the_same_prompts(files, monkeypatch):
-    import hf_sae_steer.scoring.sources as sources
+    import hf_sae_steer.data.sources as sources
 
     monkeypatch.setattr(sources, "ROWS_PER_READ", 2)  # csv/parquet read in many blocks
     for kind in ("csv", "parquet"):

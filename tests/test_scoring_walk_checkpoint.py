@@ -12,7 +12,7 @@ from score_checks import REFERENCE, assert_same_scores, fit_tiny
 from tiny_models import tiny_gpt2, tiny_topk_sae
 
 import hf_sae_steer.atomic as atomic
-from hf_sae_steer.scoring.checkpoint import (
+from hf_sae_steer.scoring.walk.checkpoint import (
     META_KEY,
     CheckpointError,
     read_checkpoint,

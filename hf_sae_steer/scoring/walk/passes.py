@@ -17,9 +17,9 @@ import torch
 from torch import Tensor, nn
 from tqdm.auto import tqdm
 
+from hf_sae_steer.data.long_prompts import needs_pieces, prompt_windows, special_ids
 from hf_sae_steer.models import pad_token_id
 from hf_sae_steer.sae.base import SAE, NormInfo, SparseCode
-from hf_sae_steer.scoring.long_prompts import needs_pieces, prompt_windows, special_ids
 from hf_sae_steer.sites.hooks import run_to_site
 from hf_sae_steer.sites.layouts import ModelLayout
 from hf_sae_steer.sites.names import Site

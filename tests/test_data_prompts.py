@@ -9,7 +9,7 @@ import pandas as pd
 import pytest
 
 from hf_sae_steer import load_prompts
-from hf_sae_steer.scoring.prompts import hash_prompts
+from hf_sae_steer.data.prompts import hash_prompts
 
 PROMPTS = ["First prompt, with a comma.", 'A "quoted" one', "NA"]
 

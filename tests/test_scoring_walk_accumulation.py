@@ -9,8 +9,8 @@ import pytest
 from score_checks import REFERENCE, assert_same_scores, fit_tiny
 from tiny_models import tiny_gpt2, tiny_topk_sae
 
-from hf_sae_steer.scoring.passes import PromptPasses
-from hf_sae_steer.scoring.prompts import hash_prompts
+from hf_sae_steer.data.prompts import hash_prompts
+from hf_sae_steer.scoring.walk.passes import PromptPasses
 
 
 @pytest.fixture(scope="module")

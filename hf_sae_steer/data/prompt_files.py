@@ -1,6 +1,6 @@
 """Reading prompt files the same way everywhere: text lines, UTF-8 errors and table errors
-that name the file (and the line), for :mod:`~hf_sae_steer.scoring.prompts` (whole files) and
-:mod:`~hf_sae_steer.scoring.sources` (streamed ones).
+that name the file (and the line), for :mod:`~hf_sae_steer.data.prompts` (whole files) and
+:mod:`~hf_sae_steer.data.sources` (streamed ones).
 
 A line ends at ``\\n``, ``\\r\\n`` or ``\\r`` only (U+2028, form feeds, ``\\x1c``... belong to the
 prompt, unlike ``str.splitlines``), and a UTF-8 byte order mark at the start of a file is not

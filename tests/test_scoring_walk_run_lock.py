@@ -10,12 +10,12 @@ import sys
 
 import pytest
 
-from hf_sae_steer.scoring.checkpoint import CheckpointError
-from hf_sae_steer.scoring.run_lock import RunLock
+from hf_sae_steer.scoring.walk.checkpoint import CheckpointError
+from hf_sae_steer.scoring.walk.run_lock import RunLock
 
 HOLDER = """
 import sys
-from hf_sae_steer.scoring.run_lock import RunLock
+from hf_sae_steer.scoring.walk.run_lock import RunLock
 lock = RunLock(sys.argv[1]).acquire()
 print("held", flush=True)
 sys.stdin.readline()

@@ -14,7 +14,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from hf_sae_steer.scoring.prompt_files import check_utf8, is_blank, read_text, table_errors
+from hf_sae_steer.data.prompt_files import check_utf8, is_blank, read_text, table_errors
 
 # Column names picked automatically, in this order, when no single string column stands out.
 # "0" is what pandas writes for an unnamed Series (the reference demo's CSV layout).

@@ -1,8 +1,8 @@
 """Checkpoints of a scoring run: the sums so far and how far the reference stream got.
 
 A checkpoint is one safetensors file: every sum of
-:class:`~hf_sae_steer.scoring.passes.ScoringSums` as a tensor, and the run's state as JSON in the
-file's header metadata (``safe_open(path, "pt").metadata()["hf_sae_steer_checkpoint"]``), with a
+:class:`~hf_sae_steer.scoring.walk.passes.ScoringSums` as a tensor, and the run's state as JSON in
+the file's header metadata (``safe_open(path, "pt").metadata()["hf_sae_steer_checkpoint"]``), with a
 sha256 of the state and of every tensor's bytes beside it. Nothing is pickled. It is written
 atomically: a temporary file in the same folder, flushed to disk, then ``os.replace``; a failed
 write leaves the previous checkpoint and no temporary file.
@@ -47,7 +47,7 @@ class CheckpointError(ValueError):
 @dataclass
 class CheckpointState:
     """Where a scoring run stood: ``consumed`` reference prompts are in the sums (the first
-    ``consumed`` of the stream, whose :meth:`~hf_sae_steer.scoring.prompts.PromptHash.prefix`
+    ``consumed`` of the stream, whose :meth:`~hf_sae_steer.data.prompts.PromptHash.prefix`
     is ``prefix``), along with the whole alignment set. ``run`` holds everything that must be
     the same to resume (SAE, model weights, site, summary, options, alignment set); the rule is
     not in it, since it only reads the sums."""
