@@ -19,6 +19,7 @@ from hf_sae_steer.serving.concepts import ConceptLibrary, ResolvedSteering
 from hf_sae_steer.serving.engine import GenerationRequest
 from hf_sae_steer.serving.sampling import Sampling
 from hf_sae_steer.serving.steering_items import parse_steering
+from hf_sae_steer.serving.token_choice import TokenChooser
 from hf_sae_steer.sites.names import Site
 from hf_sae_steer.steering.batched import BatchedSteering, SiteEdit
 from hf_sae_steer.steering.steered import SteeredModel
@@ -153,6 +154,81 @@ def test_max_tokens_and_ignore_eos(gpt2, tokenizer, max_tokens):
     assert goes_on.done == "length"
 
 
+def _reference_logprobs(model, sae, artifact, ids, options, n):
+    """SteeredModel's own log-softmax: of its forward pass over the prompt (what each prompt
+    token got) and of the raw logits ``generate`` saw at each new token, with the tokens."""
+    prompt = torch.tensor([ids])
+    kwargs = {"attention_mask": torch.ones_like(prompt), "max_new_tokens": n, "do_sample": False,
+              "output_logits": True, "return_dict_in_generate": True}  # fmt: skip
+    with warnings.catch_warnings(), torch.no_grad():
+        warnings.simplefilter("ignore")
+        if options is None:
+            scored, out = model(prompt).logits, model.generate(prompt, **kwargs)
+        else:
+            with SteeredModel(model, sae, scores=artifact, **options) as steered:
+                scored = steered(prompt).logits
+            with SteeredModel(model, sae, scores=artifact, **options) as steered:
+                out = steered.generate(prompt, **kwargs)
+    prompt_lp = scored[0].float().log_softmax(-1)
+    generated = torch.cat(out.logits).float().log_softmax(-1)
+    return prompt_lp, generated, out.sequences[0, len(ids) :].tolist()
+
+
+def test_logprobs_are_the_steered_models_log_softmax_alone_and_in_batches():
+    """Prompt and generated tokens' logprobs (and the top alternatives) of rows that join a
+    running batch at every step equal SteeredModel's own forward pass and generate logits."""
+    model, tokenizer = load_model(str(DEMO / "model"))
+    sae, artifact = load_sae(str(DEMO / "sae")), load_scores(DEMO / "scores")
+    library = ConceptLibrary(model, [sae], {"c": artifact})
+    texts = ["The children went", "A doctor", "She opened the door and looked at the old"]
+    cases = [(tokenizer(t)["input_ids"], s) for t in texts for s in STEERINGS]
+    n, k = 6, 3
+    expected = [_reference_logprobs(model, sae, artifact, p, s[1], n) for p, s in cases]
+    with BatchedSteering(model, library.sites) as batched:
+        decoder = BatchDecoder(model, batched, eos_token_ids=frozenset({0}), pad_token_id=0)
+        for join_every in (len(cases), 4, 1):
+            rows = [
+                Row(GenerationRequest(p, n, GREEDY, library.resolve(parse_steering(s[0])),
+                                      logprobs=k, prompt_logprobs=k if i % 2 else None))
+                for i, (p, s) in enumerate(cases)
+            ]  # fmt: skip
+            run(decoder, rows, join_every)
+            for i, (row, (prompt_lp, gen_lp, tokens)) in enumerate(zip(rows, expected,
+                                                                      strict=True)):  # fmt: skip
+                assert row.generated == tokens[: len(row.generated)] and row.done
+                assert [e.token for e in row.logprobs] == row.generated
+                for e, lp in zip(row.logprobs, gen_lp, strict=False):
+                    assert e.logprob == pytest.approx(float(lp[e.token]), abs=1e-4)
+                    top = lp.topk(k)
+                    assert [t for t, _ in e.top] == top.indices.tolist()
+                    assert [v for _, v in e.top] == pytest.approx(top.values.tolist(), abs=1e-4)
+                if i % 2 == 0:
+                    assert row.prompt_logprobs is None
+                    continue
+                ids = cases[i][0]
+                assert row.prompt_logprobs[0] is None and len(row.prompt_logprobs) == len(ids)
+                for j, e in enumerate(row.prompt_logprobs[1:], start=1):
+                    assert e.token == ids[j]
+                    assert e.logprob == pytest.approx(float(prompt_lp[j - 1, ids[j]]), abs=1e-4)
+
+
+def test_max_tokens_0_scores_the_prompt_and_generates_nothing(gpt2, tokenizer):
+    library = ConceptLibrary(gpt2, [tiny_sae(layer=1, site="resid_post")], {})
+    ids = tokenizer("The river flows")["input_ids"]
+    with torch.no_grad():
+        want = gpt2(torch.tensor([ids])).logits[0].float().log_softmax(-1)
+    with BatchedSteering(gpt2, library.sites) as batched:
+        decoder = BatchDecoder(gpt2, batched, eos_token_ids=frozenset(), pad_token_id=0)
+        scored = Row(GenerationRequest(ids, 0, GREEDY, prompt_logprobs=0))
+        other = Row(GenerationRequest(ids, 2, GREEDY))
+        run(decoder, [scored, other], 2)
+    assert scored.done == "length" and scored.generated == [] and scored.logprobs == []
+    assert [e.logprob for e in scored.prompt_logprobs[1:]] == pytest.approx(
+        [float(want[j - 1, ids[j]]) for j in range(1, len(ids))], abs=1e-5
+    )
+    assert len(other.generated) == 2 and other.prompt_logprobs is None
+
+
 def test_sampling_values_that_overflow_decode_as_greedy_and_hurt_no_other_row(gpt2, tokenizer):
     """The issue's reproducer at the decoder: temperature 1e-40 (logits / T overflow to inf,
     softmax NaN) and top_p 1e-300 (0 in float32: every token dropped) beside greedy rows. Both
@@ -178,6 +254,8 @@ def test_logits_that_are_nan_fail_only_their_row():
     logits = torch.tensor([[0.5, float("nan"), 0.1], [0.2, 3.0, float("inf")], [0.0, 1.0, 2.0]])
     rows = [Row(GenerationRequest([1], 4, Sampling(temperature=0.7, seed=3))) for _ in range(3)]
     rows[2] = Row(GenerationRequest([1], 4, GREEDY))
+    for row in rows:
+        row.chooser = TokenChooser(row.request, frozenset())
     sample_rows(rows, logits, bad=set(), eos=frozenset())
     assert rows[0].done == "error" and "NaN" in rows[0].error and rows[0].generated == []
     assert rows[1].generated == [2] and rows[2].generated == [2]  # +inf: that token, surely

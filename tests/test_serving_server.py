@@ -50,6 +50,17 @@ def test_the_transformers_engine_starts_and_closes_cleanly():
         (["--concept", f"m={DEMO / 'nothing'}"], "does not exist"),
         (["--model", str(DEMO / "model"), "--sae", str(DEMO / "sae"), "--concept",
           f"m={DEMO / 'scores'}", "--device", "banana"], "Unknown device 'banana'"),
+        (["--steered-model", "medical-demo"], "--steered-model takes NAME=CONCEPT[:key=value"),
+        (["--steered-model", "x=medical:colour=red"], "option 'colour=red' is not key=value"),
+        (["--steered-model", "x=medical:direction=up"], "direction 'up' is unknown"),
+        (["--steered-model", "x=medical:strength=1e9"], "between -1000 and 1000"),
+        (["--steered-model", "a=medical", "--steered-model", "a=medical:strength=2"],
+         "--steered-model 'a' is given twice"),
+        (["--steered-model", "hf-sae-steer-demo=medical"], "is the base model's own name"),
+        (["--steered-model", "x=oncology"],
+         "--steered-model x: unknown concept 'oncology'; this server has: medical"),
+        (["--steered-model", "x=medical:method=weight,strength=recommended"],
+         "--steered-model x: concept 'medical' recommends add, not 'weight'"),
     ],
 )  # fmt: skip
 def test_bad_serve_arguments_are_one_line(capsys, argv, message):

@@ -274,6 +274,70 @@ class TestDemo:
         )
 
 
+def _scored(engine, library, prompt, steering, max_tokens, **sampling):
+    """One request with logprobs (3 alternatives) and prompt logprobs: its events."""
+    from dataclasses import replace
+
+    from hf_sae_steer.serving.engine import Finished, PromptLogprobs, Tokens
+    from hf_sae_steer.serving.sampling import Sampling
+
+    request = replace(_request(library, prompt, steering, max_tokens),
+                      sampling=Sampling(temperature=0.0, **sampling), logprobs=3,
+                      prompt_logprobs=3)  # fmt: skip
+
+    async def go():
+        ids, entries, prompt_entries, end = [], [], None, None
+        async for event in engine.submit(request):
+            if isinstance(event, PromptLogprobs):
+                prompt_entries = event.entries
+            elif isinstance(event, Tokens):
+                ids += event.ids
+                entries += event.logprobs
+            else:
+                assert isinstance(event, Finished)
+                end = event
+        return ids, entries, prompt_entries, end
+
+    return asyncio.run(go())
+
+
+def _same_scores(got, want):
+    assert [e.token for e in got] == [e.token for e in want]
+    assert [e.logprob for e in got] == pytest.approx([e.logprob for e in want], abs=1e-3)
+    for g, w in zip(got, want, strict=True):
+        assert [v for _, v in g.top] == pytest.approx([v for _, v in w.top], abs=1e-3)
+
+
+@needs_vllm
+def test_logprobs_echo_and_sampling_controls_equal_the_transformers_engine(demo_engine):
+    """vLLM's own logprobs / prompt_logprobs (raw, before any sampling control) and its
+    sampling controls give what the transformers engine gives for the same request: the
+    steered model's log-softmax, tested there against SteeredModel's forward pass."""
+    from hf_sae_steer.serving.server import start_engine
+
+    prompt = demo_engine.tokenizer("The patient was")["input_ids"]
+    steering = [{"concept": "c", "method": "add", "strength": 6.0}]
+    controls = {"repetition_penalty": 1.3, "presence_penalty": 0.5, "frequency_penalty": 0.7,
+                "logit_bias": ((5, 4.0),), "min_tokens": 4}  # fmt: skip
+    cases = [(None, 6, {}), (steering, 6, {}), (steering, 0, {}), (None, 8, controls)]
+    ours = [_scored(demo_engine, demo_engine.library, prompt, s, n, **c) for s, n, c in cases]
+    other, library = start_engine("transformers", _serve_setup(demo_engine.setup))
+    try:
+        theirs = [_scored(other, library, prompt, s, n, **c) for s, n, c in cases]
+    finally:
+        other.close()
+    for (ids, entries, prompt_entries, end), (want_ids, want, want_prompt, want_end) in zip(
+        ours, theirs, strict=True
+    ):
+        assert ids == want_ids and end.completion_tokens == want_end.completion_tokens
+        assert end.reason == want_end.reason and end.error is None
+        _same_scores(entries, want)
+        assert prompt_entries[0] is None and want_prompt[0] is None
+        _same_scores(prompt_entries[1:], want_prompt[1:])
+    assert ours[2][0] == [] and ours[2][3].reason == "length"  # echo with max_tokens 0
+    assert ours[0][1] != ours[1][1]  # steering moved the scores
+
+
 @pytest.fixture(scope="module")
 def demo_http(demo_engine):
     """The project's own HTTP front end over the vLLM engine, in this process."""

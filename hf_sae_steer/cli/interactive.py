@@ -67,6 +67,7 @@ def cmd_serve(args: argparse.Namespace) -> None:
         from hf_sae_steer.serving.lifecycle import Lifecycle
         from hf_sae_steer.serving.prepare import ServeLimits
         from hf_sae_steer.serving.security import AccessPolicy
+        from hf_sae_steer.serving.served_models import ServedModels
     except ImportError as error:
         if (error.name or "").split(".")[0] not in ("fastapi", "uvicorn", "starlette"):
             raise
@@ -90,6 +91,7 @@ def cmd_serve(args: argparse.Namespace) -> None:
         max_batch=args.max_batch, max_waiting=args.max_waiting, max_context=args.max_context,
         options=_engine_options(args),
     )  # fmt: skip
+    ServedModels.from_args([setup.served_name], args.steered_model)  # bad names: before loading
     engine, library = server.start_engine(args.engine, setup)
     names = ", ".join(library.concepts) or "none"
 
@@ -101,8 +103,8 @@ def cmd_serve(args: argparse.Namespace) -> None:
     server.serve(
         engine, library, host=args.host, port=args.port,
         limits=ServeLimits(max_prompt_chars=args.max_prompt_chars),
-        served_names=(setup.served_name,), on_ready=ready, policy=policy,
-        shutdown_grace=args.shutdown_grace,
+        served_names=(setup.served_name,), steered_models=args.steered_model, on_ready=ready,
+        policy=policy, shutdown_grace=args.shutdown_grace,
     )  # fmt: skip
 
 

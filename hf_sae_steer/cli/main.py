@@ -278,6 +278,12 @@ def build_parser() -> argparse.ArgumentParser:
         "(default 30)",
     )  # fmt: skip
     p.add_argument("--served-model-name", help="the model id clients send (default: --model)")
+    p.add_argument(
+        "--steered-model", action="append", default=[], metavar="NAME=CONCEPT[:OPTIONS]",
+        help="serve a steering as its own model id (repeatable), e.g. medical-demo=medical or "
+        "no-medical=medical:direction=away; OPTIONS: strength, method, positions, direction, "
+        "preserve_error as key=value,...",
+    )  # fmt: skip
     p.add_argument("--max-batch", type=positive_int, default=32, help="rows decoded together")
     p.add_argument(
         "--max-waiting", type=positive_int, default=64, help="queued requests before 429"

@@ -17,16 +17,16 @@ requests wait until the running batch drains: batching then happens per arrival 
 
 Each row is steered with its own :class:`~hf_sae_steer.steering.batched.RowSteering` through
 :class:`~hf_sae_steer.steering.batched.BatchedSteering`. Greedy rows take the argmax of their
-float32 logits (no generation-config processors); sampled rows use temperature and top-p with
-their own ``torch.Generator``.
+float32 logits (no generation-config processors); every other choice (sampling, penalties,
+bias) is its row's :class:`~hf_sae_steer.serving.token_choice.TokenChooser`. Rows that asked for
+logprobs get the log-softmax of their logits per token; rows that asked for prompt logprobs are
+prefilled with every position's logits kept (only then: they cost memory).
 
-**One row cannot fail another.** Sampling never overflows: logits are shifted by their
-maximum before the temperature divides them (a temperature of 1e-40 is greedy decoding, not
-NaN) and top-p always keeps the most likely token (a top-p that is 0 in float32 is greedy
-too); a row whose logits are NaN, or whose sampling raises, ends alone with an error. A forward
-pass that raises is undone (the KV cache cut back to its width before the pass) and retried in
-halves until the row that raises is alone: it ends with an error (status 500) and every other
-row decodes what it decodes alone.
+**One row cannot fail another.** A row whose logits are NaN, or whose token choice raises,
+ends alone with an error (its steering turning the hidden states NaN/inf: 400, else 500). A
+forward pass that raises is undone (the KV cache cut back to its width before the pass) and
+retried in halves until the row that raises is alone: it ends with an error and every other row
+decodes what it decodes alone.
 """
 
 from __future__ import annotations
@@ -39,7 +39,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from hf_sae_steer.serving.engine import FinishReason, GenerationRequest
+from hf_sae_steer.serving.engine import FinishReason, GenerationRequest, TokenLogprob
+from hf_sae_steer.serving.token_choice import TokenChooser, logprob_entries
 from hf_sae_steer.steering.batched import BatchedSteering, BatchRows
 
 NONFINITE = (
@@ -53,8 +54,10 @@ class Row:
     """One request in the batch: its prompt length and the tokens generated so far."""
 
     request: GenerationRequest
-    generator: torch.Generator | None = None
+    chooser: TokenChooser | None = None  # set when the row is admitted
     generated: list[int] = field(default_factory=list)
+    logprobs: list[TokenLogprob] = field(default_factory=list)  # when the request asks
+    prompt_logprobs: tuple[TokenLogprob | None, ...] | None = None
     done: FinishReason | None = None
     error: str | None = None
     status: int = 400  # with ``error``: 400 when the row's own steering broke, else 500
@@ -132,10 +135,19 @@ class BatchDecoder:
             offsets=[r.prompt_length - width for r in rows],
             prompt_lengths=[r.prompt_length for r in rows],
         )
-        logits = self._forward(ids, mask, positions, cache, batch)
+        keep_all = any(r.request.prompt_logprobs is not None for r in rows)
+        logits = self._forward(ids, mask, positions, cache, batch, keep_all=keep_all)
         if self.joinable is None:
             self.joinable = _joinable(cache)
-        self._sample(rows, logits)
+        for i, row in enumerate(rows):
+            ends = frozenset() if row.request.ignore_eos else self.eos
+            row.chooser = TokenChooser(row.request, ends)
+            k = row.request.prompt_logprobs
+            if k is not None:  # position j's logits score the token at j + 1
+                prompt = row.request.prompt_ids
+                scored = logits[i, width - row.prompt_length : width - 1]
+                row.prompt_logprobs = (None, *logprob_entries(scored, prompt[1:], k))
+        self._sample(rows, logits[:, -1, :].float() if keep_all else logits)
         return cache, mask
 
     def _join(self, rows: list[Row], cache: object, mask: Tensor) -> None:
@@ -218,13 +230,18 @@ class BatchDecoder:
         self._mask = mask[order]
 
     def _forward(
-        self, ids: Tensor, mask: Tensor, positions: Tensor, cache: object, batch: BatchRows
-    ) -> Tensor:
+        self, ids: Tensor, mask: Tensor, positions: Tensor, cache: object, batch: BatchRows,
+        keep_all: bool = False,
+    ) -> Tensor:  # fmt: skip
+        """The last position's float32 logits ``[batch, vocab]``; with ``keep_all`` every
+        position's, as the model computed them ``[batch, seq, vocab]``."""
         kwargs = {self._cache_arg: cache, "use_cache": True}
         if self._keep_logits:
-            kwargs["logits_to_keep"] = 1
+            kwargs["logits_to_keep"] = 0 if keep_all else 1
         with self.steering.rows(batch):
             out = self.model(input_ids=ids, attention_mask=mask, position_ids=positions, **kwargs)
+        if keep_all:
+            return out.logits
         return out.logits[:, -1, :].to(dtype=torch.float32)
 
     def _sample(self, rows: list[Row], logits: Tensor) -> None:
@@ -254,52 +271,40 @@ class BatchDecoder:
         self.rows, self._cache, self._mask = [], None, None
 
 
-def sample_rows(
-    rows: list[Row], logits: Tensor, bad: set[int], eos: frozenset[int]
-) -> None:
-    """Each row's next token from its row of ``logits`` (``[rows, vocab]``, float32). Rows in
-    ``bad`` (their steering turned the hidden states NaN/inf), rows with NaN logits and rows
-    whose sampling raises end with an error; the other rows never notice."""
+def sample_rows(rows: list[Row], logits: Tensor, bad: set[int], eos: frozenset[int]) -> None:
+    """Each admitted row's next token from its row of ``logits`` (``[rows, vocab]``, float32).
+    Rows in ``bad`` (their steering turned the hidden states NaN/inf), rows with NaN logits and
+    rows whose choice raises end with an error; the other rows never notice."""
     greedy = logits.argmax(-1).tolist()
     broken = torch.isnan(logits).any(-1).tolist()
+    scored: list[tuple[int, int]] = []  # (row index, token) of rows that report logprobs
     for i, row in enumerate(rows):
         if i in bad:
             row.done, row.error = "error", NONFINITE
             continue
+        request = row.request
+        if request.max_tokens == 0:  # the prompt scored (echo), nothing generated
+            row.done = "length"
+            continue
+        chooser = row.chooser
+        assert chooser is not None
         try:
             if broken[i]:
                 raise ValueError("the model's logits for this request are NaN")
-            token = greedy[i] if row.request.sampling.greedy else _sample_one(logits[i], row)
+            token = greedy[i] if chooser.plain_greedy else chooser.choose(logits[i], row.generated)
         except Exception as error:  # noqa: BLE001 - this row only
             _fail(row, error)
             continue
+        if request.logprobs is not None:
+            scored.append((i, token))
         row.generated.append(int(token))
-        if token in eos and not row.request.ignore_eos:
+        if (token in eos and not request.ignore_eos) or token in request.sampling.stop_token_ids:
             row.done = "stop"
-        elif len(row.generated) >= row.request.max_tokens:
+        elif len(row.generated) >= request.max_tokens:
             row.done = "length"
-
-
-def _sample_one(logits: Tensor, row: Row) -> int:
-    sampling = row.request.sampling
-    # Shifted by the maximum, every score is <= 0 before the temperature divides it: a tiny
-    # temperature sends the others to -inf (greedy), never the maximum to +inf (NaN). +inf
-    # logits become the largest float first, so only they can be drawn.
-    top = torch.finfo(logits.dtype).max
-    logits = logits.clamp(max=top)
-    scores = (logits - logits.max()) / sampling.temperature
-    if sampling.top_p < 1.0:  # keep the smallest set of tokens with probability >= top_p
-        ordered, order = torch.sort(scores, descending=True)
-        probs = ordered.softmax(-1)
-        drop = (probs.cumsum(-1) - probs).double() >= sampling.top_p
-        drop[0] = False  # the most likely token always stays (a top_p below float32's range)
-        scores = scores.scatter(0, order[drop], float("-inf"))
-    if row.generator is None:
-        row.generator = torch.Generator(device=logits.device)
-        seed = sampling.seed
-        row.generator.manual_seed(seed if seed is not None else torch.seed())
-    probs = scores.softmax(-1)
-    return int(torch.multinomial(probs, 1, generator=row.generator))
+    for i, token in scored:
+        (entry,) = logprob_entries(logits[i : i + 1], [token], rows[i].request.logprobs or 0)
+        rows[i].logprobs.append(entry)
 
 
 def _fail(row: Row, error: BaseException) -> None:

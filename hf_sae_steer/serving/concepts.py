@@ -120,13 +120,13 @@ class ConceptLibrary:
         return list(dict.fromkeys(found))
 
     def describe(self) -> list[dict[str, Any]]:
-        """The concepts for ``/v1/models``: name, where, what they recommend."""
+        """The concepts for ``/v1/models``: name, where they steer, what they recommend. Never
+        where the artifact came from: a local source is a path on the server."""
         out = []
         for c in self.concepts.values():
             rec = c.scores.recommended or {}
             out.append({
-                "name": c.name, "source": _public(c.source), "layer": c.site.layer,
-                "site": c.site.kind,
+                "name": c.name, "layer": c.site.layer, "site": c.site.kind,
                 "rule": c.scores.rule, "recommended": {k: rec[k] for k in
                 ("method", "strength", "preserve_error") if k in rec} or None,
                 "vector": "delta_raw" in c.scores.stats,
@@ -264,11 +264,6 @@ def check_name(name: str) -> str:
             "(at most 64)."
         )
     return name
-
-
-def _public(source: str) -> str | None:
-    """A Hub id as given; a folder on this machine: None (clients never see server paths)."""
-    return None if Path(source).expanduser().exists() else source
 
 
 def parse_concept_args(values: Sequence[str]) -> dict[str, str]:

@@ -1,5 +1,5 @@
-"""What one request may ask for (prompt size, steering items, stop strings), checked while the
-body is parsed, before anything is tokenized."""
+"""What one request may ask for (prompt size, steering items, stop strings, choices, logprob
+alternatives), checked while the body is parsed, before anything is tokenized."""
 
 from __future__ import annotations
 
@@ -16,6 +16,8 @@ class Limits:
     max_stop: int = 4
     max_stop_chars: int = 256
     max_messages: int = 512
+    max_choices: int = 64  # prompts x n of one request
+    max_logprobs: int = 20  # alternatives per token (vLLM's default max_logprobs)
 
 
 DEFAULT_LIMITS = Limits()

@@ -16,7 +16,7 @@ import importlib
 import signal
 import sys
 import threading
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -110,6 +110,7 @@ def serve(
     port: int = 8000,
     limits: ServeLimits | None = None,
     served_names: tuple[str, ...] = (),
+    steered_models: Sequence[str] = (),
     log_level: str = "warning",
     on_ready: Callable[[str], None] | None = None,
     policy: AccessPolicy | None = None,
@@ -124,12 +125,17 @@ def serve(
     from hf_sae_steer.serving.app import build_app
 
     policy = policy or AccessPolicy(bind=host)
+    lifecycle = Lifecycle(shutdown_grace)
+    try:
+        app = build_app(engine, library, limits=limits, served_names=served_names,
+                        steered_models=steered_models, policy=policy,
+                        lifecycle=lifecycle)  # fmt: skip
+    except BaseException:  # a bad --steered-model: nothing served, the engine closed
+        engine.close()
+        raise
     warning = exposure_warning(policy)
     if warning:
         print(f"hf-sae-steer serve: {warning}", file=sys.stderr, flush=True)
-    lifecycle = Lifecycle(shutdown_grace)
-    app = build_app(engine, library, limits=limits, served_names=served_names, policy=policy,
-                    lifecycle=lifecycle)  # fmt: skip
     config = uvicorn.Config(app, host=host, port=port, log_level=log_level,
                             timeout_graceful_shutdown=lifecycle.grace + BACKSTOP)  # fmt: skip
 

@@ -27,6 +27,7 @@ from hf_sae_steer.serving.errors import RequestError
 from hf_sae_steer.serving.metrics import CONTENT_TYPE, Metrics
 from hf_sae_steer.serving.prepare import ServeLimits, render_chat
 from hf_sae_steer.serving.requests import parse_chat
+from hf_sae_steer.serving.served_models import ServedModels
 
 _TOKENIZE_KEYS = {"model", "prompt", "messages", "add_special_tokens", "add_generation_prompt",
                   "return_token_strs"}  # fmt: skip
@@ -34,13 +35,13 @@ _DETOKENIZE_KEYS = {"model", "tokens"}
 
 
 def add_utility_routes(
-    app: FastAPI, engine: Engine, limits: ServeLimits, names: tuple[str, ...], metrics: Metrics
+    app: FastAPI, engine: Engine, limits: ServeLimits, served: ServedModels, metrics: Metrics
 ) -> None:
     """Add the routes of the module docstring to ``app``."""
 
     @app.post("/tokenize")
     async def tokenize(request: Request) -> dict[str, Any]:
-        body = _object(await read_json(request, limits.body_limit), _TOKENIZE_KEYS, names)
+        body = _object(await read_json(request, limits.body_limit), _TOKENIZE_KEYS, served)
         ids = await run_in_threadpool(_tokenize, body, engine.tokenizer, limits)
         out: dict[str, Any] = {"count": len(ids), "max_model_len": engine.context_length,
                                "tokens": ids, "token_strs": None}  # fmt: skip
@@ -50,7 +51,7 @@ def add_utility_routes(
 
     @app.post("/detokenize")
     async def detokenize(request: Request) -> dict[str, Any]:
-        body = _object(await read_json(request, limits.body_limit), _DETOKENIZE_KEYS, names)
+        body = _object(await read_json(request, limits.body_limit), _DETOKENIZE_KEYS, served)
         ids = _token_ids(body.get("tokens"), len(engine.tokenizer), limits)
         return {"prompt": await run_in_threadpool(engine.tokenizer.decode, ids)}
 
@@ -63,7 +64,7 @@ def add_utility_routes(
         return Response(metrics.render(), media_type=CONTENT_TYPE)
 
 
-def _object(body: Any, known: set[str], names: tuple[str, ...]) -> Mapping[str, Any]:
+def _object(body: Any, known: set[str], served: ServedModels) -> Mapping[str, Any]:
     if not isinstance(body, Mapping):
         raise RequestError("The request body must be a JSON object.")
     unknown = sorted(set(body) - known)
@@ -73,9 +74,9 @@ def _object(body: Any, known: set[str], names: tuple[str, ...]) -> Mapping[str, 
             param=unknown[0],
         )
     model = body.get("model")
-    if model is not None and model not in names:
-        raise RequestError(f"The model {model!r} is not served here; use {names[0]!r}.",
-                           param="model", status=404, code="model_not_found")  # fmt: skip
+    if model is not None and not isinstance(model, str):
+        raise RequestError("model must be a string.", param="model")
+    served.pick(model)  # 404 for a model this server does not serve (steered ones tokenize alike)
     return body
 
 
