@@ -109,7 +109,8 @@ def measure(args: argparse.Namespace, url: str, model: str, pid: int | None) -> 
     for clients in args.clients:
         n = max(args.requests, clients)
         runs: dict[str, list[dict]] = {name: [] for name in args.conditions}
-        asyncio.run(one_level(url, model, None, clients, clients, 4))  # warm up this level
+        for name in args.conditions:  # warm up this level; a steering's first use builds it
+            asyncio.run(one_level(url, model, CONDITIONS[name], clients, clients, 4))
         for _ in range(args.rounds):
             for name in args.conditions:
                 result = asyncio.run(
