@@ -106,6 +106,50 @@ def test_sigterm_past_the_grace_ends_48_requests_in_flight_cleanly(tmp_path):
 
 def test_a_grace_must_be_seconds():
     assert Lifecycle(0).grace == 0.0
-    for bad in (-1, float("nan")):
+    for bad in (-1, float("nan"), float("inf")):
         with pytest.raises(ValueError, match="--shutdown-grace must be a number of seconds"):
             Lifecycle(bad)
+
+
+def test_the_grace_refuses_new_requests_and_its_end_cancels_those_in_flight():
+    """In-process, on the demo's engine: during the grace a new request gets 503; when it
+    ends, a request still generating is cancelled (its stream ends with ``cancelled``)."""
+    import asyncio
+
+    from serving_live import demo_engine
+
+    from hf_sae_steer.serving.engine import Finished, GenerationRequest
+    from hf_sae_steer.serving.errors import RequestError
+
+    engine, _ = demo_engine()
+    ids = engine.tokenizer("The children went")["input_ids"]
+
+    async def scenario():
+        lifecycle = Lifecycle(grace=0)
+        gated = lifecycle.gate(engine)
+        long = gated.submit(GenerationRequest(ids, 120, ignore_eos=True))
+        events = []
+
+        async def read():
+            async for event in long:
+                events.append(event)
+
+        reader = asyncio.ensure_future(read())
+        while not events:  # generating (120 steps take far longer than the cut below)
+            await asyncio.sleep(0.001)
+        assert lifecycle.in_flight == 1
+        lifecycle.begin_shutdown()
+        await asyncio.sleep(0)  # the grace starts on the loop
+        with pytest.raises(RequestError) as refused:
+            gated.submit(GenerationRequest(ids, 2))
+        assert refused.value.status == 503 and "shutting down" in str(refused.value)
+        await asyncio.wait_for(reader, timeout=60)
+        return events, lifecycle
+
+    try:
+        events, lifecycle = asyncio.run(scenario())
+    finally:
+        engine.close()
+    done = events[-1]
+    assert isinstance(done, Finished) and done.reason == "cancelled"
+    assert done.completion_tokens < 120 and lifecycle.cut and lifecycle.in_flight == 0

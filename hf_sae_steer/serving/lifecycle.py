@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import math
 from collections.abc import AsyncIterator
 from typing import Any
 
@@ -28,7 +29,7 @@ class Lifecycle:
     """The streams in flight of one app, and whether it is shutting down."""
 
     def __init__(self, grace: float = 30.0) -> None:
-        if not grace >= 0:
+        if not (math.isfinite(grace) and grace >= 0):
             raise ValueError(f"--shutdown-grace must be a number of seconds >= 0, got {grace}.")
         self.grace = float(grace)
         self.draining = False  # the grace has begun: new requests get 503
