@@ -39,6 +39,10 @@ _EXPORTS = {
     "SteeringLogitsProcessor": "hf_sae_steer.steering.guidance",
     "remove_steering": "hf_sae_steer.steering.live",
     "steering_suspended": "hf_sae_steer.steering.live",
+    "steering_effect": "hf_sae_steer.steering.effect",
+    "effect_of": "hf_sae_steer.steering.effect",
+    "SteeringEffect": "hf_sae_steer.scores.effect",
+    "TokenEffect": "hf_sae_steer.scores.effect",
     "FeatureScores": "hf_sae_steer.scoring.fit",
     "fit_scores": "hf_sae_steer.scoring.fit",
     "Recommendation": "hf_sae_steer.scores.recommendation",
@@ -74,8 +78,11 @@ __all__ = [
     "Site",
     "SiteEdit",
     "SteeredModel",
+    "SteeringEffect",
     "SteeringLogitsProcessor",
     "SteeringSpec",
+    "TokenEffect",
+    "effect_of",
     "evaluate",
     "find_layout",
     "fit_scores",
@@ -85,6 +92,7 @@ __all__ = [
     "open_prompts",
     "remove_steering",
     "resolve_site",
+    "steering_effect",
     "steering_suspended",
 ]
 
@@ -96,6 +104,7 @@ if TYPE_CHECKING:
     from hf_sae_steer.sae.base import SAE
     from hf_sae_steer.sae.config import SAEConfig
     from hf_sae_steer.sae.loading import load_sae
+    from hf_sae_steer.scores.effect import SteeringEffect, TokenEffect
     from hf_sae_steer.scores.recommendation import FluencyCalibration, Recommendation
     from hf_sae_steer.scores.record import load_scores
     from hf_sae_steer.scores.uncertainty import ScoreReport
@@ -105,6 +114,7 @@ if TYPE_CHECKING:
     from hf_sae_steer.sites.names import SITES, Site
     from hf_sae_steer.sites.resolve import resolve_site
     from hf_sae_steer.steering.batched import BatchedSteering, BatchRows, SiteEdit
+    from hf_sae_steer.steering.effect import effect_of, steering_effect
     from hf_sae_steer.steering.guidance import SteeringLogitsProcessor
     from hf_sae_steer.steering.interventions import Intervention, LatentEdit
     from hf_sae_steer.steering.live import remove_steering, steering_suspended

@@ -297,7 +297,9 @@ def build_scores(out: Path, info: dict) -> None:
         report = scores.report()
         info["scores"][folder] = {
             "rule": rule, "fit_s": time.time() - t0, "summary": scores.summary,
-            "recommended": scores.recommended, **report.to_dict(),
+            "recommended": scores.recommended and scores.recommended.to_json(),
+            "recommended_away": scores.recommended_away and scores.recommended_away.to_json(),
+            **report.to_dict(),
         }  # fmt: skip
         print(f"  {folder} ({rule}): coverage {report.coverage:.3f}, FVU {report.fvu:.3f}, "
               f"recommended {scores.recommended}")  # fmt: skip

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 
 import pandas as pd
 import pytest
@@ -226,3 +227,68 @@ def test_a_non_utf8_byte_is_named_with_its_line_before_reading(tmp_path, suffix)
         open_prompts(path)  # when opened: before any prompt is scored
     with pytest.raises(ValueError, match=rf"{path} is not UTF-8 text: line 2"):
         load_prompts(path)
+
+
+# -- issue 23: local paths datasets must never be handed ---------------------------------------
+@pytest.fixture
+def no_datasets_call(monkeypatch):
+    """Fails the test if ``datasets`` is asked to load anything (it would scan a whole tree)."""
+    datasets = pytest.importorskip("datasets")
+    calls = []
+
+    def refused(*args, **kwargs):
+        calls.append(args)
+        raise AssertionError(f"datasets was handed {args}")
+
+    monkeypatch.setattr(datasets, "load_dataset", refused)
+    monkeypatch.setattr(datasets, "load_from_disk", refused)
+    return calls
+
+
+def test_a_folder_that_is_no_dataset_is_refused_up_front(tmp_path, no_datasets_call):
+    folder = tmp_path / "downloads"  # what /tmp looks like: anything at all
+    (folder / "project" / "src").mkdir(parents=True)
+    (folder / "project" / "src" / "main.py").write_text("print('hi')\n")
+    (folder / "notes.txt").write_text("a note\n")
+    (folder / "photo.png").write_bytes(b"\x89PNG")
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    for source in (folder, empty):
+        for got in [*both(str(source)), *both(source)]:
+            assert got.startswith(f"ValueError: {source} is a folder but not a dataset"), got
+            assert "\n" not in got
+        with pytest.raises(ValueError, match="is a folder but not a dataset"):
+            open_prompts(str(source), streaming=True)
+    assert no_datasets_call == []
+
+
+def test_a_pipe_is_not_a_regular_file(tmp_path, no_datasets_call):
+    for name in ("pipe.txt", "pipe"):
+        fifo = tmp_path / name
+        os.mkfifo(fifo)  # opening it would block until a writer came: it must not be opened
+        for got in [*both(str(fifo)), *both(fifo)]:
+            assert got.startswith(f"ValueError: {fifo} is not a regular file (a FIFO"), got
+    assert no_datasets_call == []
+
+
+def test_dataset_folders_still_load(tmp_path, monkeypatch):
+    datasets = pytest.importorskip("datasets")
+    monkeypatch.setattr(datasets.config, "HF_DATASETS_CACHE", str(tmp_path / "cache"))
+    saved = tmp_path / "saved"
+    datasets.Dataset.from_dict({"text": PROMPTS}).save_to_disk(str(saved))
+    saved_dict = tmp_path / "saved_dict"
+    datasets.DatasetDict({"train": datasets.Dataset.from_dict({"text": PROMPTS})}).save_to_disk(
+        str(saved_dict)
+    )
+    clone = tmp_path / "clone"  # a Hub dataset repo, cloned: a card and data files
+    (clone / "data").mkdir(parents=True)
+    (clone / "README.md").write_text("# prompts\n")
+    (clone / ".git").mkdir()
+    (clone / ".git" / "HEAD").write_text("ref: refs/heads/main\n")
+    (clone / "data" / "train.jsonl").write_text(
+        "".join(json.dumps({"text": p}) + "\n" for p in PROMPTS)
+    )
+    for folder in (saved, saved_dict, clone):
+        for source in (str(folder), folder):
+            assert load_prompts(source) == PROMPTS, folder
+            assert list(open_prompts(source)) == PROMPTS, folder

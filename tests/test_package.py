@@ -79,6 +79,7 @@ def test_the_score_record_imports_no_algorithm():
         "hf_sae_steer.scores.artifact_checks",  # reading and checking files, not an algorithm
         "hf_sae_steer.scores.card",
         "hf_sae_steer.scores.csv_scores",
+        "hf_sae_steer.scores.effect",  # the effect in words as data (measured in steering/)
         "hf_sae_steer.scores.uncertainty",
     }
 

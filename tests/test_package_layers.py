@@ -21,7 +21,7 @@ LAYERS: list[set[str]] = [
     {"folders", "data", "sites"},  # output folders; prompts in; where hooks go
     {"sae"},  # SAE architectures and checkpoint readers
     {"scores"},  # the score artifact: no algorithm, no model
-    {"steering", "generation"},  # hooks that edit hidden states; seeded continuations
+    {"steering", "generation", "seeded_sampling"},  # hooks that edit hidden states; sampling
     {"scoring"},  # fitting: prompts + model + SAE -> a score artifact
     {"evaluation", "serving"},  # measuring steerings; the OpenAI-compatible server
     {"cli"},  # argument parsing and printing

@@ -37,6 +37,10 @@ def artifact(tmp_path):
             "typical_activation": torch.rand(D_SAE, generator=g),
             "delta": torch.rand(8, generator=g),
         },
+        effect={"next_token": {"label": "next token", "raised": [[" fever", 1.5]],
+                               "lowered": [[" the", -0.5]], "raised_ids": [7],
+                               "lowered_ids": [3], "words": [[" fever", 1.5]],
+                               "word_ids": [7]}, "lens": []},  # fmt: skip
     )
     return scores.save_pretrained(tmp_path / "art")
 
@@ -83,6 +87,13 @@ CASES = [
     (("sae", "d_sae"), "16", "'sae.d_sae' must be"),
     (("sae", "fingerprint"), 5, "'sae.fingerprint' must be"),
     (("format_version",), "2", "'format_version' must be"),
+    (("effect",), [], "'effect' must be"),
+    (("effect", "lens"), "x", "'effect.lens' must be"),
+    (("effect", "next_token", "label"), 5, "'effect.next_token.label' must be"),
+    (("effect", "next_token", "raised"), [["a", "x"]], "'effect.next_token.raised' must be"),
+    (("effect", "next_token", "words"), [["a"]], "'effect.next_token.words' must be"),
+    (("effect", "next_token", "raised_ids"), [-1], "'effect.next_token.raised_ids' must be"),
+    (("effect", "next_token", "lowered"), [["a", 1.0]] * 1001, "'effect.next_token.lowered'"),
 ]
 
 

@@ -67,3 +67,14 @@ def test_calibrated_to_keeps_the_method_and_says_why():
     )
     assert "24 neutral prompts" in chosen.why and "1.5x" in chosen.why
     assert rec.strength == 2.0  # a new record: the artifact's own stays as it was
+
+
+def test_a_searched_calibration_records_how_and_older_ones_stay_as_they_were():
+    old = {"method": "add", "target_ratio": 1.5, "norm_fraction": 0.7, "strength": 3.0,
+           "prompts": 24, "curve": []}  # fmt: skip
+    assert FluencyCalibration.from_json(old).to_json() == old  # no new keys written into it
+    new = {**old, "curve": [{"norm_fraction": 0.5, "strength": 2.0, "perplexity_ratio": 1.2,
+                             "continuations": 47}], "search": "secant", "samples": 2}  # fmt: skip
+    fluency = FluencyCalibration.from_json(new)
+    assert (fluency.search, fluency.samples, fluency.extra) == ("secant", 2, {})
+    assert fluency.to_json() == new and list(fluency.to_json()) == list(new)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import hashlib
 import json
 import math
@@ -260,3 +261,72 @@ def test_check_compatible(fitted, sae, tmp_path):
         check_compatible(fitted, wider, allow_mismatch=True)
     imported = FeatureScores(scores=torch.zeros(N), coverage=0.0)  # e.g. from CSV
     check_compatible(imported, other)
+
+
+@pytest.mark.parametrize(
+    "model_id, sae_spec, shown_model, shown_sae",
+    [
+        ("{tmp}/models/my-model", "{tmp}/saes/layer-9/", "my-model", "layer-9"),
+        ("~/models/my-model", "./saes/layer-9", "my-model", "layer-9"),
+        ("openai-community/gpt2", "hf://owner/repo/layer_9/width_16k",
+         "openai-community/gpt2", "hf://owner/repo/layer_9/width_16k"),
+        ("gpt2", "saelens:gpt2-small-res-jb/blocks.8.hook_resid_pre",
+         "gpt2", "saelens:gpt2-small-res-jb/blocks.8.hook_resid_pre"),
+        ("{tmp}/models/my-model", "https://example.org/sae/9.pt", "my-model",
+         "https://example.org/sae/9.pt"),
+    ],
+)  # fmt: skip
+def test_saved_artifacts_hold_no_local_paths(fitted, tmp_path, model_id, sae_spec, shown_model,
+                                             shown_sae):  # fmt: skip
+    # issue 23: a card and a config name a path by its last component, a Hub id as it is.
+    scores = copy.copy(fitted)
+    scores.model_id = model_id.format(tmp=tmp_path)
+    scores.sae_spec = sae_spec.format(tmp=tmp_path)
+    scores.embedder = str(tmp_path / "embedders" / "mini-lm")
+    folder = scores.save_pretrained(tmp_path / "art")
+    config = json.loads((folder / "steering_config.json").read_text())
+    card = (folder / "README.md").read_text()
+    for text in (card, json.dumps(config)):
+        assert str(tmp_path) not in text and "~/" not in text and "./" not in text
+    assert config["model_id"] == shown_model and config["sae"]["spec"] == shown_sae
+    assert config["embedder"] == "mini-lm"
+    assert f"| model | {shown_model} |" in card and f"{shown_sae} (fingerprint" in card
+    loadable = ":" in shown_sae  # a spec with a scheme loads anywhere; a folder's name does not
+    snippet = json.dumps(shown_sae if loadable else "<the SAE these scores fit>")
+    assert f"sae = load_sae({snippet})" in card
+    back = FeatureScores.from_pretrained(folder)
+    assert (back.model_id, back.sae_spec) == (shown_model, shown_sae)
+    assert back.to_config() == {k: v for k, v in config.items() if k != "scores_sha256"}
+
+
+def test_the_effect_in_words_is_saved_loaded_and_printed(fitted, tmp_path):
+    assert fitted.effect is not None and fitted.effect.next_token is not None
+    folder = fitted.save_pretrained(tmp_path / "art")
+    config = json.loads((folder / "steering_config.json").read_text())
+    assert config["effect"] == json.loads(json.dumps(fitted.effect.to_dict()))
+    assert "effect" not in config["report"]  # beside the report, not in it
+    loaded = FeatureScores.from_pretrained(folder)
+    assert loaded.effect == fitted.effect
+    text = str(loaded.report())
+    assert "What the recommended steering does, in words:" in text
+    assert fitted.effect.next_token.format() in text
+    assert "effect" not in loaded.report().to_dict()
+
+
+def test_an_artifact_from_before_the_effect_writes_back_byte_for_byte(fitted, tmp_path):
+    """Without an 'effect' (every artifact before it existed), loading and saving again gives
+    the same files, byte for byte: no key appears."""
+    folder = fitted.save_pretrained(tmp_path / "old")
+    path = folder / "steering_config.json"
+    config = json.loads(path.read_text())
+    del config["effect"]
+    path.write_text(json.dumps(config, indent=2, allow_nan=False) + "\n")
+    before = {p.name: p.read_bytes() for p in folder.iterdir() if not p.name.startswith(".")}
+    (folder / "README.md").unlink()  # the card is written from the config: compare it too
+    old = FeatureScores.from_pretrained(folder)
+    assert old.effect is None and "What the recommended steering" not in str(old.report())
+    again = old.save_pretrained(tmp_path / "again")
+    after = {p.name: p.read_bytes() for p in again.iterdir() if not p.name.startswith(".")}
+    assert after.keys() == before.keys() - {"README.md"} | {"README.md"}
+    assert after["steering_config.json"] == before["steering_config.json"]
+    assert after["scores.safetensors"] == before["scores.safetensors"]

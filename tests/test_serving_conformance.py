@@ -263,11 +263,10 @@ def test_steered_model_names_are_listed_and_steer_like_their_items(client, serve
         text("medical-demo-2")
     toward, _, applied = text(NAME, [{"concept": "medical", "direction": "toward"}])
     assert toward == by_body and applied[0]["direction"] == "toward"
-    try:  # "away" is the library's (issue 21): served as it resolves it, or its refusal
-        _, _, applied = text(NAME, [{"concept": "medical", "direction": "away"}])
-        assert applied[0]["direction"] == "away"
-    except openai.BadRequestError as error:
-        assert "direction='away'" in error.body["message"]
+    away, _, applied = text(NAME, [{"concept": "medical", "direction": "away"}])
+    assert applied[0]["direction"] == "away" and away != toward
+    with pytest.raises(openai.BadRequestError, match="direction='away' steers with"):
+        text(NAME, [{"concept": "medical", "direction": "away", "method": "add"}])
 
 
 # -- 4. fields -----------------------------------------------------------------------------------

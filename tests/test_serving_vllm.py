@@ -317,9 +317,11 @@ def test_logprobs_echo_and_sampling_controls_equal_the_transformers_engine(demo_
 
     prompt = demo_engine.tokenizer("The patient was")["input_ids"]
     steering = [{"concept": "c", "method": "add", "strength": 6.0}]
-    controls = {"repetition_penalty": 1.3, "presence_penalty": 0.5, "frequency_penalty": 0.7,
-                "logit_bias": ((5, 4.0),), "min_tokens": 4}  # fmt: skip
-    cases = [(None, 6, {}), (steering, 6, {}), (steering, 0, {}), (None, 8, controls)]
+    controls = [{"repetition_penalty": 2.0}, {"presence_penalty": 2.0},
+                {"frequency_penalty": 2.0}, {"logit_bias": ((5, 8.0),)},
+                {"logit_bias": ((0, 100.0),), "min_tokens": 3}]  # EOS held back 3 tokens
+    cases = [(None, 8, {}), (steering, 6, {}), (steering, 0, {})]
+    cases += [(None, 8, c) for c in controls]
     ours = [_scored(demo_engine, demo_engine.library, prompt, s, n, **c) for s, n, c in cases]
     other, library = start_engine("transformers", _serve_setup(demo_engine.setup))
     try:
@@ -336,6 +338,7 @@ def test_logprobs_echo_and_sampling_controls_equal_the_transformers_engine(demo_
         _same_scores(prompt_entries[1:], want_prompt[1:])
     assert ours[2][0] == [] and ours[2][3].reason == "length"  # echo with max_tokens 0
     assert ours[0][1] != ours[1][1]  # steering moved the scores
+    assert all(ids != ours[0][0] for ids, *_ in ours[3:])  # every control changed the tokens
 
 
 @pytest.fixture(scope="module")

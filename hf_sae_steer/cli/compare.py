@@ -9,7 +9,7 @@ from torch import nn
 
 from hf_sae_steer.generation import continue_prompts
 from hf_sae_steer.sae.base import SAE
-from hf_sae_steer.steering.names import Method, Positions
+from hf_sae_steer.steering.names import Direction, Method, Positions
 from hf_sae_steer.steering.steered import Scores, SteeredModel
 
 
@@ -27,6 +27,7 @@ def compare_methods(
     preserve_error: bool | None = None,
     clamp_value: float | None = None,
     positions: Positions = "all",
+    direction: Direction = "toward",
     allow_score_mismatch: bool = False,
     include_base: bool = True,
     **generation: Any,
@@ -52,6 +53,7 @@ def compare_methods(
             preserve_error=preserve_error,
             clamp_value=clamp_value,
             positions=positions,
+            direction=direction,
             allow_score_mismatch=allow_score_mismatch,
         ) as steered:
             texts = continue_prompts(steered, tokenizer, prompts, **generation)

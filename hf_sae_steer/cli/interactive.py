@@ -10,7 +10,7 @@ from typing import Any
 from hf_sae_steer.cli.chat import run_chat
 from hf_sae_steer.cli.demo import find_assets
 from hf_sae_steer.cli.playground import Playground
-from hf_sae_steer.cli.settings import Settings, parse_method
+from hf_sae_steer.cli.settings import Settings, parse_direction, parse_method
 
 
 def _playground(args: argparse.Namespace) -> Playground:
@@ -18,6 +18,7 @@ def _playground(args: argparse.Namespace) -> Playground:
         method=parse_method(args.method),
         strength=args.strength,
         positions=args.positions,
+        direction=parse_direction(args.direction),
         preserve_error=args.preserve_error,
         max_new_tokens=args.max_new_tokens,
         do_sample=args.sample,
@@ -34,6 +35,7 @@ def _playground(args: argparse.Namespace) -> Playground:
         compare_model=args.compare_model,
         latent_prompts=args.latent_prompts,
         reference=args.reference,
+        reference_scores=args.reference_scores,
         device=args.device,
         dtype=args.dtype,
         layer=args.layer,

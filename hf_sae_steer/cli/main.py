@@ -57,6 +57,13 @@ def _generation(p: argparse.ArgumentParser, batch: bool = True) -> None:
         p.add_argument("--batch-size", type=positive_int, default=8)
 
 
+def _repetition(p: argparse.ArgumentParser, penalty: float = 1.0, ngram: int = 0) -> None:
+    p.add_argument("--repetition-penalty", type=float, default=penalty,
+                   help=f"above 1 lowers tokens already in the text (default {penalty:g})")
+    p.add_argument("--no-repeat-ngram-size", type=int, default=ngram, metavar="N",
+                   help=f"never repeat any N tokens (0: off; default {ngram})")  # fmt: skip
+
+
 METHOD_HELP = (
     "recommended (the scores' own steering), add, vector, clamp, swap, weight, sae or orig"
 )
@@ -96,8 +103,14 @@ def _playground(p: argparse.ArgumentParser) -> None:
         "--reference",
         help="reference prompts a topic of your own is fitted against (default: --latent-prompts)",
     )
+    p.add_argument(
+        "--reference-scores",
+        help="the reference rule's scores, which swap steers with (demo: its scores_seed)",
+    )
     p.add_argument("--method", default="recommended", help=f"one of: {METHOD_HELP}")
     p.add_argument("--positions", default="all", choices=["all", "prompt", "generated"])
+    p.add_argument("--direction", default="toward", choices=["toward", "away"],
+                   help="steer towards the topic or away from it (default: toward)")  # fmt: skip
     p.add_argument("--strength", type=float, help="default: the method's (or the scores')")
     p.add_argument(
         "--preserve-error",
@@ -182,6 +195,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--prompts", help="file of prompts (txt/csv/json/jsonl/parquet)")
     p.add_argument("--compare", action="store_true", help="print base and steered side by side")
     p.add_argument("--positions", default="all", choices=["all", "prompt", "generated"])
+    p.add_argument("--direction", default="toward", choices=["toward", "away"],
+                   help="steer towards the topic or away from it (default: toward)")  # fmt: skip
     _steering(p)
     _generation(p)
     _common(p)
@@ -205,6 +220,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--reference", help="reference set, for the topic classifier")
     p.add_argument("--n-prompts", type=positive_int, default=6, help="prompts shown")
     p.add_argument("--samples", type=positive_int, default=3, help="samples per measured prompt")
+    p.add_argument("--show-samples", type=positive_int, default=3,
+                   help="sampled continuations shown per prompt (default 3)")  # fmt: skip
+    _repetition(p, penalty=1.3, ngram=3)
     p.add_argument("--max-new-tokens", type=positive_int, default=24)
     p.add_argument("--batch-size", type=positive_int, default=16)
     _common(p)

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 import re
 import sys
 from collections.abc import Sequence
@@ -21,6 +22,13 @@ from hf_sae_steer.data.prompt_files import check_utf8, is_blank, read_text, tabl
 PREFERRED_COLUMNS = ("text", "prompt", "0")
 HASH_PIECE = 1 << 20  # characters of a long prompt hashed at a time
 FILE_SUFFIXES = (".csv", ".json", ".jsonl", ".parquet", ".txt")
+# A local folder handed to ``datasets``: a saved dataset, or data files (and a card) only.
+# Anything else (a home folder, /tmp) would have datasets scan the whole tree first.
+SAVED_DATASET_FILES = ("state.json", "dataset_dict.json")
+DATA_SUFFIXES = (*FILE_SUFFIXES, ".tsv", ".arrow")
+COMPRESSED = (".gz", ".bz2", ".xz", ".zst", ".zip")
+NOT_DATA_OK = ("readme.md", "license", "license.md", "license.txt", ".gitattributes")
+MAX_FOLDER_ENTRIES = 10_000
 
 
 def load_prompts(
@@ -60,20 +68,65 @@ def _from_path_or_id(
     suffix = path.suffix.lower()
     if path.is_file():
         return _slice(_from_file(path, suffix, column), split, str(path))
-    if path.is_dir() and suffix in FILE_SUFFIXES:
-        raise ValueError(f"{path} is a folder, not a prompt file.")
-    if suffix in FILE_SUFFIXES or isinstance(source, Path):
+    check_local_path(path)
+    if (suffix in FILE_SUFFIXES or isinstance(source, Path)) and not path.is_dir():
         raise FileNotFoundError(f"No such prompt file: {path}")
     # A local folder (data files or a repo clone) or a Hub dataset id: datasets resolves both.
     import datasets
 
-    if path.is_dir() and (path / "state.json").exists():
+    if is_saved_dataset(path):
         loaded: Any = datasets.load_from_disk(str(path))
     else:
         loaded = datasets.load_dataset(str(source), config, split=split)
     if isinstance(loaded, datasets.DatasetDict):
         loaded = pick_split(loaded, split)
     return _from_dataset(loaded, column, str(source))
+
+
+def check_local_path(path: Path) -> None:
+    """Refuse, before ``datasets`` sees it, a local path that is neither a regular file nor a
+    dataset folder (a saved dataset, or a folder of data files only): one clear ValueError. A
+    path that does not exist is left to the caller (a Hub id, or a missing file)."""
+    if path.is_dir():
+        if path.suffix.lower() in FILE_SUFFIXES:
+            raise ValueError(f"{path} is a folder, not a prompt file.")
+        odd = None if is_saved_dataset(path) else _not_data(path)
+        if odd is not None:
+            raise ValueError(
+                f"{path} is a folder but not a dataset ({odd}): give a prompt file "
+                f"({', '.join(FILE_SUFFIXES)}), a dataset saved with save_to_disk, a folder of "
+                "data files only, or a Hub dataset id."
+            )
+    elif path.exists() and not path.is_file():
+        raise ValueError(
+            f"{path} is not a regular file (a FIFO, socket or device): give a prompt file "
+            f"({', '.join(FILE_SUFFIXES)}), a dataset folder or a Hub dataset id."
+        )
+
+
+def is_saved_dataset(path: Path) -> bool:
+    """Whether ``path`` is a folder written by ``Dataset(Dict).save_to_disk``."""
+    return path.is_dir() and any((path / name).is_file() for name in SAVED_DATASET_FILES)
+
+
+def _not_data(folder: Path) -> str | None:
+    """Why ``folder`` is not a folder of data files (None when it is one): the first file that
+    is not data, no data file at all, or too many entries to look at."""
+    seen, found = 0, False
+    for root, folders, files in os.walk(folder):
+        folders[:] = sorted(f for f in folders if not f.startswith("."))  # .git, .cache: skipped
+        for name in sorted(files):
+            seen += 1
+            if seen > MAX_FOLDER_ENTRIES:
+                return f"more than {MAX_FOLDER_ENTRIES} files"
+            lower = name.lower()
+            stem = lower.rsplit(".", 1)[0] if lower.endswith(COMPRESSED) else lower
+            if stem.endswith(DATA_SUFFIXES):
+                found = True
+            elif not name.startswith(".") and lower not in NOT_DATA_OK:
+                inside = Path(root, name).relative_to(folder)
+                return f"it holds {inside}, which is not a data file"
+    return None if found else "it holds no data file"
 
 
 def parse_slice(split: str, where: str) -> tuple[str, int | None, int | None]:

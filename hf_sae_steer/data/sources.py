@@ -24,8 +24,10 @@ from typing import Any
 from hf_sae_steer.data.prompt_files import check_utf8, is_blank, table_errors, text_lines
 from hf_sae_steer.data.prompts import (
     FILE_SUFFIXES,
+    check_local_path,
     check_prompt,
     empty_message,
+    is_saved_dataset,
     load_prompts,
     parse_slice,
     pick_column,
@@ -123,13 +125,15 @@ def _from_path_or_id(
         opened = _FILE_READERS[suffix](path, column, str(path))
         opened.start, opened.stop = start, stop
         return opened
-    if path.is_file() or suffix in FILE_SUFFIXES or isinstance(source, Path):
+    check_local_path(path)
+    if path.is_file() or ((suffix in FILE_SUFFIXES or isinstance(source, Path))
+                          and not path.is_dir()):  # fmt: skip
         # .json is one document: read whole. A missing file: load_prompts says so.
         return _whole(load_prompts(source, column, split, config), str(source))
     import datasets
 
     if not streaming:  # Arrow files, memory-mapped: read in batches all the same
-        if path.is_dir() and (path / "state.json").exists():
+        if is_saved_dataset(path):
             loaded: Any = datasets.load_from_disk(str(path))
         else:
             loaded = datasets.load_dataset(str(source), config, split=split)

@@ -20,9 +20,10 @@ from torch import Tensor
 FORMAT = "hf_sae_steer/feature_scores"
 FORMAT_VERSION = 2  # 2: rule, recommended steering, calibration norms (1 still reads)
 # Steering methods an artifact may recommend (the names of hf_sae_steer.steering.interventions).
-METHOD_NAMES = ("orig", "sae", "clamp", "weight", "swap", "add", "vector")
+METHOD_NAMES = ("orig", "sae", "clamp", "weight", "swap", "add", "vector", "suppress", "ablate")
 AGAIN = "write the artifact again (FeatureScores.save_pretrained, hf-sae-steer score)"
 PER_LATENT = ("typical_activation", "mass", "ref_fire_counts", "align_fire_counts")
+MAX_EFFECTS, MAX_TOKENS = 1000, 1000  # bounds on the effect in words an artifact may hold
 
 
 def read_config(path: Path) -> dict[str, Any]:
@@ -73,21 +74,70 @@ def _check_fields(config: dict[str, Any], field: Callable[..., Any]) -> None:
     for key, value in (calibration or {}).items():
         if key == "fluency":
             _check_fluency(value, field)
+        elif key == "away":
+            _check_away(value, field)
         else:
             field(f"calibration.{key}", value, _finite, "a finite number")
-    rec = config.get("recommended")
-    field("recommended", rec, _optional(_is(dict)),
-          "an object (method, strength, preserve_error) or null")  # fmt: skip
-    if rec is not None:
-        field("recommended.method", rec.get("method"), lambda v: v in METHOD_NAMES,
-              f"one of {', '.join(METHOD_NAMES)}")  # fmt: skip
-        field("recommended.strength", rec.get("strength"), _finite, "a finite number")
-        field("recommended.preserve_error", rec.get("preserve_error"), _is(bool), "true or false")
-        norm = rec.get("norm_fraction")
-        field("recommended.norm_fraction", norm, _optional(_finite), "a finite number or null")
+    for key in ("recommended", "recommended_away"):
+        _check_recommendation(key, config.get(key), field)
     report = field("report", config.get("report"), _optional(_is(dict)), "an object or null")
     if report:
         _check_report(report, field)
+    effect = field("effect", config.get("effect"), _optional(_is(dict)),
+                   "an object (next_token, lens) or null")  # fmt: skip
+    if effect:
+        _check_effect(effect, field)
+
+
+def _check_effect(effect: dict[str, Any], field: Callable[..., Any]) -> None:
+    """What the recommended steering does in words: lists of (token, value) and token ids."""
+    nxt = field("effect.next_token", effect.get("next_token"), _optional(_is(dict)),
+                "an object or null")  # fmt: skip
+    lens = field("effect.lens", effect.get("lens", []), _is(list), "a list")
+    if len(lens) > MAX_EFFECTS:
+        raise ValueError(f"'effect.lens' holds {len(lens)} measures, more than {MAX_EFFECTS}; "
+                         f"{AGAIN}.")  # fmt: skip
+    for where, one in [("effect.next_token", nxt), *((f"effect.lens[{i}]", e)
+                                                     for i, e in enumerate(lens))]:  # fmt: skip
+        if one is None:
+            continue
+        field(where, one, _is(dict), "an object (label, raised, lowered, words, ids)")
+        field(f"{where}.label", one.get("label"), _is(str), "a string")
+        for key in ("raised", "lowered", "words"):
+            field(f"{where}.{key}", one.get(key, []), _tokens, "a list of [token, number] pairs")
+        for key in ("raised_ids", "lowered_ids", "word_ids"):
+            field(f"{where}.{key}", one.get(key, []), _ids, "a list of token ids")
+
+
+def _check_recommendation(key: str, rec: Any, field: Callable[..., Any]) -> None:
+    """A recommended steering (toward, or away from the topic)."""
+    field(key, rec, _optional(_is(dict)), "an object (method, strength, preserve_error) or null")
+    if rec is None:
+        return
+    field(f"{key}.method", rec.get("method"), lambda v: v in METHOD_NAMES,
+          f"one of {', '.join(METHOD_NAMES)}")  # fmt: skip
+    field(f"{key}.strength", rec.get("strength"), _finite, "a finite number")
+    field(f"{key}.preserve_error", rec.get("preserve_error"), _is(bool), "true or false")
+    norm = rec.get("norm_fraction")
+    field(f"{key}.norm_fraction", norm, _optional(_finite), "a finite number or null")
+
+
+def _check_away(away: Any, field: Callable[..., Any]) -> None:
+    """The suppression's calibration (``docs/method.md`` §9): its curve and chosen point."""
+    field("calibration.away", away, _is(dict), "an object (method, curve, strength)")
+    field("calibration.away.method", away.get("method"), lambda v: v in METHOD_NAMES,
+          f"one of {', '.join(METHOD_NAMES)}")  # fmt: skip
+    for key in ("target_ratio", "strength"):
+        field(f"calibration.away.{key}", away.get(key), _finite, "a finite number")
+    for key in ("neutral_prompts", "inviting_prompts"):
+        field(f"calibration.away.{key}", away.get(key), _count, "a whole number")
+    curve = field("calibration.away.curve", away.get("curve"), _is(list), "a list")
+    for i, point in enumerate(curve):
+        where = f"calibration.away.curve[{i}]"
+        field(where, point, _is(dict), "an object (strength, neutral_ratio, topic_drop)")
+        field(f"{where}.strength", point.get("strength"), _finite, "a finite number")
+        for key in ("neutral_ratio", "topic_drop"):
+            field(f"{where}.{key}", point.get(key), _optional(_finite), "a finite number or null")
 
 
 def _check_fluency(fluency: Any, field: Callable[..., Any]) -> None:
@@ -132,6 +182,13 @@ def check_tensors(path: Path, tensors: dict[str, Tensor], d_sae: int) -> None:
         if name in PER_LATENT and tuple(tensor.shape) != (d_sae,):
             raise ValueError(f"{path}: tensor '{name}' must have one value per latent "
                              f"({d_sae}), has shape {tuple(tensor.shape)}; {AGAIN}.")  # fmt: skip
+    away = tensors.get("away_latents")
+    if away is not None and (
+        away.is_floating_point() or away.ndim != 1 or not len(away)
+        or not (0 <= int(away.min()) and int(away.max()) < d_sae)
+    ):  # fmt: skip
+        raise ValueError(f"{path}: tensor 'away_latents' must hold latent indices from 0 to "
+                         f"{d_sae - 1}; {AGAIN}.")  # fmt: skip
     if ("latents" in tensors) != ("weights" in tensors):
         raise ValueError(f"{path}: tensors 'latents' and 'weights' come together; {AGAIN}.")
     if "latents" not in tensors:
@@ -156,6 +213,17 @@ def _checker(path: Path) -> Callable[..., Any]:
         return value
 
     return field
+
+
+def _tokens(value: Any) -> bool:
+    return isinstance(value, list) and len(value) <= MAX_TOKENS and all(
+        isinstance(p, list) and len(p) == 2 and isinstance(p[0], str) and _finite(p[1])
+        for p in value
+    )
+
+
+def _ids(value: Any) -> bool:
+    return isinstance(value, list) and len(value) <= MAX_TOKENS and all(map(_count, value))
 
 
 def _is(kind: type) -> Callable[[Any], bool]:

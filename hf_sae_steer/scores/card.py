@@ -3,13 +3,34 @@
 from __future__ import annotations
 
 import json
+import os
 import re
-from pathlib import Path
+from pathlib import Path, PureWindowsPath
 from typing import Any
 
 CARD_FILE = "README.md"
 TAGS = ("hf_sae_steer", "sparse-autoencoder", "sae", "steering", "feature-scores")
 HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*(/[\w.-]+)?$")
+SCHEME = re.compile(r"^[A-Za-z][\w+.-]+:")  # openai:, saelens:, hf://, https://: not a path
+
+
+def portable_name(spec: str | None) -> str | None:
+    """What an artifact records of a model, SAE or embedder: a Hub id, a spec with a scheme or a
+    relative path as it is; an absolute (or home- or dot-relative) local path by its last
+    component (a card is shared; the folder it came from on one machine means nothing on
+    another, and may say too much about it)."""
+    if spec is None:
+        return None
+    text = str(spec)
+    if SCHEME.match(text):
+        return text
+    # Relative paths are kept: they name no machine, and artifacts written before 0.4 (the
+    # demo's "storage/demo/model") then load and save as they were.
+    local = os.path.isabs(text) or text.startswith(("~", ".")) or "\\" in text
+    if not local:
+        return text
+    name = PureWindowsPath(text.rstrip("/\\")).name if "\\" in text else Path(text).name
+    return name or text
 
 
 def model_card(config: dict[str, Any]) -> str:
@@ -53,11 +74,17 @@ def model_card(config: dict[str, Any]) -> str:
         "from hf_sae_steer import FeatureScores, SteeredModel, load_sae",
         "",
         'scores = FeatureScores.from_pretrained("<this repo>")',
-        f"sae = load_sae({json.dumps(config['sae']['spec'] or '<the SAE these scores fit>')})",
+        f"sae = load_sae({json.dumps(_loadable(config['sae']['spec']))})",
         "steered = SteeredModel(model, sae, scores=scores)  # the recommended steering",
         "```",
     ]
     return "\n".join(front + body) + "\n"
+
+
+def _loadable(spec: str | None) -> str:
+    """The SAE spec for the card's snippet: one with a scheme loads anywhere; a local folder's
+    name (or nothing) does not."""
+    return spec if spec and SCHEME.match(spec) else "<the SAE these scores fit>"
 
 
 def _steering(rec: dict[str, Any] | None) -> str | None:

@@ -53,6 +53,16 @@ def _split(cls: type, data: Mapping[str, Any]) -> tuple[dict[str, Any], dict[str
     return known, {k: v for k, v in data.items() if k not in names}
 
 
+def _fields_json(record: Any, omitted_when_none: tuple[str, ...] = ()) -> dict[str, Any]:
+    """A record's fields in their order, then the keys it kept from the JSON it was read from."""
+    fields = {f.name: getattr(record, f.name) for f in dataclasses.fields(record)}
+    fields.pop("extra")
+    for name in omitted_when_none:
+        if fields[name] is None:
+            fields.pop(name)
+    return {**fields, **record.extra}
+
+
 @dataclass(eq=False)
 class Recommendation(_ReadsLikeADict):
     """The steering an artifact recommends: ``method`` at ``strength`` with ``preserve_error``.
@@ -107,9 +117,12 @@ class Recommendation(_ReadsLikeADict):
 @dataclass(eq=False)
 class FluencyCalibration(_ReadsLikeADict):
     """A measured fluency curve (``docs/method.md`` §6): ``curve`` holds
-    ``{norm_fraction, strength, perplexity_ratio}`` per point; the chosen point is the largest
-    strength of ``method`` whose perplexity ratio stays under ``target_ratio`` on ``prompts``
-    neutral prompts."""
+    ``{norm_fraction, strength, perplexity_ratio}`` per measured point (and, in newer
+    artifacts, ``continuations``: the pairs averaged); the chosen point is the largest strength of
+    ``method`` whose perplexity ratio stays under ``target_ratio`` on ``prompts`` neutral
+    prompts. ``search`` says how the points were chosen (``"secant"`` or ``"grid"``) and
+    ``samples`` how many continuations per prompt a point has; both are ``None`` (and left out
+    of the JSON) for older artifacts, which measured the whole grid."""
 
     method: str
     target_ratio: float
@@ -117,12 +130,13 @@ class FluencyCalibration(_ReadsLikeADict):
     strength: float
     prompts: int
     curve: list[dict[str, Any]] = field(default_factory=list)
+    search: str | None = None
+    samples: int | None = None
     extra: dict[str, Any] = field(default_factory=dict)
 
     def to_json(self) -> dict[str, Any]:
-        fields = {f.name: getattr(self, f.name) for f in dataclasses.fields(self)}
-        fields.pop("extra")
-        return {**fields, **self.extra}
+        # absent from older artifacts: saved as they were
+        return _fields_json(self, omitted_when_none=("search", "samples"))
 
     @classmethod
     def from_json(
@@ -135,14 +149,43 @@ class FluencyCalibration(_ReadsLikeADict):
 
 
 @dataclass(eq=False)
+class AwayCalibration(_ReadsLikeADict):
+    """A measured suppression curve (``docs/method.md`` §9): ``curve`` holds ``{strength,
+    neutral_ratio, topic_drop}`` per point (the perplexity ratio on ``neutral_prompts`` neutral
+    prompts, the side effect; the drop of the topic's similarity on ``inviting_prompts``
+    prompts that invite it); the chosen ``strength`` of ``method`` is the largest whose neutral
+    ratio stays under ``target_ratio``."""
+
+    method: str
+    target_ratio: float
+    strength: float
+    neutral_prompts: int
+    inviting_prompts: int
+    curve: list[dict[str, Any]] = field(default_factory=list)
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    def to_json(self) -> dict[str, Any]:
+        return _fields_json(self)
+
+    @classmethod
+    def from_json(cls, data: Mapping[str, Any] | AwayCalibration | None) -> AwayCalibration | None:
+        if data is None or isinstance(data, AwayCalibration):
+            return data
+        known, extra = _split(cls, data)
+        return cls(**known, extra=extra)
+
+
+@dataclass(eq=False)
 class Calibration(_ReadsLikeADict):
     """What turns norm fractions into strengths: the mean norm of a reference token's hidden
     state in the SAE's input space (``mean_norm``) and in the raw residual stream
-    (``mean_norm_raw``), and the measured :class:`FluencyCalibration`, if any."""
+    (``mean_norm_raw``), and the measured :class:`FluencyCalibration` and
+    :class:`AwayCalibration`, if any."""
 
     mean_norm: float | None = None
     mean_norm_raw: float | None = None
     fluency: FluencyCalibration | None = None
+    away: AwayCalibration | None = None
     extra: dict[str, Any] = field(default_factory=dict)
 
     def to_json(self) -> dict[str, Any]:
@@ -153,6 +196,8 @@ class Calibration(_ReadsLikeADict):
             out["mean_norm_raw"] = self.mean_norm_raw
         if self.fluency is not None:
             out["fluency"] = self.fluency.to_json()
+        if self.away is not None:
+            out["away"] = self.away.to_json()
         return {**out, **self.extra}
 
     @classmethod
@@ -161,7 +206,8 @@ class Calibration(_ReadsLikeADict):
             return data
         known, extra = _split(cls, data or {})
         fluency = FluencyCalibration.from_json(known.pop("fluency", None))
-        return cls(**known, fluency=fluency, extra=extra)
+        away = AwayCalibration.from_json(known.pop("away", None))
+        return cls(**known, fluency=fluency, away=away, extra=extra)
 
     def __bool__(self) -> bool:
         return bool(self.to_json())

@@ -17,7 +17,7 @@ import json
 import math
 import tempfile
 import warnings
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -34,8 +34,9 @@ from hf_sae_steer.scores.artifact_checks import (
     check_tensors,
     read_config,
 )
-from hf_sae_steer.scores.card import CARD_FILE, HUB_ID, model_card
+from hf_sae_steer.scores.card import CARD_FILE, HUB_ID, model_card, portable_name
 from hf_sae_steer.scores.csv_scores import read_score_csv
+from hf_sae_steer.scores.effect import SteeringEffect
 from hf_sae_steer.scores.recommendation import Calibration, Recommendation
 from hf_sae_steer.scores.uncertainty import TOP_K, ScoreReport, build_report
 
@@ -52,7 +53,9 @@ class FeatureScores:
     preserve_error; ``SteeredModel`` uses it when no method is given). ``calibration`` holds
     the mean hidden-state norms that turn norm fractions into strengths. ``stats`` holds
     per-latent statistics (``typical_activation``, fire counts) and the rule's tensors (for
-    ``mean_diff``: ``latents``, ``weights``, ``delta``, ``delta_raw``).
+    ``mean_diff``: ``latents``, ``weights``, ``delta``, ``delta_raw``). ``effect`` is what the
+    recommended steering does in words (the tokens it raises and lowers most, measured when it
+    was fitted; ``None`` for artifacts from before, or imported).
     """
 
     scores: Tensor
@@ -74,12 +77,17 @@ class FeatureScores:
     rule: str | None = None
     recommended: Recommendation | None = None
     calibration: Calibration = field(default_factory=Calibration)
+    effect: SteeringEffect | None = None
+    recommended_away: Recommendation | None = None
 
     def __post_init__(self) -> None:
         self.scores = torch.as_tensor(self.scores, dtype=torch.float32).detach().cpu().flatten()
         self.coverage = float(self.coverage)
         self.recommended = Recommendation.from_json(self.recommended)
+        self.recommended_away = Recommendation.from_json(self.recommended_away)
         self.calibration = Calibration.from_json(self.calibration)
+        if isinstance(self.effect, dict):
+            self.effect = SteeringEffect.from_dict(self.effect)
 
     @property
     def d_sae(self) -> int:
@@ -93,10 +101,31 @@ class FeatureScores:
         )
 
     def report(self) -> ScoreReport:
-        """Coverage, FVU, top latents firing on the alignment set, effective latents, warnings."""
-        if self.quality is not None:
-            return self.quality
-        return build_report(self.scores, self.coverage, None, self.stats.get("align_fire_counts"))
+        """Coverage, FVU, top latents firing on the alignment set, effective latents, warnings;
+        and what the recommended steering does in words, when the artifact records it."""
+        report = self.quality or build_report(
+            self.scores, self.coverage, None, self.stats.get("align_fire_counts")
+        )
+        return replace(report, effect=self.effect, steering=self._steering_lines())
+
+    def _steering_lines(self) -> list[str]:
+        """The recommended steering towards the topic and the recommended suppression."""
+        lines = []
+        for label, rec in (("toward", self.recommended), ("away", self.recommended_away)):
+            if rec is not None:
+                lines.append(
+                    f"steer {label:<13}{rec.method} at strength {rec.strength:.3g}"
+                    f"{' (calibrated)' if rec.calibrated else ''}: {rec.why}"
+                )
+        away = self.calibration.away
+        if away is not None:
+            points = ", ".join(
+                f"{p['strength']:g}: x{p['neutral_ratio']:.2f} neutral, "
+                f"{p['topic_drop']:+.3f} topic" for p in away.curve
+                if p["neutral_ratio"] is not None and p["topic_drop"] is not None
+            )
+            lines.append(f"away curve         {points}")
+        return lines
 
     def latent_weights(self) -> tuple[Tensor, Tensor] | None:
         """``(latents, weights)`` chosen by a rule that picks latents (``mean_diff``), else None."""
@@ -104,20 +133,36 @@ class FeatureScores:
             return self.stats["latents"].long(), self.stats["weights"].float()
         return None
 
+    def topic_latents(self) -> tuple[Tensor, Tensor | None, float | None] | None:
+        """``(latents, log_odds, bias)`` a suppression attenuates (``docs/method.md`` §9): the
+        latents that fire on the topic's tokens, and the posterior that gates them (``None``
+        when ungated); ``None`` for artifacts from before 0.4."""
+        if "away_latents" not in self.stats:
+            return None
+        odds = self.stats.get("away_log_odds")
+        bias = self.stats.get("away_bias")
+        return (
+            self.stats["away_latents"].long(),
+            None if odds is None else odds.float(),
+            None if bias is None else float(bias.flatten()[0]),
+        )
+
     def top_latents(self, k: int = TOP_K) -> Tensor:
         """Indices of the ``k`` highest-scoring latents, best first."""
         return torch.topk(self.scores, min(k, self.d_sae)).indices
 
     # -- the artifact --------------------------------------------------------------------
     def to_config(self) -> dict[str, Any]:
-        """The JSON side of the artifact: provenance, options and the uncertainty report."""
-        return {
+        """The JSON side of the artifact: provenance, options, the uncertainty report and (when
+        measured) the effect in words (local paths by their last component:
+        :func:`~hf_sae_steer.scores.card.portable_name`)."""
+        config = {
             "format": FORMAT,
             "format_version": FORMAT_VERSION,
             "library_version": __version__,
-            "model_id": self.model_id,
+            "model_id": portable_name(self.model_id),
             "sae": {
-                "spec": self.sae_spec,
+                "spec": portable_name(self.sae_spec),
                 "fingerprint": self.sae_fingerprint,
                 "d_sae": self.d_sae,
             },
@@ -127,13 +172,18 @@ class FeatureScores:
             "recommended": None if self.recommended is None else self.recommended.to_json(),
             "calibration": self.calibration.to_json(),
             "summary": self.summary,
-            "embedder": self.embedder,
+            "embedder": portable_name(self.embedder),
             "coverage": self.coverage,
             "reference": {"size": self.reference_size, "hash": self.reference_hash},
             "alignment": {"size": self.alignment_size, "hash": self.alignment_hash},
             "options": self.options,
             "report": _finite(self.report().to_dict()),
         }
+        if self.recommended_away is not None:  # absent, not null, like the effect
+            config["recommended_away"] = self.recommended_away.to_json()
+        if self.effect is not None:  # absent, not null: older artifacts write as they did
+            config["effect"] = _finite(self.effect.to_dict())
+        return config
 
     def save_pretrained(self, path: str | Path, *, overwrite: bool = False) -> Path:
         """Write the artifact folder ``path`` atomically; returns it.
@@ -239,7 +289,9 @@ class FeatureScores:
             quality=quality,
             rule=config.get("rule"),
             recommended=config.get("recommended"),
+            recommended_away=config.get("recommended_away"),
             calibration=config.get("calibration") or {},
+            effect=SteeringEffect.from_dict(config["effect"]) if config.get("effect") else None,
         )
 
     @classmethod

@@ -3,14 +3,20 @@
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from typing import Any
 
 import torch
 from torch import Tensor
 
+from hf_sae_steer.scores.effect import SteeringEffect
+
 TOP_K = 20
 THIN_SUPPORT = 2  # a top latent seen on this many reference prompts or fewer rests on anecdote
+# Warn once more than this share of the top latents is thin: 3 of a mean_diff fit's 10 already
+# carry a good part of the steering (the shipped demo's artifact has 2).
+THIN_SHARE = 0.25
+MIN_ALIGNMENT_TEXTS = 4  # fewer distinct texts describe themselves, not a topic
 
 
 @dataclass
@@ -23,7 +29,8 @@ class ScoreReport:
     fire on the alignment set, ``thin_support`` how many fire on at most two reference prompts.
     ``delta_explained`` (``mean_diff`` only) is the share of the alignment-minus-reference
     direction that the chosen decoder rows reproduce. Figures that need the model are ``None``
-    for scores imported from CSV.
+    for scores imported from CSV. ``effect``: what the recommended steering does in words, when
+    the artifact records it (printed; stored beside the report, not in it).
     """
 
     coverage: float
@@ -36,13 +43,18 @@ class ScoreReport:
     thin_support: int | None = None
     delta_explained: float | None = None
     warnings: list[str] = field(default_factory=list)
+    effect: SteeringEffect | None = field(default=None, compare=False)
+    steering: list[str] = field(default_factory=list, compare=False)
 
     def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
+        data = asdict(replace(self, effect=None))
+        del data["effect"], data["steering"]
+        return data
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> ScoreReport:
-        return cls(**{k: data[k] for k in cls.__dataclass_fields__ if k in data})
+        skip = ("effect", "steering")
+        return cls(**{k: data[k] for k in cls.__dataclass_fields__ if k in data and k not in skip})
 
     def __str__(self) -> str:
         lines = [
@@ -63,7 +75,13 @@ class ScoreReport:
             lines.append(
                 f"target explained   {self.delta_explained:.1%} of the alignment direction"
             )
-        return "\n".join(lines + [f"warning: {w}" for w in self.warnings])
+        lines += [f"warning: {w}" for w in self.warnings]
+        lines += self.steering
+        if self.effect is not None:
+            # The measures of the whole steering; effect.format() adds each chosen latent's.
+            lines.append("What the recommended steering does, in words:")
+            lines.append(self.effect.format(latents=0))
+        return "\n".join(lines)
 
 
 def build_report(
@@ -74,10 +92,13 @@ def build_report(
     ref_counts: Tensor | None = None,
     delta_explained: float | None = None,
     top_k: int | None = None,
+    alignment_texts: tuple[int, int] | None = None,
 ) -> ScoreReport:
     """The uncertainty report of a score vector; low-quality cases get a warning saying why.
 
     ``top_k`` is how many top latents the figures look at (default 20, at most those that fired).
+    ``alignment_texts``: how many distinct texts the alignment set holds, and how many it was
+    given; fewer than :data:`MIN_ALIGNMENT_TEXTS` distinct ones get a warning, whatever the rule.
     """
     s = scores.double()
     d_sae = s.numel()
@@ -90,6 +111,15 @@ def build_report(
     top_firing = None if align_counts is None else int((align_counts[top] > 0).sum())
     thin = None if ref_counts is None else int((ref_counts[top] <= THIN_SUPPORT).sum())
     notes = []
+    if alignment_texts is not None and alignment_texts[0] < MIN_ALIGNMENT_TEXTS:
+        distinct, given = alignment_texts
+        held = f"{distinct} distinct text{'s' if distinct != 1 else ''}"
+        held += f" (of {given} given)" if given != distinct else ""
+        notes.append(
+            f"The alignment set holds only {held}: the scores describe "
+            f"{'that text' if distinct == 1 else 'those texts'}, not a topic. Give at least "
+            f"{MIN_ALIGNMENT_TEXTS} different example texts of the topic (dozens are better)."
+        )
     if total == 0:  # calibration.recommend then recommends no change
         cause = "No latent fired on the reference set" if n_fired == 0 else "No latent scored"
         notes.append(
@@ -116,11 +146,12 @@ def build_report(
             f"Only {top_firing} of the {top_k} highest-scoring latents fire on the alignment set: "
             "the scores favour latents the target texts do not use, so steering may be weak."
         )
-    if thin is not None and n_fired and thin > top_k / 2:
+    if thin is not None and n_fired and thin > top_k * THIN_SHARE:
         notes.append(
             f"{thin} of the {top_k} highest-scoring latents fire on only {THIN_SUPPORT} or fewer "
-            "reference prompts: their scores rest on anecdote (rule='support' or "
-            "rule='mean_diff' do not rank such latents first)."
+            "reference prompts: what the reference set says of them rests on anecdote. A larger "
+            "reference set (or rule='support', which ranks a latent high only once it has "
+            "support) gives firmer scores."
         )
     if delta_explained is not None and delta_explained < 0.25:
         notes.append(

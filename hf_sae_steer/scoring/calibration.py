@@ -2,29 +2,36 @@
 
 One norm fraction does not suit every topic: the same ``ρ`` barely moves one topic's text and
 wrecks another's. So a fit measures what its recommended steering costs: continuations of
-neutral prompts, unsteered and steered at a grid of norm fractions with the same sampling
-seeds, scored by their perplexity under the unsteered model. The recommended strength is the
-largest whose paired (geometric-mean) perplexity ratio stays at or under a target, read off
-that curve between grid points on the log-ratio scale. The curve is recorded in the artifact.
+neutral prompts, unsteered and steered at several norm fractions with the same random numbers,
+scored by their perplexity under the unsteered model (:class:`~hf_sae_steer.scoring.fluency.
+FluencyProbe`). The recommended strength is the largest whose paired (geometric-mean)
+perplexity ratio stays at or under a target, read off the measured points on the log-ratio
+scale (:func:`fraction_at`). Rather than the whole grid :data:`GRID`, :func:`calibrate`
+measures the few grid points a secant search asks for (:mod:`~hf_sae_steer.scoring.
+strength_search`): those around the crossing, which are all the grid's answer reads. The
+measured points are the curve recorded in the artifact. Under ``torchrun`` the processes share
+the work and agree on it.
 """
 
 from __future__ import annotations
 
 import math
+import time
 from collections.abc import Sequence
+from dataclasses import dataclass
 from typing import Any
 
 import torch
 from torch import nn
 
 from hf_sae_steer._moved import moved_names
-from hf_sae_steer.generation import Generator, perplexity, sampling_options
-from hf_sae_steer.models import context_length
+from hf_sae_steer.distributed import World
 from hf_sae_steer.sae.base import SAE
 from hf_sae_steer.scores.recommendation import FluencyCalibration
+from hf_sae_steer.scoring.fluency import MIN_NEW_TOKENS as MIN_NEW_TOKENS
+from hf_sae_steer.scoring.fluency import FluencyPoint, FluencyProbe
+from hf_sae_steer.scoring.strength_search import next_point
 from hf_sae_steer.steering.live import live_steerings
-from hf_sae_steer.steering.steered import SteeredModel
-from hf_sae_steer.steering.strength import strength_for
 
 # What the library calibrates against: generic sentence openings about nothing in particular
 # (the demo's tuning prompts; the benchmark reports on other prompts).
@@ -37,8 +44,7 @@ CALIBRATION_PROMPTS = (
 )  # fmt: skip
 # Chosen on the benchmark's tuning topics (scripts/run_topic_benchmark.py, docs/benchmark.md).
 TARGET_RATIO = 1.5
-GRID = (0.125, 0.25, 0.5, 0.75, 1.0, 1.5)
-MIN_NEW_TOKENS = 4
+GRID = (0.125, 0.25, 0.5, 0.75, 1.0, 1.5)  # the full curve; the search stays inside its range
 
 
 def fluency_curve(
@@ -55,45 +61,19 @@ def fluency_curve(
     samples: int = 2,
     max_new_tokens: int = 24,
     seed: int = 0,
-    batch_size: int = 48,
+    batch_size: int = 96,
+    world: World | None = None,
 ) -> list[dict[str, float]]:
-    """``[{norm_fraction, strength, perplexity_ratio}]``: the paired geometric-mean perplexity
-    ratio of ``method`` (an additive method of ``scores``) to the unsteered model, per point."""
-
-    gen = Generator(tokenizer, list(prompts), samples=samples, seed=seed, batch_size=batch_size)
-    context = context_length(model, tokenizer)
-    if context is not None:  # a short context: fewer new tokens, never a truncated prompt
-        max_new_tokens = min(max_new_tokens, context - max(map(len, gen.prompt_ids)))
-    if max_new_tokens < MIN_NEW_TOKENS:
-        raise ValueError(
-            f"the model's context ({context} tokens) leaves no room to continue the calibration "
-            "prompts"
-        )
-    gen.options = sampling_options(max_new_tokens=max_new_tokens, do_sample=True)
-    base, _ = gen.run(model)
-    runs = []
-    with SteeredModel(model, sae, method=method, scores=scores, strength=1.0,
-                      preserve_error=preserve_error) as steered:  # fmt: skip
-        added = steered.interventions[0].added
-        if added is None:
-            raise ValueError(f"Only additive methods have a fluency curve, not {method!r}.")
-        for rho in norm_fractions:
-            strength = strength_for(rho, added.double().cpu(), mean_norm)
-            steered.set_strength(strength)
-            runs.append((rho, strength, gen.run(steered)[0]))
-    everything = [base] + [r[2] for r in runs]
-    prompt_ids = [gen.prompt_ids[c.prompt_index] for part in everything for c in part]
-    ids = [c.token_ids for part in everything for c in part]
-    ppl = perplexity(model, tokenizer, prompt_ids, ids, batch_size=batch_size).view(
-        len(everything), -1
-    )
-    curve = []
-    for j, (rho, strength, _) in enumerate(runs, start=1):
-        logs = (ppl[j] / ppl[0]).log()
-        logs = logs[logs.isfinite()]  # an empty continuation has no perplexity
-        ratio = math.exp(float(logs.mean())) if len(logs) else None  # no continuation at all
-        curve.append({"norm_fraction": rho, "strength": strength, "perplexity_ratio": ratio})
-    return curve
+    """``[{norm_fraction, strength, perplexity_ratio, continuations}]``: the paired
+    geometric-mean perplexity ratio of ``method`` (an additive method of ``scores``) to the
+    unsteered model at every one of ``norm_fractions`` (the full grid, all samples)."""
+    with FluencyProbe(
+        model, tokenizer, sae, scores, method=method, preserve_error=preserve_error,
+        mean_norm=mean_norm, prompts=prompts, max_new_tokens=max_new_tokens, seed=seed,
+        batch_size=batch_size, world=world,
+    ) as probe:  # fmt: skip
+        points = probe.measure([(rho, samples) for rho in norm_fractions])
+    return [point.to_json() for point in points]
 
 
 def fraction_at(curve: Sequence[dict[str, float]], target: float) -> float:
@@ -116,6 +96,16 @@ def fraction_at(curve: Sequence[dict[str, float]], target: float) -> float:
     return prev_rho
 
 
+@dataclass
+class CalibrationRun:
+    """A calibration and what it cost this process: its wall-clock ``seconds`` and the LM
+    ``tokens`` it passed (generated and scored)."""
+
+    fluency: FluencyCalibration
+    seconds: float
+    tokens: int
+
+
 def calibrate(
     model: nn.Module,
     tokenizer: Any,
@@ -125,10 +115,40 @@ def calibrate(
     target_ratio: float = TARGET_RATIO,
     prompts: Sequence[str] = CALIBRATION_PROMPTS,
     seed: int = 0,
-    **curve_options: Any,
+    **options: Any,
 ) -> FluencyCalibration:
     """Measure the fluency curve of ``scores``' recommended (additive) steering and return the
-    ``fluency`` entry of its calibration: the curve, the target and the chosen point."""
+    ``fluency`` entry of its calibration: the measured points, the target and the chosen point.
+    ``options`` go to :func:`run_calibration` (``search=False``: the full grid)."""
+    return run_calibration(
+        model, tokenizer, sae, scores, target_ratio=target_ratio, prompts=prompts, seed=seed,
+        **options,
+    ).fluency  # fmt: skip
+
+
+def run_calibration(
+    model: nn.Module,
+    tokenizer: Any,
+    sae: SAE | None,
+    scores: Any,
+    *,
+    target_ratio: float = TARGET_RATIO,
+    prompts: Sequence[str] = CALIBRATION_PROMPTS,
+    seed: int = 0,
+    samples: int = 2,
+    max_new_tokens: int = 24,
+    batch_size: int = 96,
+    search: bool = True,
+    world: World | None = None,
+) -> CalibrationRun:
+    """:func:`calibrate`, with its cost. ``search=True`` measures the grid points a secant search
+    asks for (:mod:`~hf_sae_steer.scoring.strength_search`), ``False`` the whole :data:`GRID`;
+    either way with ``samples`` continuations per prompt of ``max_new_tokens`` tokens, seeded
+    per prompt and sample by ``seed`` (top-k 50, temperature 1). ``world``: the processes that
+    share the work (default: this one alone; the result is the same)."""
+    started = time.perf_counter()
+    if not target_ratio > 1:  # before any generation
+        raise ValueError(f"The target perplexity ratio must be above 1, got {target_ratio}.")
     rec = scores.recommended
     if rec is None or rec.norm_fraction is None:
         raise ValueError("Only an artifact whose recommended steering is additive is calibrated.")
@@ -136,22 +156,41 @@ def calibrate(
         raise ValueError("the model is steered now; remove its SteeredModel to calibrate")
     key = "mean_norm_raw" if rec.method == "vector" else "mean_norm"
     mean_norm = float(getattr(scores.calibration, key))
-    with torch.inference_mode():
-        curve = fluency_curve(
-            model, tokenizer, sae, scores, method=rec.method,
-            preserve_error=bool(rec.preserve_error), mean_norm=mean_norm,
-            prompts=prompts, seed=seed, **curve_options,
-        )  # fmt: skip
+    with torch.inference_mode(), FluencyProbe(
+        model, tokenizer, sae, scores, method=rec.method,
+        preserve_error=bool(rec.preserve_error), mean_norm=mean_norm, prompts=prompts,
+        max_new_tokens=max_new_tokens, seed=seed, batch_size=batch_size, world=world,
+    ) as probe:  # fmt: skip
+        if search:
+            points = _search(probe, target_ratio, rec.norm_fraction, samples)
+        else:
+            points = probe.measure([(rho, samples) for rho in GRID])
+        tokens = probe.tokens
+    curve = [p.to_json() for p in sorted(points, key=lambda p: p.norm_fraction)]
     rho = fraction_at(curve, target_ratio)
-    strength = rec.strength * rho / rec.norm_fraction  # strength is linear in ρ
-    return FluencyCalibration(
+    fluency = FluencyCalibration(
         method=rec.method,
         target_ratio=target_ratio,
         norm_fraction=rho,
-        strength=strength,
+        strength=rec.strength * rho / rec.norm_fraction,  # strength is linear in ρ
         prompts=len(prompts),
         curve=curve,
+        search="secant" if search else "grid",
+        samples=samples,
     )
+    return CalibrationRun(fluency, time.perf_counter() - started, tokens)
+
+
+def _search(probe: FluencyProbe, target: float, start: float, samples: int) -> list[FluencyPoint]:
+    """Measure the grid points :func:`~hf_sae_steer.scoring.strength_search.next_point` asks
+    for, one a round, from the one nearest ``start`` (the norm fraction recommended before
+    calibration)."""
+    points: dict[float, FluencyPoint] = {}
+    while True:
+        rho = next_point({r: p.ratio for r, p in points.items()}, GRID, target, start)
+        if rho is None:
+            return list(points.values())
+        (points[rho],) = probe.measure([(rho, samples)])
 
 
 # 0.3's hf_sae_steer.scoring.calibration held the strength arithmetic, kept for one release.

@@ -13,6 +13,7 @@ the size of the reference set.
 
 from __future__ import annotations
 
+import dataclasses
 import itertools
 import time
 import warnings
@@ -23,10 +24,10 @@ from typing import Any
 import torch
 from torch import nn
 
-from hf_sae_steer.data.embedders import DEFAULT_EMBEDDER, Embedder, load_embedder
+from hf_sae_steer.data.embedders import DEFAULT_EMBEDDER, Embedder, embed_prompts, load_embedder
 from hf_sae_steer.data.prompts import hash_prompts, load_prompts
 from hf_sae_steer.data.sources import open_prompts
-from hf_sae_steer.distributed import current_world
+from hf_sae_steer.distributed import World, all_gather_json, current_world
 from hf_sae_steer.models import (
     context_length,
     model_device,
@@ -37,8 +38,14 @@ from hf_sae_steer.models import (
 )
 from hf_sae_steer.sae.base import SAE
 from hf_sae_steer.scores import record
-from hf_sae_steer.scoring.calibration import CALIBRATION_PROMPTS, TARGET_RATIO, calibrate
-from hf_sae_steer.scoring.checks import check_options, checkpointing
+from hf_sae_steer.scoring.away import calibrate_away, inviting_prompts
+from hf_sae_steer.scoring.calibration import CALIBRATION_PROMPTS, CalibrationRun, run_calibration
+from hf_sae_steer.scoring.checks import (
+    check_alignment,
+    check_calibration,
+    check_options,
+    checkpointing,
+)
 from hf_sae_steer.scoring.from_sums import from_sums
 from hf_sae_steer.scoring.rules import DEFAULT_RULE, Rule, get_rule
 from hf_sae_steer.scoring.rules.objective import TopicMargin
@@ -50,7 +57,8 @@ from hf_sae_steer.scoring.walk.passes import (
 )
 from hf_sae_steer.sites.layouts import find_layout
 from hf_sae_steer.sites.resolve import resolve_site
-from hf_sae_steer.steering.live import steering_suspended
+from hf_sae_steer.steering.effect import SteeringEffect, effect_of
+from hf_sae_steer.steering.live import live_steerings, steering_suspended
 from hf_sae_steer.steering.strength import NORM_FRACTION
 
 
@@ -69,7 +77,8 @@ def fit_scores(
     rule_options: Mapping[str, Any] | None = None,
     norm_fraction: float = NORM_FRACTION,
     calibrate_strength: bool = True,
-    target_ratio: float = TARGET_RATIO,
+    measure_effect: bool = True,
+    target_ratio: float | None = None,
     calibration_prompts: Sequence[str] = CALIBRATION_PROMPTS,
     seed: int = 0,
     summary: Summary = "avg",
@@ -99,10 +108,14 @@ def fit_scores(
     (``prior_prompts``, 5 by default) or ``"seed"``, the reference rule exactly. The artifact
     records the steering its rule recommends. An additive one (``add``) is calibrated on
     ``calibration_prompts`` (neutral openings): its strength is the largest whose perplexity
-    ratio to the unsteered model stays under ``target_ratio``, and the measured curve is kept
-    (:mod:`~hf_sae_steer.scoring.calibration`); ``calibrate_strength=False`` sets it by norm
-    fraction ``norm_fraction`` instead (:mod:`~hf_sae_steer.steering.strength`). ``seed``
-    makes the trained rule and the calibration's sampling reproducible.
+    ratio to the unsteered model stays under ``target_ratio`` (default 1.5), and the measured
+    curve is kept (:mod:`~hf_sae_steer.scoring.calibration`); ``calibrate_strength=False`` sets
+    it by norm fraction ``norm_fraction`` instead (:mod:`~hf_sae_steer.steering.strength`;
+    ``target_ratio`` is then refused). The calibration's options are checked before any work.
+    ``seed`` makes the trained rule and the calibration's sampling reproducible. ``measure_effect``
+    records what the recommended steering does in words, ``record.effect`` (the tokens it raises
+    and lowers most: two full forward passes over 16 neutral prompts and a logit lens,
+    :mod:`~hf_sae_steer.steering.effect`).
 
     ``layer``/``site`` default to where the SAE was trained
     (:func:`~hf_sae_steer.sites.resolve.resolve_site`). ``alignment`` takes anything
@@ -121,7 +134,10 @@ def fit_scores(
     the fit and leaves the model as it was.
 
     Under ``torchrun`` or ``accelerate launch`` the processes share the prompts (prompt ``i``
-    to rank ``i mod world_size``) and add up their sums; every rank returns the same record.
+    to rank ``i mod world_size``) and add up their sums, and share the calibration's batches;
+    every rank returns the same record. ``options`` records ``fit_seconds``, and for a
+    calibrated fit ``calibration_seconds`` and ``calibration_tokens`` (the LM tokens it
+    generated and scored; per process in ``options["processes"]`` under a launcher).
     ``checkpoint`` (a file) receives the sums every ``checkpoint_every`` reference prompts
     (default 1,024) and at the end; ``resume=True`` continues from it and gives the same
     scores as an uninterrupted run. An existing checkpoint is never overwritten otherwise; one
@@ -132,9 +148,10 @@ def fit_scores(
         rule, summary=summary, k=k, prior_prompts=prior_prompts, norm_fraction=norm_fraction,
         d_sae=sae.d_sae, rule_options=rule_options,
     )  # fmt: skip
+    target_ratio = check_calibration(calibrate_strength, target_ratio, calibration_prompts)
     saving = checkpointing(checkpoint, checkpoint_every, resume)
     started = time.perf_counter()
-    source, alignment = open_prompts(reference), load_prompts(alignment)
+    source, alignment = open_prompts(reference), check_alignment(load_prompts(alignment))
     layout = find_layout(model)
     where = resolve_site(layout, layer, site, trained=sae.cfg)
     inputs_on = model_device(model)
@@ -188,7 +205,7 @@ def fit_scores(
             if get_rule(rule).needs_margin:
                 margin = TopicMargin(
                     model, tokenizer, layout, where, passes.sae, alignment,
-                    _reference_sample(reference), seed=seed,
+                    _reference_sample(reference), seed=seed, rule=rule,
                 )  # fmt: skip
             if done.resumed_at:
                 options["resumed_at"] = done.resumed_at
@@ -203,6 +220,7 @@ def fit_scores(
             record = from_sums(
                 done.sums, sae, rule=rule, rule_options=options_of_rule, margin=margin,
                 norm_fraction=norm_fraction, warn=world.is_main, layer=where.layer,
+                alignment_texts=(len({text.strip() for text in alignment}), len(alignment)),
                 site=where.kind, summary=summary, model_id=model_id(model),
                 embedder=embedder_name, reference_hash=done.reference_hash,
                 alignment_hash=hash_prompts(alignment), options=options,
@@ -212,9 +230,9 @@ def fit_scores(
                 if callable(progress):
                     progress("calibrate", 0, None)
                 try:
-                    fluency = calibrate(
+                    done_calibrating = run_calibration(
                         model, tokenizer, sae, record, target_ratio=target_ratio,
-                        prompts=calibration_prompts, seed=seed,
+                        prompts=calibration_prompts, seed=seed, world=world,
                     )  # fmt: skip
                 except ValueError as error:  # e.g. no room in a tiny context
                     warnings.warn(
@@ -223,12 +241,93 @@ def fit_scores(
                         stacklevel=2,
                     )
                 else:
+                    fluency = done_calibrating.fluency
                     record.calibration.fluency = fluency
                     record.recommended = record.recommended.calibrated_to(fluency)
+                    _record_calibration_cost(record.options, done_calibrating, world)
+            if calibrate_strength and record.recommended_away is not None:
+                _calibrate_away(
+                    model, tokenizer, sae, record, alignment, embed_model,
+                    neutral=calibration_prompts, seed=seed,
+                )  # fmt: skip
+            if measure_effect:
+                record.effect = _effect_in_words(model, tokenizer, sae, record)
     finally:
         model.train(was_training)
     record.options["fit_seconds"] = time.perf_counter() - started
     return record
+
+
+def _record_calibration_cost(options: dict[str, Any], run: CalibrationRun, world: World) -> None:
+    """What the calibration cost: its seconds and LM tokens (all processes'), and under a
+    launcher each process's tokens beside its prompt counts."""
+    tokens = all_gather_json(run.tokens, world)
+    options["calibration_seconds"] = run.seconds
+    options["calibration_tokens"] = sum(tokens)
+    if "processes" in options:
+        options["processes"]["calibration_tokens"] = tokens
+
+
+def _calibrate_away(
+    model: nn.Module,
+    tokenizer: Any,
+    sae: SAE,
+    scores: record.FeatureScores,
+    alignment: Sequence[str],
+    embed_model: Any,
+    *,
+    neutral: Sequence[str],
+    seed: int,
+) -> None:
+    """The recommended suppression's strength, measured (``docs/method.md`` §9); a warning and
+    the uncalibrated strength 1 where it cannot be."""
+
+    def embed(texts: list[str]) -> torch.Tensor:
+        (out,), _ = embed_prompts(embed_model, [texts], progress=False)
+        return out / out.norm(dim=-1, keepdim=True).clamp_min(1e-12)
+
+    try:
+        inviting = inviting_prompts(alignment)
+        if not inviting:
+            raise ValueError("no alignment text is long enough to open a prompt with")
+        centroid = embed(list(alignment)[:256]).mean(0)
+        away = calibrate_away(
+            model, tokenizer, sae, scores, neutral=neutral, inviting=inviting, embed=embed,
+            centroid=centroid / centroid.norm().clamp_min(1e-12), seed=seed,
+        )  # fmt: skip
+    except ValueError as error:
+        warnings.warn(
+            f"The suppression's strength was not calibrated ({error}); it stays at 1.",
+            stacklevel=3,
+        )
+        return
+    scores.calibration.away = away
+    rec = scores.recommended_away
+    scores.recommended_away = dataclasses.replace(
+        rec,  # type: ignore[arg-type]
+        strength=away.strength,
+        calibrated=True,
+        why=(
+            f"the largest strength whose continuations of {away.neutral_prompts} neutral prompts "
+            f"stay under {away.target_ratio:g}x the unsteered model's perplexity"
+        ),
+    )
+
+
+def _effect_in_words(
+    model: nn.Module, tokenizer: Any, sae: SAE, scores: record.FeatureScores
+) -> SteeringEffect | None:
+    """What the recommended steering does in words (``docs/method.md`` §4): two forward passes
+    over a few neutral prompts and a logit lens. None, with a warning, where it cannot be
+    measured (the model is steered now, or has no LM head)."""
+    why = "the model is steered now" if live_steerings(model) else None
+    if why is None:
+        try:
+            return effect_of(model, tokenizer, sae, scores=scores)
+        except ValueError as error:
+            why = str(error)
+    warnings.warn(f"The effect in words was not measured ({why}).", stacklevel=3)
+    return None
 
 
 def _reference_sample(reference: Any, n: int = 256) -> list[str]:

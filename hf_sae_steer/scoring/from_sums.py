@@ -10,6 +10,7 @@ from hf_sae_steer.sae.base import SAE
 from hf_sae_steer.scores.recommendation import Calibration
 from hf_sae_steer.scores.record import FeatureScores
 from hf_sae_steer.scores.uncertainty import build_report
+from hf_sae_steer.scoring.away import recommend_away, topic_latents
 from hf_sae_steer.scoring.rules import apply_rule, recommend
 from hf_sae_steer.scoring.rules.objective import TopicMargin
 from hf_sae_steer.scoring.walk.passes import ScoringSums
@@ -25,11 +26,13 @@ def from_sums(
     norm_fraction: float,
     warn: bool = True,
     margin: TopicMargin | None = None,
+    alignment_texts: tuple[int, int] | None = None,
     record_class: type[FeatureScores] = FeatureScores,
     **fields: Any,
 ) -> FeatureScores:
     """The score record of a finished run: the rule's scores, its recommended steering, the
-    uncertainty report (warned about, once, when ``warn``) and provenance ``fields``."""
+    uncertainty report (warned about, once, when ``warn``) and provenance ``fields``.
+    ``alignment_texts``: (distinct, given) alignment texts, for the report's warning on too few."""
     broken = sums.non_finite()
     if broken is not None:  # NaN/inf never reach scores: the seed rule would score them 1
         raise ValueError(
@@ -54,6 +57,7 @@ def from_sums(
         sums.ref_prompts,
         result.delta_explained,
         top_k=picked,
+        alignment_texts=alignment_texts,
     )
     if warn:
         for note in report.warnings:
@@ -69,6 +73,9 @@ def from_sums(
             f"±{MAX_STRENGTH:g} that steering accepts: the SAE's decoder rows are tiny next to "
             "the hidden states. Pass a smaller norm_fraction (--norm-fraction)."
         )
+    away = topic_latents(sums)
+    if len(away):
+        stats["away_latents"] = away
     options = {**fields.pop("options", {}), "rule_options": result.options}
     return record_class(
         scores=result.scores,
@@ -82,6 +89,7 @@ def from_sums(
         quality=report,
         rule=rule,
         recommended=recommended,
+        recommended_away=recommend_away(away),
         calibration=Calibration(sums.mean_norm(), sums.mean_norm(raw=True)),
         **fields,
     )

@@ -39,6 +39,8 @@ from hf_sae_steer.sites.layouts import ModelLayout, find_layout
 from hf_sae_steer.sites.names import Site
 from hf_sae_steer.sites.resolve import resolve_site
 from hf_sae_steer.steering.batched import RowSteering, SiteEdit
+from hf_sae_steer.steering.effect import concept_effect
+from hf_sae_steer.steering.names import DIRECTIONS
 from hf_sae_steer.steering.spec import SteeringSpec, resolve_spec
 
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.\-]{0,63}$")
@@ -123,13 +125,17 @@ class ConceptLibrary:
         """The concepts for ``/v1/models``: name, where they steer, what they recommend. Never
         where the artifact came from: a local source is a path on the server."""
         out = []
+        keys = ("method", "strength", "preserve_error")
         for c in self.concepts.values():
-            rec = c.scores.recommended or {}
+            rec, away = c.scores.recommended or {}, c.scores.recommended_away or {}
             out.append({
                 "name": c.name, "layer": c.site.layer, "site": c.site.kind,
-                "rule": c.scores.rule, "recommended": {k: rec[k] for k in
-                ("method", "strength", "preserve_error") if k in rec} or None,
+                "rule": c.scores.rule,
+                "recommended": {k: rec[k] for k in keys if k in rec} or None,
+                "recommended_away": {k: away[k] for k in keys if k in away} or None,
+                "directions": list(DIRECTIONS),
                 "vector": "delta_raw" in c.scores.stats,
+                "effect": concept_effect(c.scores),
             })  # fmt: skip
         return out
 
@@ -194,14 +200,18 @@ class ConceptLibrary:
                 param=param, code="concept_not_found",
             )  # fmt: skip
         artifact = concept.scores
-        method = item.method or (artifact.recommended or {}).get("method")
+        away = item.direction == "away"
+        recommended = artifact.recommended_away if away else artifact.recommended
+        method = item.method or (recommended.method if recommended is not None else None)
+        if item.kind == "vector":
+            method = "vector"
         if item.kind == "vector" and "delta_raw" not in artifact.stats:
             raise RequestError(
                 f"{param}: concept {name!r} has no steering vector (fit it with rule='mean_diff').",
                 param=param,
             )
         if item.strength == "recommended":
-            rec = artifact.recommended
+            rec = recommended
             if not rec or method != rec["method"]:
                 raise RequestError(
                     f"{param}: concept {name!r} recommends "

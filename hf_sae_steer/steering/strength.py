@@ -98,11 +98,19 @@ def fluency_strength(method: str, artifact: FeatureScores | None) -> float | Non
         return float(fluency.strength)
     if method in ("add", "vector"):
         return None
-    measured = f"for {fluency.method!r} only" if fluency is not None else "for no method"
+    # One line for the API, the CLI and the server alike (which prefix the item it came from).
+    if fluency is None:
+        measured = (
+            "these scores have none (fitted with calibrate_strength=False, or by a rule whose "
+            "steering adds no vector)"
+        )
+        other = ""
+    else:
+        measured = f"it measured {fluency.method} only, not {method}"
+        other = f", or steer with {fluency.method}"
     raise ValueError(
-        f'strength="calibrated" needs a fluency calibration of {method!r}, and these scores '
-        f"have one {measured} (only additive steerings are calibrated). Give {method!r} a "
-        "number as its strength, or use the calibrated method."
+        'The strength "calibrated" is what the fluency calibration of the scores measured, and '
+        f"{measured}: give {method} a number as its strength{other}."
     )
 
 

@@ -48,22 +48,26 @@ def normalise(raw: Tensor, fired: Tensor) -> Tensor:
     return scores.float()
 
 
-def check_direction(sums: ScoringSums) -> tuple[Tensor, Tensor]:
+def check_direction(sums: ScoringSums, rule: str = "mean_diff") -> tuple[Tensor, Tensor]:
     """``Δ`` (the SAE's input space) and ``Δ_raw``: alignment minus reference mean hidden state;
-    an error when there is none (no tokens, not finite, or float noise)."""
-    if int(sums.align_tokens) == 0 or int(sums.ref_tokens) == 0:
-        raise ValueError("mean_diff needs tokens in both the reference and the alignment set.")
+    an error naming ``rule`` when there is none (no tokens, not finite, or float noise)."""
+    for name, tokens in (("alignment", sums.align_tokens), ("reference", sums.ref_tokens)):
+        if int(tokens) == 0:
+            raise ValueError(
+                f"{rule}: the {name} set has no tokens to score (every text is a single token, "
+                "and a text's first token is skipped): give longer texts, a sentence or more."
+            )
     delta = sums.alignment_mean() - sums.reference_mean()
     delta_raw = sums.alignment_mean(raw=True) - sums.reference_mean(raw=True)
     size, typical = float(delta.norm()), sums.mean_norm()
     if not math.isfinite(size) or not math.isfinite(typical):
         raise ValueError(
-            "mean_diff: the direction from the reference mean to the alignment mean is not "
+            f"{rule}: the direction from the reference mean to the alignment mean is not "
             "finite (NaN or inf hidden states at the site); score the model in float32."
         )
     if size <= NO_DIRECTION * typical:
         raise ValueError(
-            f"mean_diff: the alignment set's mean hidden state equals the reference set's "
+            f"{rule}: the alignment set's mean hidden state equals the reference set's "
             f"(|delta| = {size:.3g} against a typical norm of {typical:.3g}): there is no "
             "direction to steer towards. Give alignment texts of the topic, not the reference set."
         )

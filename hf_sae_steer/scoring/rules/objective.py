@@ -31,7 +31,9 @@ class TopicMargin:
     """The margin of ``alignment`` over ``reference`` texts under an added vector, batched.
 
     ``sae`` must sit beside the hooked block (device) in float32. ``reference`` is subsampled to
-    ``batch`` texts per call, with a generator seeded by ``seed`` (deterministic runs).
+    ``batch`` texts per call, with a generator seeded by ``seed`` (deterministic runs). ``rule``
+    names the rule that reads the margin, in the error raised when a set has no text of two
+    tokens or more (a one-token text has no next token to be likely).
     """
 
     def __init__(
@@ -46,12 +48,20 @@ class TopicMargin:
         *,
         batch: int = 8,
         seed: int = 0,
+        rule: str = "output",
     ) -> None:
         self.model, self.layout, self.site, self.sae = model, layout, site, sae
         self.device = model_device(model)
         self.pad = pad_token_id(tokenizer)
         self.align = self._encode(tokenizer, alignment)
         self.ref = self._encode(tokenizer, reference)
+        for name, rows in (("alignment", self.align), ("reference", self.ref)):
+            if not rows:
+                raise ValueError(
+                    f"{rule}: every {name} text is a single token, and the {rule} rule reads how "
+                    "likely a text's next tokens are: give texts of two tokens or more (a "
+                    "sentence or more)."
+                )
         self.batch = batch
         self.generator = torch.Generator().manual_seed(seed)
 

@@ -37,7 +37,7 @@ def output_rule(
     """Rows with a positive output score, ``k`` of them fitted to the mean difference."""
     if not 1 <= k <= sae.d_sae:
         raise ValueError(f"k must be between 1 and d_sae={sae.d_sae}, got {k}.")
-    delta, delta_raw = check_direction(sums)
+    delta, delta_raw = check_direction(sums, "output")
     rows = sae.W_dec.detach().double().cpu()
     output = rows @ margin.gradient()
     keep = torch.nonzero(output > 0).flatten()

@@ -99,7 +99,7 @@ def trained_rule(
         raise ValueError(f"Unknown objective {objective!r}; use 'preference' or 'lm_kl'.")
     if steps < 1 or pool < 1 or max_latents < 1:
         raise ValueError("steps, pool and max_latents must be at least 1.")
-    delta, delta_raw = check_direction(sums)
+    delta, delta_raw = check_direction(sums, "trained")
     rows = sae.W_dec.detach().double().cpu()
     cosine = rows @ delta / rows.norm(dim=1).clamp_min(1e-12)
     candidates = torch.topk(cosine, min(pool, sae.d_sae)).indices

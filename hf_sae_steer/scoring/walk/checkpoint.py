@@ -37,7 +37,7 @@ META_KEY = "hf_sae_steer_checkpoint"
 CHECKSUM_KEY = "hf_sae_steer_sha256"
 # Sums that only ever add non-negative terms: counts, activations (>= 0), d², norms, errors.
 NON_NEGATIVE = ("num", "den", "act_sum", "ref_norm_sum", "ref_norm_raw_sum", "align_sq_sum",
-                "align_sse")  # fmt: skip
+                "align_sse", "align_act_sum")  # fmt: skip
 
 
 class CheckpointError(ValueError):
@@ -175,6 +175,8 @@ def check_sums(
         raise refuse(f"it counts {align_n} alignment prompts in its sums but {size} in its run")
     if (t["ref_prompts"] > ref_n).any() or (t["align_prompts"] > align_n).any():
         raise refuse("a latent fires on more reference or alignment prompts than it counts")
+    if (t["align_act_tokens"] > t["align_tokens"]).any():
+        raise refuse("a latent is active on more alignment tokens than the sums count")
     if (t["act_tokens"] > t["ref_tokens"]).any():
         raise refuse("a latent is active on more reference tokens than it counts")
     fired = t["den"] > 0

@@ -47,7 +47,8 @@ class ScoringSums:
     ``docs/method.md``), ``ref_prompts`` = prompts it fires on. Reference tokens: their count,
     the sums of their hidden states in the SAE's input space (``x_sum``) and raw (``x_raw_sum``),
     of their norms, and per latent the activation sum and count of active tokens. Alignment:
-    the same token sums, prompts each latent fires on, and the SAE's squared error.
+    the same token sums, prompts each latent fires on, per latent the activation sum and count
+    of active tokens, and the SAE's squared error.
     """
 
     d_in: int
@@ -70,6 +71,8 @@ class ScoringSums:
     align_x_raw_sum: Tensor = field(init=False)
     align_sq_sum: Tensor = field(init=False)
     align_sse: Tensor = field(init=False)
+    align_act_sum: Tensor = field(init=False)
+    align_act_tokens: Tensor = field(init=False)
 
     def __post_init__(self) -> None:
         d, n = self.d_in, self.d_sae
@@ -83,6 +86,7 @@ class ScoringSums:
             "align_n": (1, torch.int64), "align_tokens": (1, torch.int64),
             "align_x_sum": (d, torch.float64), "align_x_raw_sum": (d, torch.float64),
             "align_sq_sum": (1, torch.float64), "align_sse": (1, torch.float64),
+            "align_act_sum": (n, torch.float64), "align_act_tokens": (n, torch.int64),
         }  # fmt: skip
         for name, (size, dtype) in shapes.items():
             setattr(self, name, _zeros(size, dtype))
@@ -205,6 +209,8 @@ class PromptPasses:
             sums.align_tokens += x.shape[0]
             sums.align_x_sum += xp.sum(dim=0, dtype=torch.float64).cpu()
             sums.align_x_raw_sum += x.sum(dim=0, dtype=torch.float64).cpu()
+            sums.align_act_sum += z.sum(dim=0, dtype=torch.float64).cpu()
+            sums.align_act_tokens += (z > 0).sum(dim=0).cpu()
 
         for _, raw in self.summaries(prompts, "counts", "alignment", on_tokens, limit):
             sums.align_prompts += (raw > 0).sum(dim=0)
