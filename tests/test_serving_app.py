@@ -331,7 +331,7 @@ def test_a_client_that_disconnects_frees_its_slot(tiny):
     with socket.create_connection(("127.0.0.1", int(url.rsplit(":", 1)[1]))) as raw:
         body = json.dumps(long).encode()
         raw.sendall(
-            b"POST /v1/completions HTTP/1.1\r\nHost: x\r\nContent-Type: "
+            b"POST /v1/completions HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: "
             b"application/json\r\nContent-Length: %d\r\n\r\n%s" % (len(body), body)
         )
         time.sleep(0.5)  # generating; then the client goes away without reading

@@ -14,11 +14,12 @@ from arch_models import hf, random_scores, tiny_sae, vector
 from hf_sae_steer.models import load_model
 from hf_sae_steer.sae.loading import load_sae
 from hf_sae_steer.scores.record import FeatureScores, load_scores
-from hf_sae_steer.serving.batch_decoder import NONFINITE, BatchDecoder, Row
+from hf_sae_steer.serving.batch_decoder import NONFINITE, BatchDecoder, Row, sample_rows
 from hf_sae_steer.serving.concepts import ConceptLibrary, ResolvedSteering
 from hf_sae_steer.serving.engine import GenerationRequest
 from hf_sae_steer.serving.sampling import Sampling
 from hf_sae_steer.serving.steering_items import parse_steering
+from hf_sae_steer.serving.token_choice import TokenChooser
 from hf_sae_steer.sites.names import Site
 from hf_sae_steer.steering.batched import BatchedSteering, SiteEdit
 from hf_sae_steer.steering.steered import SteeredModel
@@ -226,3 +227,89 @@ def test_max_tokens_0_scores_the_prompt_and_generates_nothing(gpt2, tokenizer):
         [float(want[j - 1, ids[j]]) for j in range(1, len(ids))], abs=1e-5
     )
     assert len(other.generated) == 2 and other.prompt_logprobs is None
+
+
+def test_sampling_values_that_overflow_decode_as_greedy_and_hurt_no_other_row(gpt2, tokenizer):
+    """The issue's reproducer at the decoder: temperature 1e-40 (logits / T overflow to inf,
+    softmax NaN) and top_p 1e-300 (0 in float32: every token dropped) beside greedy rows. Both
+    limits are greedy decoding: the rows get the argmax tokens, the others their own."""
+    library = ConceptLibrary(gpt2, [tiny_sae(layer=1, site="resid_post")], {})
+    prompts = [tokenizer(t)["input_ids"] for t in ("The patient", "A doctor examined the",
+                                                    "The river flows")]  # fmt: skip
+    greedy = [reference(gpt2, None, None, p, None, 6) for p in prompts]
+    tiny_t = Row(GenerationRequest(prompts[0], 6, Sampling(temperature=1e-40, seed=1)))
+    tiny_p = Row(GenerationRequest(prompts[1], 6, Sampling(temperature=1.0, top_p=1e-300)))
+    innocent = Row(GenerationRequest(prompts[2], 6, GREEDY))
+    with BatchedSteering(gpt2, library.sites) as batched:
+        decoder = BatchDecoder(gpt2, batched, eos_token_ids=frozenset(), pad_token_id=0)
+        run(decoder, [tiny_t, innocent, tiny_p], 3)
+    for row, want in zip((tiny_t, tiny_p, innocent), (greedy[0], greedy[1], greedy[2]),
+                         strict=True):  # fmt: skip
+        assert (row.done, row.error, row.generated) == ("length", None, want)
+
+
+def test_logits_that_are_nan_fail_only_their_row():
+    """A NaN logit (a broken model output, not a steering) ends that row with an error; the
+    sampler of the other rows never sees it."""
+    logits = torch.tensor([[0.5, float("nan"), 0.1], [0.2, 3.0, float("inf")], [0.0, 1.0, 2.0]])
+    rows = [Row(GenerationRequest([1], 4, Sampling(temperature=0.7, seed=3))) for _ in range(3)]
+    rows[2] = Row(GenerationRequest([1], 4, GREEDY))
+    for row in rows:
+        row.chooser = TokenChooser(row.request, frozenset())
+    sample_rows(rows, logits, bad=set(), eos=frozenset())
+    assert rows[0].done == "error" and "NaN" in rows[0].error and rows[0].generated == []
+    assert rows[1].generated == [2] and rows[2].generated == [2]  # +inf: that token, surely
+
+
+class PoisonAt:
+    """A real fault in a real forward pass: raise when a position at or past ``position`` is
+    fed (only the longest row ever gets there), or when ``token`` is in the input."""
+
+    def __init__(self, model, position=None, token=None):
+        self.position, self.token = position, token
+        self.handle = model.register_forward_pre_hook(self, with_kwargs=True)
+
+    def __call__(self, module, args, kwargs):
+        ids, positions = kwargs["input_ids"], kwargs.get("position_ids")
+        if self.token is not None and bool((ids == self.token).any()):
+            raise ValueError("poisoned token")
+        if self.position is not None and int(positions.max()) >= self.position:
+            raise ValueError("poisoned position")
+
+
+@pytest.mark.parametrize("where", ["prefill", "step"])
+def test_a_forward_pass_that_raises_fails_only_the_row_that_caused_it(gpt2, tokenizer, where):
+    """Bisection: the batch is retried in halves until the one row that raises is alone; it
+    ends with an error, every other row decodes exactly what it decodes alone (KV cache
+    restored after the failed pass)."""
+    library = ConceptLibrary(gpt2, [tiny_sae(layer=1, site="resid_post")], {})
+    texts = ("The patient", "A doctor", "The river flows", "Engineers built",
+             "A farmer planted wheat and barley in the spring and")  # fmt: skip
+    prompts = [tokenizer(t)["input_ids"] for t in texts]
+    poison_len = len(prompts[-1])
+    assert poison_len >= max(len(p) for p in prompts[:-1]) + 6
+    innocent = [reference(gpt2, None, None, p, None, 5) for p in prompts[:-1]]
+    if where == "prefill":
+        poison = PoisonAt(gpt2, token=prompts[-1][-1])
+        assert all(prompts[-1][-1] not in p + g for p, g in zip(prompts, innocent, strict=False))
+    else:
+        poison = PoisonAt(gpt2, position=poison_len + 2)  # its third step: 3 tokens made
+    try:
+        with BatchedSteering(gpt2, library.sites) as batched:
+            decoder = BatchDecoder(gpt2, batched, eos_token_ids=frozenset(), pad_token_id=0)
+            rows = [Row(GenerationRequest(p, 5, GREEDY)) for p in prompts]
+            order = [rows[4], rows[0], rows[1], rows[2], rows[3]]
+            run(decoder, order, 5)
+            assert decoder.rows == []
+            # the decoder goes on serving: a new batch, the poison gone
+            poison.handle.remove()
+            again = [Row(GenerationRequest(p, 5, GREEDY)) for p in prompts[:2]]
+            run(decoder, again, 2)
+    finally:
+        poison.handle.remove()
+    bad = rows[4]
+    assert bad.done == "error" and "poisoned" in bad.error and bad.status == 500
+    assert len(bad.generated) == (0 if where == "prefill" else 3)
+    for row, want in zip(rows[:4], innocent, strict=True):
+        assert (row.done, row.generated) == ("length", want)
+    assert [r.generated for r in again] == innocent[:2]

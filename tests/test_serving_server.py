@@ -45,6 +45,8 @@ def test_the_transformers_engine_starts_and_closes_cleanly():
         (["--concept", "a=x", "--concept", "a=y"], "Concept 'a' is given twice"),
         (["--concepts-dir", "/nonexistent"], "is not a folder"),
         (["--engine", "tgi"], "Unknown engine 'tgi'"),
+        (["--allowed-origins", "ui.example"], "--allowed-origins 'ui.example' is not an origin"),
+        (["--api-key", ""], "--api-key is empty"),
         (["--concept", f"m={DEMO / 'nothing'}"], "does not exist"),
         (["--model", str(DEMO / "model"), "--sae", str(DEMO / "sae"), "--concept",
           f"m={DEMO / 'scores'}", "--device", "banana"], "Unknown device 'banana'"),

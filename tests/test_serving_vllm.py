@@ -12,7 +12,9 @@ gets one engine for its whole class.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
+import time
 import warnings
 from pathlib import Path
 
@@ -509,3 +511,108 @@ class TestLlama:
         prompts = [tokenizer(t)["input_ids"] for t in (
             "The patient was", "A doctor examined the", "The river flows")]  # fmt: skip
         _check_engine(engine, model.eval(), prompts, "llama")
+
+
+# -- stopping the server: no vLLM process left behind -------------------------------------
+@needs_vllm
+@pytest.mark.parametrize("stop", ["SIGTERM", "SIGINT"])
+def test_stopping_serve_engine_vllm_leaves_no_process_behind(stop, tmp_path):
+    """``hf-sae-steer serve --engine vllm`` stopped by SIGTERM (or Ctrl-C) stops every process
+    vLLM started (EngineCore, workers). Before: uvicorn re-raised SIGTERM after its shutdown,
+    the process died before closing the engine, and EngineCore ran on with PPID 1."""
+    import signal
+    import subprocess
+    import sys
+
+    import httpx
+    import psutil
+
+    with socket_port() as port:
+        pass
+    cmd = [sys.executable, "-m", "hf_sae_steer", "serve", "--engine", "vllm", "--dtype",
+           "float32", "--max-context", "128", "--port", str(port), "--quiet",
+           "--shutdown-grace", "2"]  # fmt: skip
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "VLLM_CPU_KVCACHE_SPACE": "1",
+           "VLLM_CPU_NUM_OF_RESERVED_CPU": "0"}  # fmt: skip
+    log = tmp_path / "server.log"  # a file, not a pipe: a child left behind would hold a pipe
+    with open(log, "w") as out:
+        proc = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=out)
+    started: list[psutil.Process] = []
+    try:
+        url = f"http://127.0.0.1:{port}"
+        _wait_up(url, proc, log, timeout=600)
+        r = httpx.post(f"{url}/v1/completions", json={"prompt": "A doctor", "max_tokens": 4},
+                       timeout=120)  # fmt: skip
+        assert r.status_code == 200, r.text
+        started = psutil.Process(proc.pid).children(recursive=True)
+        assert started, "vLLM started no process of its own (EngineCore)"
+        proc.send_signal(getattr(signal, stop))
+        code = proc.wait(timeout=180)
+        _, alive = psutil.wait_procs(started, timeout=30)
+        err = log.read_text()
+        assert not alive, f"left running: {[(p.pid, p.name()) for p in alive]}\n{err[-2000:]}"
+        assert code == 0 and "Traceback" not in err, err[-3000:]
+    finally:  # never leave this test's processes behind, whatever failed
+        for p in [*started, psutil.Process(proc.pid)] if proc.poll() is None else started:
+            with contextlib.suppress(psutil.Error):
+                p.kill()
+
+
+def test_the_engine_stops_the_processes_it_started_and_only_those():
+    """The safety net behind vLLM's own shutdown, on a stand-in process tree (a child with a
+    grandchild that ignores SIGTERM): every listed process ends, an unlisted one runs on."""
+    import signal
+    import subprocess
+    import sys
+
+    psutil = pytest.importorskip("psutil")
+    from hf_sae_steer.serving.vllm_engine import _descendants, _stop_processes
+
+    before = {p.pid for p in _descendants()}
+    stubborn = ("import signal, subprocess, sys, time; signal.signal(signal.SIGTERM, "
+                "signal.SIG_IGN); subprocess.Popen([sys.executable, '-c', 'import time; "
+                "time.sleep(600)']); time.sleep(600)")  # fmt: skip
+    tree = subprocess.Popen([sys.executable, "-c", stubborn])
+    bystander, started = None, []
+    try:
+        deadline = time.monotonic() + 30
+        while len(psutil.Process(tree.pid).children()) < 1 and time.monotonic() < deadline:
+            time.sleep(0.05)
+        started = [p for p in _descendants() if p.pid not in before]
+        assert len(started) == 2
+        bystander = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(600)"])
+        _stop_processes(started, wait=2)
+        assert not any(p.is_running() and p.status() != psutil.STATUS_ZOMBIE for p in started)
+        assert bystander.poll() is None
+    finally:
+        for process in started:  # whatever failed, none of this test's processes stays
+            with contextlib.suppress(psutil.Error):
+                process.kill()
+        for proc in (tree, bystander):
+            if proc is not None and proc.poll() is None:
+                proc.send_signal(signal.SIGKILL)
+            if proc is not None:
+                proc.wait(timeout=10)
+
+
+@contextlib.contextmanager
+def socket_port():
+    import socket
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        yield sock.getsockname()[1]
+
+
+def _wait_up(url, proc, log, timeout):
+    import httpx
+
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            raise RuntimeError(f"The server exited: {log.read_text()[-3000:]}")
+        with contextlib.suppress(httpx.HTTPError):
+            if httpx.get(f"{url}/health", timeout=2).status_code == 200:
+                return
+        time.sleep(0.5)
+    raise TimeoutError("The vLLM server did not start.")

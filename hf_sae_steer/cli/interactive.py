@@ -66,7 +66,9 @@ def cmd_serve(args: argparse.Namespace) -> None:
     try:  # before loading the model: without FastAPI and uvicorn there is nothing to serve
         from hf_sae_steer.serving import server
         from hf_sae_steer.serving.concepts import concepts_in, parse_concept_args
+        from hf_sae_steer.serving.lifecycle import Lifecycle
         from hf_sae_steer.serving.prepare import ServeLimits
+        from hf_sae_steer.serving.security import AccessPolicy
         from hf_sae_steer.serving.served_models import ServedModels
     except ImportError as error:
         if (error.name or "").split(".")[0] not in ("fastapi", "uvicorn", "starlette"):
@@ -74,6 +76,11 @@ def cmd_serve(args: argparse.Namespace) -> None:
         raise ImportError(
             f"hf-sae-steer serve needs {error.name}: pip install 'hf_sae_steer[serve]'"
         ) from error
+    Lifecycle(args.shutdown_grace)  # before loading the model: a bad grace fails fast
+    policy = AccessPolicy.from_options(  # before loading the model: bad values fail fast
+        api_key=args.api_key, allowed_origins=args.allowed_origins,
+        allowed_hosts=args.allowed_hosts, bind=args.host,
+    )  # fmt: skip
     concepts = concepts_in(args.concepts_dir) if args.concepts_dir else {}
     for name, source in parse_concept_args(args.concept).items():
         if name in concepts:
@@ -99,6 +106,7 @@ def cmd_serve(args: argparse.Namespace) -> None:
         engine, library, host=args.host, port=args.port,
         limits=ServeLimits(max_prompt_chars=args.max_prompt_chars),
         served_names=(setup.served_name,), steered_models=args.steered_model, on_ready=ready,
+        policy=policy, shutdown_grace=args.shutdown_grace,
     )  # fmt: skip
 
 

@@ -276,6 +276,25 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--engine", default="transformers", help="transformers (default) or vllm")
     p.add_argument("--host", default="127.0.0.1", help="address to bind (default 127.0.0.1)")
     p.add_argument("--port", type=positive_int, default=8000, help="port (default 8000)")
+    p.add_argument(
+        "--api-key", help="clients must send Authorization: Bearer KEY (/health stays open; "
+        "default: $HF_SAE_STEER_API_KEY, else none)",
+    )  # fmt: skip
+    p.add_argument(
+        "--allowed-origins", nargs="+", default=[], metavar="ORIGIN",
+        help="web pages (scheme://host[:port], or *) allowed to call the server (CORS; default "
+        "none)",
+    )  # fmt: skip
+    p.add_argument(
+        "--allowed-hosts", nargs="+", default=[], metavar="HOST",
+        help="extra names the Host header may carry (default: IP addresses, localhost, the bind "
+        "address; * for any)",
+    )  # fmt: skip
+    p.add_argument(
+        "--shutdown-grace", type=float, default=30.0, metavar="SECONDS",
+        help="on SIGTERM/Ctrl-C, how long running requests may finish before they get 503 "
+        "(default 30)",
+    )  # fmt: skip
     p.add_argument("--served-model-name", help="the model id clients send (default: --model)")
     p.add_argument(
         "--steered-model", action="append", default=[], metavar="NAME=CONCEPT[:OPTIONS]",

@@ -2,14 +2,16 @@
 ``/v1/models``, server-sent-event streaming, and ``/health``, over any
 :class:`~hf_sae_steer.serving.engine.Engine`.
 
-A request walks: body read with a byte cap (413 beyond it, drained without being kept) ->
-JSON (400) -> schema (400) -> :func:`~hf_sae_steer.serving.prepare.prepare` in a worker
-thread (tokenize, budget, steering: 400/404) -> ``engine.submit`` of each choice (one per
-prompt and sample; 429 when the queue is full, and then none is queued) -> tokens -> each
+Before any route: the Host header, the origin, the content type and the API key
+(:mod:`.security`). A request walks: body read with a byte cap (413 beyond it, drained without
+being kept) -> JSON, not too deep and valid Unicode (400; :mod:`.body`) -> schema (400) ->
+:func:`~hf_sae_steer.serving.prepare.prepare` in a worker thread (tokenize, budget, steering:
+400/404) -> ``engine.submit`` of each choice (one per prompt and sample; 429 when the queue is
+full, and then none is queued; 503 once shutting down: :mod:`.lifecycle`) -> tokens -> each
 choice's text, logprobs and usage (:mod:`.choices`) -> the response. Every error is OpenAI's
-error JSON with a
-one-line message, and the server goes on serving. A client that disconnects cancels its
-request (streamed or not), which frees its slot in the batch.
+error JSON with a one-line message, and the server goes on serving. A client that disconnects
+cancels its request (streamed or not), which frees its slot in the batch. Every generation is
+counted for ``/metrics`` (:mod:`.metrics`; the other utility routes: :mod:`.utility_routes`).
 """
 
 from __future__ import annotations
@@ -27,6 +29,8 @@ from starlette.concurrency import run_in_threadpool
 from starlette.exceptions import HTTPException
 
 from hf_sae_steer.serving import openai_format as fmt
+from hf_sae_steer.serving import security
+from hf_sae_steer.serving.body import read_json
 from hf_sae_steer.serving.choices import Choice, choices_for, merged, usage
 from hf_sae_steer.serving.concepts import ConceptLibrary
 from hf_sae_steer.serving.engine import (
@@ -37,9 +41,13 @@ from hf_sae_steer.serving.engine import (
     TokenStream,
 )
 from hf_sae_steer.serving.errors import RequestError
+from hf_sae_steer.serving.lifecycle import Lifecycle
+from hf_sae_steer.serving.metrics import Metrics
 from hf_sae_steer.serving.prepare import Prepared, ServeLimits, prepare
 from hf_sae_steer.serving.requests import ParsedRequest, parse_chat, parse_completion
+from hf_sae_steer.serving.security import AccessPolicy, redact_paths
 from hf_sae_steer.serving.served_models import ServedModels
+from hf_sae_steer.serving.utility_routes import add_utility_routes
 
 
 def build_app(
@@ -49,11 +57,15 @@ def build_app(
     limits: ServeLimits | None = None,
     served_names: tuple[str, ...] = (),
     steered_models: Sequence[str] = (),
+    policy: AccessPolicy | None = None,
+    lifecycle: Lifecycle | None = None,
 ) -> FastAPI:
     """The app serving ``engine`` with ``library``'s concepts; the first served name is the
     model id clients see (default: the engine's name). ``steered_models``: the
     ``--steered-model NAME=CONCEPT[:OPTIONS]`` values, each resolved now (a bad one raises
-    here, before serving)."""
+    here, before serving). ``policy``: who may use it (API key, Host, CORS; :mod:`.security`),
+    by default loopback without a key. ``lifecycle``: its requests in flight and its shutdown
+    grace (:mod:`.lifecycle`)."""
     limits = limits or ServeLimits()
     names = served_names or (engine.name,)
     served = ServedModels.from_args(names, steered_models)
@@ -66,6 +78,14 @@ def build_app(
     created = int(time.time())
     app = FastAPI(title="hf-sae-steer", docs_url=None, redoc_url=None, openapi_url=None)
     app.state.engine, app.state.library = engine, library
+    security.install(app, policy or AccessPolicy())
+    lifecycle = lifecycle or Lifecycle()
+    metrics = Metrics(engine)
+    app.state.lifecycle, app.state.metrics = lifecycle, metrics
+    # 503 once shutting down, streams in flight tracked, every generation counted
+    engine = metrics.observe(lifecycle.gate(engine))
+    app.add_middleware(_Counted, metrics=metrics)  # outermost: refusals are counted too
+    add_utility_routes(app, engine, limits, served, metrics)
 
     @app.exception_handler(RequestError)
     async def request_error(request: Request, error: RequestError) -> JSONResponse:
@@ -79,7 +99,8 @@ def build_app(
 
     @app.exception_handler(Exception)
     async def internal_error(request: Request, error: Exception) -> JSONResponse:
-        message = f"Internal error ({type(error).__name__}): {error}".splitlines()[0]
+        message = f"Internal error ({type(error).__name__}): {redact_paths(str(error))}"
+        message = message.splitlines()[0]
         body = RequestError(message, kind="server_error").to_json()
         return JSONResponse(body, status_code=500)
 
@@ -112,28 +133,6 @@ def build_app(
         return await handle(request, parse_chat)
 
     return app
-
-
-async def read_json(request: Request, limit: int) -> Any:
-    """The JSON body; 413 past ``limit`` bytes (the rest is read and dropped, never kept)."""
-    declared = request.headers.get("content-length", "")
-    size, parts = 0, []
-    too_big = declared.isdigit() and int(declared) > limit
-    async for part in request.stream():
-        size += len(part)
-        if size > limit:
-            too_big = True
-        if not too_big:
-            parts.append(part)
-    if too_big:
-        raise RequestError(
-            f"The request body has {size} bytes; this server takes at most {limit}.",
-            status=413, code="request_too_large",
-        )  # fmt: skip
-    try:
-        return json.loads(b"".join(parts))
-    except (ValueError, UnicodeDecodeError) as error:
-        raise RequestError(f"The request body is not valid JSON ({error}).") from None
 
 
 def submit_all(engine: Engine, jobs: Sequence[GenerationRequest]) -> list[TokenStream]:
@@ -220,7 +219,10 @@ async def sse(
 def _raise_failure(done: Finished, stopped: bool) -> None:
     if done.reason == "error":
         kind = "invalid_request_error" if done.status < 500 else "server_error"
-        raise RequestError(done.error or "Generation failed.", status=done.status, kind=kind)
+        message = done.error or "Generation failed."
+        if done.status >= 500:  # the server's own failure: its paths stay in its log
+            message = redact_paths(message)
+        raise RequestError(message, status=done.status, kind=kind)
     if done.reason == "cancelled" and not stopped:
         raise RequestError(
             "The request was cancelled (the server is shutting down).", status=503,
@@ -235,6 +237,16 @@ async def _cancel_on_disconnect(request: Request, streams: Sequence[TokenStream]
             if message["type"] == "http.disconnect":
                 await _cancel_all(streams)
                 return
+
+
+class _Counted:
+    """ASGI middleware: :meth:`Metrics.count_http` around the app."""
+
+    def __init__(self, app: Any, metrics: Metrics) -> None:
+        self._app = metrics.count_http(app)
+
+    async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
+        await self._app(scope, receive, send)
 
 
 def _event(body: dict[str, Any]) -> str:

@@ -107,7 +107,11 @@ class TokenChooser:
 
     def _draw(self, scores: Tensor) -> int:
         s = self.sampling
-        scores = scores / s.temperature
+        # Shifted by the maximum, every score is <= 0 before the temperature divides it: no
+        # temperature can overflow the best to +inf (NaN after softmax). +inf logits become the
+        # largest float first, so only they can be drawn.
+        scores = scores.clamp(max=torch.finfo(scores.dtype).max)
+        scores = (scores - scores.max()) / s.temperature
         keep = torch.ones_like(scores, dtype=torch.bool)
         best = int(scores.argmax())
         if 0 < s.top_k < scores.shape[-1]:

@@ -11,8 +11,10 @@ Bounded resources: at most ``max_batch`` rows run at once and at most ``max_wait
 wait; :meth:`TransformersEngine.submit` raises :class:`EngineBusy` beyond that (HTTP 429).
 Tokens go back to each request's asyncio queue through its event loop
 (``call_soon_threadsafe``); cancelling a stream flags its row, which leaves the batch at the
-next step. A forward pass that raises fails the rows in it (one error event each) and the
-engine goes on serving.
+next step. A row that fails (its steering turned NaN, its forward pass raised, its sampling
+failed) ends alone with an error event; the decoder keeps the other rows going
+(:mod:`.batch_decoder`). Anything else that raises fails the rows running at that moment and
+the engine goes on serving.
 """
 
 from __future__ import annotations
@@ -249,7 +251,7 @@ class TransformersEngine:
             reason = "cancelled" if job.cancelled and not job.row.done else job.row.done
             key = {"cancelled": "cancelled", "error": "errors"}.get(reason, "completed")
             self._counts[key] += 1
-            job.finish(reason, job.row.error, status=400)  # the row's own steering failed
+            job.finish(reason, job.row.error, status=job.row.status)
 
     def _fail_all(self, message: str) -> None:
         with self._wake:

@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import asyncio
 import concurrent.futures
+import contextlib
 import hashlib
 import threading
 from collections.abc import AsyncIterator, Mapping
@@ -141,8 +142,10 @@ class VLLMEngine:
             target=self._loop.run_forever, name="hf-sae-steer-vllm", daemon=True
         )
         self._thread.start()
+        before = _descendants()
         try:
             self._llm = self._call(_make_llm(AsyncLLM, args))
+            self._processes = [p for p in _descendants() if p.pid not in {q.pid for q in before}]
             hooked = self._call(
                 self._llm.collective_rpc("hf_sae_steer_install", args=(self.setup,))
             )
@@ -190,6 +193,7 @@ class VLLMEngine:
         if self._loop.is_running():
             self._loop.call_soon_threadsafe(self._loop.stop)
             self._thread.join(timeout=10)
+        _stop_processes(getattr(self, "_processes", []))
 
     # -- one request, on the engine's loop ---------------------------------------------------
     async def _run(self, request: GenerationRequest, stream: _VLLMStream) -> None:
@@ -286,6 +290,35 @@ def _eos_token_ids(model_path: str, tokenizer: Any) -> set[int]:
 
         config = GenerationConfig.from_model_config(AutoConfig.from_pretrained(model_path))
     return eos_token_ids(SimpleNamespace(generation_config=config), tokenizer)  # type: ignore[arg-type]
+
+
+def _descendants() -> list[Any]:
+    """This process's children and theirs (psutil comes with vLLM)."""
+    try:
+        import psutil
+    except ImportError:
+        return []
+    return psutil.Process().children(recursive=True)
+
+
+def _stop_processes(processes: list[Any], wait: float = 10.0) -> None:
+    """End the processes vLLM started (EngineCore, its workers) that its own shutdown left
+    running: SIGTERM, then SIGKILL after ``wait`` seconds. Only those: they were listed as
+    new children of this process when the engine started."""
+    if not processes:
+        return
+    import psutil
+
+    alive = []
+    for process in processes:
+        with contextlib.suppress(psutil.Error):
+            process.terminate()
+            alive.append(process)
+    _, alive = psutil.wait_procs(alive, timeout=wait)
+    for process in alive:
+        with contextlib.suppress(psutil.Error):
+            process.kill()
+    psutil.wait_procs(alive, timeout=wait)
 
 
 def _entry(token: int, logprobs: Mapping[int, Any], k: int) -> TokenLogprob:
