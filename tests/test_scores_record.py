@@ -97,7 +97,7 @@ def test_save_and_load_local(fitted, tmp_path):
     assert (loaded.rule, loaded.recommended, loaded.calibration) == (
         fitted.rule, fitted.recommended, fitted.calibration
     )
-    assert loaded.rule == "mean_diff" and loaded.recommended["method"] == "add"
+    assert loaded.rule == "output" and loaded.recommended["method"] == "add"
     assert {"latents", "weights", "delta", "delta_raw", "typical_activation"} <= set(loaded.stats)
     assert torch.equal(loaded.latent_weights()[0], fitted.latent_weights()[0])
 

@@ -38,23 +38,31 @@ def test_the_fit_records_topic_latents_and_a_calibrated_suppression(fitted):
     latents, odds, bias = scores.topic_latents()
     assert 1 <= len(latents) <= 10 and odds is None and bias is None
     rec = scores.recommended_away
-    assert rec.method == "suppress" and rec.preserve_error and rec.calibrated
+    assert rec.method == "vector" and rec.preserve_error and rec.calibrated  # CAA subtraction
     away = scores.calibration.away
-    assert away.method == "suppress" and away.strength == rec.strength
+    assert away.method == "vector" and away.strength == rec.strength
     assert [p["strength"] for p in away.curve] == sorted(p["strength"] for p in away.curve)
     assert all(p["neutral_ratio"] is None or p["neutral_ratio"] > 0 for p in away.curve)
     text = str(scores.report())
-    assert re.search(r"steer away +suppress at strength", text) and "away curve" in text
+    assert re.search(r"steer away +vector at strength", text) and "away curve" in text
     assert re.search(r"steer toward +add at strength", text)
 
 
 def test_default_away_is_the_recommended_suppression(gpt2, fitted):
+    """The recommendation (CAA subtraction at its calibrated strength), and ``suppress`` on the
+    topic's latents when asked for."""
     sae, ref, scores = fitted
-    topic = scores.topic_latents()[0].tolist()
-    strength = scores.recommended_away.strength
+    v, strength = scores.stats["delta_raw"], scores.recommended_away.strength
     want = reference_logits(gpt2, IDS, lambda h: steer_sequence(
-        ref, h, "suppress", None, strength=strength, topic=topic))  # fmt: skip
+        ref, h, "vector", None, strength=-strength, vector=v))  # fmt: skip
     with SteeredModel(gpt2, sae, scores=scores, direction="away") as steered:
+        got = steered(IDS).logits
+    torch.testing.assert_close(got, want, atol=1e-4, rtol=1e-4)
+    topic = scores.topic_latents()[0].tolist()
+    want = reference_logits(gpt2, IDS, lambda h: steer_sequence(
+        ref, h, "suppress", None, strength=1.5, topic=topic))  # fmt: skip
+    with SteeredModel(gpt2, sae, scores=scores, direction="away", method="suppress",
+                      strength=1.5) as steered:  # fmt: skip
         got = steered(IDS).logits
     torch.testing.assert_close(got, want, atol=1e-4, rtol=1e-4)
     assert not steering_hooks(gpt2)
@@ -87,7 +95,8 @@ def test_away_refuses_methods_that_write_a_topic_in(gpt2, fitted):
 def test_calibrated_away_strength_and_the_round_trip(gpt2, fitted, tmp_path):
     sae, _, scores = fitted
     with SteeredModel(gpt2, sae, scores=scores, direction="away", strength="calibrated") as s:
-        assert s.interventions[0].strength == pytest.approx(scores.calibration.away.strength)
+        # CAA subtraction: x - s v, so the intervention adds -s times the mean difference
+        assert s.interventions[0].strength == pytest.approx(-scores.calibration.away.strength)
     back = load_scores(scores.save_pretrained(tmp_path / "art"))
     assert back.recommended_away == scores.recommended_away
     assert back.calibration.away == scores.calibration.away

@@ -7,8 +7,10 @@ set's tokens compared with the reference set's (from the fit's sums). Latents th
 words) turned out not to lower the topic's share of generated text on the demo's tuning topics;
 latents that carry much of the topic's activation mass did (``scripts/explore_away.py``).
 
-The recommended suppression is ``suppress`` on those latents (``z_i -> (1 - s) z_i`` where they
-fire, the SAE's error kept). Its strength is calibrated like the toward steering's: continuations
+``SteeredModel(direction="away", method="suppress")`` attenuates those latents where they fire
+(``z_i -> (1 - s) z_i``, the SAE's error kept). The *recommended* suppression is CAA
+subtraction, the benchmark's winner on its tuning topics (``docs/benchmark.md``); its strength
+is calibrated like the toward steering's: continuations
 of neutral prompts, unsteered and suppressed at a few strengths with the same seeds, scored by
 their perplexity under the unsteered model; the strength is the largest whose paired perplexity
 ratio stays under :data:`AWAY_TARGET_RATIO` (a suppression should leave unrelated text alone). The
@@ -36,7 +38,7 @@ AWAY_K = 10
 # Alignment tokens a latent must fire on before it can be a topic latent.
 MIN_ALIGNMENT_TOKENS = 3
 AWAY_TARGET_RATIO = 1.1
-AWAY_GRID = (0.5, 1.0, 2.0)
+AWAY_GRID = (0.25, 0.5, 1.0)
 # Prompts of each kind the suppression is measured on (one sample each): a cheap calibration.
 AWAY_PROMPTS = 12
 INVITING_WORDS = 4
@@ -53,8 +55,16 @@ def topic_latents(sums: ScoringSums, k: int = AWAY_K) -> Tensor:
     return order[torch.isfinite(key[order])]
 
 
-def recommend_away(latents: Tensor) -> Recommendation | None:
-    """``suppress`` the topic's latents at strength 1 (zeroed where they fire), until calibrated."""
+def recommend_away(latents: Tensor, has_direction: bool = True) -> Recommendation | None:
+    """The default suppression: CAA subtraction (``vector`` away, ``x - s v``), which lowered
+    the topic's share of text most within a neutral-perplexity budget on the benchmark's tuning
+    topics (``docs/benchmark.md``: ahead of directional ablation and of clamping the topic's
+    latents); strength 1 (the whole mean difference) until calibrated. Without a mean
+    difference, ``suppress`` on the topic's latents."""
+    if has_direction:
+        return Recommendation(
+            "vector", 1.0, True, None, "subtracts the topic's mean difference (CAA subtraction)"
+        )
     if len(latents) == 0:
         return None
     return Recommendation(

@@ -89,7 +89,7 @@ def from_sums(
         quality=report,
         rule=rule,
         recommended=recommended,
-        recommended_away=recommend_away(away),
+        recommended_away=recommend_away(away, has_direction="delta_raw" in stats),
         calibration=Calibration(sums.mean_norm(), sums.mean_norm(raw=True)),
         **fields,
     )
