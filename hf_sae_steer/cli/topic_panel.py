@@ -20,6 +20,7 @@ import gradio as gr
 from hf_sae_steer.cli.playground import Playground
 from hf_sae_steer.cli.settings import PlaygroundError
 from hf_sae_steer.cli.topics import (
+    DONE,
     FAILED,
     MIN_EXAMPLES,
     FitStatus,
@@ -106,17 +107,22 @@ class TopicPanel:
             text: str,
             file: str | None,
             progress: gr.Progress = gr.Progress(),  # noqa: B008 - Gradio's progress bar
-        ) -> Iterator[str]:
+        ) -> Iterator[list[Any]]:
             try:
                 examples, name = examples_from_inputs(text, file)
                 run = topics.start(examples, name)
             except Exception as error:  # noqa: BLE001 - the page shows one line, never a trace
-                yield f"⚠️ {_message(error)}"
+                yield [f"⚠️ {_message(error)}", False]
                 return
             while not run.wait(POLL_SECONDS):
                 progress(run.status.fraction, desc=run.status.phase)
-                yield _status_text(run.status)
-            yield _status_text(run.status)
+                yield [_status_text(run.status), False]
+            yield [_status_text(run.status), run.status.state == DONE]
+
+        def refresh_if_fitted(fitted: bool) -> list[Any]:
+            # Bad input or a failed fit leaves the page alone: refreshing it anyway would race
+            # a generation started meanwhile and overwrite its status line.
+            return refresh() if fitted else keep
 
         def reset_clicked() -> list[Any]:
             try:
@@ -129,9 +135,10 @@ class TopicPanel:
             return "cancelling …" if topics.cancel() else "no fit is running"
 
         # The progress bar covers the status line only; the rest follows once the fit ends.
-        self.fit.click(fit_clicked, [self.texts, self.upload], self.state,
+        fitted = gr.State(False)
+        self.fit.click(fit_clicked, [self.texts, self.upload], [self.state, fitted],
                        api_visibility="private").then(
-            refresh, None, outputs, show_progress="hidden", api_visibility="private"
+            refresh_if_fitted, fitted, outputs, show_progress="hidden", api_visibility="private"
         )  # fmt: skip
         self.reset.click(reset_clicked, None, [self.state, *outputs], api_visibility="private")
         self.save.click(self._save_clicked, None, [self.download, self.state],
