@@ -8,9 +8,14 @@ from typing import Any
 
 import numpy as np
 
-from hf_sae_steer.evaluation.away import ABLATION, BUDGETS, CAA_SUBTRACTION, lowers
+from hf_sae_steer.evaluation.away import (
+    ABLATION,
+    BUDGETS,
+    CAA_SUBTRACTION,
+    DEFAULT_SUPPRESSION,
+    lowers,
+)
 
-DEFAULT_SUPPRESSION = "default suppression"
 MAIN_BUDGET = 1.10
 
 
@@ -199,13 +204,13 @@ def section(runs: list[dict[str, Any]], samples: int) -> list[str]:
         "resampled independently. Conditions: CAA subtraction (`vector`, the artifact's mean "
         "difference at negative norm fractions), directional ablation (the hidden state minus s "
         "times its projection on that difference: s = 1 removes it; Arditi et al. 2024), "
-        "`clamp top-k` (the default artifact's top "
-        "latents multiplied by 1 - s where they fire: s = 1 zeroes them, s > 1 makes them "
-        "negative; SAE error kept), random latents edited alike (the control at equal "
-        "strength)" + (", the library's default suppression and its other suppressions."
-                       if DEFAULT_SUPPRESSION in labels(runs) else
-                       ". The library had no suppression of its own (`direction=\"away\"`) "
-                       "when this ran, so none is compared."),
+        "`suppress (library)` (`SteeredModel(..., method=\"suppress\", direction=\"away\")`: "
+        "the artifact's topic latents scaled by 1 - s where they fire, error kept; "
+        "`docs/method.md` §9) or, for runs from before the library had it, `clamp top-k` (the "
+        "artifact's top `mean_diff` latents edited alike), random latents edited alike (the "
+        "control at equal strength), and the **default suppression**: `direction=\"away\"` "
+        "with the artifact's recommended suppression at its calibrated strength (calibrated on "
+        "the tuning prompts, as a fit does).",
         "",
         *verdicts(held),
         "",
