@@ -109,6 +109,8 @@ def run_topics(a: argparse.Namespace, topics: list, runs_dir: Path) -> None:
     )
     from hf_sae_steer.evaluation.judges import CachedEmbedder, build_judge, load_judge_texts
     from hf_sae_steer.models import load_model
+    from hf_sae_steer.scoring.away import AWAY_PROMPTS
+    from hf_sae_steer.scoring.fit import _calibrate_away
 
     model, tok = load_model(str(a.demo / "model"))
     sae = load_sae(a.demo / "sae")
@@ -148,6 +150,12 @@ def run_topics(a: argparse.Namespace, topics: list, runs_dir: Path) -> None:
                         model, tok, sae, topic, reference, {plan.name: plan.fit_options()},
                         seed=a.seed, extra={"embedder": embedder},
                     )  # fmt: skip
+                # The away recommendation's strength, measured as a fit with calibrate_strength
+                # does (docs/method.md §9) on the tuning prompts, without the toward calibration.
+                _calibrate_away(
+                    model, tok, sae, artifacts[DEFAULT_CANDIDATE], topic.fit, embedder,
+                    neutral=prompt_sets["tuning"][:AWAY_PROMPTS], seed=a.seed,
+                )  # fmt: skip
                 neutral = prompt_sets["heldout"][: a.n_prompts]  # never the calibration prompts
                 away = run_away_topic(
                     model, tok, sae, topic, artifacts, DEFAULT_CANDIDATE, neutral,

@@ -17,6 +17,8 @@ from hf_sae_steer.evaluation.away import (
     ABLATION,
     BUDGETS,
     CAA_SUBTRACTION,
+    DEFAULT_SUPPRESSION,
+    SUPPRESS,
     inviting_prompts,
     run_away_topic,
     save_away,
@@ -115,10 +117,13 @@ def test_both_directions_run_judged_and_the_report_is_written(topics_dir, tokeni
             max_new_tokens=6, embedder=letters, n_boot=50,
         )  # fmt: skip
     assert away.inviting == inviting_prompts(topic.eval, 3)
-    assert {r["label"] for r in away.analysis["points"]} == {
-        CAA_SUBTRACTION, ABLATION, "clamp top-3", "random 3 latents"}  # fmt: skip
-    assert len(away.analysis["budgets"]) == 4 * len(BUDGETS) * 2  # conditions x budgets x measures
-    clamp = next(r for r in away.analysis["budgets"] if r["label"] == "clamp top-3")
+    k = len(run.artifacts["md"].topic_latents()[0])
+    want = {CAA_SUBTRACTION, ABLATION, SUPPRESS, f"random {k} latents", DEFAULT_SUPPRESSION}
+    assert {r["label"] for r in away.analysis["points"]} == want
+    assert len(away.analysis["budgets"]) == 5 * len(BUDGETS) * 2  # conditions x budgets x measures
+    default = [r for r in away.analysis["points"] if r["label"] == DEFAULT_SUPPRESSION]
+    assert [r["point"] for r in default] == [run.artifacts["md"].recommended_away.strength]
+    clamp = next(r for r in away.analysis["budgets"] if r["label"] == SUPPRESS)
     assert {"vs " + CAA_SUBTRACTION, "vs " + ABLATION} <= set(clamp)
     assert all(torch.equal(a, b) for a, b in zip(weights, model.parameters(), strict=True))
 
@@ -132,14 +137,14 @@ def test_both_directions_run_judged_and_the_report_is_written(topics_dir, tokeni
     text = path.read_text()
     assert "### Toward, held-out topics" in text and "| river |" in text
     assert "# Away: suppressing a topic" in text and "CAA subtraction" in text
-    assert "There is no default suppression yet" in text
+    assert "The default suppression lowers P(topic)" in text
     assert json.loads((tmp_path / "out" / "benchmark.json").read_text())["away_topics"] == ["river"]
     readme = tmp_path / "README.md"
     readme.write_text(f"intro\n{README_START}\nold\n{README_END}\nrest\n")
     assert update_readme(readme, runs, "x", away=away_runs)
     new = readme.read_text()
     assert "old" not in new and "| mean_diff k=10 |" in new and new.endswith("rest\n")
-    assert "| clamp top-3 |" in new
+    assert f"| {SUPPRESS} |" in new
     (tmp_path / "plain.md").write_text("no markers")
     assert not update_readme(tmp_path / "plain.md", runs, "x")
 

@@ -46,9 +46,11 @@ from hf_sae_steer.steering.interventions import LatentEdit
 BUDGETS = (1.05, 1.10)
 CAA_SUBTRACTION = "CAA subtraction"
 ABLATION = "directional ablation"
+SUPPRESS = "suppress (library)"
+DEFAULT_SUPPRESSION = "default suppression"
 # norm fractions of the subtracted mean difference (negated), and strengths of latent edits
-SUBTRACT_GRID = (0.05, 0.1, 0.2, 0.4)
-EDIT_STRENGTHS = (1.0, 2.0, 4.0)
+SUBTRACT_GRID = (0.1, 0.2, 0.4)
+EDIT_STRENGTHS = (1.0, 2.0, 3.0)
 ABLATION_STRENGTHS = (0.5, 1.0, 2.0)  # 1 projects the direction out, 2 reflects it
 
 
@@ -88,29 +90,40 @@ def random_latents(d_sae: int, avoid: Sequence[int], n: int, seed: int) -> list[
 def away_conditions(
     artifact: str, latents: Sequence[int], d_sae: int, *, seed: int = 0,
     subtract: Sequence[float] = SUBTRACT_GRID, strengths: Sequence[float] = EDIT_STRENGTHS,
-    extra: Sequence[Condition] = (),
+    recommended: Any = None, library: bool = True, extra: Sequence[Condition] = (),
 ) -> list[Condition]:  # fmt: skip
     """``orig``; CAA subtraction (``vector`` along ``artifact``'s mean difference, negative norm
     fractions); directional ablation of that difference
-    (:func:`~hf_sae_steer.evaluation.baselines.directional_ablation`); the artifact's ``latents``
-    multiplied towards 0 and below where they fire; as many random latents edited alike (the
-    control at equal strength); then ``extra``."""
-    edits = latent_edits(latents)
+    (:func:`~hf_sae_steer.evaluation.baselines.directional_ablation`); with ``library`` the
+    library's ``suppress`` (``direction="away"``: the artifact's topic latents, conditional)
+    at ``strengths``, else ``latents`` multiplied towards 0 and below where they fire; as many
+    random latents edited alike (the control at equal strength); the artifact's
+    ``recommended`` suppression (its ``recommended_away``) as one point; then ``extra``."""
     control = latent_edits(random_latents(d_sae, latents, len(latents), seed))
     rhos = tuple(-abs(r) for r in subtract)
     k = len(latents)
-    return [
+    away = (("direction", "away"),)
+    out = [
         Condition("orig"),
         Condition(CAA_SUBTRACTION, "vector", scores=artifact, preserve_error=True,
                   norm_fractions=rhos),
         Condition(ABLATION, scores=artifact, baseline="ablation",
                   strengths=ABLATION_STRENGTHS),
-        Condition(f"clamp top-{k}", "sae", scores=artifact, preserve_error=True,
-                  strengths=tuple(strengths), options=(("edits", edits),)),
-        Condition(f"random {k} latents", "sae", scores=artifact, preserve_error=True,
-                  strengths=tuple(strengths), options=(("edits", control),)),
-        *extra,
     ]  # fmt: skip
+    if library:
+        out.append(Condition(SUPPRESS, "suppress", scores=artifact, preserve_error=True,
+                             strengths=tuple(strengths), options=away))  # fmt: skip
+    else:
+        edits = (("edits", latent_edits(latents)),)
+        out.append(Condition(f"clamp top-{k}", "sae", scores=artifact, preserve_error=True,
+                             strengths=tuple(strengths), options=edits))  # fmt: skip
+    out.append(Condition(f"random {k} latents", "sae", scores=artifact, preserve_error=True,
+                         strengths=tuple(strengths), options=(("edits", control),)))  # fmt: skip
+    if recommended is not None:
+        out.append(Condition(DEFAULT_SUPPRESSION, recommended.method, scores=artifact,
+                             preserve_error=True, strengths=(float(recommended.strength),),
+                             options=away))  # fmt: skip
+    return [*out, *extra]
 
 
 def split_curves(
@@ -227,8 +240,14 @@ def run_away_topic(
     prompts, judged by ``measure`` (``evaluate``'s alignment and classifier options), and
     :func:`analyse` it against CAA subtraction and every ``extra`` condition."""
     inviting = inviting_prompts(topic.eval, n_inviting, seed=seed)
-    latents = chosen_latents(artifacts[artifact], k)
-    conditions = away_conditions(artifact, latents, sae.d_sae, seed=seed, extra=extra)
+    scores = artifacts[artifact]
+    topic_latents = scores.topic_latents()
+    library = topic_latents is not None
+    latents = topic_latents[0].tolist() if library else chosen_latents(scores, k)
+    conditions = away_conditions(
+        artifact, latents, sae.d_sae, seed=seed, recommended=scores.recommended_away,
+        library=library, extra=extra,
+    )  # fmt: skip
     result = evaluate(
         model, tokenizer, sae, artifacts, inviting + list(neutral), conditions=conditions,
         samples=samples, max_new_tokens=max_new_tokens, seed=seed, batch_size=batch_size,
@@ -236,7 +255,9 @@ def run_away_topic(
     )  # fmt: skip
     against = [CAA_SUBTRACTION, ABLATION, *(c.name for c in extra)]
     analysis = analyse(result.samples, len(inviting), against=against, n_boot=n_boot, seed=seed)
-    config = {"latents": latents, "n_inviting": len(inviting), "n_neutral": len(neutral),
+    rec = scores.recommended_away
+    config = {"latents": latents, "recommended_away": rec.to_json() if rec else None,
+              "n_inviting": len(inviting), "n_neutral": len(neutral),
               "samples": samples, "max_new_tokens": max_new_tokens,
               "conditions": [c.name for c in conditions],
               "seconds": result.config.get("seconds")}  # fmt: skip

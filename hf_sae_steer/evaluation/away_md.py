@@ -8,9 +8,14 @@ from typing import Any
 
 import numpy as np
 
-from hf_sae_steer.evaluation.away import ABLATION, BUDGETS, CAA_SUBTRACTION, lowers
+from hf_sae_steer.evaluation.away import (
+    ABLATION,
+    BUDGETS,
+    CAA_SUBTRACTION,
+    DEFAULT_SUPPRESSION,
+    lowers,
+)
 
-DEFAULT_SUPPRESSION = "default suppression"
 MAIN_BUDGET = 1.10
 
 
@@ -143,13 +148,23 @@ def verdicts(held: list[dict[str, Any]]) -> list[str]:
     out = []
     if DEFAULT_SUPPRESSION in all_labels:
         k = sum(default_lowers(r) for r in held)
+        rows = [budget_row(r, DEFAULT_SUPPRESSION, MAIN_BUDGET) for r in held]
+        vs = []
+        for other in (CAA_SUBTRACTION, ABLATION):
+            stand = [standing(x, other) for x in rows if x]
+            vs.append(f"{other}: ahead on {stand.count('ahead')}, tied on "
+                      f"{stand.count('tied')}, behind on {stand.count('behind')}")  # fmt: skip
         out.append(f"- **The default suppression lowers P(topic) on inviting prompts (interval "
                    f"below 0) at neutral perplexity ≤ {MAIN_BUDGET:.2f}× on {k} of {n} held-out "
-                   "topics.**")  # fmt: skip
+                   "topics** (its own point, at its calibrated strength). Read at the "
+                   f"{MAIN_BUDGET:.2f}× budget (interpolated from the unsteered model to its "
+                   "point where the point costs more), against " + "; against ".join(vs)
+                   + ".")  # fmt: skip
     else:
         out.append("- **There is no default suppression yet** (the library recommends no away "
                    "steering), so the question is answered for each method below.")  # fmt: skip
-    for label in all_labels:
+    curves_only = [lab for lab in all_labels if lab != DEFAULT_SUPPRESSION]
+    for label in curves_only:
         rows = [budget_row(r, label, MAIN_BUDGET) for r in held]
         k = sum(lowers(x) for x in rows if x)
         parts = [f"`{label}` lowers P(topic) within {MAIN_BUDGET:.2f}× neutral perplexity on "
@@ -161,7 +176,7 @@ def verdicts(held: list[dict[str, Any]]) -> list[str]:
             parts.append(f"against {other}: ahead on {stand.count('ahead')}, tied on "
                          f"{stand.count('tied')}, behind on {stand.count('behind')}")  # fmt: skip
         out.append("- " + "; ".join(parts) + ".")
-    best = max(all_labels, key=lambda lab: sum(
+    best = max(curves_only, key=lambda lab: sum(
         lowers(budget_row(r, lab, MAIN_BUDGET)) for r in held))  # fmt: skip
     k = sum(lowers(budget_row(r, best, MAIN_BUDGET)) for r in held)
     vector = best in (CAA_SUBTRACTION, ABLATION)
@@ -199,13 +214,13 @@ def section(runs: list[dict[str, Any]], samples: int) -> list[str]:
         "resampled independently. Conditions: CAA subtraction (`vector`, the artifact's mean "
         "difference at negative norm fractions), directional ablation (the hidden state minus s "
         "times its projection on that difference: s = 1 removes it; Arditi et al. 2024), "
-        "`clamp top-k` (the default artifact's top "
-        "latents multiplied by 1 - s where they fire: s = 1 zeroes them, s > 1 makes them "
-        "negative; SAE error kept), random latents edited alike (the control at equal "
-        "strength)" + (", the library's default suppression and its other suppressions."
-                       if DEFAULT_SUPPRESSION in labels(runs) else
-                       ". The library had no suppression of its own (`direction=\"away\"`) "
-                       "when this ran, so none is compared."),
+        "`suppress (library)` (`SteeredModel(..., method=\"suppress\", direction=\"away\")`: "
+        "the artifact's topic latents scaled by 1 - s where they fire, error kept; "
+        "`docs/method.md` §9) or, for runs from before the library had it, `clamp top-k` (the "
+        "artifact's top `mean_diff` latents edited alike), random latents edited alike (the "
+        "control at equal strength), and the **default suppression**: `direction=\"away\"` "
+        "with the artifact's recommended suppression at its calibrated strength (calibrated on "
+        "the tuning prompts, as a fit does).",
         "",
         *verdicts(held),
         "",
