@@ -11,7 +11,10 @@ from __future__ import annotations
 import importlib
 from typing import TYPE_CHECKING, Any
 
-__version__ = "0.3.0"
+from hf_sae_steer import _moved
+from hf_sae_steer._version import __version__
+
+_moved.install()  # the import paths 0.4 moved keep working for one release
 
 # public name -> the module that defines it
 _EXPORTS = {
@@ -23,10 +26,11 @@ _EXPORTS = {
     "ModelLayout": "hf_sae_steer.sites.layouts",
     "find_layout": "hf_sae_steer.sites.layouts",
     "resolve_site": "hf_sae_steer.sites.resolve",
-    "METHODS": "hf_sae_steer.steering.interventions",
+    "METHODS": "hf_sae_steer.steering.names",
     "Intervention": "hf_sae_steer.steering.interventions",
     "LatentEdit": "hf_sae_steer.steering.interventions",
-    "POSITIONS": "hf_sae_steer.steering.positions",
+    "POSITIONS": "hf_sae_steer.steering.names",
+    "DIRECTIONS": "hf_sae_steer.steering.names",
     "SteeredModel": "hf_sae_steer.steering.steered",
     "BatchedSteering": "hf_sae_steer.steering.batched",
     "BatchRows": "hf_sae_steer.steering.batched",
@@ -35,12 +39,19 @@ _EXPORTS = {
     "SteeringLogitsProcessor": "hf_sae_steer.steering.guidance",
     "remove_steering": "hf_sae_steer.steering.live",
     "steering_suspended": "hf_sae_steer.steering.live",
-    "FeatureScores": "hf_sae_steer.scoring",
-    "ScoreReport": "hf_sae_steer.scoring.uncertainty",
-    "load_prompts": "hf_sae_steer.scoring.prompts",
-    "open_prompts": "hf_sae_steer.scoring.sources",
-    "CheckpointError": "hf_sae_steer.scoring.checkpoint",
-    "load_scores": "hf_sae_steer.scoring.record",
+    "steering_effect": "hf_sae_steer.steering.effect",
+    "effect_of": "hf_sae_steer.steering.effect",
+    "SteeringEffect": "hf_sae_steer.scores.effect",
+    "TokenEffect": "hf_sae_steer.scores.effect",
+    "FeatureScores": "hf_sae_steer.scoring.fit",
+    "fit_scores": "hf_sae_steer.scoring.fit",
+    "Recommendation": "hf_sae_steer.scores.recommendation",
+    "FluencyCalibration": "hf_sae_steer.scores.recommendation",
+    "ScoreReport": "hf_sae_steer.scores.uncertainty",
+    "load_prompts": "hf_sae_steer.data.prompts",
+    "open_prompts": "hf_sae_steer.data.sources",
+    "CheckpointError": "hf_sae_steer.scoring.walk.checkpoint",
+    "load_scores": "hf_sae_steer.scores.record",
     "evaluate": "hf_sae_steer.evaluation.sweep",
     "EvalResult": "hf_sae_steer.evaluation.result",
 }
@@ -50,13 +61,16 @@ __all__ = [
     "BatchRows",
     "BatchedSteering",
     "CheckpointError",
+    "DIRECTIONS",
     "EvalResult",
     "FeatureScores",
+    "FluencyCalibration",
     "Intervention",
     "LatentEdit",
     "METHODS",
     "ModelLayout",
     "POSITIONS",
+    "Recommendation",
     "SAE",
     "SAEConfig",
     "SITES",
@@ -64,39 +78,47 @@ __all__ = [
     "Site",
     "SiteEdit",
     "SteeredModel",
+    "SteeringEffect",
     "SteeringLogitsProcessor",
     "SteeringSpec",
+    "TokenEffect",
+    "effect_of",
     "evaluate",
     "find_layout",
+    "fit_scores",
     "load_prompts",
     "load_sae",
     "load_scores",
     "open_prompts",
     "remove_steering",
     "resolve_site",
+    "steering_effect",
     "steering_suspended",
 ]
 
 if TYPE_CHECKING:
+    from hf_sae_steer.data.prompts import load_prompts
+    from hf_sae_steer.data.sources import open_prompts
     from hf_sae_steer.evaluation.result import EvalResult
     from hf_sae_steer.evaluation.sweep import evaluate
     from hf_sae_steer.sae.base import SAE
     from hf_sae_steer.sae.config import SAEConfig
     from hf_sae_steer.sae.loading import load_sae
-    from hf_sae_steer.scoring import FeatureScores
-    from hf_sae_steer.scoring.checkpoint import CheckpointError
-    from hf_sae_steer.scoring.prompts import load_prompts
-    from hf_sae_steer.scoring.record import load_scores
-    from hf_sae_steer.scoring.sources import open_prompts
-    from hf_sae_steer.scoring.uncertainty import ScoreReport
+    from hf_sae_steer.scores.effect import SteeringEffect, TokenEffect
+    from hf_sae_steer.scores.recommendation import FluencyCalibration, Recommendation
+    from hf_sae_steer.scores.record import load_scores
+    from hf_sae_steer.scores.uncertainty import ScoreReport
+    from hf_sae_steer.scoring.fit import FeatureScores, fit_scores
+    from hf_sae_steer.scoring.walk.checkpoint import CheckpointError
     from hf_sae_steer.sites.layouts import ModelLayout, find_layout
     from hf_sae_steer.sites.names import SITES, Site
     from hf_sae_steer.sites.resolve import resolve_site
     from hf_sae_steer.steering.batched import BatchedSteering, BatchRows, SiteEdit
+    from hf_sae_steer.steering.effect import effect_of, steering_effect
     from hf_sae_steer.steering.guidance import SteeringLogitsProcessor
-    from hf_sae_steer.steering.interventions import METHODS, Intervention, LatentEdit
+    from hf_sae_steer.steering.interventions import Intervention, LatentEdit
     from hf_sae_steer.steering.live import remove_steering, steering_suspended
-    from hf_sae_steer.steering.positions import POSITIONS
+    from hf_sae_steer.steering.names import DIRECTIONS, METHODS, POSITIONS
     from hf_sae_steer.steering.steered import SteeredModel, SteeringSpec
 
 

@@ -25,10 +25,6 @@ from hf_sae_steer.models import (
     model_device,
     pad_token_id,
 )
-from hf_sae_steer.sae.base import SAE
-from hf_sae_steer.steering.interventions import Method
-from hf_sae_steer.steering.positions import Positions
-from hf_sae_steer.steering.steered import Scores, SteeredModel
 
 SEED_STRIDE = 1_000_003
 TokenIds = Sequence[int]
@@ -53,11 +49,31 @@ def sampling_options(
     temperature: float = 1.0,
     top_k: int | None = 50,
     top_p: float = 1.0,
+    repetition_penalty: float = 1.0,
+    no_repeat_ngram_size: int = 0,
 ) -> dict[str, Any]:
-    """``generate`` keyword arguments; sampling settings only when sampling."""
+    """``generate`` keyword arguments; sampling settings only when sampling, repetition control
+    (``repetition_penalty`` > 1 lowers tokens already in the text; ``no_repeat_ngram_size`` N
+    forbids any N-gram twice) only when asked for."""
     options: dict[str, Any] = {"max_new_tokens": max_new_tokens, "do_sample": do_sample}
     if do_sample:
         options.update(temperature=temperature, top_k=top_k, top_p=top_p)
+    if not (math.isfinite(repetition_penalty) and repetition_penalty > 0):
+        raise ValueError(
+            f"repetition_penalty must be a positive number (1: none; 1.3 discourages repeats), "
+            f"got {repetition_penalty}."
+        )
+    if isinstance(no_repeat_ngram_size, bool) or not (
+        isinstance(no_repeat_ngram_size, int) and no_repeat_ngram_size >= 0
+    ):
+        raise ValueError(
+            f"no_repeat_ngram_size must be a whole number >= 0 (0: none; 3 forbids repeating "
+            f"any three tokens), got {no_repeat_ngram_size!r}."
+        )
+    if repetition_penalty != 1.0:
+        options["repetition_penalty"] = float(repetition_penalty)
+    if no_repeat_ngram_size:
+        options["no_repeat_ngram_size"] = no_repeat_ngram_size
     return options
 
 
@@ -178,6 +194,8 @@ def continue_prompts(
     temperature: float = 1.0,
     top_k: int | None = 50,
     top_p: float = 1.0,
+    repetition_penalty: float = 1.0,
+    no_repeat_ngram_size: int = 0,
     seed: int = 0,
     batch_size: int = 8,
     progress: bool = False,
@@ -189,58 +207,13 @@ def continue_prompts(
         temperature=temperature,
         top_k=top_k,
         top_p=top_p,
+        repetition_penalty=repetition_penalty,
+        no_repeat_ngram_size=no_repeat_ngram_size,
     )
     check_prompt_chars(model, tokenizer, prompts, max_new_tokens)
     gen = Generator(tokenizer, prompts, seed=seed, batch_size=batch_size, options=options)
     continuations, _ = gen.run(model, progress=progress)
     return [c.text for c in continuations]
-
-
-def compare_methods(
-    model: nn.Module,
-    tokenizer: Any,
-    sae: SAE,
-    scores: Scores,
-    prompts: Sequence[str],
-    methods: Sequence[Method | None] = (None,),
-    *,
-    layer: int | None = None,
-    site: str | None = None,
-    strength: float | None = None,
-    preserve_error: bool | None = None,
-    clamp_value: float | None = None,
-    positions: Positions = "all",
-    allow_score_mismatch: bool = False,
-    include_base: bool = True,
-    **generation: Any,
-) -> list[dict[str, str]]:
-    """Base and steered continuations side by side: one row per prompt, one key per method
-    (``"base"`` too unless ``include_base=False``); every run draws the same random numbers.
-    A method of ``None`` is the scores' recommended steering, under the key ``"recommended"``;
-    ``strength``/``preserve_error`` left as ``None`` follow SteeredModel's defaults."""
-    rows: list[dict[str, str]] = [{"prompt": p} for p in prompts]
-    if include_base:
-        texts = continue_prompts(model, tokenizer, prompts, **generation)
-        for row, text in zip(rows, texts, strict=True):
-            row["base"] = text
-    for method in methods:
-        with SteeredModel(
-            model,
-            sae,
-            layer=layer,
-            site=site,  # type: ignore[arg-type]
-            method=method,
-            scores=scores,
-            strength=strength,
-            preserve_error=preserve_error,
-            clamp_value=clamp_value,
-            positions=positions,
-            allow_score_mismatch=allow_score_mismatch,
-        ) as steered:
-            texts = continue_prompts(steered, tokenizer, prompts, **generation)
-        for row, text in zip(rows, texts, strict=True):
-            row[method or "recommended"] = text
-    return rows
 
 
 def _cuda_devices(device: torch.device) -> list[int]:
@@ -296,8 +269,10 @@ def perplexity(
             # empty prompt the first one has no context and is not scored.
             scored[r, max(len(p), 1) - 1 : len(p) + len(c) - 1] = True
         ids, mask = ids.to(device), mask.to(device)
-        logp = model(input_ids=ids, attention_mask=mask).logits[:, :-1].float().log_softmax(-1)
-        nll = -logp.gather(-1, ids[:, 1:, None]).squeeze(-1).double().cpu()
+        logits = model(input_ids=ids, attention_mask=mask).logits[:, :-1].float()
+        # -log softmax at the target, without writing the whole log-softmax out
+        picked = logits.gather(-1, ids[:, 1:, None]).squeeze(-1)
+        nll = (logits.logsumexp(-1) - picked).double().cpu()
         total = (nll * scored).sum(dim=1)
         count = scored.sum(dim=1)
         out[rows] = torch.where(count > 0, (total / count.clamp_min(1)).exp(), math.nan)

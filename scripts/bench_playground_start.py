@@ -4,7 +4,8 @@ from launching the process to the chat's first prompt, and to the app's first HT
     python scripts/bench_playground_start.py [--runs 3]
 
 Each run is a fresh process (imports, model and SAE loading included), offline. Prints the
-times of every run and their median; nothing is asserted (the tests never time anything).
+times of every run, their median and the machine's load average (quote the times with it);
+nothing is asserted (the tests never time anything).
 """
 
 from __future__ import annotations
@@ -77,11 +78,16 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--runs", type=int, default=3)
     args = parser.parse_args()
+    before = os.getloadavg()
     for name, measure in (("chat", chat_start), ("app", app_start)):
         times = [measure() for _ in range(args.runs)]
         runs = ", ".join(f"{t:.1f}" for t in times)
         print(f"{name:<5} start: median {statistics.median(times):.1f} s  (runs: {runs} s)")
-    print(f"({os.cpu_count()} CPUs; demo assets; imports and model loading included)")
+    after = os.getloadavg()
+    print(
+        f"({os.cpu_count()} CPUs, 1-minute load average {before[0]:.1f} before and "
+        f"{after[0]:.1f} after; demo assets; imports and model loading included)"
+    )
 
 
 if __name__ == "__main__":

@@ -41,8 +41,8 @@ import torch
 from transformers import GPT2Config, GPT2LMHeadModel
 
 from hf_sae_steer import FeatureScores, load_prompts
+from hf_sae_steer.data.embedders import embed_prompts
 from hf_sae_steer.sae import SAEConfig, build_sae
-from hf_sae_steer.scoring.embedders import embed_prompts
 
 STORAGE = Path(__file__).resolve().parents[2] / "shared" / "seed" / "storage"
 # shape -> (GPT2Config overrides, SAE latents, hooked layer); TopK(32) SAE at resid_post.
@@ -216,7 +216,7 @@ def bench_memory(args: argparse.Namespace, sizes: list[int]) -> None:
 
 
 def bench_processes(args: argparse.Namespace, counts: list[int], n: int) -> None:
-    from hf_sae_steer.scoring.record import FeatureScores
+    from hf_sae_steer.scores.record import FeatureScores
 
     cores = os.cpu_count() or 1
     with tempfile.TemporaryDirectory() as tmp:

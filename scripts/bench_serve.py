@@ -1,5 +1,5 @@
 """Throughput of ``hf-sae-steer serve``: requests/s and tokens/s at 1, 8 and 32 concurrent
-clients, steered (add, vector, swap) and unsteered on the same server, and their ratio.
+clients, steered (add, vector, swap, clamp) and unsteered on the same server, and their ratio.
 
     python scripts/bench_serve.py [--engine transformers|vllm] [--clients 1,8,32]
         [--requests 64] [--max-tokens 32] [--rounds 3] [--shape demo|gpt2-small]
@@ -42,6 +42,7 @@ CONDITIONS = {
     "add": [{"concept": "medical", "method": "add"}],
     "vector": [{"vector": "medical"}],
     "swap": [{"concept": "medical", "method": "swap"}],
+    "clamp": [{"concept": "medical", "method": "clamp"}],
 }
 PROMPTS = [
     "The children went", "A doctor", "She opened the door and looked at the",
@@ -108,7 +109,8 @@ def measure(args: argparse.Namespace, url: str, model: str, pid: int | None) -> 
     for clients in args.clients:
         n = max(args.requests, clients)
         runs: dict[str, list[dict]] = {name: [] for name in args.conditions}
-        asyncio.run(one_level(url, model, None, clients, clients, 4))  # warm up this level
+        for name in args.conditions:  # warm up this level; a steering's first use builds it
+            asyncio.run(one_level(url, model, CONDITIONS[name], clients, clients, 4))
         for _ in range(args.rounds):
             for name in args.conditions:
                 result = asyncio.run(
@@ -138,7 +140,7 @@ def build_gpt2_small(folder: Path) -> list[str]:
 
     from hf_sae_steer.cli.demo import find_assets
     from hf_sae_steer.sae.base import SAEConfig, build_sae
-    from hf_sae_steer.scoring.record import FeatureScores
+    from hf_sae_steer.scores.record import FeatureScores
 
     demo = find_assets()
     torch.manual_seed(0)
@@ -199,7 +201,7 @@ def main() -> None:
     p.add_argument("--engine", default="transformers", choices=["transformers", "vllm"])
     p.add_argument("--url", help="benchmark a running server instead of starting one")
     p.add_argument("--clients", default="1,8,32", help="concurrency levels")
-    p.add_argument("--conditions", default="none,add,vector,swap")
+    p.add_argument("--conditions", default="none,add,vector,swap,clamp")
     p.add_argument("--requests", type=int, default=64, help="requests per condition and level")
     p.add_argument("--max-tokens", type=int, default=32)
     p.add_argument("--rounds", type=int, default=3, help="interleaved rounds (median taken)")

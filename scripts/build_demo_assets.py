@@ -271,12 +271,12 @@ def samples(
     return out
 
 
-SCORE_ARTIFACTS = {"scores": "mean_diff", "scores_seed": "seed"}
+SCORE_ARTIFACTS = {"scores": "output", "scores_seed": "seed"}
 
 
 def build_scores(out: Path, info: dict) -> None:
     """Fit the score artifacts (docs/method.md §3, §6) with the real MiniLM embedder: `scores/`
-    with the default rule (mean_diff) and `scores_seed/` with the reference rule."""
+    with the default rule (output) and `scores_seed/` with the reference rule."""
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     from hf_sae_steer import FeatureScores, load_prompts
@@ -297,7 +297,9 @@ def build_scores(out: Path, info: dict) -> None:
         report = scores.report()
         info["scores"][folder] = {
             "rule": rule, "fit_s": time.time() - t0, "summary": scores.summary,
-            "recommended": scores.recommended, **report.to_dict(),
+            "recommended": scores.recommended and scores.recommended.to_json(),
+            "recommended_away": scores.recommended_away and scores.recommended_away.to_json(),
+            **report.to_dict(),
         }  # fmt: skip
         print(f"  {folder} ({rule}): coverage {report.coverage:.3f}, FVU {report.fvu:.3f}, "
               f"recommended {scores.recommended}")  # fmt: skip

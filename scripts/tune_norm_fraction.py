@@ -5,7 +5,7 @@
 The rule, applied to the ``add`` steering of a ``mean_diff`` fit: the largest norm fraction of
 1/8, 1/4, 1/2, 1 whose continuations stay under 2x the unsteered perplexity with 95% confidence
 (the upper bound of the paired geometric-mean ratio's interval).
-``hf_sae_steer.scoring.calibration.NORM_FRACTION`` records the result; the evaluation
+``hf_sae_steer.steering.strength.NORM_FRACTION`` records the result; the evaluation
 (scripts/run_demo_eval.py) then checks it on held-out prompts.
 """
 

@@ -5,6 +5,8 @@ Shares no code with hf_sae_steer: it is the yardstick the library is measured ag
 
 from __future__ import annotations
 
+import math
+
 import torch
 
 
@@ -47,7 +49,7 @@ class ReferenceOpenAISAE:
 
 def steer_token(
     sae, x, method, scores, preserve_error=False, strength=1.0, *, clamp=None, added=None,
-    vector=None,
+    vector=None, topic=None, log_odds=None, bias=None,
 ):  # fmt: skip
     """x: one position's hidden state [d]; returns the steered state (float64).
 
@@ -57,6 +59,10 @@ def steer_token(
     x = x.double()
     if method == "vector":
         return x + strength * torch.as_tensor(vector).double()
+    if method == "ablate":  # project the unit direction out, times the strength
+        d = torch.as_tensor(vector).double()
+        d = d / d.norm()
+        return x - strength * float(x.detach() @ d) * d
     s = None if scores is None else torch.as_tensor(scores).double()
     xp, info = sae.preprocess(x)
     pre = sae.pre(xp)
@@ -78,6 +84,19 @@ def steer_token(
     elif method == "swap":
         chosen = sae.act(pre * s) != 0
         z_new = torch.where(chosen, pre, torch.zeros_like(pre))
+    elif method == "suppress":  # the topic latents scaled by (1 - gate), where they fire
+        gate = 1.0
+        if log_odds is not None:
+            total = bias
+            for i, w in zip(topic, log_odds, strict=True):
+                if z[i] > 0:
+                    total += w
+            gate = 1.0 / (1.0 + math.exp(-total))
+        z_new = z.clone()
+        for i in topic:
+            z_new[i] = z[i] * (1.0 - gate)
+        x_new = x + sae.decode(z_new, info) - sae.decode(z, info)  # the error always kept
+        return x + strength * (x_new - x)
     else:
         raise ValueError(method)
     if preserve_error:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -10,6 +11,7 @@ from pathlib import Path
 import pytest
 
 from hf_sae_steer.cli.main import main
+from hf_sae_steer.scores.record import load_scores
 
 DEMO = Path(__file__).resolve().parents[1] / "storage" / "demo"
 ASSETS = f"--model {DEMO / 'model'} --sae {DEMO / 'sae'}"
@@ -50,7 +52,7 @@ def test_generate_json_matches_the_python_api(capsys):
     from hf_sae_steer import SteeredModel, load_sae
     from hf_sae_steer.generation import continue_prompts
     from hf_sae_steer.models import load_model
-    from hf_sae_steer.scoring.record import load_scores
+    from hf_sae_steer.scores.record import load_scores
 
     model, tok = load_model(str(DEMO / "model"))
     sae = load_sae(DEMO / "sae")
@@ -93,6 +95,15 @@ def test_score_writes_an_artifact_and_prints_the_report(capsys, tmp_path):
     assert code == 0, err
     assert (out_dir / "scores.safetensors").is_file() and (out_dir / "README.md").is_file()
     assert "coverage" in out.lower()
+    saved = load_scores(out_dir)  # the effect in words is printed, as the artifact records it
+    assert saved.effect is not None and saved.effect.format(latents=0) in out
+    assert "What the recommended steering does, in words:\nnext token (16 neutral" in out
+    # the fit's time and the calibration's share of it, as the artifact records them
+    last = out.strip().splitlines()[-1]
+    assert last.startswith("Fitted in ") and "of which calibrating the strength" in last
+    options = json.loads((out_dir / "steering_config.json").read_text())["options"]
+    assert f"{options['calibration_seconds']:.1f} s" in last
+    assert f"({options['calibration_tokens']:,} LM tokens)" in last
 
 
 def test_score_bad_input(capsys, tmp_path):
@@ -156,6 +167,27 @@ def test_demo_runs_offline_on_the_shipped_assets(capsys):
     assert "coverage" in out and "Measured on 20 prompts x 1 samples" in out
     measured = [line for line in out.splitlines() if "Δ cosine" in line]
     assert len(measured) == 2 and all("Δ P(topic)" in line for line in measured)
+    assert "What the recommended steering does, in words:" in out and "  words   " in out
+    assert "3 sampled continuations per prompt" in out and "repetition_penalty 1.3" in out
+    shown = out.split(">>> ")[1].split("\n\n")[0].splitlines()
+    assert len(shown) == 1 + 3 * 3  # the prompt, then three samples of each of three columns
+
+
+def test_demo_names_the_words_it_raises_and_its_samples_show_them(capsys):
+    """The shipped demo, its shown part at full size: the marked words are the effect's words,
+    and the recommended steering's continuations hold more of them than the base model's."""
+    code, out, err = run(capsys, "demo --samples 1")
+    assert code == 0, err
+    effect_words = re.search(r"\n  words   (.*)\n", out).group(1).split(", ")
+    listed = re.search(r"raises most \((.*)\)\.\n", out).group(1).split(", ")
+    assert len(listed) == 20 and listed[:8] == [w.rsplit(" ", 1)[0] for w in effect_words]
+    assert all(float(w.rsplit(" ", 1)[1]) > 0 for w in effect_words)
+    shown = out.split(">>> ", 1)[1].split("\nTopic words in")[0]
+    marks = re.findall(r"\[([^\]\s]+)\]", shown)
+    assert marks and all(any(m.startswith(w) for w in listed) for m in marks)
+    counts = dict(re.findall(r"(base|recommended|swap \(reference\)) (\d+)", out.split(
+        "Topic words in the 18 continuations shown per condition: ")[1].splitlines()[0]))
+    assert int(counts["recommended"]) > int(counts["base"])
 
 
 def test_demo_bad_input(capsys, tmp_path):
@@ -227,3 +259,26 @@ def test_chat_and_app_bad_setup_is_one_line(capsys):
     assert_one_line_error(code, err, "Unknown method 'amplify'")
     code, _, err = run(capsys, f"app {STEER} --compare-model /no/such/model")
     assert_one_line_error(code, err, "/no/such/model")
+
+
+def test_generate_away_matches_the_python_api(capsys):
+    prompt = "The doctor said"
+    code, out, err = run(
+        capsys,
+        f"generate {STEER} --direction away --methods recommended,vector --max-new-tokens 8 --json",
+        "--prompt", prompt,
+    )  # fmt: skip
+    assert code == 0, err
+    (row,) = json.loads(out)
+    from hf_sae_steer import SteeredModel, load_sae
+    from hf_sae_steer.generation import continue_prompts
+    from hf_sae_steer.models import load_model
+
+    model, tok = load_model(str(DEMO / "model"))
+    sae, scores = load_sae(DEMO / "sae"), load_scores(DEMO / "scores")
+    for method in (None, "vector"):
+        with SteeredModel(model, sae, scores=scores, method=method, direction="away") as steered:
+            want = continue_prompts(steered, tok, [prompt], max_new_tokens=8)[0]
+        assert row[method or "recommended"] == want
+    code, _, err = run(capsys, f"generate {STEER} --direction away --methods add", "--prompt", "A")
+    assert_one_line_error(code, err, "direction='away' steers with suppress, ablate, vector")

@@ -15,7 +15,7 @@ import pytest
 from hf_sae_steer.generation import continue_prompts
 from hf_sae_steer.models import load_model
 from hf_sae_steer.sae.loading import load_sae
-from hf_sae_steer.scoring.record import load_scores
+from hf_sae_steer.scores.record import load_scores
 from hf_sae_steer.steering.steered import SteeredModel
 
 pexpect = pytest.importorskip("pexpect", reason="pexpect drives the terminal: pip install pexpect")
@@ -25,7 +25,7 @@ DEMO = Path(__file__).resolve().parents[1] / "storage" / "demo"
 
 def demo_strength() -> str:
     """The demo artifact's recommended strength as the playground prints it."""
-    from hf_sae_steer.scoring.record import load_scores
+    from hf_sae_steer.scores.record import load_scores
 
     return f"{load_scores(DEMO / 'scores').recommended['strength']:.3g}"
 PROMPT = "The children went"
@@ -69,6 +69,18 @@ def expected_texts(prompt: str) -> tuple[str, str]:
         return base, continue_prompts(steered, tokenizer, [prompt], max_new_tokens=TOKENS)[0]
 
 
+def expected_effect() -> str:
+    """The effect in words of the steering the chat has when it is asked for it (swap: on the
+    reference rule's scores, as the demo's)."""
+    from hf_sae_steer.steering.effect import effect_of
+
+    model, tokenizer = load_model(str(DEMO / "model"))
+    return effect_of(
+        model, tokenizer, load_sae(DEMO / "sae"), scores=load_scores(DEMO / "scores_seed"),
+        method="swap", strength=0.5, preserve_error=True, positions="generated",
+    ).format()  # fmt: skip
+
+
 def test_chat_in_a_terminal(tmp_path):
     base, steered = expected_texts(PROMPT)
     child, banner = spawn(tmp_path)
@@ -82,10 +94,11 @@ def test_chat_in_a_terminal(tmp_path):
         child.expect(turn_line("base", base))
         child.expect(turn_line("steered", steered))
 
-        type_line(child, ":method swap")
-        child.expect_exact("steering: swap at strength 1, preserve_error off, positions all")
+        type_line(child, ":method swap")  # the demo's swap: on the reference rule's scores
+        child.expect_exact("steering: swap on the reference rule's scores (seed) at strength 1, "
+                           "preserve_error off, positions all")  # fmt: skip
         type_line(child, ":strength 0.5")
-        child.expect_exact("steering: swap at strength 0.5,")
+        child.expect_exact("steering: swap on the reference rule's scores (seed) at strength 0.5,")
         type_line(child, ":positions generated")
         child.expect_exact("positions generated")
         type_line(child, ":error on")
@@ -98,6 +111,10 @@ def test_chat_in_a_terminal(tmp_path):
         child.expect(r"\n\s+3\s+\d+\s+\d\.\d{3}")  # the third row
         type_line(child, ":report")
         child.expect_exact("coverage")
+        type_line(child, ":effect")  # what the current steering (swap at 0.5 ...) does
+        child.expect_exact("(seed) at strength 0.5, preserve_error on, positions generated")
+        for line in expected_effect().splitlines()[:5]:  # next token, then the lens's label
+            child.expect_exact(line)
         type_line(child, ":history")
         child.expect(rf"1  {PROMPT}\s+2  {PROMPT}\s+3  {PROMPT}")
 
@@ -111,7 +128,7 @@ def test_chat_in_a_terminal(tmp_path):
             type_line(child, line)
             child.expect_exact(message)
         type_line(child, ":settings")  # the loop is still alive after bad input
-        child.expect_exact("steering: swap at strength 0.5, preserve_error on")
+        child.expect_exact("(seed) at strength 0.5, preserve_error on")
 
         child.expect_exact("> ")
         child.sendeof()  # Ctrl-D
@@ -129,7 +146,7 @@ def test_chat_fits_your_topic_and_saves_it(tmp_path):
     from topic_texts import FOOD, fit_on_demo, steered_on_demo
 
     from hf_sae_steer.cli.demo import recommended_line
-    from hf_sae_steer.scoring.record import FeatureScores
+    from hf_sae_steer.scores.record import FeatureScores
 
     base, loaded_steered = expected_texts(PROMPT)
     topic = fit_on_demo(FOOD)
@@ -139,10 +156,13 @@ def test_chat_fits_your_topic_and_saves_it(tmp_path):
     (tmp_path / "mine").mkdir()
     (tmp_path / "mine" / "notes.txt").write_text("keep me")
     (tmp_path / "reference.txt").write_text((DEMO / "reference.txt").read_text())
+    os.mkfifo(tmp_path / "pipe")
     child, _ = spawn(tmp_path, "--reference", "reference.txt")  # the demo's, named on the line
     try:
         type_line(child, PROMPT)
         child.expect(turn_line("steered", loaded_steered))
+        type_line(child, ":method swap")  # picked for the loaded scores: a new topic drops it
+        child.expect_exact("steering: swap on")
         type_line(child, ":topic")
         child.expect_exact("Paste at least 4 example texts of your topic, one per line")
         for text in [*FOOD, ""]:
@@ -151,13 +171,14 @@ def test_chat_fits_your_topic_and_saves_it(tmp_path):
         child.expect_exact("fitting your topic: 6 example texts against 150 reference prompts")
         child.expect(r"fitting\s+\d+%")  # the progress line
         child.expect_exact("fitted your topic (6 pasted texts) in")
+        child.expect_exact("note: steering as your topic's scores recommend (not :method swap)")
         strength = f"{topic.recommended['strength']:.3g}"
         child.expect_exact(f"steering: add (the scores' recommendation) at strength {strength}")
         type_line(child, PROMPT)
         child.expect(turn_line("base", base))
         child.expect(turn_line("steered", topic_steered))
         child.expect_exact("> ")
-        child.send(UP_ARROW * 3 + "\r")  # the pasted texts are not in the history
+        child.send(UP_ARROW * 4 + "\r")  # the pasted texts are not in the history
         child.expect(turn_line("steered", topic_steered))
         type_line(child, ":report")
         child.expect_exact(recommended_line(topic))
@@ -178,6 +199,10 @@ def test_chat_fits_your_topic_and_saves_it(tmp_path):
             (":topic missing.txt", "! Cannot read example texts from missing.txt: No such"),
             (":save mine", "! mine holds files the playground did not write"),
             (":save", "! :save takes a folder: :save DIR"),
+            (":topic pipe", "! Cannot read example texts from pipe: pipe is not a regular file"),
+            (":save empty.txt/sub", "! Cannot create"),
+            (":save /dev/null", "! /dev/null is not a folder (a device, a FIFO or a socket)"),
+            (":save " + "x" * 300, "File name too long"),
         ]:
             type_line(child, line)
             child.expect_exact(message)
@@ -259,3 +284,21 @@ def test_chat_reads_bad_input_from_a_pipe(tmp_path):
     assert "New tokens must be a whole number from 1 to 512; got '1.5'" in out
     assert out.count(":seed takes a whole number from 0 to 4294967295") == 2
     assert "steering:" in out and re.search(r"steered\s+\d+\.\d\d s\s+'", out)
+
+
+def test_chat_swap_says_which_scores_it_steers_with(tmp_path):
+    # issue 23: --reference-scores (the demo: its scores_seed) is what swap steers with.
+    setup = ["--model", str(DEMO / "model"), "--sae", str(DEMO / "sae"), "--scores",
+             str(DEMO / "scores")]  # fmt: skip
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false"}
+    said = {}
+    for name, extra in [("seed", ["--reference-scores", str(DEMO / "scores_seed")]),
+                        ("none", [])]:  # fmt: skip
+        done = subprocess.run(
+            [sys.executable, "-m", "hf_sae_steer", "chat", "--quiet", *setup, *extra],
+            input=b":method swap\n", capture_output=True, env=env, cwd=tmp_path, timeout=WAIT,
+        )  # fmt: skip
+        assert done.returncode == 0, done.stderr.decode()[-2000:]
+        said[name] = done.stdout.decode()
+    assert "steering: swap on the reference rule's scores (seed) at strength 1," in said["seed"]
+    assert "steering: swap on the loaded scores (rule mean_diff) at strength 1," in said["none"]

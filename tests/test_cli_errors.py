@@ -203,6 +203,10 @@ def test_unwritable_outputs_are_refused_up_front(capsys, tmp_path, no_model, fla
         (["--rule", "support", "--prior-prompts", "-1"], "--prior-prompts"),
         (["--rule", "seed", "--k", "3"], "--k"),
         (["--rule", "mean_diff", "--prior-prompts", "3"], "--prior-prompts"),
+        (["--target-ratio", "1e9"], "must be a perplexity ratio above 1 and below 100, got 1e"),
+        (["--target-ratio", "1"], "--target-ratio"),
+        (["--target-ratio", "nan"], "--target-ratio"),
+        (["--no-calibrate", "--target-ratio", "3"], "calibrate_strength=False (--no-calibrate)"),
     ],
 )
 def test_score_options_are_checked_up_front(capsys, tmp_path, no_model, extra, message):

@@ -3,6 +3,7 @@ library's generation path gives for the same settings; bad input raises one clea
 
 from __future__ import annotations
 
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
@@ -12,6 +13,7 @@ from hf_sae_steer.cli.playground import BASE, COMPARE, STEERED, Playground
 from hf_sae_steer.cli.settings import (
     PlaygroundError,
     Settings,
+    parse_direction,
     parse_method,
     parse_positions,
     parse_seed,
@@ -28,7 +30,7 @@ DEMO = Path(__file__).resolve().parents[1] / "storage" / "demo"
 
 def demo_strength() -> str:
     """The demo artifact's recommended strength as the playground prints it."""
-    from hf_sae_steer.scoring.record import load_scores
+    from hf_sae_steer.scores.record import load_scores
 
     return f"{load_scores(DEMO / 'scores').recommended['strength']:.3g}"
 PROMPT = "The children went"
@@ -56,16 +58,70 @@ def test_run_matches_the_library_for_the_recommended_steering(playground):
 
 
 def test_settings_reach_the_steering(playground):
-    settings = Settings(method="swap", strength=0.5, positions="generated", preserve_error=True,
+    settings = Settings(method="clamp", strength=0.5, positions="generated", preserve_error=True,
                         max_new_tokens=10)  # fmt: skip
     outputs = playground.run(PROMPT, settings)
     want = _steered_text(
-        playground, PROMPT, method="swap", strength=0.5, positions="generated", preserve_error=True
+        playground, PROMPT, method="clamp", strength=0.5, positions="generated", preserve_error=True
     )
     assert outputs[STEERED].text == want
     assert playground.describe(settings) == (
-        "swap at strength 0.5, preserve_error on, positions generated"
+        "clamp at strength 0.5, preserve_error on, positions generated"
     )
+
+
+def test_swap_means_what_the_demo_means(playground):
+    # issue 23: the demo's swap steered with the reference rule's scores, the chat's with the
+    # default ones. Now both use the reference rule's scores, and say so.
+    from hf_sae_steer.cli.demo import REFERENCE, run_demo
+    from hf_sae_steer.scores.record import load_scores
+
+    seed = load_scores(DEMO / "scores_seed")
+    assert seed.rule == "seed" and playground.reference_scores is not None
+    settings = Settings(method="swap", strength=0.5, preserve_error=True, max_new_tokens=10)
+    outputs = playground.run(PROMPT, settings)
+    with SteeredModel(playground.model, playground.sae, scores=seed, method="swap",
+                      strength=0.5, preserve_error=True) as steered:  # fmt: skip
+        want = continue_prompts(steered, playground.tokenizer, [PROMPT], max_new_tokens=10)[0]
+    assert outputs[STEERED].text == want
+    # (the default scores swap to another text: the check above tells the two apart)
+    assert want != _steered_text(playground, PROMPT, method="swap", strength=0.5,
+                                 preserve_error=True)  # fmt: skip
+    assert playground.describe(settings) == (
+        "swap on the reference rule's scores (seed) at strength 0.5, preserve_error on, "
+        "positions all"
+    )
+    shown = run_demo(prompts=[PROMPT], alignment=None, n_prompts=1, max_new_tokens=10,
+                     progress=False)  # fmt: skip
+    swap = Settings(method="swap", max_new_tokens=10)
+    samples = playground.samples(PROMPT, swap, n=len(shown.rows[0][REFERENCE]))[STEERED]
+    assert [s.text for s in shown.rows[0][REFERENCE]] == [s.text for s in samples]
+    assert "on the reference rule's scores (seed" in shown.steering_line()
+    # Without reference-rule scores, swap steers with the scores loaded, and says which.
+    bare = Playground(playground.model, playground.tokenizer, playground.sae,
+                      playground.loaded_scores)  # fmt: skip
+    assert bare.describe(swap).startswith("swap on the loaded scores (rule mean_diff) at")
+    assert bare.run(PROMPT, swap)[STEERED].text == _steered_text(bare, PROMPT, method="swap")
+
+
+def test_new_scores_steer_as_they_recommend(playground):
+    # issue 23: after :topic the chat kept the method picked earlier.
+    try:
+        playground.update(method="swap", strength=0.5, preserve_error=True)
+        steering = playground.use_scores(playground.loaded_scores, topic="yours")
+        assert (playground.settings.method, playground.settings.strength) == ("recommended", None)
+        assert playground.settings.preserve_error is None
+        recommended = f"add (the scores' recommendation) at strength {demo_strength()}"
+        assert steering.startswith(recommended)
+        assert playground.describe(Settings(method="swap")).startswith(
+            "swap on your topic's scores (rule mean_diff) at"
+        )  # a topic has no reference-rule scores of its own
+        playground.update(method="clamp")
+        playground.use_scores(playground.loaded_scores, topic=None)  # :topic reset
+        assert playground.settings.method == "recommended"
+    finally:
+        playground.use_scores(playground.loaded_scores, topic=None)
+        playground.update(method="recommended")
 
 
 def test_stream_grows_and_ends_with_the_same_texts_and_times(playground):
@@ -87,7 +143,9 @@ def test_update_resets_strength_on_a_new_method_and_rejects_bad_values():
     assert pg.describe().startswith(
         f"add (the scores' recommendation) at strength {demo_strength()}"
     )
-    assert pg.update(method="swap", strength=0.25).startswith("swap at strength 0.25")
+    assert pg.update(method="swap", strength=0.25).startswith(
+        "swap on the reference rule's scores (seed) at strength 0.25"
+    )
     assert pg.update(method="clamp").startswith("clamp at strength 1,")  # strength reset
     before = pg.settings
     with pytest.raises(PlaygroundError, match="Unknown method 'amplify'"):
@@ -218,3 +276,48 @@ def test_generate_refuses_a_huge_prompt_before_tokenizing(playground):
     with pytest.raises(ValueError, match="characters"):
         continue_prompts(playground.model, recording, ["hi", "word " * 1_000_000])
     assert recording.lengths == []
+
+
+def test_effect_follows_the_settings_and_the_scores(playground):
+    from hf_sae_steer.scores.record import FeatureScores
+    from hf_sae_steer.steering.effect import effect_of
+
+    recommended = playground.effect()
+    assert playground.effect() is recommended  # cached
+    assert recommended == effect_of(playground.model, playground.tokenizer, playground.sae,
+                                    scores=playground.scores)  # fmt: skip
+    swap = playground.effect(Settings(method="swap", strength=0.5))
+    assert swap != recommended and not live.live_steerings(playground.model)
+    other = FeatureScores(scores=torch.rand(playground.sae.d_sae,
+                                            generator=torch.Generator().manual_seed(3)),
+                          coverage=1.0)  # fmt: skip
+    try:
+        playground.use_scores(other, "random")
+        assert playground.effect() != recommended  # new scores: measured again
+    finally:
+        playground.use_scores(playground.loaded_scores)
+    assert playground.effect() == recommended
+
+
+def test_samples_mark_the_effect_words_in_base_and_steered(playground):
+    shown = playground.samples(PROMPT, n=2)
+    assert list(shown) == [BASE, STEERED] and all(len(s) == 2 for s in shown.values())
+    words = playground.effect().words(20)
+    for samples in shown.values():
+        for sample in samples:
+            assert all(any(w.startswith(t) for t in words) for w in sample.words)
+    assert shown[BASE] != shown[STEERED]
+    with pytest.raises(PlaygroundError, match="The prompt is empty"):
+        playground.samples("  ")
+
+
+def test_direction_away_steers_with_the_recommended_suppression(playground):
+    settings = replace(playground.settings, direction="away")
+    assert playground.describe(settings).endswith(", away from the topic")
+    outputs = playground.run(PROMPT, settings)
+    assert outputs[STEERED].text == _steered_text(playground, PROMPT, direction="away")
+    with pytest.raises(PlaygroundError, match="Unknown direction 'sideways'"):
+        parse_direction("sideways")
+    with pytest.raises(PlaygroundError, match="Unknown direction"):
+        playground.update(direction="up")
+    assert not live.live_steerings(playground.model)

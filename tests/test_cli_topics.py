@@ -4,6 +4,7 @@ trace, and saves an artifact that loads back; bad input is one clear message."""
 
 from __future__ import annotations
 
+import os
 import zipfile
 from pathlib import Path
 
@@ -19,13 +20,15 @@ from hf_sae_steer.cli.settings import PlaygroundError, Settings
 from hf_sae_steer.cli.topics import (
     CANCELLED,
     DONE,
+    MAX_EXAMPLE_CHARS,
+    MAX_EXAMPLES,
     MIN_EXAMPLES,
     Topics,
     check_examples,
     load_examples,
     parse_examples,
 )
-from hf_sae_steer.scoring.record import ARTIFACT_FILES
+from hf_sae_steer.scores.record import ARTIFACT_FILES
 from hf_sae_steer.steering import live
 
 PROMPT = "The children went"
@@ -70,6 +73,65 @@ def test_examples_are_checked_with_one_clear_message(tmp_path):
     rows = tmp_path / "food.jsonl"
     rows.write_text("".join(f'{{"text": "{t}", "n": {i}}}\n' for i, t in enumerate(FOOD)))
     assert load_examples(rows) == FOOD
+
+
+def test_topic_texts_have_a_size_limit(tmp_path):
+    # issue 23: a 10 MB line went through :topic FILE and /fit_topic.
+    huge = "word " * 2_000_000
+    for texts in ([*FOOD[:4], huge], f"{huge}\n" + "\n".join(FOOD)):
+        with pytest.raises(PlaygroundError, match=f"at most {MAX_EXAMPLE_CHARS:,} characters"):
+            check_examples(parse_examples(texts))
+    many = [f"Text number {i} about bread." for i in range(MAX_EXAMPLES + 1)]
+    with pytest.raises(PlaygroundError, match=f"more than the {MAX_EXAMPLES:,}"):
+        check_examples(many)
+    assert len(check_examples(many[:MAX_EXAMPLES])) == MAX_EXAMPLES
+    edge = [*FOOD[:3], "x" * MAX_EXAMPLE_CHARS]
+    assert check_examples(edge) == edge
+    line = tmp_path / "line.txt"
+    line.write_text("\n".join([*FOOD, huge]) + "\n")
+    with pytest.raises(PlaygroundError, match=r"line.txt: text 7 is 9,999,999 characters") as e:
+        load_examples(line, shown="line.txt")
+    assert "\n" not in str(e.value)
+    big = tmp_path / "big.txt"
+    with big.open("w") as f:
+        f.truncate(64 << 20)  # 64 MB (sparse): refused before it is read
+    with pytest.raises(PlaygroundError, match="big.txt is 64 MB; a topic file may be at most"):
+        load_examples(big, shown="big.txt")
+
+
+def test_topic_sources_that_are_no_file_are_named(tmp_path):
+    fifo = tmp_path / "pipe.txt"
+    os.mkfifo(fifo)  # :topic FIFO said "No such prompt file" (issue 23)
+    with pytest.raises(PlaygroundError, match="pipe.txt is not a regular file"):
+        load_examples(fifo, shown="pipe.txt")
+    folder = tmp_path / "stuff"  # :topic /tmp scanned the folder for minutes (issue 23)
+    folder.mkdir()
+    (folder / "program.py").write_text("print()\n")
+    with pytest.raises(PlaygroundError, match="stuff is a folder but not a dataset"):
+        load_examples(folder, shown="stuff")
+
+
+def test_bad_save_destinations_are_one_clear_line(playground, topics, tmp_path):
+    playground.use_scores(playground.loaded_scores, topic="loaded")  # a topic, without a fit
+    (tmp_path / "file.txt").write_text("mine")
+    fifo = tmp_path / "fifo"
+    os.mkfifo(fifo)
+    cases = [
+        (tmp_path / "file.txt" / "sub", "file.txt is a file"),
+        ("/dev/null", "/dev/null is not a folder"),
+        (fifo, "fifo is not a folder"),
+        (tmp_path / "file.txt", "file.txt is a file, not a folder"),
+        ("bad\0name", "Cannot save to 'bad\\x00name'"),
+        ("x" * 300, "File name too long"),
+        ("~no-such-user-here/topic", "no user no-such-user-here"),
+        ("/proc/no/such/place", "Cannot write into /proc"),
+    ]
+    for folder, message in cases:
+        with pytest.raises(PlaygroundError) as caught:
+            topics.save(folder)
+        got = str(caught.value)
+        assert message in got and "\n" not in got and "\0" not in got, got
+    assert (tmp_path / "file.txt").read_text() == "mine"
 
 
 def test_a_fit_steers_like_the_library_and_leaves_the_base_model(playground, topics, expected):

@@ -23,7 +23,7 @@ import pytest
 from hf_sae_steer.generation import continue_prompts
 from hf_sae_steer.models import load_model
 from hf_sae_steer.sae.loading import load_sae
-from hf_sae_steer.scoring.record import load_scores
+from hf_sae_steer.scores.record import load_scores
 from hf_sae_steer.steering.steered import SteeredModel
 
 pytest.importorskip("gradio", reason="the web app needs the [app] extra (gradio)")
@@ -34,7 +34,7 @@ DEMO = ROOT / "storage" / "demo"
 
 def demo_strength() -> str:
     """The demo artifact's recommended strength as the playground prints it."""
-    from hf_sae_steer.scoring.record import load_scores
+    from hf_sae_steer.scores.record import load_scores
 
     return f"{load_scores(DEMO / 'scores').recommended['strength']:.3g}"
 PROMPT = "The children went"
@@ -115,7 +115,8 @@ def expected() -> dict[str, str]:
     sae, scores = load_sae(DEMO / "sae"), load_scores(DEMO / "scores")
     with SteeredModel(model, sae, scores=scores) as steered:
         recommended = continue_prompts(steered, tokenizer, [PROMPT], max_new_tokens=TOKENS)[0]
-    with SteeredModel(model, sae, scores=scores, method="swap", strength=0.5) as steered:
+    seed = load_scores(DEMO / "scores_seed")  # swap: on the reference rule's scores, as the demo
+    with SteeredModel(model, sae, scores=seed, method="swap", strength=0.5) as steered:
         swap = continue_prompts(steered, tokenizer, [PROMPT], max_new_tokens=TOKENS)[0]
     return {"base": base, "recommended": recommended, "swap": swap}
 
@@ -139,6 +140,7 @@ def test_http_api(server, expected):
 
     answer = client.predict(PROMPT, "swap", "0.5", "all", "default", TOKENS, api_name="/compare")
     assert answer["outputs"]["steered"]["text"] == expected["swap"]
+    assert answer["steering"].startswith("swap on the reference rule's scores (seed) at strength")
 
     base, steered, status = client.predict(
         PROMPT, "recommended", "", "all", "default", TOKENS, False, api_name="/generate"
@@ -164,6 +166,53 @@ def test_http_api(server, expected):
     table = client.predict(api_name="/latents")
     assert table["headers"][:2] == ["rank", "latent"] and len(table["data"]) >= 3
     assert all(row[4].count("'") >= 2 for row in table["data"][:3])  # tokens that fire them
+
+
+def test_http_api_samples_and_effect(server):
+    """The marked samples and the effect in words follow a generation; they are the library's
+    own samples (the same seeds) with the words of the library's own effect marked."""
+    import html
+
+    from gradio_client import Client
+
+    from hf_sae_steer.cli.samples import sample_generator, shown_samples
+    from hf_sae_steer.steering.effect import effect_of
+
+    model, tokenizer = load_model(str(DEMO / "model"))
+    sae, scores = load_sae(DEMO / "sae"), load_scores(DEMO / "scores")
+    effect = effect_of(model, tokenizer, sae, scores=scores)
+    topic = effect.topic_token_ids(20)
+    generator = sample_generator(tokenizer, [PROMPT], samples=3, max_new_tokens=TOKENS)
+    base = shown_samples(model, generator, topic)[0]
+    with SteeredModel(model, sae, scores=scores) as steered:
+        recommended = shown_samples(steered, generator, topic)[0]
+
+    client = Client(server, verbose=False)
+    assert {"/samples", "/effect"} <= set(
+        client.view_api(print_info=False, return_format="dict")["named_endpoints"]
+    )
+    page, words = client.predict(PROMPT, "recommended", "", "all", "default", TOKENS, False,
+                                 api_name="/samples")  # fmt: skip
+    assert "repetition_penalty 1.3" in page
+    base_part, steered_part = page.split("<h4>steered")
+    for shown, part in [(base, base_part), (recommended, steered_part)]:
+        for sample in shown:
+            assert f"{html.escape(PROMPT)}<b>{sample.marked('html')}</b>" in part
+        assert f"({sum(len(s.spans) for s in shown)} marked)" in part
+    assert ", ".join(effect.words(20)) in words and effect.format(latents=3) in words
+
+    answer = client.predict("swap", "0.5", api_name="/effect")
+    assert answer["error"] is None
+    swap_line = "swap on the reference rule's scores (seed) at strength 0.5"
+    assert answer["steering"].startswith(swap_line)
+    seed = load_scores(DEMO / "scores_seed")  # swap: on the reference rule's scores, as the demo
+    swap = effect_of(model, tokenizer, sae, scores=seed, method="swap", strength=0.5)
+    assert answer["words"] == swap.words(20) and answer["effect"] == swap.to_dict()
+    answer = client.predict("amplify", api_name="/effect")
+    assert "Unknown method 'amplify'" in answer["error"]
+    page, _ = client.predict("", "recommended", "", "all", "default", TOKENS, False,
+                             api_name="/samples")  # fmt: skip
+    assert "The prompt is empty" in page and "Traceback" not in page
 
 
 @pytest.mark.skipif(
@@ -206,6 +255,8 @@ def test_page_in_headless_chromium(server, expected, tmp_path):
         assert output("base") == expected["base"]
         assert output("steered") == expected["recommended"]
         assert text("#out-steered").startswith("steered · ")  # its time in the label
+        wait.until(lambda d: "steered (" in text("#samples"))  # the samples follow
+        assert "raises" in text("#effect") and "Words it raises most" in text("#effect")
         _screenshot(driver, tmp_path)
 
         strength = driver.find_element(By.CSS_SELECTOR, "#strength textarea, #strength input")
@@ -241,7 +292,7 @@ def _check_zipped_topic(archive: Path, scores, folder: Path) -> None:
 
     import torch
 
-    from hf_sae_steer.scoring.record import FeatureScores
+    from hf_sae_steer.scores.record import FeatureScores
 
     with zipfile.ZipFile(archive) as zipped:
         zipped.extractall(folder)
@@ -392,3 +443,17 @@ def test_app_refuses_a_bad_host_or_a_busy_port_in_one_line(capsys, monkeypatch):
     code = main(["app", "--port", "70000", "--quiet"])
     assert code == 2 and "--port must be from 1 to 65535" in capsys.readouterr().err
     assert loads == []  # refused before the model loads
+
+
+def test_http_api_refuses_topic_texts_over_the_limit(server):
+    # issue 23: a 10 MB line went through /fit_topic; now one answer naming the limit.
+    from gradio_client import Client
+
+    from hf_sae_steer.cli.topics import MAX_EXAMPLE_CHARS
+
+    client = Client(server, verbose=False)
+    texts = ["Bread is baked.", "Soup is boiled.", "Rice is cooked.", "x" * 2_000_000]
+    for sent in (texts, "\n".join(texts)):
+        answer = client.predict(sent, api_name="/fit_topic")
+        assert f"at most {MAX_EXAMPLE_CHARS:,} characters" in answer["error"], answer
+        assert "Traceback" not in answer["error"] and "\n" not in answer["error"]

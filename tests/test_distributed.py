@@ -24,8 +24,8 @@ from hf_sae_steer.distributed import (
     current_world,
     process_device,
 )
-from hf_sae_steer.scoring.checkpoint import read_checkpoint
-from hf_sae_steer.scoring.record import FeatureScores
+from hf_sae_steer.scores.record import FeatureScores
+from hf_sae_steer.scoring.walk.checkpoint import read_checkpoint
 
 DEMO = Path(__file__).resolve().parents[1] / "storage" / "demo"
 ASSETS = ["--model", str(DEMO / "model"), "--sae", str(DEMO / "sae")]
@@ -140,8 +140,7 @@ def score_in_process(capsys, *argv: str) -> str:
 
 def test_torchrun_score_shares_the_prompts_and_writes_the_same_artifact(tmp_path, capsys):
     reference, alignment = small_sets(tmp_path)
-    sets = ["--reference", str(reference), "--alignment", str(alignment), "--k", "5",
-            "--no-calibrate"]  # the sums are the point (calibration samples continuations)
+    sets = ["--reference", str(reference), "--alignment", str(alignment), "--k", "5"]
     out = torchrun(tmp_path, "score", *ASSETS, *sets, "--out", str(tmp_path / "two"),
                    "--quiet", name="score")  # fmt: skip
     printed = score_in_process(capsys, *sets, "--out", str(tmp_path / "one"))
@@ -149,13 +148,29 @@ def test_torchrun_score_shares_the_prompts_and_writes_the_same_artifact(tmp_path
     one = FeatureScores.from_pretrained(tmp_path / "one")
     assert_same_scores(two, one)
     assert two.recommended["method"] == one.recommended["method"] == "add"
+    assert two.recommended["calibrated"] and one.recommended["calibrated"]
     assert two.recommended["strength"] == pytest.approx(one.recommended["strength"], rel=1e-6)
-    # Each process passed its half: prompt i went to rank i mod 2.
-    shared = two.options["processes"]
+    # The calibration: the same points measured, the same ratios (each continuation is seeded by
+    # its prompt and sample, so which process ran it changes nothing).
+    fluency_two, fluency_one = two.calibration.fluency, one.calibration.fluency
+    assert [p["norm_fraction"] for p in fluency_two.curve] == [
+        p["norm_fraction"] for p in fluency_one.curve]  # fmt: skip
+    for a, b in zip(fluency_two.curve, fluency_one.curve, strict=True):
+        assert a["perplexity_ratio"] == pytest.approx(b["perplexity_ratio"], rel=1e-6)
+        assert a["continuations"] == b["continuations"]
+    assert fluency_two.norm_fraction == pytest.approx(fluency_one.norm_fraction, rel=1e-6)
+    # Each process passed its half of the prompts (prompt i went to rank i mod 2) and its share
+    # of the calibration's batches: together exactly the tokens of one process.
+    shared = dict(two.options["processes"])
+    calibration_tokens = shared.pop("calibration_tokens")
     assert shared == {"count": 2, "reference_prompts": [20, 20], "alignment_prompts": [5, 4]}
+    assert sum(calibration_tokens) == two.options["calibration_tokens"]
+    assert two.options["calibration_tokens"] == one.options["calibration_tokens"]
+    assert len(calibration_tokens) == 2 and min(calibration_tokens) > 0
     assert "processes" not in one.options and one.reference_size == two.reference_size == 40
     # Rank 0 prints what one process prints (the report), but for the numbers' last digits.
     assert out[0].splitlines()[1:3] == printed.splitlines()[1:3]
+    assert "of which calibrating the strength" in out[0].splitlines()[-1]
 
 
 def test_a_two_process_checkpoint_resumes_in_one_process(tmp_path, capsys):

@@ -8,7 +8,13 @@ import random
 import numpy as np
 import pytest
 
-from hf_sae_steer.evaluation.matched import at_ratio, compare, curves, resample_weights
+from hf_sae_steer.evaluation.matched import (
+    against_point,
+    at_ratio,
+    compare,
+    curves,
+    resample_weights,
+)
 
 
 def plain_at_ratio(gains: list[float], ratios: list[float], target: float) -> float:
@@ -96,3 +102,36 @@ def test_resample_weights_sum_to_one_and_row_zero_is_the_sample():
     assert w.shape == (31, 5)
     assert np.allclose(w.sum(axis=1), 1.0)
     assert np.allclose(w[0], 0.2)
+
+
+def test_against_point_reads_each_curve_at_that_points_ratio():
+    base = [
+        {"label": "orig", "norm_fraction": None, "strength": None, "prompt_index": p,
+         "sample": s, "relevance_centroid": 0.2, "p_topic": 0.1, "perplexity": 40.0}
+        for p in range(6) for s in range(2)
+    ]  # fmt: skip
+    old = records("old", {0.5: (0.08, 1.3), 1.0: (0.2, 2.5)})
+    new = records("new", {0.5: (0.10, 1.2), 1.0: (0.30, 2.0)})
+    rows = against_point(curves(base + old + new), "old", 0.5, n_boot=100)
+    row = next(r for r in rows if r["label"] == "new" and r["measure"] == "p_topic")
+    want = plain_at_ratio([0.10, 0.30], [1.2, 2.0], 1.3)
+    assert row["ratio"] == pytest.approx(1.3)
+    assert row["gain"] == pytest.approx(want, abs=1e-9)
+    assert row["ref_gain"] == pytest.approx(0.08, abs=1e-9)
+    assert row["diff"] == pytest.approx(want - 0.08, abs=1e-9)
+    assert {r["label"] for r in rows} == {"new"}
+    with pytest.raises(ValueError, match="no point 0.75"):
+        against_point(curves(base + old), "old", 0.75)
+
+
+def test_an_empty_continuation_does_not_void_the_curve():
+    base = [{"label": "orig", "norm_fraction": None, "strength": None, "prompt_index": p,
+             "sample": 0, "relevance_centroid": 0.2, "p_topic": 0.1, "perplexity": 40.0}
+            for p in range(4)]  # fmt: skip
+    a = [{"label": "a", "norm_fraction": 1.0, "strength": 2.0, "prompt_index": p, "sample": 0,
+          "relevance_centroid": 0.3, "p_topic": 0.2, "perplexity": 80.0 if p else math.nan}
+         for p in range(4)]  # fmt: skip
+    found = curves(base + a)["a"]
+    # prompt 0 has no perplexity: it takes the other prompts' log ratio, its gains stay its own
+    assert found.log_ratio == pytest.approx(np.log([[2.0] * 4]))
+    assert found.gains["p_topic"] == pytest.approx(np.full((1, 4), 0.1))

@@ -10,6 +10,7 @@ import pytest
 import torch
 from tiny_models import tiny_gpt2
 
+from hf_sae_steer.data.embedders import DEFAULT_EMBEDDER
 from hf_sae_steer.evaluation.metrics import (
     bootstrap_ci,
     concept_relevance,
@@ -18,7 +19,6 @@ from hf_sae_steer.evaluation.metrics import (
 )
 from hf_sae_steer.evaluation.sweep import evaluate
 from hf_sae_steer.sae import SAEConfig, build_sae
-from hf_sae_steer.scoring.embedders import DEFAULT_EMBEDDER
 
 D, N_LATENTS, LAYER = 32, 64, 1
 
@@ -39,7 +39,7 @@ def char_embedder(texts: list[str]) -> torch.Tensor:
 
 # -- concept relevance -------------------------------------------------------------------
 def test_relevance_is_one_for_the_alignment_text_itself_with_minilm():
-    from hf_sae_steer.scoring.embedders import embed_prompts
+    from hf_sae_steer.data.embedders import embed_prompts
 
     align = ["The patient was treated for a fever and a persistent cough."]
     (emb,), _ = embed_prompts(DEFAULT_EMBEDDER, [align], progress=False)

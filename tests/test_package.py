@@ -70,14 +70,17 @@ def test_no_import_cycles():
 
 
 def test_the_score_record_imports_no_algorithm():
-    record = module_imports()["hf_sae_steer.scoring.record"]
+    record = module_imports()["hf_sae_steer.scores.record"]
     assert record <= {
+        "hf_sae_steer._version",
         "hf_sae_steer.folders",  # writing files, not an algorithm
         "hf_sae_steer.sae.base",
-        "hf_sae_steer.scoring.artifact_checks",  # reading and checking files, not an algorithm
-        "hf_sae_steer.scoring.card",
-        "hf_sae_steer.scoring.csv_scores",
-        "hf_sae_steer.scoring.uncertainty",
+        "hf_sae_steer.scores.recommendation",
+        "hf_sae_steer.scores.artifact_checks",  # reading and checking files, not an algorithm
+        "hf_sae_steer.scores.card",
+        "hf_sae_steer.scores.csv_scores",
+        "hf_sae_steer.scores.effect",  # the effect in words as data (measured in steering/)
+        "hf_sae_steer.scores.uncertainty",
     }
 
 

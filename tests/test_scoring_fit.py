@@ -11,9 +11,9 @@ import torch
 from transformers import GPT2Config, GPT2LMHeadModel
 
 from hf_sae_steer import FeatureScores
+from hf_sae_steer.data.embedders import DEFAULT_EMBEDDER
 from hf_sae_steer.sae import SAEConfig, build_sae
 from hf_sae_steer.sae.loading import load_sae
-from hf_sae_steer.scoring.embedders import DEFAULT_EMBEDDER
 
 D, N, LAYER = 32, 48, 1
 REFERENCE = [
@@ -285,10 +285,14 @@ def test_forward_stops_at_the_site(model, tokenizer, topk_sae):
     calls = []
     handle = model.transformer.h[2].register_forward_hook(lambda *a: calls.append(1))
     try:
-        got = fit(model, tokenizer, topk_sae)
+        # calibrate_strength=False: the suppression's calibration generates text (seed's swap
+        # has no fluency calibration, but every fit recommends a suppression)
+        got = fit(model, tokenizer, topk_sae, measure_effect=False, calibrate_strength=False)
+        assert calls == [] and got.layer == LAYER
+        fit(model, tokenizer, topk_sae, calibrate_strength=False)  # the effect: a pass each way
+        assert calls == [1, 1]
     finally:
         handle.remove()
-    assert calls == [] and got.layer == LAYER
 
 
 def _hooks(model) -> int:
@@ -358,6 +362,18 @@ def test_errors(model, tokenizer, topk_sae, tmp_path):
         ({"rule": "mean_diff", "k": 2.5}, "k"),
         ({"rule": "seed", "k": 3}, "option of the rule mean_diff, not seed"),
         ({"rule": "mean_diff", "prior_prompts": 3}, "option of the rule support"),
+        # issue 23: the calibration's options too, whatever the rule, with the CLI's messages
+        ({"target_ratio": 0}, r"target_ratio \(--target-ratio\) must be a perplexity ratio "
+                              r"above 1 and below 100, got 0"),
+        ({"rule": "mean_diff", "target_ratio": 1}, r"above 1 and below 100, got 1\b"),
+        ({"rule": "mean_diff", "target_ratio": math.nan}, "above 1 and below 100, got nan"),
+        ({"target_ratio": 1e9}, "above 1 and below 100, got 1e"),
+        ({"target_ratio": "2"}, "target_ratio"),
+        ({"rule": "mean_diff", "calibrate_strength": False, "target_ratio": 3},
+         r"calibrate_strength=False \(--no-calibrate\)"),
+        ({"calibration_prompts": []}, "calibration_prompts must be"),
+        ({"calibration_prompts": "The garden"}, "calibration_prompts must be"),
+        ({"calibration_prompts": ["The garden", " "]}, "calibration_prompts must be"),
     ],
 )
 def test_options_are_checked_before_any_pass(model, tokenizer, topk_sae, options, message):
@@ -390,3 +406,48 @@ def test_an_unwritable_checkpoint_is_refused_before_any_pass(model, tokenizer, t
     blocker.write_text("a file, not a folder")
     with pytest.raises(NotADirectoryError, match="is a file"):
         fit(model, tokenizer, topk_sae, checkpoint=blocker / "run.ckpt")
+
+
+def test_alignment_texts_have_a_size_limit(model, tokenizer, topk_sae):
+    # issue 23: a 10 MB text went into a fit unchecked; refused before any pass, named.
+    from hf_sae_steer.scoring.checks import MAX_ALIGNMENT_CHARS, MAX_ALIGNMENT_TEXTS
+
+    read = []
+
+    def reference():
+        read.append(1)
+        yield from REFERENCE
+
+    huge = "a" * (MAX_ALIGNMENT_CHARS + 1)
+    with pytest.raises(ValueError, match=rf"Alignment text 2 is {MAX_ALIGNMENT_CHARS + 1:,} "):
+        fit(model, tokenizer, topk_sae, reference=reference(), alignment=[ALIGNMENT[0], huge])
+    many = [f"text {i}" for i in range(MAX_ALIGNMENT_TEXTS + 1)]
+    with pytest.raises(ValueError, match=f"more than the {MAX_ALIGNMENT_TEXTS:,}"):
+        fit(model, tokenizer, topk_sae, reference=reference(), alignment=many)
+    assert read == []
+
+
+def test_the_fit_records_what_its_steering_does_in_words(model, tokenizer, topk_sae):
+    from hf_sae_steer import SteeredModel
+    from hf_sae_steer.steering.effect import effect_of
+
+    got = fit(model, tokenizer, topk_sae, rule="mean_diff")
+    assert got.recommended["method"] == "add" and got.effect is not None
+    model.eval()  # measured as the fit measures it: no dropout
+    try:
+        want = effect_of(model, tokenizer, topk_sae, scores=got)
+    finally:
+        model.train()
+    assert got.effect.to_dict() == want.to_dict()
+    assert got.effect.next_token.words and got.effect.lens[0].label.startswith(
+        "logit lens of the added vector"
+    )
+    with SteeredModel(model, topk_sae, scores=got):  # steered now: the effect cannot be measured
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            steered = FeatureScores.fit(model, tokenizer, topk_sae, reference=REFERENCE,
+                                        alignment=ALIGNMENT, embedder=letters, progress=False)
+    assert steered.effect is None
+    assert "The effect in words was not measured (the model is steered now)." in [
+        str(w.message) for w in caught
+    ]

@@ -142,3 +142,38 @@ def test_seed_rule_still_untouched_by_the_new_rules(setup, tmp_path):
                                    alignment=ALIGNMENT, rule="seed", embedder=letters,
                                    progress=False)  # fmt: skip
     assert scores.recommended["method"] == "swap" and "fluency" not in scores.calibration
+
+
+# -- issue 23: degenerate alignment sets under the rules that read the output ----------------
+@pytest.mark.parametrize("rule", ["output", "trained", "mean_diff"])
+@pytest.mark.parametrize(
+    "alignment, held",
+    [(ALIGNMENT[:1], "1 distinct text:"), (ALIGNMENT[:1] * 5, "1 distinct text (of 5 given)")],
+)
+def test_one_text_or_identical_texts_warn(setup, rule, alignment, held):
+    model, tok, sae, reference = setup
+    with pytest.warns(UserWarning, match="The alignment set holds only") as record:
+        got = FeatureScores.fit(model, tok, sae, reference=reference, alignment=alignment,
+                                rule=rule, embedder=letters, progress=False,
+                                calibrate_strength=False)  # fmt: skip
+    notes = [w for w in got.report().warnings if w.startswith("The alignment set holds only")]
+    assert len(notes) == 1 and held in notes[0] and "not a topic" in notes[0]
+    assert notes[0] in [str(w.message) for w in record]
+
+
+@pytest.mark.parametrize("rule", ["output", "trained", "mean_diff"])
+def test_one_token_texts_name_the_rule_used(setup, rule):
+    model, tok, sae, reference = setup
+    one_token = ["The", "A", "B", "C"]
+    assert all(len(tok(t)["input_ids"]) == 1 for t in one_token)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        with pytest.raises(ValueError) as caught:
+            FeatureScores.fit(model, tok, sae, reference=reference, alignment=one_token,
+                              rule=rule, embedder=letters, progress=False,
+                              calibrate_strength=False)  # fmt: skip
+    message = str(caught.value)
+    assert message.startswith(f"{rule}:") and "\n" not in message, message
+    others = {"output", "trained", "mean_diff"} - {rule}
+    assert not any(other in message for other in others), message
+    assert "one token" in message or "single token" in message

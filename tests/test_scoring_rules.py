@@ -21,7 +21,7 @@ from test_scoring_fit import (
 from transformers import GPT2Config, GPT2LMHeadModel
 
 from hf_sae_steer import FeatureScores
-from hf_sae_steer.scoring.rules import nn_omp, nnls
+from hf_sae_steer.scoring.rules.base import nn_omp, nnls
 
 
 @pytest.fixture(scope="module")

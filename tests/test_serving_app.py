@@ -25,7 +25,7 @@ pytest.importorskip("fastapi", reason="hf-sae-steer serve needs the [serve] extr
 
 from hf_sae_steer.models import load_model  # noqa: E402
 from hf_sae_steer.sae.loading import load_sae  # noqa: E402
-from hf_sae_steer.scoring.record import load_scores  # noqa: E402
+from hf_sae_steer.scores.record import load_scores  # noqa: E402
 from hf_sae_steer.steering.steered import SteeredModel  # noqa: E402
 
 DEMO = Path(__file__).resolve().parents[1] / "storage" / "demo"
@@ -331,7 +331,7 @@ def test_a_client_that_disconnects_frees_its_slot(tiny):
     with socket.create_connection(("127.0.0.1", int(url.rsplit(":", 1)[1]))) as raw:
         body = json.dumps(long).encode()
         raw.sendall(
-            b"POST /v1/completions HTTP/1.1\r\nHost: x\r\nContent-Type: "
+            b"POST /v1/completions HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: "
             b"application/json\r\nContent-Length: %d\r\n\r\n%s" % (len(body), body)
         )
         time.sleep(0.5)  # generating; then the client goes away without reading

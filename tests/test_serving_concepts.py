@@ -11,14 +11,16 @@ from arch_models import tiny_sae
 
 from hf_sae_steer.models import load_model
 from hf_sae_steer.sae.loading import load_sae
-from hf_sae_steer.scoring.record import load_scores
+from hf_sae_steer.scores.record import load_scores
 from hf_sae_steer.serving.concepts import (
     ConceptLibrary,
     concepts_in,
     load_library,
     parse_concept_args,
 )
-from hf_sae_steer.serving.schema import RequestError, parse_steering
+from hf_sae_steer.serving.errors import RequestError
+from hf_sae_steer.serving.steering_items import parse_steering
+from hf_sae_steer.steering.spec import SteeringSpec, resolve_spec
 from hf_sae_steer.steering.steered import SteeredModel
 
 DEMO = Path(__file__).resolve().parents[1] / "storage" / "demo"
@@ -91,7 +93,11 @@ def test_the_same_item_shares_one_edit_and_keys_differ_by_steering(demo):
         ({"vector": "nope"}, "unknown concept"),
         ({"concept": "med", "strength": "recommended", "method": "swap"},
          "recommends add, not 'swap'"),
-        ({"concept": "seed", "strength": "calibrated"}, "calibrated"),
+        ({"concept": "seed", "strength": "calibrated"},
+         r'^steering\[0\]: The strength "calibrated" is .* these scores have none .*: give swap '
+         r"a number as its strength\.$"),
+        ({"concept": "med", "method": "clamp", "strength": "calibrated"},
+         "it measured add only, not clamp: give clamp a number as its strength, or steer with add"),
         ({"latents": {"5000": 1.0}}, "out of range for d_sae=1024"),
         ({"latents": {"1": 1.0}, "layer": 3}, "no served SAE at layer=3"),
     ],
@@ -119,3 +125,21 @@ def test_concept_arguments_and_folders(tmp_path):
     assert concepts_in(tmp_path) == {"medical": str(tmp_path / "medical")}
     with pytest.raises(ValueError, match="holds no score artifact"):
         concepts_in(tmp_path / "notes")
+
+
+def test_direction_reaches_the_steering_spec(demo):
+    """``direction`` goes to SteeringSpec as given: the served edit is what resolve_spec makes
+    of the same spec (away: the artifact's suppression, or directional ablation for an artifact
+    from before 0.4, which records no topic latents)."""
+    model, sae, library = demo
+    toward = library.resolve(parse_steering([{"concept": "med", "direction": "toward"}]))
+    assert toward.applied[0]["direction"] == "toward"
+    assert toward.edits == library.resolve(parse_steering([{"concept": "med"}])).edits
+    spec = SteeringSpec(sae, scores=load_scores(DEMO / "scores"), direction="away")
+    site, step = resolve_spec(spec, model, library.layout)
+    away = library.resolve(parse_steering([{"concept": "med", "direction": "away"}]))
+    (edit,) = away.edits
+    assert edit.site == site and away.applied[0]["direction"] == "away"
+    assert edit.step.method == step.method
+    x = torch.randn(2, 3, 128, generator=torch.Generator().manual_seed(0))
+    torch.testing.assert_close(edit.step(x), step(x), rtol=0, atol=0)

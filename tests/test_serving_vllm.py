@@ -12,7 +12,9 @@ gets one engine for its whole class.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
+import time
 import warnings
 from pathlib import Path
 
@@ -78,7 +80,8 @@ def test_the_engine_refuses_compiled_mode():
 # -- helpers -----------------------------------------------------------------------------
 def _request(library, prompt_ids, steering, max_tokens=NEW):
     from hf_sae_steer.serving.engine import GenerationRequest
-    from hf_sae_steer.serving.schema import Sampling, parse_steering
+    from hf_sae_steer.serving.sampling import Sampling
+    from hf_sae_steer.serving.steering_items import parse_steering
 
     return GenerationRequest(
         list(prompt_ids), max_tokens, Sampling(temperature=0.0),
@@ -110,7 +113,7 @@ def _reference(model, library, prompt_ids, steering, eos, max_tokens=NEW):
     """SteeredModel on the HF model, built from the item as the concept library resolves it
     (the transformers engine's contract), greedy, cut after the first end-of-sequence."""
     from hf_sae_steer import SteeredModel
-    from hf_sae_steer.serving.schema import parse_steering
+    from hf_sae_steer.serving.steering_items import parse_steering
 
     ids = torch.tensor([list(prompt_ids)])
     if not steering:
@@ -248,7 +251,7 @@ class TestDemo:
         cannot resolve), that request ends with an error and the next is served."""
         from dataclasses import replace
 
-        from hf_sae_steer.serving.schema import SteeringItem
+        from hf_sae_steer.serving.steering_items import SteeringItem
 
         lib = demo_engine.library
         prompt = demo_engine.tokenizer("The patient was")["input_ids"]
@@ -269,6 +272,73 @@ class TestDemo:
             [{"concept": "c", "method": "add", "strength": 6.0}],
             demo_engine.eos_token_ids,
         )
+
+
+def _scored(engine, library, prompt, steering, max_tokens, **sampling):
+    """One request with logprobs (3 alternatives) and prompt logprobs: its events."""
+    from dataclasses import replace
+
+    from hf_sae_steer.serving.engine import Finished, PromptLogprobs, Tokens
+    from hf_sae_steer.serving.sampling import Sampling
+
+    request = replace(_request(library, prompt, steering, max_tokens),
+                      sampling=Sampling(temperature=0.0, **sampling), logprobs=3,
+                      prompt_logprobs=3)  # fmt: skip
+
+    async def go():
+        ids, entries, prompt_entries, end = [], [], None, None
+        async for event in engine.submit(request):
+            if isinstance(event, PromptLogprobs):
+                prompt_entries = event.entries
+            elif isinstance(event, Tokens):
+                ids += event.ids
+                entries += event.logprobs
+            else:
+                assert isinstance(event, Finished)
+                end = event
+        return ids, entries, prompt_entries, end
+
+    return asyncio.run(go())
+
+
+def _same_scores(got, want):
+    assert [e.token for e in got] == [e.token for e in want]
+    assert [e.logprob for e in got] == pytest.approx([e.logprob for e in want], abs=1e-3)
+    for g, w in zip(got, want, strict=True):
+        assert [v for _, v in g.top] == pytest.approx([v for _, v in w.top], abs=1e-3)
+
+
+@needs_vllm
+def test_logprobs_echo_and_sampling_controls_equal_the_transformers_engine(demo_engine):
+    """vLLM's own logprobs / prompt_logprobs (raw, before any sampling control) and its
+    sampling controls give what the transformers engine gives for the same request: the
+    steered model's log-softmax, tested there against SteeredModel's forward pass."""
+    from hf_sae_steer.serving.server import start_engine
+
+    prompt = demo_engine.tokenizer("The patient was")["input_ids"]
+    steering = [{"concept": "c", "method": "add", "strength": 6.0}]
+    controls = [{"repetition_penalty": 2.0}, {"presence_penalty": 2.0},
+                {"frequency_penalty": 2.0}, {"logit_bias": ((5, 8.0),)},
+                {"logit_bias": ((0, 100.0),), "min_tokens": 3}]  # EOS held back 3 tokens
+    cases = [(None, 8, {}), (steering, 6, {}), (steering, 0, {})]
+    cases += [(None, 8, c) for c in controls]
+    ours = [_scored(demo_engine, demo_engine.library, prompt, s, n, **c) for s, n, c in cases]
+    other, library = start_engine("transformers", _serve_setup(demo_engine.setup))
+    try:
+        theirs = [_scored(other, library, prompt, s, n, **c) for s, n, c in cases]
+    finally:
+        other.close()
+    for (ids, entries, prompt_entries, end), (want_ids, want, want_prompt, want_end) in zip(
+        ours, theirs, strict=True
+    ):
+        assert ids == want_ids and end.completion_tokens == want_end.completion_tokens
+        assert end.reason == want_end.reason and end.error is None
+        _same_scores(entries, want)
+        assert prompt_entries[0] is None and want_prompt[0] is None
+        _same_scores(prompt_entries[1:], want_prompt[1:])
+    assert ours[2][0] == [] and ours[2][3].reason == "length"  # echo with max_tokens 0
+    assert ours[0][1] != ours[1][1]  # steering moved the scores
+    assert all(ids != ours[0][0] for ids, *_ in ours[3:])  # every control changed the tokens
 
 
 @pytest.fixture(scope="module")
@@ -441,3 +511,108 @@ class TestLlama:
         prompts = [tokenizer(t)["input_ids"] for t in (
             "The patient was", "A doctor examined the", "The river flows")]  # fmt: skip
         _check_engine(engine, model.eval(), prompts, "llama")
+
+
+# -- stopping the server: no vLLM process left behind -------------------------------------
+@needs_vllm
+@pytest.mark.parametrize("stop", ["SIGTERM", "SIGINT"])
+def test_stopping_serve_engine_vllm_leaves_no_process_behind(stop, tmp_path):
+    """``hf-sae-steer serve --engine vllm`` stopped by SIGTERM (or Ctrl-C) stops every process
+    vLLM started (EngineCore, workers). Before: uvicorn re-raised SIGTERM after its shutdown,
+    the process died before closing the engine, and EngineCore ran on with PPID 1."""
+    import signal
+    import subprocess
+    import sys
+
+    import httpx
+    import psutil
+
+    with socket_port() as port:
+        pass
+    cmd = [sys.executable, "-m", "hf_sae_steer", "serve", "--engine", "vllm", "--dtype",
+           "float32", "--max-context", "128", "--port", str(port), "--quiet",
+           "--shutdown-grace", "2"]  # fmt: skip
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "VLLM_CPU_KVCACHE_SPACE": "1",
+           "VLLM_CPU_NUM_OF_RESERVED_CPU": "0"}  # fmt: skip
+    log = tmp_path / "server.log"  # a file, not a pipe: a child left behind would hold a pipe
+    with open(log, "w") as out:
+        proc = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=out)
+    started: list[psutil.Process] = []
+    try:
+        url = f"http://127.0.0.1:{port}"
+        _wait_up(url, proc, log, timeout=600)
+        r = httpx.post(f"{url}/v1/completions", json={"prompt": "A doctor", "max_tokens": 4},
+                       timeout=120)  # fmt: skip
+        assert r.status_code == 200, r.text
+        started = psutil.Process(proc.pid).children(recursive=True)
+        assert started, "vLLM started no process of its own (EngineCore)"
+        proc.send_signal(getattr(signal, stop))
+        code = proc.wait(timeout=180)
+        _, alive = psutil.wait_procs(started, timeout=30)
+        err = log.read_text()
+        assert not alive, f"left running: {[(p.pid, p.name()) for p in alive]}\n{err[-2000:]}"
+        assert code == 0 and "Traceback" not in err, err[-3000:]
+    finally:  # never leave this test's processes behind, whatever failed
+        for p in [*started, psutil.Process(proc.pid)] if proc.poll() is None else started:
+            with contextlib.suppress(psutil.Error):
+                p.kill()
+
+
+def test_the_engine_stops_the_processes_it_started_and_only_those():
+    """The safety net behind vLLM's own shutdown, on a stand-in process tree (a child with a
+    grandchild that ignores SIGTERM): every listed process ends, an unlisted one runs on."""
+    import signal
+    import subprocess
+    import sys
+
+    psutil = pytest.importorskip("psutil")
+    from hf_sae_steer.serving.vllm_engine import _descendants, _stop_processes
+
+    before = {p.pid for p in _descendants()}
+    stubborn = ("import signal, subprocess, sys, time; signal.signal(signal.SIGTERM, "
+                "signal.SIG_IGN); subprocess.Popen([sys.executable, '-c', 'import time; "
+                "time.sleep(600)']); time.sleep(600)")  # fmt: skip
+    tree = subprocess.Popen([sys.executable, "-c", stubborn])
+    bystander, started = None, []
+    try:
+        deadline = time.monotonic() + 30
+        while len(psutil.Process(tree.pid).children()) < 1 and time.monotonic() < deadline:
+            time.sleep(0.05)
+        started = [p for p in _descendants() if p.pid not in before]
+        assert len(started) == 2
+        bystander = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(600)"])
+        _stop_processes(started, wait=2)
+        assert not any(p.is_running() and p.status() != psutil.STATUS_ZOMBIE for p in started)
+        assert bystander.poll() is None
+    finally:
+        for process in started:  # whatever failed, none of this test's processes stays
+            with contextlib.suppress(psutil.Error):
+                process.kill()
+        for proc in (tree, bystander):
+            if proc is not None and proc.poll() is None:
+                proc.send_signal(signal.SIGKILL)
+            if proc is not None:
+                proc.wait(timeout=10)
+
+
+@contextlib.contextmanager
+def socket_port():
+    import socket
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        yield sock.getsockname()[1]
+
+
+def _wait_up(url, proc, log, timeout):
+    import httpx
+
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            raise RuntimeError(f"The server exited: {log.read_text()[-3000:]}")
+        with contextlib.suppress(httpx.HTTPError):
+            if httpx.get(f"{url}/health", timeout=2).status_code == 200:
+                return
+        time.sleep(0.5)
+    raise TimeoutError("The vLLM server did not start.")

@@ -10,6 +10,7 @@ from sae_factories import openai_state
 
 from hf_sae_steer import METHODS, Intervention, LatentEdit, SAEConfig
 from hf_sae_steer.sae import SparseCode, TopKSAE, load_sae
+from hf_sae_steer.steering.suppression import TopicLatents
 
 D, N = 24, 96
 
@@ -33,6 +34,7 @@ def hidden(batch=2, seq=5, seed=3):
 
 
 ADDED = {7: 1.5, 30: 0.25, 61: 2.0}
+TOPIC = [3, 7, 30, 44, 61, 80]
 
 
 def extra_arguments(method):
@@ -42,7 +44,9 @@ def extra_arguments(method):
     latents = SparseCode(torch.tensor(list(ADDED)), torch.tensor(list(ADDED.values())))
     if method == "add":
         return {"latents": latents}, {"added": ADDED}
-    return ({"vector": vector}, {"vector": vector}) if method == "vector" else ({}, {})
+    if method == "suppress":
+        return {"topic": TopicLatents(torch.tensor(TOPIC))}, {"topic": TOPIC}
+    return ({"vector": vector}, {"vector": vector}) if method in ("vector", "ablate") else ({}, {})
 
 
 @pytest.mark.parametrize("preserve_error", [False, True])
@@ -240,3 +244,49 @@ def test_input_scale_is_the_scale_preprocessing_divides_by(norm, center):
         assert scale is None
     else:
         torch.testing.assert_close(scale, info.scale, rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.parametrize("strength", [0.5, 1.0, 2.5])
+def test_suppression_gated_by_the_topic_posterior(openai_pair, strength):
+    """suppress with a posterior: each token's topic latents scaled by 1 - s p(topic | token)."""
+    sae, ref = openai_pair
+    x = hidden()
+    odds = [0.8, -0.3, 1.5, 0.2, 2.0, -1.0]
+    topic = TopicLatents(torch.tensor(TOPIC), torch.tensor(odds), -1.2)
+    got = Intervention(sae, "suppress", topic=topic, strength=strength)(x)
+    want = steer_sequence(
+        ref, x, "suppress", None, strength=strength, topic=TOPIC, log_odds=odds, bias=-1.2
+    )
+    torch.testing.assert_close(got, want, atol=1e-5, rtol=1e-5)
+
+
+def test_suppression_changes_nothing_where_no_topic_latent_fires(openai_pair):
+    sae, _ = openai_pair
+    x = hidden()
+    fires = (sae.encode(x)[..., TOPIC] > 0).any(-1)
+    got = Intervention(sae, "suppress", topic=TopicLatents(torch.tensor(TOPIC)), strength=2.0)(x)
+    moved = (got - x).abs().amax(-1) > 1e-6
+    assert bool((moved <= fires).all()) and bool(moved.any())
+
+
+def test_ablation_removes_the_direction(openai_pair):
+    sae, _ = openai_pair
+    x = hidden()
+    v = torch.randn(D, generator=torch.Generator().manual_seed(4))
+    got = Intervention(None, "ablate", vector=v)(x)
+    assert float((got @ (v / v.norm())).abs().max()) < 1e-4
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "message"),
+    [
+        ({"method": "suppress"}, "needs the topic's latents"),
+        ({"method": "ablate"}, "needs the topic direction"),
+        ({"method": "ablate", "vector": torch.zeros(D)}, "not zero"),
+        ({"method": "suppress", "topic": TopicLatents(torch.tensor([N + 3]))}, "out of range"),
+    ],
+)
+def test_bad_suppressions(openai_pair, kwargs, message):
+    sae, _ = openai_pair
+    with pytest.raises(ValueError, match=message):
+        Intervention(sae, **kwargs)

@@ -12,7 +12,7 @@ from sae_factories import openai_state
 
 from hf_sae_steer import FeatureScores, SteeredModel
 from hf_sae_steer.sae import load_sae
-from hf_sae_steer.scoring.calibration import NORM_FRACTION
+from hf_sae_steer.steering.strength import NORM_FRACTION
 
 LAYER = 1
 TEXTS = ["The patient was treated for a fever.", "A doctor examined the heart."]

@@ -10,7 +10,7 @@ from hf_sae_steer import FeatureScores, SteeredModel, load_prompts
 from hf_sae_steer.generation import continue_prompts
 from hf_sae_steer.models import load_model
 from hf_sae_steer.sae.loading import load_sae
-from hf_sae_steer.scoring.record import load_scores
+from hf_sae_steer.scores.record import load_scores
 
 DEMO = Path(__file__).resolve().parents[1] / "storage" / "demo"
 FOOD = [

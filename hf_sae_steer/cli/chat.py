@@ -17,7 +17,9 @@ from hf_sae_steer.cli.chat_topics import TopicCommands
 from hf_sae_steer.cli.playground import NOT_TEXT, Playground, is_text
 from hf_sae_steer.cli.settings import (
     METHOD_CHOICES,
+    RECOMMENDED,
     PlaygroundError,
+    parse_direction,
     parse_method,
     parse_positions,
     parse_seed,
@@ -33,12 +35,14 @@ HELP = f"""Type a prompt to see base and steered continuations. Commands:
   :method NAME        {", ".join(METHOD_CHOICES)}
   :strength X         a number, or default (the method's; recommended: the scores')
   :positions WHICH    all, prompt or generated
+  :direction WHICH    toward (write the topic in) or away (keep it out)
   :error on|off       preserve_error: keep the SAE's reconstruction error (or default)
   :tokens N           new tokens per continuation
   :sample on|off      sample (seeded) instead of greedy decoding
   :seed N             the seed of sampling
   :latents [N]        the top N latents of the scores and the tokens that fire them most
   :report             the uncertainty report of the scores
+  :effect             what the steering does, in words: the tokens it raises and lowers most
 {TOPIC_HELP}
   :settings           the current steering
   :history            the prompts typed so far (also: the up arrow)
@@ -63,12 +67,16 @@ class Chat:
             "method": lambda arg: self._set(method=parse_method(arg)),
             "strength": lambda arg: self._set(strength=parse_strength(arg)),
             "positions": lambda arg: self._set(positions=parse_positions(arg)),
+            "direction": lambda arg: self._set(
+                direction=parse_direction(arg), method=RECOMMENDED, strength=None
+            ),
             "error": lambda arg: self._set(preserve_error=parse_switch(arg, ":error")),
             "tokens": lambda arg: self._set(max_new_tokens=parse_tokens(arg)),
             "sample": lambda arg: self._set(do_sample=bool(parse_switch(arg or "on", ":sample"))),
             "seed": lambda arg: self._set(seed=parse_seed(arg)),
             "latents": self._latents,
             "report": lambda _: self.say(self.playground.report()),
+            "effect": lambda _: self.say(self.effect_text()),
             "settings": lambda _: self.say(self.settings_line()),
             "history": self._history,
             "help": lambda _: self.say(HELP),
@@ -89,6 +97,11 @@ class Chat:
         s = self.playground.settings
         decoding = f"sampled, seed {s.seed}" if s.do_sample else "greedy"
         return f"steering: {self.playground.describe()}; {s.max_new_tokens} new tokens, {decoding}"
+
+    def effect_text(self) -> str:
+        """The current steering's effect in words, under the steering it describes."""
+        effect = self.playground.effect()
+        return f"{self.settings_line()}\n{effect.format(latents=3)}"
 
     def handle(self, line: str) -> bool:
         """Run one line (a prompt or a command); False when the user asked to quit."""

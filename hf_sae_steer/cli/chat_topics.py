@@ -9,7 +9,7 @@ from pathlib import Path
 from typing import TextIO
 
 from hf_sae_steer.cli.playground import Playground
-from hf_sae_steer.cli.settings import PlaygroundError
+from hf_sae_steer.cli.settings import RECOMMENDED, PlaygroundError
 from hf_sae_steer.cli.topics import DONE, FAILED, MIN_EXAMPLES, Topics, load_examples
 
 PASTE_PROMPT = "... "
@@ -79,8 +79,9 @@ class TopicCommands:
         return lines
 
     def _fit(self, examples: list[str], name: str) -> None:
-        run = self.topics.start(examples, name)
         pg = self.topics.playground
+        method = pg.settings.method  # the new scores steer as they recommend
+        run = self.topics.start(examples, name)
         self.say(
             f"fitting your topic: {len(run.examples)} example texts against "
             f"{len(pg.reference_prompts or [])} reference prompts (Ctrl-C cancels)"
@@ -103,6 +104,8 @@ class TopicCommands:
             return
         for note in status.warnings:
             self.say(f"  note: {note}")
+        if method != RECOMMENDED:
+            self.say(f"  note: steering as your topic's scores recommend (not :method {method})")
         self.say(self.settings_line())
         self.say(":report shows its uncertainty report, :latents its latents, :save DIR saves it")
 

@@ -4,6 +4,7 @@ the result; no logic of its own."""
 from __future__ import annotations
 
 import argparse
+import math
 import os
 import warnings
 from pathlib import Path
@@ -11,27 +12,27 @@ from typing import Any
 
 import torch
 
+from hf_sae_steer.cli.compare import compare_methods
 from hf_sae_steer.cli.demo import run_demo
+from hf_sae_steer.cli.highlight import terminal_style
 from hf_sae_steer.cli.interactive import cmd_app, cmd_chat, cmd_serve
 from hf_sae_steer.cli.settings import MAX_SEED
+from hf_sae_steer.data.prompts import load_prompts
+from hf_sae_steer.data.sources import open_prompts
 from hf_sae_steer.distributed import current_world, launched_size, process_device, shutdown
 from hf_sae_steer.evaluation.conditions import BASELINES, CONTROLS
 from hf_sae_steer.evaluation.result import EVAL_FILES, is_evaluation
 from hf_sae_steer.evaluation.sweep import evaluate
 from hf_sae_steer.folders import check_output_folder, check_writable
-from hf_sae_steer.generation import compare_methods
 from hf_sae_steer.models import check_device, load_model
 from hf_sae_steer.sae.loading import load_sae
-from hf_sae_steer.scoring import FeatureScores
-from hf_sae_steer.scoring.card import CARD_FILE
+from hf_sae_steer.scores.card import CARD_FILE
+from hf_sae_steer.scores.record import ARTIFACT_FILES, is_artifact, load_scores
+from hf_sae_steer.scoring.checks import check_calibration, check_options
 from hf_sae_steer.scoring.examples import latent_examples
-from hf_sae_steer.scoring.fit import check_options
-from hf_sae_steer.scoring.prompts import load_prompts
-from hf_sae_steer.scoring.record import ARTIFACT_FILES, is_artifact, load_scores
-from hf_sae_steer.scoring.selection import DEFAULT_RULE
-from hf_sae_steer.scoring.sources import open_prompts
-from hf_sae_steer.scoring.strength import TARGET_RATIO
-from hf_sae_steer.steering.interventions import METHODS
+from hf_sae_steer.scoring.fit import FeatureScores
+from hf_sae_steer.scoring.rules import DEFAULT_RULE
+from hf_sae_steer.steering.names import METHODS
 
 # Commands that share their work between processes under torchrun / accelerate launch.
 SHARED = ("score", "eval")
@@ -135,9 +136,7 @@ def cmd_score(args: argparse.Namespace) -> dict[str, Any]:
     rule_options = {"objective": args.objective} if args.objective else None
     check_options(rule, summary=args.summary, k=args.k, prior_prompts=args.prior_prompts,
                   norm_fraction=args.norm_fraction, rule_options=rule_options)  # fmt: skip
-    target = TARGET_RATIO if args.target_ratio is None else args.target_ratio
-    if not 1 < target < 100:
-        raise ValueError(f"--target-ratio must be a perplexity ratio above 1, got {target}.")
+    check_calibration(not args.no_calibrate, args.target_ratio)
     out = check_output_folder(args.out, ARTIFACT_FILES, overwrite=args.overwrite,
                               is_ours=is_artifact, optional=(CARD_FILE,))  # fmt: skip
     if args.checkpoint is not None:
@@ -172,7 +171,7 @@ def cmd_score(args: argparse.Namespace) -> dict[str, Any]:
             rule_options=rule_options,
             norm_fraction=args.norm_fraction,
             calibrate_strength=not args.no_calibrate,
-            target_ratio=target,
+            target_ratio=args.target_ratio,
             seed=args.seed,
             summary=args.summary,
             embedder=args.embedder,
@@ -194,12 +193,25 @@ def cmd_score(args: argparse.Namespace) -> dict[str, Any]:
         steer = f"{rec['method']} at strength {rec['strength']:.3g}" if rec else "none"
         print(f"Wrote {path} (rule {scores.rule}; recommended steering: {steer})")
         print(scores.report())
+        print(_fit_time(scores.options))
     return {
         "path": str(path),
         "rule": scores.rule,
-        "recommended": scores.recommended,
+        "recommended": scores.recommended and scores.recommended.to_json(),
         "report": scores.report().to_dict(),
+        "effect": None if scores.effect is None else scores.effect.to_dict(),
+        **{key: scores.options[key] for key in ("fit_seconds", "calibration_seconds",
+                                                "calibration_tokens") if key in scores.options},
     }
+
+
+def _fit_time(options: dict[str, Any]) -> str:
+    """How long the fit took, and its calibration (both as this process measured them)."""
+    line = f"Fitted in {options.get('fit_seconds', math.nan):.1f} s"
+    if "calibration_seconds" in options:
+        line += (f", of which calibrating the strength {options['calibration_seconds']:.1f} s "
+                 f"({options['calibration_tokens']:,} LM tokens)")  # fmt: skip
+    return line + "."
 
 
 def _check_checkpoint_place(checkpoint: Path, out: Path) -> None:
@@ -230,6 +242,7 @@ def cmd_generate(args: argparse.Namespace) -> list[dict[str, str]]:
         preserve_error=args.preserve_error,
         clamp_value=args.clamp_value,
         positions=args.positions,
+        direction=args.direction,
         include_base=args.compare,
         **_gen_options(args),
     )
@@ -297,6 +310,9 @@ def cmd_demo(args: argparse.Namespace) -> dict[str, Any]:
         reference=args.reference,
         n_prompts=args.n_prompts,
         samples=args.samples,
+        shown_samples=args.show_samples,
+        repetition_penalty=args.repetition_penalty,
+        no_repeat_ngram_size=args.no_repeat_ngram_size,
         max_new_tokens=args.max_new_tokens,
         batch_size=args.batch_size,
         seed=args.seed,
@@ -305,11 +321,7 @@ def cmd_demo(args: argparse.Namespace) -> dict[str, Any]:
         progress=_progress(args),
     )
     if not args.json:
-        print(f"model {result.setup['model']}  sae {result.setup['sae']}")
-        print(result.steering_line())
-        _print_rows(result.rows, result.columns)
-        print(f"\nUncertainty report of the scores:\n{result.scores.report()}\n")
-        print("\n".join(result.measured_lines()))
+        print(result.text(terminal_style()))
     return result.to_dict()
 
 

@@ -6,19 +6,30 @@ steps on any setup.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
+from hf_sae_steer.cli.highlight import Style
+from hf_sae_steer.cli.samples import (
+    NO_REPEAT_NGRAM_SIZE,
+    REPETITION_PENALTY,
+    SHOWN_SAMPLES,
+    TOPIC_TOKENS,
+    describe,
+    sample_generator,
+    shown_samples,
+)
+from hf_sae_steer.data.embedders import DEFAULT_EMBEDDER, load_embedder
+from hf_sae_steer.data.prompts import load_prompts
 from hf_sae_steer.evaluation.conditions import Condition, recommended_condition
 from hf_sae_steer.evaluation.result import EvalResult, ci
 from hf_sae_steer.evaluation.sweep import evaluate
-from hf_sae_steer.generation import continue_prompts
+from hf_sae_steer.generation import Generator
 from hf_sae_steer.models import load_model
 from hf_sae_steer.sae.loading import load_sae
-from hf_sae_steer.scoring.embedders import DEFAULT_EMBEDDER, load_embedder
-from hf_sae_steer.scoring.prompts import load_prompts
-from hf_sae_steer.scoring.record import FeatureScores, load_scores
+from hf_sae_steer.scores.record import FeatureScores, load_scores
+from hf_sae_steer.steering.effect import SteeringEffect, steering_effect
 from hf_sae_steer.steering.steered import SteeredModel
 
 BUILD_COMMAND = "python scripts/build_demo_assets.py"
@@ -31,6 +42,8 @@ EMBEDDER_HINT = (
 _PACKAGE = Path(__file__).resolve().parents[1]
 DEFAULT_LOCATIONS = (_PACKAGE / "_demo", _PACKAGE.parent / "storage" / "demo")
 RECOMMENDED, REFERENCE = "recommended", "swap (reference)"
+# What "swap" means in the demo, the chat and the app alike (cli/playground.py).
+SWAP_SCORES = "the reference rule's scores (seed)"
 
 
 def find_assets(assets: str | Path | None = None) -> Path:
@@ -59,17 +72,52 @@ def recommended_line(scores: FeatureScores) -> str:
 
 @dataclass
 class DemoResult:
-    """What the demo shows: continuations, the uncertainty report, the measured gains."""
+    """What the demo shows: what the recommended steering does in words, sampled continuations
+    with the topic's words marked, the uncertainty report, the measured gains. ``rows`` holds,
+    per prompt, every condition's continuations."""
 
-    rows: list[dict[str, str]]
+    rows: list[dict[str, Any]]
     columns: list[str]
     scores: FeatureScores
     measured: EvalResult | None = None
     setup: dict[str, Any] = field(default_factory=dict)
     missing: str | None = None
+    effect: SteeringEffect | None = None
+    generation: dict[str, Any] = field(default_factory=dict)
 
     def steering_line(self) -> str:
-        return recommended_line(self.scores)
+        line = recommended_line(self.scores)
+        if REFERENCE in self.columns:
+            line += f"\n{REFERENCE}: the reference's method, swap, on {SWAP_SCORES}."
+        return line
+
+    def effect_lines(self) -> list[str]:
+        """The tokens the recommended steering raises and lowers most, by both measures."""
+        if self.effect is None:
+            return []
+        return ["What the recommended steering does, in words:", self.effect.format(latents=0)]
+
+    def topic_words(self) -> list[str]:
+        return [] if self.effect is None else self.effect.words(TOPIC_TOKENS)
+
+    def samples_line(self, style: Style) -> str:
+        """How the continuations below were drawn, and what the marks mean."""
+        g = self.generation
+        mark = {"ansi": "coloured", "brackets": "in [brackets]", "html": "marked"}[style]
+        words = ", ".join(self.topic_words()) or "none"
+        return (
+            f"{g['samples']} sampled continuations per prompt ({g['sampling']}); {mark}: the "
+            f"{TOPIC_TOKENS} words the recommended steering raises most ({words})."
+        )
+
+    def topic_counts(self) -> str:
+        """How many marked words each condition's shown continuations hold."""
+        counts = {
+            c: sum(len(shown.spans) for row in self.rows for shown in row[c]) for c in self.columns
+        }
+        n = sum(len(row[self.columns[0]]) for row in self.rows)
+        listed = ", ".join(f"{c} {k}" for c, k in counts.items())
+        return f"Topic words in the {n} continuations shown per condition: {listed}."
 
     def measured_lines(self) -> list[str]:
         if self.missing is not None:
@@ -79,8 +127,8 @@ class DemoResult:
         m = self.measured
         c = m.config
         head = (
-            f"Measured on {c['n_prompts']} prompts x {c['samples']} samples, paired against the "
-            "base model (95% intervals over prompts):"
+            f"Measured on {c['n_prompts']} prompts x {c['samples']} samples (plain sampling, no "
+            "repetition control), paired against the base model (95% intervals over prompts):"
         )
         lines = [head]
         for label in self.columns[1:]:
@@ -101,12 +149,37 @@ class DemoResult:
             )
         return lines
 
+    def text(self, style: Style) -> str:
+        """What ``hf-sae-steer demo`` prints, the topic's words marked in ``style``."""
+        lines = [f"model {self.setup['model']}  sae {self.setup['sae']}", self.steering_line()]
+        if self.effect is not None:
+            lines += ["", *self.effect_lines()]
+        lines += ["", self.samples_line(style)]
+        width = max(len(c) for c in self.columns)
+        for row in self.rows:
+            lines += ["", f">>> {row['prompt']}"]
+            for column in self.columns:
+                for i, shown in enumerate(row[column]):
+                    label = f"[{column:<{width}}]" if i == 0 else " " * (width + 2)
+                    lines.append(f"  {label} '{shown.marked(style)}'")
+        lines += ["", self.topic_counts(), ""]
+        report = replace(self.scores.report(), effect=None)  # the effect is printed above
+        lines += ["Uncertainty report of the scores:", str(report), ""]
+        return "\n".join(lines + self.measured_lines())
+
     def to_dict(self) -> dict[str, Any]:
+        rows = [
+            {k: v if k == "prompt" else [shown.text for shown in v] for k, v in row.items()}
+            for row in self.rows
+        ]
         return {
             "setup": self.setup,
-            "rows": self.rows,
+            "generation": self.generation,
+            "effect": None if self.effect is None else self.effect.to_dict(),
+            "topic_words": self.topic_words(),
+            "rows": rows,
             "report": self.scores.report().to_dict(),
-            "recommended": self.scores.recommended,
+            "recommended": self.scores.recommended and self.scores.recommended.to_json(),
             "measured": None if self.measured is None else self.measured.rows,
             "missing": self.missing,
         }
@@ -124,6 +197,9 @@ def run_demo(
     reference: Any = None,
     n_prompts: int = 6,
     samples: int = 3,
+    shown_samples: int = SHOWN_SAMPLES,
+    repetition_penalty: float = REPETITION_PENALTY,
+    no_repeat_ngram_size: int = NO_REPEAT_NGRAM_SIZE,
     max_new_tokens: int = 24,
     batch_size: int = 16,
     seed: int = 0,
@@ -133,10 +209,12 @@ def run_demo(
 ) -> DemoResult:
     """Run the shipped demo (no arguments), or the same steps on ``model``/``sae``/``scores``.
 
-    Shows greedy continuations of the first ``n_prompts`` prompts under the base model, the
-    scores' recommended steering and (given ``reference_scores``, the reference rule's) the
-    reference method, ``swap``; then measures the gains on all the prompts, ``samples``
-    sampled continuations each.
+    Shows what the scores' recommended steering does in words (the tokens it raises and lowers
+    most, :mod:`~hf_sae_steer.steering.effect`), then ``shown_samples`` sampled continuations
+    (with ``repetition_penalty`` and ``no_repeat_ngram_size``) of the first ``n_prompts``
+    prompts under the base model, that steering and (given ``reference_scores``, the reference
+    rule's) the reference method, ``swap``, the topic's words marked; then measures the gains
+    on all the prompts, ``samples`` plainly sampled continuations each.
     """
     if model is None or sae is None or scores is None:
         if any(v is not None for v in (model, sae, scores)):
@@ -157,9 +235,13 @@ def run_demo(
     conditions = [Condition("base"), recommended_condition(artifacts["default"].recommended)]
     if "seed" in artifacts:
         conditions.append(Condition(REFERENCE, "swap", scores="seed"))
-    shown = texts[:n_prompts]
-    options = {"max_new_tokens": max_new_tokens, "batch_size": batch_size, "progress": progress}
-    rows = _show(lm, tokenizer, autoencoder, artifacts, conditions, shown, **options)
+    generator = sample_generator(
+        tokenizer, texts[:n_prompts], samples=shown_samples, max_new_tokens=max_new_tokens,
+        repetition_penalty=repetition_penalty, no_repeat_ngram_size=no_repeat_ngram_size,
+        seed=seed, batch_size=batch_size,
+    )  # fmt: skip
+    rows, effect = _show(lm, tokenizer, autoencoder, artifacts, conditions, generator, progress)
+    generation = {"samples": shown_samples, "sampling": describe(generator), "seed": seed}
     measured, missing = None, None
     if alignment is not None:
         name = artifacts["default"].embedder or DEFAULT_EMBEDDER
@@ -179,7 +261,8 @@ def run_demo(
     setup = {"model": model, "sae": sae, "scores": scores, "reference_scores": reference_scores,
              "seed": seed}  # fmt: skip
     columns = [c.name for c in conditions]
-    return DemoResult(rows, columns, artifacts["default"], measured, setup, missing)
+    return DemoResult(rows, columns, artifacts["default"], measured, setup, missing, effect,
+                      generation)  # fmt: skip
 
 
 def _show(
@@ -188,23 +271,32 @@ def _show(
     sae: Any,
     artifacts: dict[str, FeatureScores],
     conditions: list[Condition],
-    texts: list[str],
-    **generation: Any,
-) -> list[dict[str, str]]:
-    """Greedy continuations of ``texts`` under every condition (a row per prompt)."""
-    rows: list[dict[str, str]] = [{"prompt": t} for t in texts]
-    for cond in conditions:
+    generator: Generator,
+    progress: bool,
+) -> tuple[list[dict[str, Any]], SteeringEffect | None]:
+    """Every condition's samples of the generator's prompts (a row per prompt; the same random
+    numbers for each condition), the topic's words marked; and the effect in words of the
+    first steered condition (the recommended steering), which picks those words."""
+    steered_first = sorted(conditions, key=lambda c: c.method is None)
+    found: dict[str, Any] = {}
+    effect, topic = None, set()
+    for cond in steered_first:
         if cond.method is None:
-            outs = continue_prompts(lm, tokenizer, texts, **generation)
-        else:
-            with SteeredModel(
-                lm, sae, scores=artifacts[cond.scores], method=cond.method,
-                strength=cond.strengths[0], preserve_error=cond.preserve_error,
-            ) as steered:  # fmt: skip
-                outs = continue_prompts(steered, tokenizer, texts, **generation)
-        for row, text in zip(rows, outs, strict=True):
-            row[cond.name] = text
-    return rows
+            found[cond.name] = shown_samples(lm, generator, topic, progress=progress)
+            continue
+        with SteeredModel(
+            lm, sae, scores=artifacts[cond.scores], method=cond.method,
+            strength=cond.strengths[0], preserve_error=cond.preserve_error,
+        ) as steered:  # fmt: skip
+            if effect is None:
+                effect = steering_effect(steered, tokenizer)
+                topic = effect.topic_token_ids(TOPIC_TOKENS)
+            found[cond.name] = shown_samples(steered, generator, topic, progress=progress)
+    rows: list[dict[str, Any]] = [{"prompt": t} for t in generator.prompts]
+    for cond in conditions:
+        for row, shown in zip(rows, found[cond.name], strict=True):
+            row[cond.name] = shown
+    return rows, effect
 
 
 DEFAULT_PROMPTS = (

@@ -10,7 +10,7 @@ from typing import Any
 from hf_sae_steer.cli.chat import run_chat
 from hf_sae_steer.cli.demo import find_assets
 from hf_sae_steer.cli.playground import Playground
-from hf_sae_steer.cli.settings import Settings, parse_method
+from hf_sae_steer.cli.settings import Settings, parse_direction, parse_method
 
 
 def _playground(args: argparse.Namespace) -> Playground:
@@ -18,6 +18,7 @@ def _playground(args: argparse.Namespace) -> Playground:
         method=parse_method(args.method),
         strength=args.strength,
         positions=args.positions,
+        direction=parse_direction(args.direction),
         preserve_error=args.preserve_error,
         max_new_tokens=args.max_new_tokens,
         do_sample=args.sample,
@@ -34,6 +35,7 @@ def _playground(args: argparse.Namespace) -> Playground:
         compare_model=args.compare_model,
         latent_prompts=args.latent_prompts,
         reference=args.reference,
+        reference_scores=args.reference_scores,
         device=args.device,
         dtype=args.dtype,
         layer=args.layer,
@@ -64,13 +66,21 @@ def cmd_serve(args: argparse.Namespace) -> None:
     try:  # before loading the model: without FastAPI and uvicorn there is nothing to serve
         from hf_sae_steer.serving import server
         from hf_sae_steer.serving.concepts import concepts_in, parse_concept_args
+        from hf_sae_steer.serving.lifecycle import Lifecycle
         from hf_sae_steer.serving.prepare import ServeLimits
+        from hf_sae_steer.serving.security import AccessPolicy
+        from hf_sae_steer.serving.served_models import ServedModels
     except ImportError as error:
         if (error.name or "").split(".")[0] not in ("fastapi", "uvicorn", "starlette"):
             raise
         raise ImportError(
             f"hf-sae-steer serve needs {error.name}: pip install 'hf_sae_steer[serve]'"
         ) from error
+    Lifecycle(args.shutdown_grace)  # before loading the model: a bad grace fails fast
+    policy = AccessPolicy.from_options(  # before loading the model: bad values fail fast
+        api_key=args.api_key, allowed_origins=args.allowed_origins,
+        allowed_hosts=args.allowed_hosts, bind=args.host,
+    )  # fmt: skip
     concepts = concepts_in(args.concepts_dir) if args.concepts_dir else {}
     for name, source in parse_concept_args(args.concept).items():
         if name in concepts:
@@ -83,6 +93,7 @@ def cmd_serve(args: argparse.Namespace) -> None:
         max_batch=args.max_batch, max_waiting=args.max_waiting, max_context=args.max_context,
         options=_engine_options(args),
     )  # fmt: skip
+    ServedModels.from_args([setup.served_name], args.steered_model)  # bad names: before loading
     engine, library = server.start_engine(args.engine, setup)
     names = ", ".join(library.concepts) or "none"
 
@@ -94,7 +105,8 @@ def cmd_serve(args: argparse.Namespace) -> None:
     server.serve(
         engine, library, host=args.host, port=args.port,
         limits=ServeLimits(max_prompt_chars=args.max_prompt_chars),
-        served_names=(setup.served_name,), on_ready=ready,
+        served_names=(setup.served_name,), steered_models=args.steered_model, on_ready=ready,
+        policy=policy, shutdown_grace=args.shutdown_grace,
     )  # fmt: skip
 
 

@@ -57,6 +57,13 @@ def _generation(p: argparse.ArgumentParser, batch: bool = True) -> None:
         p.add_argument("--batch-size", type=positive_int, default=8)
 
 
+def _repetition(p: argparse.ArgumentParser, penalty: float = 1.0, ngram: int = 0) -> None:
+    p.add_argument("--repetition-penalty", type=float, default=penalty,
+                   help=f"above 1 lowers tokens already in the text (default {penalty:g})")
+    p.add_argument("--no-repeat-ngram-size", type=int, default=ngram, metavar="N",
+                   help=f"never repeat any N tokens (0: off; default {ngram})")  # fmt: skip
+
+
 METHOD_HELP = (
     "recommended (the scores' own steering), add, vector, clamp, swap, weight, sae or orig"
 )
@@ -96,8 +103,14 @@ def _playground(p: argparse.ArgumentParser) -> None:
         "--reference",
         help="reference prompts a topic of your own is fitted against (default: --latent-prompts)",
     )
+    p.add_argument(
+        "--reference-scores",
+        help="the reference rule's scores, which swap steers with (demo: its scores_seed)",
+    )
     p.add_argument("--method", default="recommended", help=f"one of: {METHOD_HELP}")
     p.add_argument("--positions", default="all", choices=["all", "prompt", "generated"])
+    p.add_argument("--direction", default="toward", choices=["toward", "away"],
+                   help="steer towards the topic or away from it (default: toward)")  # fmt: skip
     p.add_argument("--strength", type=float, help="default: the method's (or the scores')")
     p.add_argument(
         "--preserve-error",
@@ -182,6 +195,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--prompts", help="file of prompts (txt/csv/json/jsonl/parquet)")
     p.add_argument("--compare", action="store_true", help="print base and steered side by side")
     p.add_argument("--positions", default="all", choices=["all", "prompt", "generated"])
+    p.add_argument("--direction", default="toward", choices=["toward", "away"],
+                   help="steer towards the topic or away from it (default: toward)")  # fmt: skip
     _steering(p)
     _generation(p)
     _common(p)
@@ -205,6 +220,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--reference", help="reference set, for the topic classifier")
     p.add_argument("--n-prompts", type=positive_int, default=6, help="prompts shown")
     p.add_argument("--samples", type=positive_int, default=3, help="samples per measured prompt")
+    p.add_argument("--show-samples", type=positive_int, default=3,
+                   help="sampled continuations shown per prompt (default 3)")  # fmt: skip
+    _repetition(p, penalty=1.3, ngram=3)
     p.add_argument("--max-new-tokens", type=positive_int, default=24)
     p.add_argument("--batch-size", type=positive_int, default=16)
     _common(p)
@@ -258,7 +276,32 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--engine", default="transformers", help="transformers (default) or vllm")
     p.add_argument("--host", default="127.0.0.1", help="address to bind (default 127.0.0.1)")
     p.add_argument("--port", type=positive_int, default=8000, help="port (default 8000)")
+    p.add_argument(
+        "--api-key", help="clients must send Authorization: Bearer KEY (/health stays open; "
+        "default: $HF_SAE_STEER_API_KEY, else none)",
+    )  # fmt: skip
+    p.add_argument(
+        "--allowed-origins", nargs="+", default=[], metavar="ORIGIN",
+        help="web pages (scheme://host[:port], or *) allowed to call the server (CORS; default "
+        "none)",
+    )  # fmt: skip
+    p.add_argument(
+        "--allowed-hosts", nargs="+", default=[], metavar="HOST",
+        help="extra names the Host header may carry (default: IP addresses, localhost, the bind "
+        "address; * for any)",
+    )  # fmt: skip
+    p.add_argument(
+        "--shutdown-grace", type=float, default=30.0, metavar="SECONDS",
+        help="on SIGTERM/Ctrl-C, how long running requests may finish before they get 503 "
+        "(default 30)",
+    )  # fmt: skip
     p.add_argument("--served-model-name", help="the model id clients send (default: --model)")
+    p.add_argument(
+        "--steered-model", action="append", default=[], metavar="NAME=CONCEPT[:OPTIONS]",
+        help="serve a steering as its own model id (repeatable), e.g. medical-demo=medical or "
+        "no-medical=medical:direction=away; OPTIONS: strength, method, positions, direction, "
+        "preserve_error as key=value,...",
+    )  # fmt: skip
     p.add_argument("--max-batch", type=positive_int, default=32, help="rows decoded together")
     p.add_argument(
         "--max-waiting", type=positive_int, default=64, help="queued requests before 429"

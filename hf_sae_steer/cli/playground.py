@@ -17,25 +17,29 @@ from typing import Any
 
 from torch import nn
 
-from hf_sae_steer.cli.demo import find_assets, recommended_line
+from hf_sae_steer.cli.demo import SWAP_SCORES, find_assets, recommended_line
+from hf_sae_steer.cli.samples import TOPIC_TOKENS, Shown, sample_generator, shown_samples
 from hf_sae_steer.cli.settings import (
     RECOMMENDED,
     PlaygroundError,
     Settings,
+    parse_direction,
     parse_method,
     parse_positions,
     parse_tokens,
 )
+from hf_sae_steer.data.prompts import load_prompts
 from hf_sae_steer.generation import Generator, check_prompt_chars, sampling_options
 from hf_sae_steer.models import context_length, load_model
 from hf_sae_steer.sae.base import SAE
 from hf_sae_steer.sae.loading import load_sae
+from hf_sae_steer.scores.record import FeatureScores, load_scores
 from hf_sae_steer.scoring.examples import LatentExample, latent_examples
-from hf_sae_steer.scoring.prompts import load_prompts
-from hf_sae_steer.scoring.record import FeatureScores, load_scores
+from hf_sae_steer.steering.effect import SteeringEffect, steering_effect
 from hf_sae_steer.steering.steered import SteeredModel
 
 BASE, STEERED, COMPARE = "base", "steered", "compare"
+SWAP = "swap"
 NOT_TEXT = "That line is not UTF-8 text (is the terminal set to UTF-8?); type it again."
 
 
@@ -83,8 +87,12 @@ class Playground:
         clamp_value: float | None = None,
         settings: Settings | None = None,
         setup: dict[str, Any] | None = None,
+        reference_scores: FeatureScores | None = None,
     ) -> None:
         self.model, self.tokenizer, self.sae, self.scores = model, tokenizer, sae, scores
+        # What swap steers with beside the loaded scores, as the demo's "swap (reference)":
+        # the reference rule's scores (the demo's scores_seed), when given.
+        self.reference_scores = reference_scores
         self.compare_model = compare
         self.latent_prompts = latent_prompts
         # What a topic of your own is fitted against (cli/topics.py); the loaded scores and the
@@ -95,6 +103,7 @@ class Playground:
         self.setup = setup or {}
         self._lock = threading.Lock()  # a plain Lock: Gradio may resume a stream on any thread
         self._latents: dict[tuple[int, int], list[LatentRow]] = {}
+        self._effects: dict[tuple[Settings, int], SteeringEffect] = {}
         self.settings = self.validate(settings or Settings())
 
     @classmethod
@@ -108,6 +117,7 @@ class Playground:
         compare_model: str | None = None,
         latent_prompts: str | Path | None = None,
         reference: str | Path | None = None,
+        reference_scores: str | Path | None = None,
         device: str | None = None,
         dtype: str | None = None,
         **options: Any,
@@ -115,7 +125,9 @@ class Playground:
         """Load ``model``/``sae``/``scores``, or all three from the shipped demo when none is
         given (its reference set then searches for the tokens that fire the top latents).
         ``reference``: the texts a topic of your own is fitted against (default: the latent
-        prompts; on the demo its reference set)."""
+        prompts; on the demo its reference set). ``reference_scores``: the reference rule's
+        scores, which ``swap`` steers with, as the demo's "swap (reference)" does (on the demo:
+        its ``scores_seed``)."""
         if model is None or sae is None or scores is None:
             if any(v is not None for v in (model, sae, scores)):
                 raise ValueError("Pass all of --model, --sae and --scores, or none (the demo).")
@@ -123,7 +135,10 @@ class Playground:
             model, sae, scores = str(root / "model"), str(root / "sae"), str(root / "scores")
             if latent_prompts is None:
                 latent_prompts = root / "reference.txt"
+            if reference_scores is None and (root / "scores_seed").is_dir():
+                reference_scores = root / "scores_seed"
         autoencoder, artifact = load_sae(sae), load_scores(scores)  # cheap checks first
+        seed = load_scores(reference_scores) if reference_scores is not None else None
         prompts = load_prompts(latent_prompts) if latent_prompts is not None else None
         against = load_prompts(reference) if reference is not None else prompts
         lm, tokenizer = load_model(model, device=device, dtype=dtype)
@@ -131,7 +146,7 @@ class Playground:
         setup = {"model": model, "sae": sae, "scores": scores, "compare_model": compare_model}
         return cls(
             lm, tokenizer, autoencoder, artifact, compare=other, latent_prompts=prompts,
-            reference_prompts=against, setup=setup, **options,
+            reference_prompts=against, setup=setup, reference_scores=seed, **options,
         )  # fmt: skip
 
     def setup_line(self) -> str:
@@ -165,6 +180,7 @@ class Playground:
         """``settings`` if the steering can be built with them (built once, then removed)."""
         parse_method(settings.method)
         parse_positions(settings.positions)
+        parse_direction(settings.direction)
         parse_tokens(settings.max_new_tokens)
         with self._lock, self._steered(settings):
             pass
@@ -177,20 +193,45 @@ class Playground:
             step = steered.interventions[0]
             method, strength, keep = step.method, step.strength, step.preserve_error
         origin = " (the scores' recommendation)" if settings.method == RECOMMENDED else ""
+        if settings.method == RECOMMENDED and settings.direction == "away":
+            origin = " (the scores' recommended suppression)"
+        if settings.method == SWAP:
+            origin = f" on {self.swap_scores_label()}"
         return (
             f"{method}{origin} at strength {strength:.3g}, preserve_error "
             f"{'on' if keep else 'off'}, positions {settings.positions}"
+            + (", away from the topic" if settings.direction == "away" else "")
         )
 
     def use_scores(self, scores: FeatureScores, topic: str | None = None) -> str:
         """Steer with ``scores`` from the next turn on (``topic``: what they were fitted on;
-        None: the loaded scores). The current settings are built once with them first: if they
-        cannot steer, this raises and nothing changes. Returns the steering they now mean."""
+        None: the loaded scores), as they recommend: the method, strength and preserve_error
+        picked earlier give way to the new scores' recommendation (positions, tokens and
+        sampling stay). That steering is built once with them first: if it cannot steer, this
+        raises and nothing changes. Returns the steering they now mean."""
+        settings = replace(self.settings, method=RECOMMENDED, strength=None, preserve_error=None)
         with self._lock:
-            with self._steered(self.settings, scores):
+            with self._steered(settings, scores):
                 pass
-            self.scores, self.topic, self._latents = scores, topic, {}
+            self.scores, self.topic, self._latents, self._effects = scores, topic, {}, {}
+            self.settings = settings
         return self.describe()
+
+    def swap_scores(self) -> FeatureScores:
+        """The scores ``swap`` steers with: the reference rule's, when they were loaded and no
+        topic of your own steers; else the scores that steer (``swap`` then means the same
+        method on other scores, and :meth:`describe` says which)."""
+        if self.reference_scores is not None and self.topic is None:
+            return self.reference_scores
+        return self.scores
+
+    def swap_scores_label(self) -> str:
+        """Which scores ``swap`` steers with, in words (the chat and the app show it)."""
+        chosen = self.swap_scores()
+        if chosen.rule == "seed":
+            return SWAP_SCORES
+        whose = "the loaded scores" if self.topic is None else "your topic's scores"
+        return f"{whose} (rule {chosen.rule or 'unknown'})"
 
     @property
     def model_lock(self) -> threading.Lock:
@@ -203,9 +244,11 @@ class Playground:
             return SteeredModel(
                 self.model, self.sae, layer=self.layer, site=self.site,
                 method=None if settings.method == RECOMMENDED else settings.method,
-                scores=self.scores if scores is None else scores, strength=settings.strength,
+                scores=scores if scores is not None else (
+                    self.swap_scores() if settings.method == SWAP else self.scores),
+                strength=settings.strength,
                 preserve_error=settings.preserve_error, positions=settings.positions,
-                clamp_value=self.clamp_value,
+                clamp_value=self.clamp_value, direction=settings.direction,
             )  # type: ignore[arg-type]  # fmt: skip
         except (ValueError, TypeError) as error:
             raise PlaygroundError(f"Cannot steer with {settings.method}: {error}") from error
@@ -304,6 +347,31 @@ class Playground:
         else:
             (continuation,), seconds = generator.run(model)
         return Output(continuation.text, seconds)
+
+    # -- what the steering does ---------------------------------------------------------
+    def effect(self, settings: Settings | None = None) -> SteeringEffect:
+        """What the steering of ``settings`` does, in words (steering/effect.py); cached."""
+        settings = settings or self.settings
+        key = (replace(settings, max_new_tokens=0, do_sample=False, seed=0), id(self.scores))
+        if key not in self._effects:
+            with self._lock, self._steered(settings) as steered:
+                self._effects[key] = steering_effect(steered, self.tokenizer)
+        return self._effects[key]
+
+    def samples(
+        self, prompt: str, settings: Settings | None = None, n: int = 3
+    ) -> dict[str, list[Shown]]:
+        """``n`` sampled continuations of ``prompt`` by the base model and the steering (the
+        same draws, with repetition control), the steering's topic words marked in both."""
+        settings = settings or self.settings
+        self.check_prompt(prompt, settings)
+        topic = self.effect(settings).topic_token_ids(TOPIC_TOKENS)
+        generator = sample_generator(self.tokenizer, [prompt], samples=n, seed=settings.seed,
+                                     max_new_tokens=settings.max_new_tokens)  # fmt: skip
+        with self._lock:
+            base = shown_samples(self.model, generator, topic)[0]
+            with self._steered(settings) as steered:
+                return {BASE: base, STEERED: shown_samples(steered, generator, topic)[0]}
 
     # -- what the scores say -------------------------------------------------------------
     def report(self) -> str:

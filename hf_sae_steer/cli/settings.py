@@ -7,8 +7,7 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 
-from hf_sae_steer.steering.interventions import METHODS
-from hf_sae_steer.steering.positions import POSITIONS
+from hf_sae_steer.steering.names import DIRECTIONS, METHODS, POSITIONS
 
 RECOMMENDED = "recommended"
 METHOD_CHOICES = (RECOMMENDED, *METHODS)
@@ -29,6 +28,7 @@ class Settings:
     method: str = RECOMMENDED
     strength: float | None = None
     positions: str = "all"
+    direction: str = "toward"
     preserve_error: bool | None = None
     max_new_tokens: int = 32
     do_sample: bool = False
@@ -67,6 +67,14 @@ def parse_positions(text: str) -> str:
         shown = repr(text.strip()) if isinstance(text, str) else text
         raise PlaygroundError(f"Unknown positions {shown}; use one of {', '.join(POSITIONS)}.")
     return positions
+
+
+def parse_direction(text: str) -> str:
+    direction = text.strip().lower() if isinstance(text, str) else text
+    if direction not in DIRECTIONS:
+        shown = repr(text.strip()) if isinstance(text, str) else text
+        raise PlaygroundError(f"Unknown direction {shown}; use toward or away.")
+    return direction
 
 
 def parse_switch(text: str | bool | None, what: str) -> bool | None:

@@ -23,15 +23,20 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from hf_sae_steer.cli.settings import PlaygroundError
+from hf_sae_steer.data.prompts import load_prompts
 from hf_sae_steer.folders import check_output_folder
-from hf_sae_steer.scoring.fit import fit as fit_scores
-from hf_sae_steer.scoring.prompts import load_prompts
-from hf_sae_steer.scoring.record import ARTIFACT_FILES, FeatureScores, is_artifact
+from hf_sae_steer.scores.record import ARTIFACT_FILES, FeatureScores, is_artifact
+from hf_sae_steer.scores.uncertainty import MIN_ALIGNMENT_TEXTS
+from hf_sae_steer.scoring.fit import fit_scores
 
 if TYPE_CHECKING:
     from hf_sae_steer.cli.playground import Playground
 
-MIN_EXAMPLES = 4  # fewer texts give a mean difference that is mostly noise
+MIN_EXAMPLES = MIN_ALIGNMENT_TEXTS  # fewer texts give a mean difference that is mostly noise
+# A topic is a few dozen typical texts; these bound what one request may make a shared app do.
+MAX_EXAMPLES = 1_000
+MAX_EXAMPLE_CHARS = 5_000  # a paragraph or two (the fit reads a text's first 256 tokens)
+MAX_FILE_MB = 32
 ARTIFACT_NAME = "topic-scores"  # the folder inside a downloaded zip
 # Where each phase of a fit sits on the progress indicator: (fraction at its start, at its end).
 SPANS = {
@@ -47,9 +52,16 @@ class FitCancelled(Exception):
 
 # -- the example texts ---------------------------------------------------------------------
 def parse_examples(text: str | Sequence[str] | None) -> list[str]:
-    """Example texts from pasted text (one per line) or a list; blank ones dropped."""
+    """Example texts from pasted text (one per line) or a list; blank ones dropped. Far more
+    text than a topic may hold is refused before it is split."""
     if text is None:
         return []
+    if isinstance(text, str) and len(text) > MAX_EXAMPLES * (MAX_EXAMPLE_CHARS + 1):
+        raise PlaygroundError(
+            f"The example texts are {len(text):,} characters long, more than a topic may hold "
+            f"(at most {MAX_EXAMPLES:,} texts of at most {MAX_EXAMPLE_CHARS:,} characters "
+            "each): give fewer, shorter texts."
+        )
     lines = text.splitlines() if isinstance(text, str) else list(text)
     if not all(isinstance(line, str) for line in lines):
         raise PlaygroundError("Example texts must be strings, one text per line.")
@@ -58,19 +70,48 @@ def parse_examples(text: str | Sequence[str] | None) -> list[str]:
 
 def load_examples(source: str | Path, shown: str | None = None) -> list[str]:
     """Example texts from a file (.txt one per line, .csv/.json/.jsonl/.parquet with a text
-    column) or a dataset, as :func:`load_prompts` reads them; ``shown``: the name in messages."""
+    column) or a dataset, as :func:`load_prompts` reads them; ``shown``: the name in messages.
+    A file larger than :data:`MAX_FILE_MB` is refused before it is read."""
     name = shown or str(source)
+    path = Path(source).expanduser()
     try:
+        size = path.stat().st_size if path.is_file() else 0
+        if size > MAX_FILE_MB << 20:
+            raise PlaygroundError(
+                f"{name} is {size >> 20} MB; a topic file may be at most {MAX_FILE_MB} MB (at "
+                f"most {MAX_EXAMPLES:,} texts of at most {MAX_EXAMPLE_CHARS:,} characters each)."
+            )
         texts = load_prompts(source)
-    except (ValueError, OSError, ImportError) as error:
+    except PlaygroundError:
+        raise
+    except (ValueError, OSError, ImportError, RuntimeError) as error:
         message = str(error).strip().splitlines()[0].replace(str(source), name)
         raise PlaygroundError(f"Cannot read example texts from {name}: {message}") from None
-    return parse_examples(texts)
+    try:
+        return check_examples(parse_examples(texts), limits_only=True)
+    except PlaygroundError as error:
+        raise PlaygroundError(f"{name}: {str(error)[0].lower()}{str(error)[1:]}") from None
 
 
-def check_examples(texts: Sequence[str]) -> list[str]:
-    """``texts`` without blanks and repeats, if at least :data:`MIN_EXAMPLES` remain."""
-    distinct = list(dict.fromkeys(t.strip() for t in texts if t.strip()))
+def check_examples(texts: Sequence[str], limits_only: bool = False) -> list[str]:
+    """``texts`` without blanks and repeats, if at least :data:`MIN_EXAMPLES` remain and none
+    is over the size limits (:data:`MAX_EXAMPLES`, :data:`MAX_EXAMPLE_CHARS`);
+    ``limits_only``: ``texts`` as they are, once within the limits."""
+    given = [t.strip() for t in texts if t.strip()]
+    if len(given) > MAX_EXAMPLES:
+        raise PlaygroundError(
+            f"{len(given):,} example texts is more than the {MAX_EXAMPLES:,} a topic may have: "
+            "give fewer (a few dozen typical texts are enough)."
+        )
+    for number, text in enumerate(given, start=1):
+        if len(text) > MAX_EXAMPLE_CHARS:
+            raise PlaygroundError(
+                f"Text {number} is {len(text):,} characters long; a topic's example texts may be "
+                f"at most {MAX_EXAMPLE_CHARS:,} characters each: cut it, or split it into texts."
+            )
+    if limits_only:
+        return list(texts)
+    distinct = list(dict.fromkeys(given))
     if len(distinct) < MIN_EXAMPLES:
         got = f"got {len(distinct)}" + (" distinct" if len(distinct) < len(texts) else "")
         raise PlaygroundError(
@@ -253,20 +294,34 @@ class Topics:
         return self.playground.scores
 
     def save(self, folder: str | Path) -> Path:
-        """Write the topic's artifact to ``folder`` (new, empty, or an earlier save of scores)."""
+        """Write the topic's artifact to ``folder`` (new, empty, or an earlier save of scores);
+        a folder that cannot take it is one line naming the problem."""
         scores = self.fitted()
         if not str(folder).strip():
             raise PlaygroundError("Give a folder to save the topic's scores in.")
-        path = Path(str(folder).strip()).expanduser()
+        given = str(folder).strip()
+        shown = given if given.isprintable() else repr(given)
+        try:
+            path = Path(given).expanduser()
+        except RuntimeError:  # ~name of no user
+            user = given[1:].split("/", 1)[0]
+            raise PlaygroundError(f"Cannot save to {shown}: there is no user {user}.") from None
         try:
             check_output_folder(path, ARTIFACT_FILES, is_ours=is_artifact)
-        except FileExistsError:
-            what = "is a file" if path.is_file() else "holds files the playground did not write"
-            raise PlaygroundError(f"{path} {what}; choose a new or empty folder.") from None
-        try:
             return scores.save_pretrained(path)
-        except OSError as error:
-            raise PlaygroundError(f"Cannot save to {path}: {_one_line(error)}") from None
+        except FileExistsError:
+            if path.is_file():
+                what = "is a file, not a folder"
+            elif path.exists() and not path.is_dir():
+                what = "is not a folder (a device, a FIFO or a socket)"
+            else:
+                what = "holds files the playground did not write"
+            raise PlaygroundError(f"{shown} {what}; choose a new or empty folder.") from None
+        except (NotADirectoryError, PermissionError) as error:  # our own message, path named
+            raise PlaygroundError(_one_line(error)) from None
+        except (OSError, ValueError) as error:  # a name the system refuses (too long, NUL)
+            reason = getattr(error, "strerror", None) or _one_line(error)
+            raise PlaygroundError(f"Cannot save to {shown[:120]}: {reason}.") from None
 
     def save_zip(self, where: str | Path) -> Path:
         """The topic's artifact as ``where/topic-scores.zip`` (a folder ``topic-scores`` inside)."""

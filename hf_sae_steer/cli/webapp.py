@@ -1,17 +1,21 @@
 """``hf-sae-steer app``: the playground as a Gradio web app (the ``[app]`` extra).
 
-A prompt box, base vs steered side by side (streamed token by token), the steering controls,
-the uncertainty report and the top latents with the tokens that fire them most. The same
-:func:`build_app` runs locally (``serve``, bound to 127.0.0.1), as ``python -m
+A prompt box, base vs steered side by side (streamed token by token), then three sampled
+continuations of each with the topic's words marked, the steering controls, what the steering
+does in words, the uncertainty report and the top latents with the tokens that fire them most.
+The same :func:`build_app` runs locally (``serve``, bound to 127.0.0.1), as ``python -m
 hf_sae_steer.cli.webapp`` and as a Hugging Face Space (``spaces/app.py``) on the shipped demo.
-HTTP API (``gradio_client``): ``/generate`` (what the button does, streamed) and ``/compare``
-(one JSON answer; bad input gives ``{"error": message}``); ``/fit_topic``, ``/reset_topic`` and
-``/save_topic`` for a topic of your own (:mod:`hf_sae_steer.cli.topic_panel`).
+HTTP API (``gradio_client``): ``/generate`` (what the button does, streamed), ``/samples``
+(the marked samples as HTML, and the effect in words, which follow it), ``/compare`` (one
+JSON answer; bad input gives ``{"error": message}``), ``/effect`` (the effect as JSON);
+``/fit_topic``, ``/reset_topic`` and ``/save_topic`` for a topic of your own
+(:mod:`hf_sae_steer.cli.topic_panel`).
 """
 
 from __future__ import annotations
 
 import errno
+import html
 import os
 import socket
 import sys
@@ -23,11 +27,14 @@ from typing import Any
 os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")  # no telemetry calls, works offline
 import gradio as gr  # noqa: E402 - after the switch above
 
+from hf_sae_steer.cli.demo import recommended_line  # noqa: E402
 from hf_sae_steer.cli.playground import Output, Playground  # noqa: E402
+from hf_sae_steer.cli.samples import TOPIC_TOKENS, describe_options  # noqa: E402
 from hf_sae_steer.cli.settings import (  # noqa: E402
     METHOD_CHOICES,
     PlaygroundError,
     Settings,
+    parse_direction,
     parse_method,
     parse_positions,
     parse_strength,
@@ -36,7 +43,7 @@ from hf_sae_steer.cli.settings import (  # noqa: E402
 )
 from hf_sae_steer.cli.topic_panel import TopicPanel  # noqa: E402
 from hf_sae_steer.models import context_length  # noqa: E402
-from hf_sae_steer.steering.positions import POSITIONS  # noqa: E402
+from hf_sae_steer.steering.names import DIRECTIONS, POSITIONS  # noqa: E402
 
 TITLE = "hf-sae-steer playground"
 LATENT_HEADERS = ["rank", "latent", "score", "weight", "fires most on (token, activation)",
@@ -47,7 +54,12 @@ THEME = gr.themes.Default(
     font=["ui-sans-serif", "system-ui", "sans-serif"],
     font_mono=["ui-monospace", "Consolas", "monospace"],
 )
-CSS = ".output textarea { font-family: ui-monospace, monospace; }"
+CSS = (
+    ".output textarea { font-family: ui-monospace, monospace; }\n"
+    "#samples li { font-family: ui-monospace, monospace; margin-bottom: 0.3em; }\n"
+    "#samples mark { background: #f5d76e; padding: 0 0.15em; border-radius: 0.2em; }"
+)
+SAMPLES = 3  # sampled continuations shown per model
 
 
 def settings_from_controls(
@@ -58,6 +70,7 @@ def settings_from_controls(
     preserve_error: str,
     max_new_tokens: float,
     sample: bool,
+    direction: str = "toward",
 ) -> Settings:
     """The settings the controls mean (sampling options and seed stay the playground's)."""
     return replace(
@@ -65,6 +78,7 @@ def settings_from_controls(
         method=parse_method(method or ""),
         strength=parse_strength(strength),
         positions=parse_positions(positions or ""),
+        direction=parse_direction(direction or "toward"),
         preserve_error=parse_switch(preserve_error, "preserve_error"),
         max_new_tokens=parse_tokens(max_new_tokens),
         do_sample=bool(parse_switch(sample, "sample")),
@@ -106,8 +120,31 @@ def latent_rows(playground: Playground, k: int = 10) -> list[list[Any]]:
 
 def report_markdown(playground: Playground) -> str:
     """The recommended steering and the uncertainty report of the scores steered with."""
-    recommended, _, report = playground.report().partition("\n")
-    return f"{recommended}\n```\n{report}\n```"
+    report = replace(playground.scores.report(), effect=None)  # its own panel shows the effect
+    return f"{recommended_line(playground.scores)}\n```\n{report}\n```"
+
+
+def effect_markdown(playground: Playground, settings: Settings | None = None) -> str:
+    """What the steering of ``settings`` does in words: the tokens it raises and lowers most."""
+    effect = playground.effect(settings)
+    words = ", ".join(effect.words(TOPIC_TOKENS)) or "none"
+    return f"**Words it raises most:** {words}\n```\n{effect.format(latents=3)}\n```"
+
+
+def samples_html(playground: Playground, prompt: str, settings: Settings) -> str:
+    """SAMPLES sampled continuations of ``prompt`` by the base model and the steering, the
+    topic's words in ``<mark>``."""
+    shown = playground.samples(prompt, settings, SAMPLES)
+    parts = [
+        f"<p>{SAMPLES} sampled continuations each ({html.escape(describe_options())}); "
+        "<mark>marked</mark>: the words the steering raises most.</p>"
+    ]
+    for name, samples in shown.items():
+        count = sum(len(s.spans) for s in samples)
+        items = "".join(f"<li>{html.escape(prompt)}<b>{s.marked('html')}</b></li>"
+                        for s in samples)  # fmt: skip
+        parts.append(f"<h4>{name} ({count} marked)</h4><ol>{items}</ol>")
+    return "\n".join(parts)
 
 
 def build_app(playground: Playground) -> gr.Blocks:
@@ -129,6 +166,8 @@ def build_app(playground: Playground) -> gr.Blocks:
             )  # fmt: skip
             positions = gr.Radio(list(POSITIONS), value=initial.positions, label="positions",
                                  elem_id="positions")  # fmt: skip
+            direction = gr.Radio(list(DIRECTIONS), value=initial.direction, label="direction",
+                                 elem_id="direction")  # fmt: skip
             keep = {None: "default", True: "on", False: "off"}[initial.preserve_error]
             error = gr.Radio(ERROR_CHOICES, value=keep, label="preserve_error",
                              elem_id="preserve-error")  # fmt: skip
@@ -147,6 +186,10 @@ def build_app(playground: Playground) -> gr.Blocks:
                 )  # fmt: skip
                 for name in names
             ]
+        gr.Markdown("### Sampled continuations, the topic's words marked")
+        samples = gr.HTML("<p>Generate to see samples.</p>", elem_id="samples")
+        gr.Markdown("### What the steering does, in words")
+        effect = gr.Markdown(effect_markdown(playground), elem_id="effect")
         topic = TopicPanel(playground)  # wired below, once the report and the table exist
         with gr.Row():
             with gr.Column(scale=2):
@@ -161,11 +204,11 @@ def build_app(playground: Playground) -> gr.Blocks:
 
         def generate(
             prompt: str, method: str, strength: str, positions: str, error: str,
-            tokens: float, sample: bool,
+            tokens: float, sample: bool, direction: str = "toward",
         ) -> Iterator[list[Any]]:  # fmt: skip
             try:
                 settings = settings_from_controls(
-                    playground, method, strength, positions, error, tokens, sample
+                    playground, method, strength, positions, error, tokens, sample, direction
                 )
                 steering = playground.describe(settings)
                 for outputs in playground.stream(prompt, settings):
@@ -177,16 +220,35 @@ def build_app(playground: Playground) -> gr.Blocks:
             except Exception as failure:  # noqa: BLE001 - the page shows one line, never a trace
                 yield [*(gr.Textbox(value="", label=name) for name in names), _failure(failure)]
 
-        controls = [prompt, method, strength, positions, error, tokens, sample]
-        button.click(generate, controls, [*boxes, status], api_name="generate")
-        prompt.submit(generate, controls, [*boxes, status], api_visibility="private")
+        def sampled(
+            prompt: str, method: str, strength: str, positions: str, error: str,
+            tokens: float, sample: bool, direction: str = "toward",
+        ) -> list[str]:  # fmt: skip
+            """The marked samples (HTML) and the effect in words of the controls' steering."""
+            try:
+                settings = settings_from_controls(
+                    playground, method, strength, positions, error, tokens, sample, direction
+                )
+                return [samples_html(playground, prompt, settings),
+                        effect_markdown(playground, settings)]  # fmt: skip
+            except Exception as failure:  # noqa: BLE001 - the page shows one line, never a trace
+                return [f"<p>{html.escape(_failure(failure))}</p>", gr.skip()]
+
+        controls = [prompt, method, strength, positions, error, tokens, sample, direction]
+        button.click(generate, controls, [*boxes, status], api_name="generate").then(
+            sampled, controls, [samples, effect], api_name="samples"
+        )
+        prompt.submit(generate, controls, [*boxes, status], api_visibility="private").then(
+            sampled, controls, [samples, effect], api_visibility="private"
+        )
         app.load(lambda: latent_rows(playground), None, table, api_name="latents")
 
         def refreshed() -> list[Any]:  # what a topic of your own changes on the page
             steering = f"steering: {playground.describe()}"
-            return [report_markdown(playground), latent_rows(playground), steering]
+            return [report_markdown(playground), latent_rows(playground), steering,
+                    effect_markdown(playground)]  # fmt: skip
 
-        topic.connect(outputs=[report, table, status], refresh=refreshed)
+        topic.connect(outputs=[report, table, status, effect], refresh=refreshed)
 
         def compare(
             prompt: str,
@@ -196,12 +258,13 @@ def build_app(playground: Playground) -> gr.Blocks:
             preserve_error: str = "default",
             max_new_tokens: int = 32,
             sample: bool = False,
+            direction: str = "toward",
         ) -> dict:
             """Every continuation with its time, as JSON; bad input gives {"error": message}."""
             try:
                 settings = settings_from_controls(
                     playground, method, strength, positions, preserve_error, max_new_tokens,
-                    sample,
+                    sample, direction,
                 )  # fmt: skip
                 outputs = playground.run(prompt, settings)
                 steering = playground.describe(settings)
@@ -214,6 +277,28 @@ def build_app(playground: Playground) -> gr.Blocks:
             }
 
         gr.api(compare, api_name="compare")
+
+        def effect_json(
+            method: str = "recommended",
+            strength: str = "",
+            positions: str = "all",
+            preserve_error: str = "default",
+            direction: str = "toward",
+        ) -> dict:
+            """What a steering does in words, as JSON; bad input gives {"error": message}."""
+            try:
+                settings = settings_from_controls(
+                    playground, method, strength, positions, preserve_error,
+                    playground.settings.max_new_tokens, playground.settings.do_sample, direction,
+                )  # fmt: skip
+                found = playground.effect(settings)
+                steering = playground.describe(settings)
+            except Exception as failure:  # noqa: BLE001 - an answer, not a server error
+                return {"error": _failure(failure).removeprefix("⚠️ ")}
+            return {"steering": steering, "words": found.words(TOPIC_TOKENS),
+                    "effect": found.to_dict(), "error": None}  # fmt: skip
+
+        gr.api(effect_json, api_name="effect")
     return app
 
 

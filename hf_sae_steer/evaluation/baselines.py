@@ -1,11 +1,14 @@
-"""Baselines that steer without an SAE: a topical prompt prefix, and fine-tuning on the
-alignment set (what the paper compares its scoring time against)."""
+"""Baselines that steer without an SAE: a topical prompt prefix, fine-tuning on the alignment
+set (what the paper compares its scoring time against), and directional ablation of the topic's
+mean difference (the vector baseline for steering away)."""
 
 from __future__ import annotations
 
+import contextlib
 import copy
+import math
 import time
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from typing import Any
 
 import torch
@@ -13,6 +16,9 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from hf_sae_steer.models import model_device, pad_token_id
+from hf_sae_steer.sites.hooks import hook_site
+from hf_sae_steer.sites.layouts import find_layout
+from hf_sae_steer.sites.names import Site
 
 PREFIX_TOKENS = 24
 
@@ -84,3 +90,28 @@ class FineTuner:
                 self.epochs += 1
         self.seconds += time.perf_counter() - start
         return self.model.eval()
+
+
+@contextlib.contextmanager
+def directional_ablation(
+    model: nn.Module, site: Site, direction: Tensor, strength: float = 1.0
+) -> Iterator[nn.Module]:
+    """Within the block, ``site``'s hidden state ``x`` becomes ``x - strength (x.d) d`` with
+    ``d`` the unit ``direction`` (Arditi et al. 2024: ``strength`` 1 projects the direction out,
+    2 reflects it): the strongest vector baseline for steering away. The hooks are gone after
+    the block, even on error."""
+    norm = float(direction.norm())
+    if not math.isfinite(norm) or norm == 0:
+        raise ValueError("Directional ablation needs a non-zero, finite direction.")
+    unit = (direction.detach().float() / norm).flatten()
+
+    def edit(x: Tensor) -> Tensor:
+        d = unit.to(x.device, x.dtype)
+        return x - strength * (x @ d).unsqueeze(-1) * d
+
+    handles = hook_site(find_layout(model), site, edit)
+    try:
+        yield model
+    finally:
+        for handle in handles:
+            handle.remove()

@@ -18,7 +18,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from hf_sae_steer.scoring.embedders import embed_prompts
+from hf_sae_steer.data.embedders import embed_prompts
 
 L2_GRID = (1e-4, 1e-3, 1e-2, 1e-1)
 FOLDS = 5

@@ -10,13 +10,13 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import Literal
+from typing import Any, Literal
 
-from hf_sae_steer.steering.interventions import Method
+from hf_sae_steer.steering.names import Method
 
-Baseline = Literal["prefix", "finetune"]
+Baseline = Literal["prefix", "finetune", "ablation"]
 Control = Literal["random_latents", "random_vector"]
-BASELINES: tuple[Baseline, ...] = ("prefix", "finetune")
+BASELINES: tuple[Baseline, ...] = ("prefix", "finetune", "ablation")
 CONTROLS: tuple[Control, ...] = ("random_latents", "random_vector")
 NORM_FRACTIONS = (0.125, 0.25, 0.5, 1.0)
 FINETUNE_EPOCHS = (2, 5, 10)
@@ -29,7 +29,9 @@ class Condition:
     ``method=None`` and no baseline is the unsteered model (``orig``). ``scores`` names the
     artifact (a key of the mapping given to ``evaluate``) it steers with. ``strengths`` or
     ``norm_fractions`` are its points; a baseline's points are ``epochs`` (fine-tuning) or a
-    single point (the prefix).
+    single point (the prefix); directional ablation (of ``scores``' mean difference) is placed
+    by ``strengths``. ``options`` are passed on to
+    :class:`~hf_sae_steer.steering.steered.SteeredModel` (``edits``, ``latents``, ...).
     """
 
     name: str
@@ -42,6 +44,8 @@ class Condition:
     control: Control | None = None
     baseline: Baseline | None = None
     epochs: tuple[int, ...] = field(default=FINETUNE_EPOCHS)
+    # Further SteeredModel options as (name, value) pairs, e.g. (("edits", (LatentEdit(...),)),)
+    options: tuple[tuple[str, Any], ...] = ()
 
     @property
     def kind(self) -> str:
@@ -55,6 +59,8 @@ class Condition:
         """``(strength, norm_fraction)`` of each point; ``(epochs, None)`` for fine-tuning."""
         if self.baseline == "finetune":
             return [(float(e), None) for e in self.epochs]
+        if self.baseline == "ablation":  # by strength: 1 projects the direction out
+            return [(float(s), None) for s in self.strengths]
         if self.method is None or self.baseline == "prefix":
             return [(None, None)]
         if self.norm_fractions:

@@ -17,8 +17,8 @@ import torch
 from hf_sae_steer.evaluation.conditions import FINETUNE_EPOCHS, NORM_FRACTIONS, Condition
 from hf_sae_steer.evaluation.metrics import bootstrap_ci
 from hf_sae_steer.evaluation.result import PAIRED, EvalResult, ci, point, steers
-from hf_sae_steer.scoring.calibration import NORM_FRACTION
-from hf_sae_steer.scoring.record import FeatureScores
+from hf_sae_steer.scores.record import FeatureScores
+from hf_sae_steer.steering.strength import NORM_FRACTION
 
 MAX_RATIO = 2.0  # the fluency budget of a "works" verdict: at most 2x orig's perplexity
 MATCHED = (1.25, 1.5, 2.0)

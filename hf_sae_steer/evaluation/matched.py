@@ -56,32 +56,46 @@ def curves(
     out = {}
     for label, by_point in grouped.items():
         xs = sorted(by_point)
-        sums = {name: np.zeros((len(xs), len(prompts))) for name in (*GAINS, "log_ratio")}
-        counts = np.zeros((len(xs), len(prompts)))
+        names = (*GAINS, "log_ratio")
+        sums = {name: np.zeros((len(xs), len(prompts))) for name in names}
+        counts = {name: np.zeros((len(xs), len(prompts))) for name in names}
         for j, x in enumerate(xs):
             for r in by_point[x]:
                 b = base[(r["prompt_index"], r["sample"])]
                 i = column[r["prompt_index"]]
-                for name in GAINS:
-                    sums[name][j, i] += r[name] - b[name]
-                sums["log_ratio"][j, i] += math.log(r["perplexity"] / b["perplexity"])
-                counts[j, i] += 1
-        counts = np.maximum(counts, 1)
-        out[label] = Curve(
-            label, xs, {n: sums[n] / counts for n in GAINS}, sums["log_ratio"] / counts
-        )
+                values = {name: r[name] - b[name] for name in GAINS}
+                values["log_ratio"] = math.log(r["perplexity"] / b["perplexity"])
+                for name, v in values.items():
+                    if math.isfinite(v):  # an empty continuation has no perplexity
+                        sums[name][j, i] += v
+                        counts[name][j, i] += 1
+        means = {name: _filled(sums[name], counts[name]) for name in names}
+        out[label] = Curve(label, xs, {n: means[n] for n in GAINS}, means["log_ratio"])
     return out
 
 
-def at_ratio(gain: np.ndarray, log_ratio: np.ndarray, target: float) -> np.ndarray:
-    """Interpolate ``gain`` [..., points] at perplexity ratio ``target`` along ``log_ratio``,
-    starting from (0, 0); NaN where the curve stays below the target."""
+def _filled(sums: np.ndarray, counts: np.ndarray) -> np.ndarray:
+    """Means over samples; a prompt with no defined value at a point (every continuation empty)
+    takes the mean of the other prompts there, so one empty text cannot void a whole curve."""
+    with np.errstate(invalid="ignore", divide="ignore"):
+        means = sums / counts
+    missing = counts == 0
+    if missing.any():
+        fill = np.nanmean(np.where(missing, np.nan, means), axis=1, keepdims=True)
+        means = np.where(missing, np.nan_to_num(fill, nan=0.0), means)
+    return means
+
+
+def at_ratio(gain: np.ndarray, log_ratio: np.ndarray, target: float | np.ndarray) -> np.ndarray:
+    """Interpolate ``gain`` [..., points] at perplexity ratio ``target`` (a number, or one per
+    row of ``gain``'s leading shape) along ``log_ratio``, starting from (0, 0); NaN where the
+    curve stays below the target."""
     shape = gain.shape[:-1]
     g = np.concatenate([np.zeros((*shape, 1)), gain], axis=-1)
     lr = np.concatenate([np.zeros((*shape, 1)), log_ratio], axis=-1)
     lr = np.maximum.accumulate(lr, axis=-1)  # the first crossing of a noisy curve counts
-    goal = math.log(target)
-    above = lr >= goal
+    goal = np.broadcast_to(np.log(np.asarray(target, dtype=float)), shape)
+    above = lr >= goal[..., None]
     first = np.where(above.any(axis=-1), above.argmax(axis=-1), -1)
     out = np.full(shape, np.nan)
     hit = first > 0
@@ -146,5 +160,34 @@ def compare(
             if against is not None and against in all_curves and against != label:
                 diff = values - cache[(against, t)][name]
                 row["diff"], row["diff_lo"], row["diff_hi"] = summary(diff)
+            rows.append(row)
+    return rows
+
+
+def against_point(
+    all_curves: dict[str, Curve], label: str, point: float, *, n_boot: int = 1000, seed: int = 0
+) -> list[dict[str, Any]]:
+    """Every other curve read at the perplexity ratio of one point (``label`` at ``point``, e.g.
+    an earlier release's default), per gain: that point's gain, the curve's gain at its ratio,
+    and their paired difference, each with its interval (the ratio is resampled with them)."""
+    ref = all_curves[label]
+    if point not in ref.points:
+        raise ValueError(f"{label!r} has no point {point} (it has {ref.points}).")
+    j = ref.points.index(point)
+    weights = resample_weights(ref.log_ratio.shape[1], n_boot, seed)
+    ratio = np.exp(weights @ ref.log_ratio[j])
+    rows = []
+    for other, c in all_curves.items():
+        if other == label:
+            continue
+        log_ratio = weights @ c.log_ratio.T
+        for name, g in c.gains.items():
+            mine = at_ratio(weights @ g.T, log_ratio, ratio)
+            theirs = weights @ ref.gains[name][j]
+            row: dict[str, Any] = {"label": other, "measure": name, "reference": label,
+                                   "point": point, "ratio": float(ratio[0])}  # fmt: skip
+            row["gain"], row["gain_lo"], row["gain_hi"] = summary(mine)
+            row["ref_gain"], row["ref_gain_lo"], row["ref_gain_hi"] = summary(theirs)
+            row["diff"], row["diff_lo"], row["diff_hi"] = summary(mine - theirs)
             rows.append(row)
     return rows

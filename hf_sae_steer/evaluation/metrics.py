@@ -12,8 +12,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from hf_sae_steer.data.embedders import Embedder, embed_prompts
 from hf_sae_steer.generation import TokenIds, perplexity
-from hf_sae_steer.scoring.embedders import Embedder, embed_prompts
 
 __all__ = ["TokenIds", "perplexity"]  # perplexity lives beside generation, re-exported here
 

@@ -18,11 +18,13 @@ from typing import Any
 
 import numpy as np
 import torch
-from torch import nn
+from torch import Tensor, nn
 from tqdm.auto import tqdm
 
+from hf_sae_steer.data.embedders import DEFAULT_EMBEDDER, Embedder, embed_prompts, load_embedder
+from hf_sae_steer.data.prompts import load_prompts
 from hf_sae_steer.distributed import current_world
-from hf_sae_steer.evaluation.baselines import FineTuner, topic_prefix
+from hf_sae_steer.evaluation.baselines import FineTuner, directional_ablation, topic_prefix
 from hf_sae_steer.evaluation.classifier import TopicClassifier
 from hf_sae_steer.evaluation.conditions import (
     NORM_FRACTIONS,
@@ -37,14 +39,12 @@ from hf_sae_steer.evaluation.runner import PointRunner
 from hf_sae_steer.generation import Generator, sampling_options
 from hf_sae_steer.models import model_device, model_id
 from hf_sae_steer.sae.base import SAE, SparseCode
-from hf_sae_steer.scoring.calibration import strength_for
-from hf_sae_steer.scoring.embedders import DEFAULT_EMBEDDER, Embedder, embed_prompts, load_embedder
-from hf_sae_steer.scoring.prompts import load_prompts
-from hf_sae_steer.scoring.record import FeatureScores, load_scores
+from hf_sae_steer.scores.record import FeatureScores, load_scores
 from hf_sae_steer.sites.layouts import find_layout
 from hf_sae_steer.sites.resolve import resolve_site
-from hf_sae_steer.steering.interventions import REFERENCE_METHODS, Method
+from hf_sae_steer.steering.names import REFERENCE_METHODS, Method
 from hf_sae_steer.steering.steered import Scores, SteeredModel
+from hf_sae_steer.steering.strength import strength_for
 
 NEAREST_K = 5
 
@@ -77,6 +77,7 @@ def evaluate(
     batch_size: int = 16,
     n_boot: int = 1000,
     progress: bool = True,
+    classifier: TopicClassifier | None = None,
 ) -> EvalResult:
     """Generate from held-out ``prompts`` under every condition and measure relevance (centroid
     cosine, and ``P(topic)`` when ``reference`` texts are given to train the classifier),
@@ -117,11 +118,8 @@ def evaluate(
     main = first if isinstance(first, FeatureScores) else None
     embed_model, embedder_name = _embedder_for(embedder, main)
     (align_emb,), _ = embed_prompts(embed_model, [align_texts], progress=False)
-    classifier = (
-        TopicClassifier.fit(embed_model, align_texts, reference_texts, seed=seed)
-        if reference_texts is not None
-        else None
-    )
+    if classifier is None and reference_texts is not None:
+        classifier = TopicClassifier.fit(embed_model, align_texts, reference_texts, seed=seed)
     sampling = sampling_options(
         max_new_tokens=max_new_tokens, do_sample=temperature > 0, temperature=temperature,
         top_k=top_k, top_p=1.0,
@@ -160,6 +158,13 @@ def evaluate(
                     run(tuned, cond, epochs, None, train_seconds=tuner.seconds)
                     bar.update(1)
                 extra["finetune_loss"] = tuner.last_loss
+                continue
+            elif cond.baseline == "ablation":
+                direction = _mean_difference(artifacts.get(cond.scores), cond)
+                for strength, _ in cond.points():
+                    with directional_ablation(model, where, direction, float(strength)):
+                        run(model, cond, strength, None)
+                    bar.update(1)
                 continue
             elif cond.method is None:
                 run(model, cond, None, None)
@@ -241,6 +246,7 @@ def _run_steering(
         strength=1.0,
         preserve_error=cond.preserve_error,
         clamp_value=cond.clamp_value,
+        **dict(cond.options),
         **override,
     ) as steered:  # no hooks survive, even on error
         step = steered.interventions[0]
@@ -285,6 +291,16 @@ def _control(cond: Condition, artifact: Any, sae: SAE | None, seed: int) -> dict
     return {"vector": direction * (delta.float().norm() / direction.norm())}
 
 
+def _mean_difference(artifact: Any, cond: Condition) -> Tensor:
+    delta = artifact.stats.get("delta_raw") if isinstance(artifact, FeatureScores) else None
+    if delta is None:
+        raise ValueError(
+            f"Condition {cond.name!r} ablates the mean difference of scores {cond.scores!r}, "
+            "which need to be fitted with rule='mean_diff' by this version of hf_sae_steer."
+        )
+    return delta
+
+
 def _artifacts(scores: Scores | Mapping[str, Scores] | None) -> dict[str, Any]:
     if scores is None:
         return {}
@@ -302,6 +318,9 @@ def _check(conditions: Sequence[Condition], artifacts: dict[str, Any], sae: SAE 
                 f"Condition {c.name!r} steers with scores {c.scores!r}, which were not given "
                 f"(have: {sorted(artifacts) or 'none'})."
             )
+        if c.baseline == "ablation" and c.scores not in artifacts:
+            raise ValueError(f"Condition {c.name!r} ablates the direction of scores {c.scores!r}, "
+                             f"which were not given (have: {sorted(artifacts) or 'none'}).")
         if c.method is not None and c.method != "vector" and sae is None:
             raise ValueError(f"Condition {c.name!r} needs an SAE.")
 
@@ -315,7 +334,7 @@ def _describe(scores: Any) -> dict[str, Any] | None:
         return None
     return {
         "rule": scores.rule,
-        "recommended": scores.recommended,
+        "recommended": scores.recommended and scores.recommended.to_json(),
         "fit_seconds": scores.options.get("fit_seconds"),
         "coverage": scores.coverage,
     }

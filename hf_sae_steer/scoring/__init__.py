@@ -1,20 +1,16 @@
-"""Scoring SAE latents against a topic.
+"""Fitting: prompts, a model and an SAE in, a score artifact out (``docs/method.md`` §3, §6).
 
-- :mod:`~hf_sae_steer.scoring.record`: the :class:`FeatureScores` record and its artifact (a
-  leaf: data, files, the SAE check; no algorithm).
-- :mod:`~hf_sae_steer.scoring.uncertainty`: the uncertainty report.
-- :mod:`~hf_sae_steer.scoring.prompts`, :mod:`~hf_sae_steer.scoring.embedders`: prompt sets
-  and sentence embeddings.
-- :mod:`~hf_sae_steer.scoring.passes`: batched passes over prompts that produce sums.
-- :mod:`~hf_sae_steer.scoring.rules`: selection rules turning sums into scores.
-- :mod:`~hf_sae_steer.scoring.fit`: the fitting procedure, ``FeatureScores.fit``.
+- :mod:`~hf_sae_steer.scoring.fit`: :func:`fit_scores` (also ``FeatureScores.fit``), the
+  orchestration; :mod:`~hf_sae_steer.scoring.checks`: what is checked before any work;
+  :mod:`~hf_sae_steer.scoring.from_sums`: the record of a finished run;
+  :mod:`~hf_sae_steer.scoring.calibration`: the strength calibrated per topic.
+- :mod:`~hf_sae_steer.scoring.walk`: one pass over the prompts: sums, many processes,
+  checkpoints, the run lock.
+- :mod:`~hf_sae_steer.scoring.rules`: the selection rules, one module per family, registered.
 - :mod:`~hf_sae_steer.scoring.examples`: what fires a latent most.
 """
 
-from hf_sae_steer.scoring.fit import fit
-from hf_sae_steer.scoring.record import FeatureScores
+from hf_sae_steer._moved import moved_names
 
-# The record stays free of algorithms; the fitting procedure is attached here, where both exist.
-FeatureScores.fit = staticmethod(fit)  # type: ignore[assignment]
-
-__all__ = ["FeatureScores", "fit"]
+# 0.3's `from hf_sae_steer.scoring import FeatureScores, fit`, kept for one release.
+__getattr__ = moved_names(__name__, dict.fromkeys(["FeatureScores"], "hf_sae_steer.scoring.fit"))

@@ -1,139 +1,206 @@
-"""Strengths that mean the same thing across SAEs, methods and models (``docs/method.md`` §6).
+"""A strength per topic, set by its measured fluency cost (``docs/method.md`` §6).
 
-The additive methods (``add``, ``clamp`` with ``preserve_error``, ``vector``) add a fixed vector
-``u`` to every steered hidden state, times the strength. A strength is only meaningful next to
-the size of what it is added to, so strengths are set by a *norm fraction* ``ρ``: the strength
-that makes the added vector ``ρ`` times the mean norm of a reference token's hidden state (in
-the SAE's input space for ``add``/``clamp``, in the raw residual stream for ``vector``). The
-fit records those mean norms, so any artifact can turn ``ρ`` into a strength.
+One norm fraction does not suit every topic: the same ``ρ`` barely moves one topic's text and
+wrecks another's. So a fit measures what its recommended steering costs: continuations of
+neutral prompts, unsteered and steered at several norm fractions with the same random numbers,
+scored by their perplexity under the unsteered model (:class:`~hf_sae_steer.scoring.fluency.
+FluencyProbe`). The recommended strength is the largest whose paired (geometric-mean)
+perplexity ratio stays at or under a target, read off the measured points on the log-ratio
+scale (:func:`fraction_at`). Rather than the whole grid :data:`GRID`, :func:`calibrate`
+measures the few grid points a secant search asks for (:mod:`~hf_sae_steer.scoring.
+strength_search`): those around the crossing, which are all the grid's answer reads. The
+measured points are the curve recorded in the artifact. Under ``torchrun`` the processes share
+the work and agree on it.
 """
 
 from __future__ import annotations
 
 import math
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass
 from typing import Any
 
 import torch
-from torch import Tensor
+from torch import nn
 
-from hf_sae_steer.sae.base import SAE, SparseCode
-from hf_sae_steer.steering.names import MAX_NORM_FRACTION
+from hf_sae_steer._moved import moved_names
+from hf_sae_steer.distributed import World
+from hf_sae_steer.sae.base import SAE
+from hf_sae_steer.scores.recommendation import FluencyCalibration
+from hf_sae_steer.scoring.fluency import MIN_NEW_TOKENS as MIN_NEW_TOKENS
+from hf_sae_steer.scoring.fluency import FluencyPoint, FluencyProbe
+from hf_sae_steer.scoring.strength_search import next_point
+from hf_sae_steer.steering.live import live_steerings
 
-# The recommended norm fraction: the largest of 1/8, 1/4, 1/2, 1 at which the demo's `add`
-# steering kept the upper 95% bound of its perplexity ratio to the unsteered model under 2x, on
-# the tuning prompts (never the evaluation's): scripts/tune_norm_fraction.py, tuning.json.
-NORM_FRACTION = 0.5
-REFERENCE_CLAMP_VALUE = 10.0
-
-
-def clamp_values(
-    scores: Tensor, clamp_k: int, clamp_value: float | None, typical: Tensor | None
-) -> SparseCode:
-    """The latents ``clamp`` raises and by how much: the ``clamp_k`` top-scoring latents, each by
-    ``clamp_value``, or, when that is ``None``, by its typical activation on the reference set
-    (the reference's ``+10`` when the scores carry no typical activations)."""
-    top = torch.topk(scores.float(), clamp_k).indices
-    if clamp_value is None and typical is not None:
-        values = typical.float()[top]
-    else:
-        value = REFERENCE_CLAMP_VALUE if clamp_value is None else clamp_value
-        values = torch.full((clamp_k,), float(value))
-    return SparseCode(top, values)
+# What the library calibrates against: generic sentence openings about nothing in particular
+# (the demo's tuning prompts; the benchmark reports on other prompts).
+CALIBRATION_PROMPTS = (
+    "The garden", "A wooden chair is", "On Sunday we", "The old map", "A bright star",
+    "The teacher asked", "Our neighbour", "A quiet village", "The bridge was", "He looked at the",
+    "A glass of", "The letter said", "In the forest", "The train left", "A new book is",
+    "The mountain", "She laughed and", "The market", "A cold wind", "The game began",
+    "The hat", "Two brothers", "The lamp was", "A white horse",
+)  # fmt: skip
+# Chosen on the benchmark's tuning topics (scripts/run_topic_benchmark.py, docs/benchmark.md).
+TARGET_RATIO = 1.5
+GRID = (0.125, 0.25, 0.5, 0.75, 1.0, 1.5)  # the full curve; the search stays inside its range
 
 
-def added_vector(
-    method: str,
+def fluency_curve(
+    model: nn.Module,
+    tokenizer: Any,
     sae: SAE | None,
+    scores: Any,
     *,
-    latents: SparseCode | None = None,
-    clamp: SparseCode | None = None,
-    vector: Tensor | None = None,
-) -> Tensor:
-    """``u``: what an additive method adds at strength 1, per unit of the token's scale (``add``,
-    ``clamp``: the SAE's input space) or in the residual stream itself (``vector``)."""
-    if method == "vector":
-        if vector is None:
-            raise ValueError("The vector method needs a steering vector.")
-        return vector.detach().double().cpu()
-    code = latents if method == "add" else clamp
-    if sae is None or code is None:
-        raise ValueError(f"The {method} method needs an SAE and its latents.")
-    placed = SparseCode(code.indices.to(sae.device), code.values.to(sae.device, sae.dtype))
-    with torch.no_grad():
-        return sae.decode_change(placed).double().cpu()
-
-
-def check_norm_fraction(norm_fraction: float) -> float:
-    """``norm_fraction`` as a float, when finite and at most :data:`MAX_NORM_FRACTION` in size."""
-    number = isinstance(norm_fraction, (int, float)) and not isinstance(norm_fraction, bool)
-    value = float(norm_fraction) if number else math.nan
-    if not math.isfinite(value) or abs(value) > MAX_NORM_FRACTION:
-        raise ValueError(
-            f"norm_fraction (--norm-fraction) must be a finite number from -{MAX_NORM_FRACTION:g} "
-            f"to {MAX_NORM_FRACTION:g}, got {norm_fraction!r}: it sets the added vector's size as "
-            f"a fraction of a hidden state's (default {NORM_FRACTION:g})."
-        )
-    return value
-
-
-def strength_for(norm_fraction: float, u: Tensor, mean_norm: float) -> float:
-    """The strength at which ``u`` has norm ``norm_fraction * mean_norm``."""
-    size = float(u.norm())
-    if size == 0 or mean_norm <= 0:
-        raise ValueError("Cannot calibrate a strength: the added vector or the mean norm is 0.")
-    return norm_fraction * mean_norm / size
-
-
-def recommendation(
-    method: str, strength: float, *, preserve_error: bool, norm_fraction: float | None
-) -> dict[str, Any]:
-    """The ``recommended`` entry of an artifact."""
-    why = (
-        f"strength makes the added vector {norm_fraction:g} x the mean norm of a reference "
-        "token's hidden state"
-        if norm_fraction is not None
-        else "the reference method at full strength"
-    )
-    return {
-        "method": method,
-        "strength": strength,
-        "preserve_error": preserve_error,
-        "norm_fraction": norm_fraction,
-        "why": why,
-    }
-
-
-def recommend(
-    rule: str,
-    scores: Tensor,
-    stats: dict[str, Tensor],
-    sae: SAE,
+    method: str,
+    preserve_error: bool,
     mean_norm: float,
-    norm_fraction: float = NORM_FRACTION,
-) -> dict[str, Any]:
-    """The steering a rule's scores are meant for (documented in ``docs/method.md`` §6):
+    prompts: Sequence[str] = CALIBRATION_PROMPTS,
+    norm_fractions: Sequence[float] = GRID,
+    samples: int = 2,
+    max_new_tokens: int = 24,
+    seed: int = 0,
+    batch_size: int = 96,
+    world: World | None = None,
+) -> list[dict[str, float]]:
+    """``[{norm_fraction, strength, perplexity_ratio, continuations}]``: the paired
+    geometric-mean perplexity ratio of ``method`` (an additive method of ``scores``) to the
+    unsteered model at every one of ``norm_fractions`` (the full grid, all samples)."""
+    with FluencyProbe(
+        model, tokenizer, sae, scores, method=method, preserve_error=preserve_error,
+        mean_norm=mean_norm, prompts=prompts, max_new_tokens=max_new_tokens, seed=seed,
+        batch_size=batch_size, world=world,
+    ) as probe:  # fmt: skip
+        points = probe.measure([(rho, samples) for rho in norm_fractions])
+    return [point.to_json() for point in points]
 
-    - ``mean_diff``, ``output``, ``trained``: ``add`` the chosen decoder rows with their weights;
-    - ``support``: ``clamp`` the 5 top latents by their typical activations, error preserved;
-    - ``seed``: the reference's own method, ``swap`` at strength 1.
 
-    Additive steerings get the strength of norm fraction ``norm_fraction``. When every score is 0
-    no latent was chosen, and the recommendation is no change (``orig``): ``swap`` would keep no
-    latent at all and erase what the SAE reconstructs.
-    """
-    if not bool((scores > 0).any()):
-        return {
-            **recommendation("orig", 1.0, preserve_error=False, norm_fraction=None),
-            "why": "every score is 0: no latent to steer with, so no change",
-        }
-    if rule == "seed":
-        return recommendation("swap", 1.0, preserve_error=False, norm_fraction=None)
-    if "latents" in stats and "weights" in stats:  # mean_diff, output, trained
-        method, u = "add", added_vector(
-            "add", sae, latents=SparseCode(stats["latents"], stats["weights"])
-        )
-    else:
-        clamp = clamp_values(scores, 5, None, stats.get("typical_activation"))
-        method, u = "clamp", added_vector("clamp", sae, clamp=clamp)
-    strength = strength_for(norm_fraction, u, mean_norm)
-    return recommendation(method, strength, preserve_error=True, norm_fraction=norm_fraction)
+def fraction_at(curve: Sequence[dict[str, float]], target: float) -> float:
+    """The largest norm fraction whose perplexity ratio stays at or under ``target``: linear in
+    ``log`` ratio between the last grid point under it and the next, from (0, ratio 1); the
+    largest grid point when the whole curve stays under."""
+    if not target > 1:
+        raise ValueError(f"The target perplexity ratio must be above 1, got {target}.")
+    goal = math.log(target)
+    prev_rho, prev_log = 0.0, 0.0
+    for point in sorted(curve, key=lambda p: p["norm_fraction"]):
+        rho, ratio = point["norm_fraction"], point["perplexity_ratio"]
+        defined = ratio is not None and 0 < ratio < math.inf
+        log = max(math.log(ratio), prev_log) if defined else math.inf
+        if log > goal:
+            if math.isinf(log):
+                return prev_rho if prev_rho > 0 else rho / 2
+            return prev_rho + (goal - prev_log) / (log - prev_log) * (rho - prev_rho)
+        prev_rho, prev_log = rho, log
+    return prev_rho
+
+
+@dataclass
+class CalibrationRun:
+    """A calibration and what it cost this process: its wall-clock ``seconds`` and the LM
+    ``tokens`` it passed (generated and scored)."""
+
+    fluency: FluencyCalibration
+    seconds: float
+    tokens: int
+
+
+def calibrate(
+    model: nn.Module,
+    tokenizer: Any,
+    sae: SAE | None,
+    scores: Any,
+    *,
+    target_ratio: float = TARGET_RATIO,
+    prompts: Sequence[str] = CALIBRATION_PROMPTS,
+    seed: int = 0,
+    **options: Any,
+) -> FluencyCalibration:
+    """Measure the fluency curve of ``scores``' recommended (additive) steering and return the
+    ``fluency`` entry of its calibration: the measured points, the target and the chosen point.
+    ``options`` go to :func:`run_calibration` (``search=False``: the full grid)."""
+    return run_calibration(
+        model, tokenizer, sae, scores, target_ratio=target_ratio, prompts=prompts, seed=seed,
+        **options,
+    ).fluency  # fmt: skip
+
+
+def run_calibration(
+    model: nn.Module,
+    tokenizer: Any,
+    sae: SAE | None,
+    scores: Any,
+    *,
+    target_ratio: float = TARGET_RATIO,
+    prompts: Sequence[str] = CALIBRATION_PROMPTS,
+    seed: int = 0,
+    samples: int = 2,
+    max_new_tokens: int = 24,
+    batch_size: int = 96,
+    search: bool = True,
+    world: World | None = None,
+) -> CalibrationRun:
+    """:func:`calibrate`, with its cost. ``search=True`` measures the grid points a secant search
+    asks for (:mod:`~hf_sae_steer.scoring.strength_search`), ``False`` the whole :data:`GRID`;
+    either way with ``samples`` continuations per prompt of ``max_new_tokens`` tokens, seeded
+    per prompt and sample by ``seed`` (top-k 50, temperature 1). ``world``: the processes that
+    share the work (default: this one alone; the result is the same)."""
+    started = time.perf_counter()
+    if not target_ratio > 1:  # before any generation
+        raise ValueError(f"The target perplexity ratio must be above 1, got {target_ratio}.")
+    rec = scores.recommended
+    if rec is None or rec.norm_fraction is None:
+        raise ValueError("Only an artifact whose recommended steering is additive is calibrated.")
+    if live_steerings(model):  # one steering at a time: measuring needs the model to ourselves
+        raise ValueError("the model is steered now; remove its SteeredModel to calibrate")
+    key = "mean_norm_raw" if rec.method == "vector" else "mean_norm"
+    mean_norm = float(getattr(scores.calibration, key))
+    with torch.inference_mode(), FluencyProbe(
+        model, tokenizer, sae, scores, method=rec.method,
+        preserve_error=bool(rec.preserve_error), mean_norm=mean_norm, prompts=prompts,
+        max_new_tokens=max_new_tokens, seed=seed, batch_size=batch_size, world=world,
+    ) as probe:  # fmt: skip
+        if search:
+            points = _search(probe, target_ratio, abs(rec.norm_fraction), samples)
+        else:
+            points = probe.measure([(rho, samples) for rho in GRID])
+        tokens = probe.tokens
+    curve = [p.to_json() for p in sorted(points, key=lambda p: p.norm_fraction)]
+    rho = fraction_at(curve, target_ratio)
+    fluency = FluencyCalibration(
+        method=rec.method,
+        target_ratio=target_ratio,
+        norm_fraction=rho,
+        strength=rec.strength * rho / rec.norm_fraction,  # strength is linear in ρ
+        prompts=len(prompts),
+        curve=curve,
+        search="secant" if search else "grid",
+        samples=samples,
+    )
+    return CalibrationRun(fluency, time.perf_counter() - started, tokens)
+
+
+def _search(probe: FluencyProbe, target: float, start: float, samples: int) -> list[FluencyPoint]:
+    """Measure the grid points :func:`~hf_sae_steer.scoring.strength_search.next_point` asks
+    for, one a round, from the one nearest ``start`` (the norm fraction recommended before
+    calibration)."""
+    points: dict[float, FluencyPoint] = {}
+    while True:
+        rho = next_point({r: p.ratio for r, p in points.items()}, GRID, target, start)
+        if rho is None:
+            return list(points.values())
+        (points[rho],) = probe.measure([(rho, samples)])
+
+
+# 0.3's hf_sae_steer.scoring.calibration held the strength arithmetic, kept for one release.
+__getattr__ = moved_names(
+    __name__,
+    {
+        name: "hf_sae_steer.steering.strength"
+        for name in ("NORM_FRACTION", "REFERENCE_CLAMP_VALUE", "added_vector", "clamp_values",
+                     "check_norm_fraction", "strength_for")
+    }
+    | {name: "hf_sae_steer.steering.names"
+       for name in ("MAX_STRENGTH", "MAX_NORM_FRACTION", "ADDITIVE")},
+)  # fmt: skip

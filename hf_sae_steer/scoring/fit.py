@@ -1,10 +1,11 @@
-"""Fitting feature scores from an alignment set (``docs/method.md`` §3, §6): ``FeatureScores.fit``.
+"""Fitting feature scores from an alignment set (``docs/method.md`` §3, §6): :func:`fit_scores`,
+also ``FeatureScores.fit``.
 
-Scoring walks forward once per set (:mod:`~hf_sae_steer.scoring.accumulation`): embed the
+Scoring walks forward once per set (:mod:`~hf_sae_steer.scoring.walk.accumulation`): embed the
 (small) alignment set and run it to the site, then read the reference set as a stream, in
 chunks: embed a chunk, take each prompt's distance to the alignment set, run the model only up
 to the hooked site, encode with the SAE and add to the sums
-(:class:`~hf_sae_steer.scoring.passes.ScoringSums`). Under ``torchrun`` / ``accelerate launch``
+(:class:`~hf_sae_steer.scoring.walk.passes.ScoringSums`). Under ``torchrun`` / ``accelerate launch``
 the processes share the prompts and add up their sums; a checkpoint lets a run resume. A
 selection rule turns the sums into scores; memory is bounded by a chunk and ``d_sae``, not by
 the size of the reference set.
@@ -12,9 +13,8 @@ the size of the reference set.
 
 from __future__ import annotations
 
-import inspect
+import dataclasses
 import itertools
-import math
 import time
 import warnings
 from collections.abc import Mapping, Sequence
@@ -24,8 +24,10 @@ from typing import Any
 import torch
 from torch import nn
 
-from hf_sae_steer.distributed import current_world
-from hf_sae_steer.folders import check_writable
+from hf_sae_steer.data.embedders import DEFAULT_EMBEDDER, Embedder, embed_prompts, load_embedder
+from hf_sae_steer.data.prompts import hash_prompts, load_prompts
+from hf_sae_steer.data.sources import open_prompts
+from hf_sae_steer.distributed import World, all_gather_json, current_world
 from hf_sae_steer.models import (
     context_length,
     model_device,
@@ -35,37 +37,32 @@ from hf_sae_steer.models import (
     weights_fingerprint,
 )
 from hf_sae_steer.sae.base import SAE
-from hf_sae_steer.scoring.accumulation import CHUNK, Checkpointing, ScoringWalk
-from hf_sae_steer.scoring.calibration import NORM_FRACTION, check_norm_fraction, recommend
-from hf_sae_steer.scoring.embedders import DEFAULT_EMBEDDER, Embedder, load_embedder
-from hf_sae_steer.scoring.objective import TopicMargin
-from hf_sae_steer.scoring.passes import (
-    SUMMARIES,
+from hf_sae_steer.scores import record
+from hf_sae_steer.scoring.away import AWAY_PROMPTS, calibrate_away, inviting_prompts
+from hf_sae_steer.scoring.calibration import CALIBRATION_PROMPTS, CalibrationRun, run_calibration
+from hf_sae_steer.scoring.checks import (
+    check_alignment,
+    check_calibration,
+    check_options,
+    checkpointing,
+)
+from hf_sae_steer.scoring.from_sums import from_sums
+from hf_sae_steer.scoring.rules import DEFAULT_RULE, Rule, get_rule
+from hf_sae_steer.scoring.rules.objective import TopicMargin
+from hf_sae_steer.scoring.walk.accumulation import ScoringWalk
+from hf_sae_steer.scoring.walk.passes import (
     ProgressCallback,
     PromptPasses,
-    ScoringSums,
     Summary,
 )
-from hf_sae_steer.scoring.prompts import hash_prompts, load_prompts
-from hf_sae_steer.scoring.record import FeatureScores
-from hf_sae_steer.scoring.selection import (
-    DEFAULT_RULE,
-    OUTPUT_RULES,
-    RULE_FUNCTIONS,
-    RULES,
-    Rule,
-    apply_rule,
-)
-from hf_sae_steer.scoring.sources import open_prompts
-from hf_sae_steer.scoring.strength import CALIBRATION_PROMPTS, TARGET_RATIO, calibrate
-from hf_sae_steer.scoring.uncertainty import build_report
 from hf_sae_steer.sites.layouts import find_layout
 from hf_sae_steer.sites.resolve import resolve_site
-from hf_sae_steer.steering.live import steering_suspended
-from hf_sae_steer.steering.names import MAX_STRENGTH
+from hf_sae_steer.steering.effect import SteeringEffect, effect_of
+from hf_sae_steer.steering.live import live_steerings, steering_suspended
+from hf_sae_steer.steering.strength import NORM_FRACTION
 
 
-def fit(
+def fit_scores(
     model: nn.Module,
     tokenizer: Any,
     sae: SAE,
@@ -80,7 +77,8 @@ def fit(
     rule_options: Mapping[str, Any] | None = None,
     norm_fraction: float = NORM_FRACTION,
     calibrate_strength: bool = True,
-    target_ratio: float = TARGET_RATIO,
+    measure_effect: bool = True,
+    target_ratio: float | None = None,
     calibration_prompts: Sequence[str] = CALIBRATION_PROMPTS,
     seed: int = 0,
     summary: Summary = "avg",
@@ -95,30 +93,34 @@ def fit(
     checkpoint_every: int | None = None,
     resume: bool = False,
     progress: bool | ProgressCallback = True,
-) -> FeatureScores:
+) -> record.FeatureScores:
     """Score every latent of ``sae`` for steering towards ``alignment``.
 
-    >>> scores = FeatureScores.fit(model, tok, sae, layer=9, site="resid_post",  # doctest: +SKIP
-    ...                            reference=load_prompts("ref.csv"),
-    ...                            alignment=load_prompts("med.csv"))
+    >>> scores = fit_scores(model, tok, sae, layer=9, site="resid_post",  # doctest: +SKIP
+    ...                     reference=load_prompts("ref.csv"),
+    ...                     alignment=load_prompts("med.csv"))
     >>> scores.recommended, scores.report()
 
-    ``rule`` picks the selection rule (:mod:`~hf_sae_steer.scoring.selection`): ``"mean_diff"``
+    ``rule`` picks the selection rule (:mod:`~hf_sae_steer.scoring.rules`): ``"mean_diff"``
     (``k`` latents fitted to the mean difference, 10 by default), ``"output"`` (the same over
     the rows that raise the topic's likelihood), ``"trained"`` (weights fitted by gradient on
     the output; ``rule_options`` such as ``objective``, ``steps``, ``l1``), ``"support"``
     (``prior_prompts``, 5 by default) or ``"seed"``, the reference rule exactly. The artifact
     records the steering its rule recommends. An additive one (``add``) is calibrated on
     ``calibration_prompts`` (neutral openings): its strength is the largest whose perplexity
-    ratio to the unsteered model stays under ``target_ratio``, and the measured curve is kept
-    (:mod:`~hf_sae_steer.scoring.strength`); ``calibrate_strength=False`` sets it by norm
-    fraction ``norm_fraction`` instead (:mod:`~hf_sae_steer.scoring.calibration`). ``seed``
-    makes the trained rule and the calibration's sampling reproducible.
+    ratio to the unsteered model stays under ``target_ratio`` (default 1.5), and the measured
+    curve is kept (:mod:`~hf_sae_steer.scoring.calibration`); ``calibrate_strength=False`` sets
+    it by norm fraction ``norm_fraction`` instead (:mod:`~hf_sae_steer.steering.strength`;
+    ``target_ratio`` is then refused). The calibration's options are checked before any work.
+    ``seed`` makes the trained rule and the calibration's sampling reproducible. ``measure_effect``
+    records what the recommended steering does in words, ``record.effect`` (the tokens it raises
+    and lowers most: two full forward passes over 16 neutral prompts and a logit lens,
+    :mod:`~hf_sae_steer.steering.effect`).
 
     ``layer``/``site`` default to where the SAE was trained
     (:func:`~hf_sae_steer.sites.resolve.resolve_site`). ``alignment`` takes anything
-    :func:`~hf_sae_steer.scoring.prompts.load_prompts` does; ``reference`` also takes a stream
-    (:func:`~hf_sae_steer.scoring.sources.open_prompts`: large local files, a ``datasets``
+    :func:`~hf_sae_steer.data.prompts.load_prompts` does; ``reference`` also takes a stream
+    (:func:`~hf_sae_steer.data.sources.open_prompts`: large local files, a ``datasets``
     ``IterableDataset``), read a chunk at a time. ``embedder`` is a
     sentence-transformers id or path, a ``SentenceTransformer``, or any callable
     ``list[str] -> Tensor[n, dim]`` (used as is). Prompts longer than ``max_length`` (default:
@@ -128,24 +130,28 @@ def fit(
     reads. The SAE runs on ``device`` (default: beside its block, ``device_map="auto"`` too).
 
     ``progress``: a bar (True), none (False), or a callable ``progress(phase, done, total)``
-    (:data:`~hf_sae_steer.scoring.passes.ProgressCallback`); an exception raised from it stops
+    (:data:`~hf_sae_steer.scoring.walk.passes.ProgressCallback`); an exception raised from it stops
     the fit and leaves the model as it was.
 
     Under ``torchrun`` or ``accelerate launch`` the processes share the prompts (prompt ``i``
-    to rank ``i mod world_size``) and add up their sums; every rank returns the same record.
+    to rank ``i mod world_size``) and add up their sums, and share the calibration's batches;
+    every rank returns the same record. ``options`` records ``fit_seconds``, and for a
+    calibrated fit ``calibration_seconds`` and ``calibration_tokens`` (the LM tokens it
+    generated and scored; per process in ``options["processes"]`` under a launcher).
     ``checkpoint`` (a file) receives the sums every ``checkpoint_every`` reference prompts
     (default 1,024) and at the end; ``resume=True`` continues from it and gives the same
     scores as an uninterrupted run. An existing checkpoint is never overwritten otherwise; one
     run at a time holds it, and a damaged, crafted or foreign one raises
-    :class:`~hf_sae_steer.scoring.checkpoint.CheckpointError` (``docs/scaling.md``).
+    :class:`~hf_sae_steer.scoring.walk.checkpoint.CheckpointError` (``docs/scaling.md``).
     """
     options_of_rule = check_options(
         rule, summary=summary, k=k, prior_prompts=prior_prompts, norm_fraction=norm_fraction,
         d_sae=sae.d_sae, rule_options=rule_options,
     )  # fmt: skip
-    saving = _checkpointing(checkpoint, checkpoint_every, resume)
+    target_ratio = check_calibration(calibrate_strength, target_ratio, calibration_prompts)
+    saving = checkpointing(checkpoint, checkpoint_every, resume)
     started = time.perf_counter()
-    source, alignment = open_prompts(reference), load_prompts(alignment)
+    source, alignment = open_prompts(reference), check_alignment(load_prompts(alignment))
     layout = find_layout(model)
     where = resolve_site(layout, layer, site, trained=sae.cfg)
     inputs_on = model_device(model)
@@ -196,10 +202,10 @@ def fit(
             with torch.inference_mode():
                 done = walk(source, alignment)
             margin = None
-            if rule in OUTPUT_RULES:
+            if get_rule(rule).needs_margin:
                 margin = TopicMargin(
                     model, tokenizer, layout, where, passes.sae, alignment,
-                    _reference_sample(reference), seed=seed,
+                    _reference_sample(reference), seed=seed, rule=rule,
                 )  # fmt: skip
             if done.resumed_at:
                 options["resumed_at"] = done.resumed_at
@@ -214,17 +220,19 @@ def fit(
             record = from_sums(
                 done.sums, sae, rule=rule, rule_options=options_of_rule, margin=margin,
                 norm_fraction=norm_fraction, warn=world.is_main, layer=where.layer,
+                alignment_texts=(len({text.strip() for text in alignment}), len(alignment)),
                 site=where.kind, summary=summary, model_id=model_id(model),
                 embedder=embedder_name, reference_hash=done.reference_hash,
                 alignment_hash=hash_prompts(alignment), options=options,
+                record_class=FeatureScores,
             )  # fmt: skip
-            if calibrate_strength and record.recommended and record.recommended["norm_fraction"]:
+            if calibrate_strength and record.recommended and record.recommended.norm_fraction:
                 if callable(progress):
                     progress("calibrate", 0, None)
                 try:
-                    fluency = calibrate(
+                    done_calibrating = run_calibration(
                         model, tokenizer, sae, record, target_ratio=target_ratio,
-                        prompts=calibration_prompts, seed=seed,
+                        prompts=calibration_prompts, seed=seed, world=world,
                     )  # fmt: skip
                 except ValueError as error:  # e.g. no room in a tiny context
                     warnings.warn(
@@ -233,12 +241,96 @@ def fit(
                         stacklevel=2,
                     )
                 else:
-                    record.calibration["fluency"] = fluency
-                    record.recommended = recommendation_of(fluency, record.recommended)
+                    fluency = done_calibrating.fluency
+                    record.calibration.fluency = fluency
+                    record.recommended = record.recommended.calibrated_to(fluency)
+                    _record_calibration_cost(record.options, done_calibrating, world)
+            if calibrate_strength and record.recommended_away is not None:
+                _calibrate_away(
+                    model, tokenizer, sae, record, alignment, embed_model,
+                    neutral=list(calibration_prompts)[:AWAY_PROMPTS], seed=seed, world=world,
+                )  # fmt: skip
+            if measure_effect:
+                record.effect = _effect_in_words(model, tokenizer, sae, record)
     finally:
         model.train(was_training)
     record.options["fit_seconds"] = time.perf_counter() - started
     return record
+
+
+def _record_calibration_cost(options: dict[str, Any], run: CalibrationRun, world: World) -> None:
+    """What the calibration cost: its seconds and LM tokens (all processes'), and under a
+    launcher each process's tokens beside its prompt counts."""
+    tokens = all_gather_json(run.tokens, world)
+    options["calibration_seconds"] = run.seconds
+    options["calibration_tokens"] = sum(tokens)
+    if "processes" in options:
+        options["processes"]["calibration_tokens"] = tokens
+
+
+def _calibrate_away(
+    model: nn.Module,
+    tokenizer: Any,
+    sae: SAE,
+    scores: record.FeatureScores,
+    alignment: Sequence[str],
+    embed_model: Any,
+    *,
+    neutral: Sequence[str],
+    seed: int,
+    world: Any = None,
+) -> None:
+    """The recommended suppression's strength, measured (``docs/method.md`` §9); a warning and
+    the uncalibrated strength 1 where it cannot be."""
+
+    def embed(texts: list[str]) -> torch.Tensor:
+        (out,), _ = embed_prompts(embed_model, [texts], progress=False)
+        return out / out.norm(dim=-1, keepdim=True).clamp_min(1e-12)
+
+    try:
+        if live_steerings(model):  # measuring needs the model to ourselves
+            raise ValueError("the model is steered now; remove its SteeredModel to calibrate")
+        inviting = inviting_prompts(alignment)
+        if not inviting:
+            raise ValueError("no alignment text is long enough to open a prompt with")
+        centroid = embed(list(alignment)[:256]).mean(0)
+        away = calibrate_away(
+            model, tokenizer, sae, scores, neutral=neutral, inviting=inviting, embed=embed,
+            centroid=centroid / centroid.norm().clamp_min(1e-12), seed=seed, world=world,
+        )  # fmt: skip
+    except ValueError as error:
+        warnings.warn(
+            f"The suppression's strength was not calibrated ({error}); it stays at 1.",
+            stacklevel=3,
+        )
+        return
+    scores.calibration.away = away
+    rec = scores.recommended_away
+    scores.recommended_away = dataclasses.replace(
+        rec,  # type: ignore[arg-type]
+        strength=away.strength,
+        calibrated=True,
+        why=(
+            f"the largest strength whose continuations of {away.neutral_prompts} neutral prompts "
+            f"stay under {away.target_ratio:g}x the unsteered model's perplexity"
+        ),
+    )
+
+
+def _effect_in_words(
+    model: nn.Module, tokenizer: Any, sae: SAE, scores: record.FeatureScores
+) -> SteeringEffect | None:
+    """What the recommended steering does in words (``docs/method.md`` §4): two forward passes
+    over a few neutral prompts and a logit lens. None, with a warning, where it cannot be
+    measured (the model is steered now, or has no LM head)."""
+    why = "the model is steered now" if live_steerings(model) else None
+    if why is None:
+        try:
+            return effect_of(model, tokenizer, sae, scores=scores)
+        except ValueError as error:
+            why = str(error)
+    warnings.warn(f"The effect in words was not measured ({why}).", stacklevel=3)
+    return None
 
 
 def _reference_sample(reference: Any, n: int = 256) -> list[str]:
@@ -255,148 +347,9 @@ def _reference_sample(reference: Any, n: int = 256) -> list[str]:
     return sample
 
 
-def recommendation_of(fluency: dict[str, Any], recommended: dict[str, Any]) -> dict[str, Any]:
-    """The recommended steering at the calibrated strength."""
-    return {
-        **recommended,
-        "strength": fluency["strength"],
-        "norm_fraction": fluency["norm_fraction"],
-        "calibrated": True,
-        "why": (
-            f"the largest strength whose continuations of {fluency['prompts']} neutral prompts "
-            f"stay under {fluency['target_ratio']:g}x the unsteered model's perplexity"
-        ),
-    }
+class FeatureScores(record.FeatureScores):
+    """The score record (:class:`hf_sae_steer.scores.record.FeatureScores`) with its fitting
+    constructor: ``FeatureScores.fit(model, tokenizer, sae, ...)`` is :func:`fit_scores`."""
 
-
-def check_options(
-    rule: str,
-    *,
-    summary: str = "avg",
-    k: int | None = None,
-    prior_prompts: float | None = None,
-    norm_fraction: float = NORM_FRACTION,
-    d_sae: int | None = None,
-    rule_options: Mapping[str, Any] | None = None,
-) -> dict[str, Any]:
-    """The rule's options, if every option of a fit is valid (checked before any work; the
-    messages name the arguments and their flags)."""
-    if summary not in SUMMARIES:
-        raise ValueError(f"Unknown summary {summary!r}; use one of {', '.join(SUMMARIES)}.")
-    if rule not in RULES:
-        raise ValueError(f"Unknown rule {rule!r}; use one of {', '.join(RULES)}.")
-    check_norm_fraction(norm_fraction)
-    given = {name: value for name, value in {"k": k, "prior_prompts": prior_prompts}.items()
-             if value is not None}  # fmt: skip
-    takes = set(inspect.signature(RULE_FUNCTIONS[rule]).parameters) - {"sums", "sae", "margin"}
-    for name in given.keys() - takes:
-        flag = name.replace("_", "-")
-        raise ValueError(f"{name} (--{flag}) is an option of the rule {_taking(name)}, not {rule}.")
-    unknown = sorted(set(rule_options or {}) - takes)
-    if unknown:
-        raise ValueError(
-            f"Bad options {unknown} for rule {rule!r}: it takes "
-            f"{', '.join(sorted(takes)) or 'none'}."
-        )
-    given.update(rule_options or {})
-    if k is not None and (
-        isinstance(k, bool) or not isinstance(k, int) or k < 1 or (d_sae and k > d_sae)
-    ):
-        top = f"d_sae={d_sae}" if d_sae else "d_sae"
-        raise ValueError(f"k (--k) must be a whole number from 1 to {top}, got {k!r}.")
-    if prior_prompts is not None and not (
-        isinstance(prior_prompts, (int, float)) and 0 <= prior_prompts < math.inf
-    ):
-        raise ValueError(
-            f"prior_prompts (--prior-prompts) must be a finite number >= 0, got {prior_prompts!r}."
-        )
-    return given
-
-
-def _taking(option: str) -> str:
-    rules = RULE_FUNCTIONS.items()
-    return next(rule for rule, f in rules if option in inspect.signature(f).parameters)
-
-
-def _checkpointing(
-    path: str | Path | None, every: int | None, resume: bool
-) -> Checkpointing | None:
-    if path is None:
-        if every is not None or resume:
-            raise ValueError("checkpoint_every and resume need checkpoint=PATH (--checkpoint).")
-        return None
-    if every is not None and every < 1:
-        raise ValueError(f"checkpoint_every must be a positive number of prompts, got {every}.")
-    path = Path(path).expanduser()
-    check_writable(path.parent)  # now, not when the first sums are due
-    return Checkpointing(path, every or CHUNK, resume)
-
-
-def from_sums(
-    sums: ScoringSums,
-    sae: SAE,
-    *,
-    rule: str,
-    rule_options: dict[str, Any],
-    norm_fraction: float,
-    warn: bool = True,
-    margin: TopicMargin | None = None,
-    **fields: Any,
-) -> FeatureScores:
-    """The score record of a finished run: the rule's scores, its recommended steering, the
-    uncertainty report (warned about, once, when ``warn``) and provenance ``fields``."""
-    broken = sums.non_finite()
-    if broken is not None:  # NaN/inf never reach scores: the seed rule would score them 1
-        raise ValueError(
-            f"The scoring sums are not finite ({broken} holds NaN or inf): the model's hidden "
-            "states at the site overflow. Score the model in float32."
-        )
-    result = apply_rule(rule, sums, sae, margin=margin, **rule_options)
-    coverage = float(sums.fired.double().mean())
-    stats = {
-        **result.stats,
-        "mass": sums.den.float(),
-        "ref_fire_counts": sums.ref_prompts,
-        "align_fire_counts": sums.align_prompts,
-        "typical_activation": sums.typical_activation().float(),
-    }
-    picked = int((result.scores > 0).sum()) if "latents" in result.stats else None
-    report = build_report(
-        result.scores,
-        coverage,
-        sums.fvu(),
-        sums.align_prompts,
-        sums.ref_prompts,
-        result.delta_explained,
-        top_k=picked,
-    )
-    if warn:
-        for note in report.warnings:
-            warnings.warn(note, stacklevel=3)
-    try:
-        recommended = recommend(rule, result.scores, stats, sae, sums.mean_norm(), norm_fraction)
-    except ValueError:  # nothing to steer with (no latent fired, or no direction)
-        recommended = None
-    if recommended is not None and abs(recommended["strength"]) > MAX_STRENGTH:
-        raise ValueError(
-            f"The recommended {recommended['method']} steering would need strength "
-            f"{recommended['strength']:.3g} for norm fraction {norm_fraction:g}, beyond the "
-            f"±{MAX_STRENGTH:g} that steering accepts: the SAE's decoder rows are tiny next to "
-            "the hidden states. Pass a smaller norm_fraction (--norm-fraction)."
-        )
-    options = {**fields.pop("options", {}), "rule_options": result.options}
-    return FeatureScores(
-        scores=result.scores,
-        coverage=coverage,
-        sae_fingerprint=sae.fingerprint(),
-        sae_spec=sae.cfg.spec,
-        reference_size=int(sums.ref_n),
-        alignment_size=int(sums.align_n),
-        options=options,
-        stats=stats,
-        quality=report,
-        rule=rule,
-        recommended=recommended,
-        calibration={"mean_norm": sums.mean_norm(), "mean_norm_raw": sums.mean_norm(raw=True)},
-        **fields,
-    )
+    # Not a wrapper: warnings from the fit then point at the caller's line.
+    fit = staticmethod(fit_scores)

@@ -2,12 +2,16 @@
 ``/v1/models``, server-sent-event streaming, and ``/health``, over any
 :class:`~hf_sae_steer.serving.engine.Engine`.
 
-A request walks: body read with a byte cap (413 beyond it, drained without being kept) ->
-JSON (400) -> schema (400) -> :func:`~hf_sae_steer.serving.prepare.prepare` in a worker
-thread (tokenize, budget, steering: 400/404) -> ``engine.submit`` (429 when the queue is full)
--> tokens -> text (stop strings) -> the response. Every error is OpenAI's error JSON with a
-one-line message, and the server goes on serving. A client that disconnects cancels its
-request (streamed or not), which frees its slot in the batch.
+Before any route: the Host header, the origin, the content type and the API key
+(:mod:`.security`). A request walks: body read with a byte cap (413 beyond it, drained without
+being kept) -> JSON, not too deep and valid Unicode (400; :mod:`.body`) -> schema (400) ->
+:func:`~hf_sae_steer.serving.prepare.prepare` in a worker thread (tokenize, budget, steering:
+400/404) -> ``engine.submit`` of each choice (one per prompt and sample; 429 when the queue is
+full, and then none is queued; 503 once shutting down: :mod:`.lifecycle`) -> tokens -> each
+choice's text, logprobs and usage (:mod:`.choices`) -> the response. Every error is OpenAI's
+error JSON with a one-line message, and the server goes on serving. A client that disconnects
+cancels its request (streamed or not), which frees its slot in the batch. Every generation is
+counted for ``/metrics`` (:mod:`.metrics`; the other utility routes: :mod:`.utility_routes`).
 """
 
 from __future__ import annotations
@@ -16,7 +20,7 @@ import asyncio
 import contextlib
 import json
 import time
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Sequence
 from typing import Any
 
 from fastapi import FastAPI, Request
@@ -25,15 +29,25 @@ from starlette.concurrency import run_in_threadpool
 from starlette.exceptions import HTTPException
 
 from hf_sae_steer.serving import openai_format as fmt
+from hf_sae_steer.serving import security
+from hf_sae_steer.serving.body import read_json
+from hf_sae_steer.serving.choices import Choice, choices_for, merged, usage
 from hf_sae_steer.serving.concepts import ConceptLibrary
-from hf_sae_steer.serving.engine import Engine, EngineBusy, Finished, Tokens, TokenStream
-from hf_sae_steer.serving.prepare import ServeLimits, prepare
-from hf_sae_steer.serving.schema import (
-    ParsedRequest,
-    RequestError,
-    parse_chat,
-    parse_completion,
+from hf_sae_steer.serving.engine import (
+    Engine,
+    EngineBusy,
+    Finished,
+    GenerationRequest,
+    TokenStream,
 )
+from hf_sae_steer.serving.errors import RequestError
+from hf_sae_steer.serving.lifecycle import Lifecycle
+from hf_sae_steer.serving.metrics import Metrics
+from hf_sae_steer.serving.prepare import Prepared, ServeLimits, prepare
+from hf_sae_steer.serving.requests import ParsedRequest, parse_chat, parse_completion
+from hf_sae_steer.serving.security import AccessPolicy, redact_paths
+from hf_sae_steer.serving.served_models import ServedModels
+from hf_sae_steer.serving.utility_routes import add_utility_routes
 
 
 def build_app(
@@ -42,14 +56,36 @@ def build_app(
     *,
     limits: ServeLimits | None = None,
     served_names: tuple[str, ...] = (),
+    steered_models: Sequence[str] = (),
+    policy: AccessPolicy | None = None,
+    lifecycle: Lifecycle | None = None,
 ) -> FastAPI:
     """The app serving ``engine`` with ``library``'s concepts; the first served name is the
-    model id clients see (default: the engine's name)."""
+    model id clients see (default: the engine's name). ``steered_models``: the
+    ``--steered-model NAME=CONCEPT[:OPTIONS]`` values, each resolved now (a bad one raises
+    here, before serving). ``policy``: who may use it (API key, Host, CORS; :mod:`.security`),
+    by default loopback without a key. ``lifecycle``: its requests in flight and its shutdown
+    grace (:mod:`.lifecycle`)."""
     limits = limits or ServeLimits()
     names = served_names or (engine.name,)
+    served = ServedModels.from_args(names, steered_models)
+    for name, items in served.steered.items():
+        try:
+            library.resolve(items)
+        except RequestError as error:
+            reason = str(error).removeprefix("steering[0]: ")
+            raise ValueError(f"--steered-model {name}: {reason}") from None
     created = int(time.time())
     app = FastAPI(title="hf-sae-steer", docs_url=None, redoc_url=None, openapi_url=None)
     app.state.engine, app.state.library = engine, library
+    security.install(app, policy or AccessPolicy())
+    lifecycle = lifecycle or Lifecycle()
+    metrics = Metrics(engine)
+    app.state.lifecycle, app.state.metrics = lifecycle, metrics
+    # 503 once shutting down, streams in flight tracked, every generation counted
+    engine = metrics.observe(lifecycle.gate(engine))
+    app.add_middleware(_Counted, metrics=metrics)  # outermost: refusals are counted too
+    add_utility_routes(app, engine, limits, served, metrics)
 
     @app.exception_handler(RequestError)
     async def request_error(request: Request, error: RequestError) -> JSONResponse:
@@ -63,7 +99,8 @@ def build_app(
 
     @app.exception_handler(Exception)
     async def internal_error(request: Request, error: Exception) -> JSONResponse:
-        message = f"Internal error ({type(error).__name__}): {error}".splitlines()[0]
+        message = f"Internal error ({type(error).__name__}): {redact_paths(str(error))}"
+        message = message.splitlines()[0]
         body = RequestError(message, kind="server_error").to_json()
         return JSONResponse(body, status_code=500)
 
@@ -74,26 +111,18 @@ def build_app(
     @app.get("/v1/models")
     async def models() -> dict[str, Any]:
         concepts = library.describe()
-        entry = {
-            "id": names[0], "object": "model", "created": created, "owned_by": "hf-sae-steer",
-            "concepts": [c["name"] for c in concepts],
-        }  # fmt: skip
-        return {"object": "list", "data": [entry], "concepts": concepts}
+        data = served.listing(created, [c["name"] for c in concepts])
+        return {"object": "list", "data": data, "concepts": concepts}
 
     async def handle(request: Request, parse: Callable[..., ParsedRequest]) -> Any:
         parsed = parse(await read_json(request, limits.body_limit), limits)
-        job = await run_in_threadpool(prepare, parsed, engine, library, limits, names)
-        try:
-            stream = engine.submit(job)
-        except EngineBusy as error:
-            raise RequestError(
-                str(error), status=429, code="server_busy", kind="rate_limit_error"
-            ) from None
-        applied = job.steering.applied
+        ready = await run_in_threadpool(prepare, parsed, engine, library, limits, served)
+        streams = submit_all(engine, ready.jobs)
+        choices = choices_for(parsed, ready, engine.tokenizer)
         if parsed.stream:
-            events = sse(parsed, stream, engine.tokenizer, names[0], applied)
+            events = sse(parsed, ready, streams, choices)
             return StreamingResponse(events, media_type="text/event-stream")
-        return await whole(request, parsed, stream, engine.tokenizer, names[0], applied)
+        return await whole(request, parsed, ready, streams, choices)
 
     @app.post("/v1/completions")
     async def completions(request: Request) -> Any:
@@ -106,93 +135,94 @@ def build_app(
     return app
 
 
-async def read_json(request: Request, limit: int) -> Any:
-    """The JSON body; 413 past ``limit`` bytes (the rest is read and dropped, never kept)."""
-    declared = request.headers.get("content-length", "")
-    size, parts = 0, []
-    too_big = declared.isdigit() and int(declared) > limit
-    async for part in request.stream():
-        size += len(part)
-        if size > limit:
-            too_big = True
-        if not too_big:
-            parts.append(part)
-    if too_big:
-        raise RequestError(
-            f"The request body has {size} bytes; this server takes at most {limit}.",
-            status=413, code="request_too_large",
-        )  # fmt: skip
+def submit_all(engine: Engine, jobs: Sequence[GenerationRequest]) -> list[TokenStream]:
+    """Every choice's stream, or none: a full queue cancels those already queued (429)."""
+    streams: list[TokenStream] = []
     try:
-        return json.loads(b"".join(parts))
-    except (ValueError, UnicodeDecodeError) as error:
-        raise RequestError(f"The request body is not valid JSON ({error}).") from None
+        for job in jobs:
+            streams.append(engine.submit(job))
+    except EngineBusy as error:
+        for stream in streams:
+            asyncio.ensure_future(stream.cancel())
+        raise RequestError(
+            str(error), status=429, code="server_busy", kind="rate_limit_error"
+        ) from None
+    return streams
+
+
+async def _cancel_all(streams: Sequence[TokenStream]) -> None:
+    for stream in streams:
+        await stream.cancel()
 
 
 async def whole(
-    request: Request, parsed: ParsedRequest, stream: TokenStream, tokenizer: Any, model: str,
-    applied: tuple[dict[str, Any], ...],
+    request: Request, parsed: ParsedRequest, ready: Prepared, streams: list[TokenStream],
+    choices: list[Choice],
 ) -> JSONResponse:  # fmt: skip
     """Collect a non-streamed response; a client that goes away cancels the generation."""
-    text = fmt.TextStream(tokenizer, parsed.stop)
-    watcher = asyncio.create_task(_cancel_on_disconnect(request, stream))
-    done: Finished | None = None
+    watcher = asyncio.create_task(_cancel_on_disconnect(request, streams))
     try:
-        async for event in stream:
-            if isinstance(event, Tokens):
-                text.push(event.ids)
-                if text.stopped:
-                    await stream.cancel()
-            else:
-                done = event
+        async for i, event in merged(streams):
+            choices[i].add(event)
+            if choices[i].ended:
+                await streams[i].cancel()
+            if isinstance(event, Finished):
+                _raise_failure(event, choices[i].ended)
     finally:
         watcher.cancel()
-        await stream.cancel()
-    assert done is not None
-    _raise_failure(done, text.stopped)
-    reason = fmt.finish_reason(done, text.stopped)
-    body = fmt.response(parsed, fmt.new_id(parsed.kind), model, text.whole_text(), reason, done,
-                        applied)  # fmt: skip
+        await _cancel_all(streams)
+    body = fmt.response(
+        parsed, fmt.new_id(parsed.kind), ready.model, [c.body() for c in choices],
+        usage(ready.prompt_ids, choices), ready.steering.applied,
+    )  # fmt: skip
     return JSONResponse(body)
 
 
 async def sse(
-    parsed: ParsedRequest, stream: TokenStream, tokenizer: Any, model: str,
-    applied: tuple[dict[str, Any], ...],
-) -> AsyncIterator[str]:  # fmt: skip
+    parsed: ParsedRequest, ready: Prepared, streams: list[TokenStream], choices: list[Choice]
+) -> AsyncIterator[str]:
     """Server-sent events in OpenAI's chunk format, ending with ``data: [DONE]``."""
-    rid = fmt.new_id(parsed.kind)
-    text = fmt.TextStream(tokenizer, parsed.stop)
-    done: Finished | None = None
+    rid, model, applied = fmt.new_id(parsed.kind), ready.model, ready.steering.applied
     try:
-        yield _event(fmt.chunk(parsed, rid, model, None, steering=applied, first=True))
-        async for event in stream:
-            if isinstance(event, Tokens):
-                delta = text.push(event.ids)
-                if delta:
-                    yield _event(fmt.chunk(parsed, rid, model, delta))
-                if text.stopped:
-                    await stream.cancel()
-            else:
-                done = event
-        assert done is not None
-        try:
-            _raise_failure(done, text.stopped)
-        except RequestError as error:
-            yield _event(error.to_json())
+        for c in choices:
+            first = c.first_chunk_text()
+            yield _event(fmt.chunk(parsed, rid, model, first, index=c.index, first=True,
+                                   steering=None if c.index else applied))  # fmt: skip
+        async for i, event in merged(streams):
+            c = choices[i]
+            delta = c.add(event)
+            echoed = c.prompt_chunk()
+            if echoed is not None:
+                yield _event(fmt.chunk(parsed, rid, model, echoed[0], index=i,
+                                       logprobs=echoed[1]))  # fmt: skip
+            if c.ended:
+                await streams[i].cancel()
+            if isinstance(event, Finished):
+                try:
+                    _raise_failure(event, c.ended)
+                except RequestError as error:
+                    yield _event(error.to_json())
+                    break
+                yield _event(fmt.chunk(parsed, rid, model, delta, c.finish_reason, index=i,
+                                       logprobs=c.chunk_logprobs(), steering=applied))  # fmt: skip
+            elif delta:
+                yield _event(fmt.chunk(parsed, rid, model, delta, index=i,
+                                       logprobs=c.chunk_logprobs()))  # fmt: skip
         else:
-            reason = fmt.finish_reason(done, text.stopped)
-            yield _event(fmt.chunk(parsed, rid, model, text.finish(), reason, steering=applied))
             if parsed.include_usage:
-                yield _event(fmt.usage_chunk(parsed, rid, model, done))
+                yield _event(fmt.usage_chunk(parsed, rid, model, usage(ready.prompt_ids, choices)))
         yield "data: [DONE]\n\n"
-    finally:  # the client went away (the task is cancelled) or we are done: free the slot
-        await stream.cancel()
+    finally:  # the client went away (the task is cancelled) or we are done: free the slots
+        await _cancel_all(streams)
 
 
 def _raise_failure(done: Finished, stopped: bool) -> None:
     if done.reason == "error":
         kind = "invalid_request_error" if done.status < 500 else "server_error"
-        raise RequestError(done.error or "Generation failed.", status=done.status, kind=kind)
+        message = done.error or "Generation failed."
+        if done.status >= 500:  # the server's own failure: its paths stay in its log
+            message = redact_paths(message)
+        raise RequestError(message, status=done.status, kind=kind)
     if done.reason == "cancelled" and not stopped:
         raise RequestError(
             "The request was cancelled (the server is shutting down).", status=503,
@@ -200,13 +230,23 @@ def _raise_failure(done: Finished, stopped: bool) -> None:
         )  # fmt: skip
 
 
-async def _cancel_on_disconnect(request: Request, stream: TokenStream) -> None:
+async def _cancel_on_disconnect(request: Request, streams: Sequence[TokenStream]) -> None:
     with contextlib.suppress(Exception):
         while True:
             message = await request.receive()
             if message["type"] == "http.disconnect":
-                await stream.cancel()
+                await _cancel_all(streams)
                 return
+
+
+class _Counted:
+    """ASGI middleware: :meth:`Metrics.count_http` around the app."""
+
+    def __init__(self, app: Any, metrics: Metrics) -> None:
+        self._app = metrics.count_http(app)
+
+    async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
+        await self._app(scope, receive, send)
 
 
 def _event(body: dict[str, Any]) -> str:

@@ -1,20 +1,20 @@
 """The concept library: named score artifacts, the SAEs they belong to, and the one place where a
 request's steering items become per-row edits (:class:`ResolvedSteering`).
 
-A concept is a :class:`~hf_sae_steer.scoring.record.FeatureScores` artifact under a name
+A concept is a :class:`~hf_sae_steer.scores.record.FeatureScores` artifact under a name
 (``--concept medical=PATH_OR_HUB_ID``, or every artifact folder of ``--concepts-dir``, named by
 its folder). Each concept is matched at start-up to the served SAE it was fitted on (by the
 artifact's SAE fingerprint; an artifact that fits none is refused then, not per request).
 
 Resolving an item builds exactly what ``SteeredModel(model, sae, scores=artifact, method=...,
-strength=..., positions=..., preserve_error=...)`` builds: :func:`resolve_spec` on a
+strength=..., positions=..., preserve_error=..., direction=...)`` builds: :func:`resolve_spec` on a
 :class:`SteeringSpec` (the site from the one resolver, the recommended method and strength, the
 calibrated strengths of ``add``/``vector``), so a request run alone gives SteeredModel's tokens.
 Resolved edits are cached by item (LRU), so requests with the same steering share the same
 :class:`~hf_sae_steer.steering.batched.SiteEdit` objects and run as one group in a batch.
 
 Errors in an item (an unknown concept, a method the artifact cannot serve, a strength the
-library refuses) raise :class:`~hf_sae_steer.serving.schema.RequestError` (HTTP 400).
+library refuses) raise :class:`~hf_sae_steer.serving.errors.RequestError` (HTTP 400).
 """
 
 from __future__ import annotations
@@ -32,12 +32,15 @@ from typing import Any
 from torch import nn
 
 from hf_sae_steer.sae.base import SAE
-from hf_sae_steer.scoring.record import CONFIG_FILE, FeatureScores, check_compatible, load_scores
-from hf_sae_steer.serving.schema import RequestError, SteeringItem
+from hf_sae_steer.scores.record import CONFIG_FILE, FeatureScores, check_compatible, load_scores
+from hf_sae_steer.serving.errors import RequestError
+from hf_sae_steer.serving.steering_items import SteeringItem
 from hf_sae_steer.sites.layouts import ModelLayout, find_layout
 from hf_sae_steer.sites.names import Site
 from hf_sae_steer.sites.resolve import resolve_site
 from hf_sae_steer.steering.batched import RowSteering, SiteEdit
+from hf_sae_steer.steering.effect import concept_effect
+from hf_sae_steer.steering.names import DIRECTIONS
 from hf_sae_steer.steering.spec import SteeringSpec, resolve_spec
 
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.\-]{0,63}$")
@@ -119,15 +122,20 @@ class ConceptLibrary:
         return list(dict.fromkeys(found))
 
     def describe(self) -> list[dict[str, Any]]:
-        """The concepts for ``/v1/models``: name, where, what they recommend."""
+        """The concepts for ``/v1/models``: name, where they steer, what they recommend. Never
+        where the artifact came from: a local source is a path on the server."""
         out = []
+        keys = ("method", "strength", "preserve_error")
         for c in self.concepts.values():
-            rec = c.scores.recommended or {}
+            rec, away = c.scores.recommended or {}, c.scores.recommended_away or {}
             out.append({
-                "name": c.name, "source": c.source, "layer": c.site.layer, "site": c.site.kind,
-                "rule": c.scores.rule, "recommended": {k: rec[k] for k in
-                ("method", "strength", "preserve_error") if k in rec} or None,
+                "name": c.name, "layer": c.site.layer, "site": c.site.kind,
+                "rule": c.scores.rule,
+                "recommended": {k: rec[k] for k in keys if k in rec} or None,
+                "recommended_away": {k: away[k] for k in keys if k in away} or None,
+                "directions": list(DIRECTIONS),
                 "vector": "delta_raw" in c.scores.stats,
+                "effect": concept_effect(c.scores),
             })  # fmt: skip
         return out
 
@@ -169,7 +177,7 @@ class ConceptLibrary:
         applied = {
             **origin, "method": step.method, "strength": step.strength,
             "preserve_error": step.preserve_error, "positions": item.positions,
-            "layer": site.layer, "site": site.kind,
+            "layer": site.layer, "site": site.kind, "direction": item.direction,
         }  # fmt: skip
         return SiteEdit(site, step, item.positions), applied  # type: ignore[arg-type]
 
@@ -192,14 +200,18 @@ class ConceptLibrary:
                 param=param, code="concept_not_found",
             )  # fmt: skip
         artifact = concept.scores
-        method = item.method or (artifact.recommended or {}).get("method")
+        away = item.direction == "away"
+        recommended = artifact.recommended_away if away else artifact.recommended
+        method = item.method or (recommended.method if recommended is not None else None)
+        if item.kind == "vector":
+            method = "vector"
         if item.kind == "vector" and "delta_raw" not in artifact.stats:
             raise RequestError(
                 f"{param}: concept {name!r} has no steering vector (fit it with rule='mean_diff').",
                 param=param,
             )
         if item.strength == "recommended":
-            rec = artifact.recommended
+            rec = recommended
             if not rec or method != rec["method"]:
                 raise RequestError(
                     f"{param}: concept {name!r} recommends "
@@ -212,6 +224,7 @@ class ConceptLibrary:
         spec = SteeringSpec(
             concept.sae, scores=artifact, method=method, strength=strength,
             preserve_error=item.preserve_error, positions=item.positions,  # type: ignore[arg-type]
+            direction=item.direction,  # type: ignore[arg-type]
         )  # fmt: skip
         return spec, {item.kind: name}
 

@@ -8,12 +8,19 @@ resolved steering. Engines never parse HTTP and never see an invalid request.
 
 ``engine.submit(request)`` returns a :class:`TokenStream` at once, or raises
 :class:`EngineBusy` when its bounded queue is full (the front end answers 429). The stream is an
-async iterator of :class:`Tokens` chunks (new token ids, in order) that ends after exactly one
+async iterator of :class:`Tokens` chunks (new token ids, in order, each with its
+:class:`TokenLogprob` when the request asked for ``logprobs``) that ends after exactly one
 :class:`Finished` event (``finish_reason``: ``"stop"`` at an end-of-sequence token, ``"length"``
 at ``max_tokens``, ``"cancelled"``, or ``"error"`` with a message, e.g. a steering that turned
 the hidden states NaN). ``await stream.cancel()`` (or closing the iterator) stops that request's
 generation and frees its slot; other requests are unaffected. Stop strings are the front end's:
 it cancels the stream when one appears.
+
+Log-probabilities are the (steered) model's own: the log-softmax of its float32 logits before
+any sampling control (temperature, penalties, bias) touches them, as vLLM reports them. With
+``prompt_logprobs`` the stream starts with one :class:`PromptLogprobs` event (the first prompt
+token has none: nothing precedes it); ``max_tokens=0`` then scores the prompt and generates
+nothing.
 """
 
 from __future__ import annotations
@@ -24,7 +31,7 @@ from dataclasses import dataclass, field
 from typing import Any, Literal, Protocol, runtime_checkable
 
 from hf_sae_steer.serving.concepts import BASE, ResolvedSteering
-from hf_sae_steer.serving.schema import Sampling
+from hf_sae_steer.serving.sampling import Sampling
 
 FinishReason = Literal["stop", "length", "cancelled", "error"]
 _ids = itertools.count()
@@ -37,7 +44,9 @@ class EngineBusy(RuntimeError):
 @dataclass
 class GenerationRequest:
     """What an engine generates: ``prompt_ids`` continued by at most ``max_tokens`` tokens
-    (exactly ``max_tokens`` with ``ignore_eos``)."""
+    (exactly ``max_tokens`` with ``ignore_eos``). ``logprobs`` / ``prompt_logprobs``: report
+    each generated / prompt token's log-probability with that many most likely alternatives
+    (``None``: don't)."""
 
     prompt_ids: list[int]
     max_tokens: int
@@ -45,13 +54,33 @@ class GenerationRequest:
     steering: ResolvedSteering = BASE
     request_id: str = field(default_factory=lambda: f"req-{next(_ids)}")
     ignore_eos: bool = False
+    logprobs: int | None = None
+    prompt_logprobs: int | None = None
+
+
+@dataclass(frozen=True)
+class TokenLogprob:
+    """``token``'s log-probability under the (steered) model at its position, and the ``top``
+    most likely tokens there, best first: ``((token, logprob), ...)``."""
+
+    token: int
+    logprob: float
+    top: tuple[tuple[int, float], ...] = ()
 
 
 @dataclass(frozen=True)
 class Tokens:
-    """New token ids of one request, in order."""
+    """New token ids of one request, in order (``logprobs``: one entry per id, when asked)."""
 
     ids: tuple[int, ...]
+    logprobs: tuple[TokenLogprob, ...] | None = None
+
+
+@dataclass(frozen=True)
+class PromptLogprobs:
+    """The prompt's tokens scored (``None`` for the first: nothing precedes it)."""
+
+    entries: tuple[TokenLogprob | None, ...]
 
 
 @dataclass(frozen=True)
@@ -67,7 +96,7 @@ class Finished:
     status: int = 500
 
 
-StreamEvent = Tokens | Finished
+StreamEvent = Tokens | PromptLogprobs | Finished
 
 
 @runtime_checkable

@@ -2,7 +2,9 @@
 of a token stream: incremental detokenization and stop strings. No HTTP here.
 
 Every response and the first and last chunk of a stream carry ``steering``: per item, the
-method, strength, positions, preserve_error and site that were applied (``[]``: the base model).
+method, strength, positions, preserve_error, direction and site that were applied (``[]``: the
+base model). Logprobs take OpenAI's two shapes: the completion one (``tokens``,
+``token_logprobs``, ``top_logprobs``, ``text_offset``) and the chat one (``content``).
 """
 
 from __future__ import annotations
@@ -12,8 +14,8 @@ import uuid
 from collections.abc import Sequence
 from typing import Any
 
-from hf_sae_steer.serving.engine import Finished
-from hf_sae_steer.serving.schema import ParsedRequest
+from hf_sae_steer.serving.engine import Finished, TokenLogprob
+from hf_sae_steer.serving.requests import ParsedRequest
 
 REPLACEMENT = "\ufffd"  # an incomplete UTF-8 sequence decodes to this: wait for more tokens
 
@@ -102,16 +104,81 @@ def _held_back(text: str, stop: Sequence[str]) -> int:
     return best
 
 
+# -- logprobs ---------------------------------------------------------------------------
+LOGPROB_FLOOR = -9999.0  # -inf is not JSON; vLLM reports this instead
+
+
+class TokenTexts:
+    """Each token's own text (``tokenizer.decode([id])``, special tokens included), cached."""
+
+    def __init__(self, tokenizer: Any) -> None:
+        self.tokenizer = tokenizer
+        self._cache: dict[int, str] = {}
+
+    def __call__(self, token: int) -> str:
+        text = self._cache.get(token)
+        if text is None:
+            if len(self._cache) > 200_000:
+                self._cache.clear()
+            text = self._cache[token] = self.tokenizer.decode([token])
+        return text
+
+
+def _lp(value: float) -> float:
+    return max(value, LOGPROB_FLOOR)
+
+
+def completion_logprobs(
+    texts: TokenTexts, tokens: Sequence[int], entries: Sequence[TokenLogprob | None],
+    offset: int = 0,
+) -> dict[str, list[Any]]:  # fmt: skip
+    """OpenAI's completion ``logprobs``: per token its text, logprob, the most likely tokens
+    (``{text: logprob}``, the token itself first, as vLLM lists them) and its offset in the
+    returned text; ``None`` where a token has no logprob (the first prompt token)."""
+    out: dict[str, list[Any]] = {"tokens": [], "token_logprobs": [], "top_logprobs": [],
+                                 "text_offset": []}  # fmt: skip
+    for token, entry in zip(tokens, entries, strict=True):
+        text = texts(token)
+        out["tokens"].append(text)
+        out["text_offset"].append(offset)
+        offset += len(text)
+        if entry is None:
+            out["token_logprobs"].append(None)
+            out["top_logprobs"].append(None)
+            continue
+        out["token_logprobs"].append(_lp(entry.logprob))
+        top = {text: _lp(entry.logprob)}
+        for alt, value in entry.top:
+            top.setdefault(texts(alt), _lp(value))
+        out["top_logprobs"].append(top)
+    return out
+
+
+def chat_logprobs(texts: TokenTexts, entries: Sequence[TokenLogprob]) -> dict[str, Any]:
+    """OpenAI's chat ``logprobs``: ``{"content": [{token, logprob, bytes, top_logprobs}]}``."""
+
+    def one(token: int, value: float) -> dict[str, Any]:
+        text = texts(token)
+        return {"token": text, "logprob": _lp(value), "bytes": list(text.encode())}
+
+    return {
+        "content": [
+            {**one(e.token, e.logprob), "top_logprobs": [one(t, v) for t, v in e.top]}
+            for e in entries
+        ]
+    }
+
+
 # -- response bodies -----------------------------------------------------------------------
 def new_id(kind: str) -> str:
     return f"{'chatcmpl' if kind == 'chat' else 'cmpl'}-{uuid.uuid4().hex[:24]}"
 
 
-def usage(done: Finished) -> dict[str, int]:
+def usage(prompt_tokens: int, completion_tokens: int) -> dict[str, int]:
     return {
-        "prompt_tokens": done.prompt_tokens,
-        "completion_tokens": done.completion_tokens,
-        "total_tokens": done.prompt_tokens + done.completion_tokens,
+        "prompt_tokens": prompt_tokens,
+        "completion_tokens": completion_tokens,
+        "total_tokens": prompt_tokens + completion_tokens,
     }
 
 
@@ -119,50 +186,58 @@ def finish_reason(done: Finished, stopped: bool) -> str:
     return "stop" if stopped or done.reason == "stop" else "length"
 
 
+def choice(
+    parsed: ParsedRequest, index: int, text: str, reason: str | None,
+    logprobs: dict[str, Any] | None,
+) -> dict[str, Any]:  # fmt: skip
+    """One choice of a whole response."""
+    if parsed.kind == "chat":
+        return {"index": index, "message": {"role": "assistant", "content": text},
+                "finish_reason": reason, "logprobs": logprobs}  # fmt: skip
+    return {"index": index, "text": text, "finish_reason": reason, "logprobs": logprobs}
+
+
 def response(
-    parsed: ParsedRequest, rid: str, model: str, text: str, reason: str, done: Finished,
-    steering: Sequence[dict[str, Any]],
+    parsed: ParsedRequest, rid: str, model: str, choices: list[dict[str, Any]],
+    usage_: dict[str, int], steering: Sequence[dict[str, Any]],
 ) -> dict[str, Any]:  # fmt: skip
     """The whole (non-streamed) response."""
-    if parsed.kind == "chat":
-        choice: dict[str, Any] = {
-            "index": 0, "message": {"role": "assistant", "content": text},
-            "finish_reason": reason, "logprobs": None,
-        }  # fmt: skip
-        kind = "chat.completion"
-    else:
-        choice = {"index": 0, "text": text, "finish_reason": reason, "logprobs": None}
-        kind = "text_completion"
+    kind = "chat.completion" if parsed.kind == "chat" else "text_completion"
     return {
         "id": rid, "object": kind, "created": int(time.time()), "model": model,
-        "choices": [choice], "usage": usage(done), "steering": list(steering),
+        "choices": choices, "usage": usage_, "steering": list(steering),
     }  # fmt: skip
 
 
 def chunk(
     parsed: ParsedRequest, rid: str, model: str, text: str | None, reason: str | None = None,
-    steering: Sequence[dict[str, Any]] | None = None, first: bool = False,
+    steering: Sequence[dict[str, Any]] | None = None, first: bool = False, index: int = 0,
+    logprobs: dict[str, Any] | None = None,
 ) -> dict[str, Any]:  # fmt: skip
-    """One stream chunk: ``text`` new text (None: none), ``reason`` on the last one."""
+    """One stream chunk of choice ``index``: ``text`` new text (None: none), ``reason`` on its
+    last one, ``logprobs`` of the tokens it carries."""
     if parsed.kind == "chat":
         delta: dict[str, Any] = {"role": "assistant", "content": ""} if first else {}
         if text:
             delta["content"] = text
-        choice: dict[str, Any] = {"index": 0, "delta": delta, "finish_reason": reason,
-                                  "logprobs": None}  # fmt: skip
+        choice_: dict[str, Any] = {"index": index, "delta": delta, "finish_reason": reason,
+                                   "logprobs": logprobs}  # fmt: skip
         kind = "chat.completion.chunk"
     else:
-        choice = {"index": 0, "text": text or "", "finish_reason": reason, "logprobs": None}
+        choice_ = {"index": index, "text": text or "", "finish_reason": reason,
+                   "logprobs": logprobs}  # fmt: skip
         kind = "text_completion"
     body = {"id": rid, "object": kind, "created": int(time.time()), "model": model,
-            "choices": [choice]}  # fmt: skip
+            "choices": [choice_]}  # fmt: skip
     if steering is not None:
         body["steering"] = list(steering)
     return body
 
 
-def usage_chunk(parsed: ParsedRequest, rid: str, model: str, done: Finished) -> dict[str, Any]:
+def usage_chunk(
+    parsed: ParsedRequest, rid: str, model: str, usage_: dict[str, int]
+) -> dict[str, Any]:
     """The last chunk with ``stream_options={"include_usage": true}``: no choices, the usage."""
     kind = "chat.completion.chunk" if parsed.kind == "chat" else "text_completion"
     return {"id": rid, "object": kind, "created": int(time.time()), "model": model,
-            "choices": [], "usage": usage(done)}  # fmt: skip
+            "choices": [], "usage": usage_}  # fmt: skip

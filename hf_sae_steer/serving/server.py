@@ -10,15 +10,22 @@ when chosen.
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import importlib
-from collections.abc import Callable
+import signal
+import sys
+import threading
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from hf_sae_steer.serving.concepts import ConceptLibrary, load_library
 from hf_sae_steer.serving.engine import Engine
+from hf_sae_steer.serving.lifecycle import BACKSTOP, Lifecycle
 from hf_sae_steer.serving.prepare import ServeLimits
+from hf_sae_steer.serving.security import AccessPolicy, exposure_warning
 
 ENGINES: dict[str, str] = {
     "transformers": "hf_sae_steer.serving.server:transformers_engine",
@@ -103,28 +110,88 @@ def serve(
     port: int = 8000,
     limits: ServeLimits | None = None,
     served_names: tuple[str, ...] = (),
+    steered_models: Sequence[str] = (),
     log_level: str = "warning",
     on_ready: Callable[[str], None] | None = None,
+    policy: AccessPolicy | None = None,
+    shutdown_grace: float = 30.0,
 ) -> None:
-    """Run the app with uvicorn until interrupted, then close the engine."""
+    """Run the app with uvicorn until SIGTERM or Ctrl-C, then close the engine (vLLM's
+    processes with it). ``policy``: who may use it (default: no API key, loopback names; a
+    warning when ``host`` is beyond loopback without a key). ``shutdown_grace``: seconds in
+    which running requests may finish after the signal (:mod:`.lifecycle`)."""
     import uvicorn
 
     from hf_sae_steer.serving.app import build_app
 
-    app = build_app(engine, library, limits=limits, served_names=served_names)
+    policy = policy or AccessPolicy(bind=host)
+    lifecycle = Lifecycle(shutdown_grace)
+    try:
+        app = build_app(engine, library, limits=limits, served_names=served_names,
+                        steered_models=steered_models, policy=policy,
+                        lifecycle=lifecycle)  # fmt: skip
+    except BaseException:  # a bad --steered-model: nothing served, the engine closed
+        engine.close()
+        raise
+    warning = exposure_warning(policy)
+    if warning:
+        print(f"hf-sae-steer serve: {warning}", file=sys.stderr, flush=True)
     config = uvicorn.Config(app, host=host, port=port, log_level=log_level,
-                            timeout_graceful_shutdown=5)  # fmt: skip
-    server = uvicorn.Server(config)
-    if on_ready is not None:
-        startup = server.startup
+                            timeout_graceful_shutdown=lifecycle.grace + BACKSTOP)  # fmt: skip
 
-        async def announce(*args: Any, **kwargs: Any) -> None:
-            await startup(*args, **kwargs)
-            if server.started:
+    class Server(uvicorn.Server):
+        def handle_exit(self, sig: int, frame: Any) -> None:
+            super().handle_exit(sig, frame)
+            lifecycle.begin_shutdown()
+
+        async def startup(self, sockets: Any = None) -> None:
+            await super().startup(sockets=sockets)
+            lifecycle.bind(asyncio.get_running_loop())
+            if self.started and on_ready is not None:
                 on_ready(f"http://{host}:{port}/v1")
 
-        server.startup = announce  # type: ignore[method-assign]
     try:
-        server.run()
+        with _signals_stop():
+            Server(config).run()
     finally:
-        engine.close()
+        with _signals_ignored():  # a second signal must not cut the engine's own shutdown
+            engine.close()
+
+
+class _Stopped(BaseException):
+    """SIGTERM or SIGINT, re-raised by uvicorn once its graceful shutdown is done."""
+
+
+@contextlib.contextmanager
+def _signals_stop() -> Iterator[None]:
+    """SIGTERM and SIGINT end the block (not the process), so the engine is closed after it.
+    uvicorn re-raises the signal that stopped it with the handlers it found: with the
+    default SIGTERM handler the process died there, leaving vLLM's processes running."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
+    def stop(signum: int, frame: Any) -> None:
+        raise _Stopped
+
+    previous = {sig: signal.signal(sig, stop) for sig in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        yield
+    except _Stopped:
+        pass
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+
+
+@contextlib.contextmanager
+def _signals_ignored() -> Iterator[None]:
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    previous = {sig: signal.signal(sig, signal.SIG_IGN) for sig in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        yield
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)

@@ -11,8 +11,10 @@ Bounded resources: at most ``max_batch`` rows run at once and at most ``max_wait
 wait; :meth:`TransformersEngine.submit` raises :class:`EngineBusy` beyond that (HTTP 429).
 Tokens go back to each request's asyncio queue through its event loop
 (``call_soon_threadsafe``); cancelling a stream flags its row, which leaves the batch at the
-next step. A forward pass that raises fails the rows in it (one error event each) and the
-engine goes on serving.
+next step. A row that fails (its steering turned NaN, its forward pass raised, its sampling
+failed) ends alone with an error event; the decoder keeps the other rows going
+(:mod:`.batch_decoder`). Anything else that raises fails the rows running at that moment and
+the engine goes on serving.
 """
 
 from __future__ import annotations
@@ -33,6 +35,7 @@ from hf_sae_steer.serving.engine import (
     EngineBusy,
     Finished,
     GenerationRequest,
+    PromptLogprobs,
     StreamEvent,
     Tokens,
 )
@@ -207,7 +210,7 @@ class TransformersEngine:
             with self._wake:
                 self._running += admitted
             decoder.admit([job.row for job in admitted])
-            self._publish(admitted)
+            self._publish(admitted, admitted=True)
         self._drop_finished()
         if self._running:
             decoder.step()
@@ -215,16 +218,25 @@ class TransformersEngine:
             self._publish(self._running)
             self._drop_finished()
 
-    def _publish(self, jobs: list[_Job]) -> None:
-        """Each job's newest token (one per forward pass): one wake-up of each event loop per
-        step, not one per row (the loop and this thread share the GIL)."""
+    def _publish(self, jobs: list[_Job], admitted: bool = False) -> None:
+        """Each job's newest token (one per forward pass), after its scored prompt when it was
+        just ``admitted`` and asked for one: one wake-up of each event loop per step, not one
+        per row (the loop and this thread share the GIL)."""
         by_loop: dict[asyncio.AbstractEventLoop, list[tuple[asyncio.Queue, StreamEvent]]] = {}
         for job in jobs:
             row = job.row
-            if row.generated and not row.error and not job.cancelled:
-                by_loop.setdefault(job.loop, []).append((job.queue, Tokens((row.generated[-1],))))
+            if row.error or job.cancelled:
+                continue
+            events = by_loop.setdefault(job.loop, [])
+            if admitted and row.prompt_logprobs is not None:
+                events.append((job.queue, PromptLogprobs(row.prompt_logprobs)))
+            if row.generated:
+                scored = (row.logprobs[-1],) if row.request.logprobs is not None else None
+                events.append((job.queue, Tokens((row.generated[-1],), scored)))
                 self._counts["tokens"] += 1
         for loop, events in by_loop.items():
+            if not events:
+                continue
             with contextlib.suppress(RuntimeError):  # the loop is closed: nobody listens
                 loop.call_soon_threadsafe(_deliver, events)
 
@@ -239,7 +251,7 @@ class TransformersEngine:
             reason = "cancelled" if job.cancelled and not job.row.done else job.row.done
             key = {"cancelled": "cancelled", "error": "errors"}.get(reason, "completed")
             self._counts[key] += 1
-            job.finish(reason, job.row.error, status=400)  # the row's own steering failed
+            job.finish(reason, job.row.error, status=job.row.status)
 
     def _fail_all(self, message: str) -> None:
         with self._wake:

@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import asyncio
 import concurrent.futures
+import contextlib
 import hashlib
 import threading
 from collections.abc import AsyncIterator, Mapping
@@ -35,7 +36,9 @@ from hf_sae_steer.serving.engine import (
     Finished,
     FinishReason,
     GenerationRequest,
+    PromptLogprobs,
     StreamEvent,
+    TokenLogprob,
     Tokens,
 )
 from hf_sae_steer.serving.server import ServeSetup
@@ -139,8 +142,10 @@ class VLLMEngine:
             target=self._loop.run_forever, name="hf-sae-steer-vllm", daemon=True
         )
         self._thread.start()
+        before = _descendants()
         try:
             self._llm = self._call(_make_llm(AsyncLLM, args))
+            self._processes = [p for p in _descendants() if p.pid not in {q.pid for q in before}]
             hooked = self._call(
                 self._llm.collective_rpc("hf_sae_steer_install", args=(self.setup,))
             )
@@ -188,6 +193,7 @@ class VLLMEngine:
         if self._loop.is_running():
             self._loop.call_soon_threadsafe(self._loop.stop)
             self._thread.join(timeout=10)
+        _stop_processes(getattr(self, "_processes", []))
 
     # -- one request, on the engine's loop ---------------------------------------------------
     async def _run(self, request: GenerationRequest, stream: _VLLMStream) -> None:
@@ -202,22 +208,33 @@ class VLLMEngine:
         if not steering.is_base:
             extra = steering_args(request.request_id, [i.to_dict() for i in steering.items])
             prompt["cache_salt"] = hashlib.sha256(steering.key.encode()).hexdigest()[:32]
+        ends = set(sampling.stop_token_ids) | (set() if request.ignore_eos else self.eos_token_ids)
+        scoring_only = request.max_tokens == 0  # echo: the prompt scored, no token kept
         params = SamplingParams(
-            max_tokens=request.max_tokens,
+            max_tokens=max(1, request.max_tokens),  # vLLM generates at least one
             temperature=sampling.temperature, top_p=sampling.top_p, seed=sampling.seed,
-            stop_token_ids=[] if request.ignore_eos else sorted(self.eos_token_ids),
+            top_k=sampling.top_k or -1, min_p=sampling.min_p,
+            repetition_penalty=sampling.repetition_penalty,
+            presence_penalty=sampling.presence_penalty,
+            frequency_penalty=sampling.frequency_penalty, min_tokens=sampling.min_tokens,
+            logit_bias=dict(sampling.logit_bias) or None, stop_token_ids=sorted(ends),
             ignore_eos=request.ignore_eos, detokenize=False,
+            logprobs=request.logprobs, prompt_logprobs=request.prompt_logprobs,
             output_kind=RequestOutputKind.DELTA, extra_args=extra,
         )  # fmt: skip
         produced, reason, error, status = 0, "cancelled", None, 500
+        scored_prompt = request.prompt_logprobs is None
         try:
             async for output in self._llm.generate(prompt, params, request.request_id):
                 done = output.outputs[0]
-                if done.token_ids:
+                if not scored_prompt and output.prompt_logprobs is not None:
+                    scored_prompt = True  # the first output carries them
+                    stream.push(_prompt_scores(request, output.prompt_logprobs))
+                if done.token_ids and not scoring_only:
                     produced += len(done.token_ids)
-                    stream.push(Tokens(tuple(done.token_ids)))
+                    stream.push(_tokens(request, done))
                 if output.finished:
-                    reason = _FINISH.get(done.finish_reason, "stop")
+                    reason = "length" if scoring_only else _FINISH.get(done.finish_reason, "stop")
             if extra is not None:
                 failed = await self._failures(request.request_id)
                 if failed:
@@ -273,6 +290,59 @@ def _eos_token_ids(model_path: str, tokenizer: Any) -> set[int]:
 
         config = GenerationConfig.from_model_config(AutoConfig.from_pretrained(model_path))
     return eos_token_ids(SimpleNamespace(generation_config=config), tokenizer)  # type: ignore[arg-type]
+
+
+def _descendants() -> list[Any]:
+    """This process's children and theirs (psutil comes with vLLM)."""
+    try:
+        import psutil
+    except ImportError:
+        return []
+    return psutil.Process().children(recursive=True)
+
+
+def _stop_processes(processes: list[Any], wait: float = 10.0) -> None:
+    """End the processes vLLM started (EngineCore, its workers) that its own shutdown left
+    running: SIGTERM, then SIGKILL after ``wait`` seconds. Only those: they were listed as
+    new children of this process when the engine started."""
+    if not processes:
+        return
+    import psutil
+
+    alive = []
+    for process in processes:
+        with contextlib.suppress(psutil.Error):
+            process.terminate()
+            alive.append(process)
+    _, alive = psutil.wait_procs(alive, timeout=wait)
+    for process in alive:
+        with contextlib.suppress(psutil.Error):
+            process.kill()
+    psutil.wait_procs(alive, timeout=wait)
+
+
+def _entry(token: int, logprobs: Mapping[int, Any], k: int) -> TokenLogprob:
+    """vLLM's ``{token: Logprob(logprob, rank)}`` of one position: the token and the ``k``
+    most likely (rank 1 .. k; the token itself is listed whatever its rank)."""
+    top = sorted((v.rank, t, v.logprob) for t, v in logprobs.items() if v.rank is not None)
+    return TokenLogprob(token, float(logprobs[token].logprob),
+                        tuple((t, float(lp)) for rank, t, lp in top if rank <= k))  # fmt: skip
+
+
+def _prompt_scores(request: GenerationRequest, scores: list[Any]) -> PromptLogprobs:
+    """vLLM's ``prompt_logprobs`` (``None`` first) as the engine protocol's event."""
+    k = request.prompt_logprobs or 0
+    pairs = zip(request.prompt_ids, scores, strict=True)
+    return PromptLogprobs(tuple(None if d is None else _entry(t, d, k) for t, d in pairs))
+
+
+def _tokens(request: GenerationRequest, done: Any) -> Tokens:
+    """New tokens of a vLLM ``CompletionOutput`` (a delta), with their logprobs if asked."""
+    ids = tuple(done.token_ids)
+    if request.logprobs is None or done.logprobs is None:
+        return Tokens(ids)
+    pairs = zip(ids, done.logprobs, strict=True)
+    return Tokens(ids, tuple(_entry(t, d, request.logprobs) for t, d in pairs))
 
 
 async def _make_llm(cls: Any, args: Any) -> Any:

@@ -55,7 +55,7 @@ from torch.utils.hooks import RemovableHandle
 
 from hf_sae_steer.serving.batch_decoder import NONFINITE
 from hf_sae_steer.serving.concepts import ConceptLibrary, load_library
-from hf_sae_steer.serving.schema import parse_steering
+from hf_sae_steer.serving.steering_items import parse_steering
 from hf_sae_steer.sites.names import Site
 from hf_sae_steer.steering.batched import SiteEdit
 

@@ -33,18 +33,21 @@ import torch
 from torch import Tensor
 
 from hf_sae_steer.sae.base import SAE, Code, SparseCode
-from hf_sae_steer.scoring.calibration import clamp_values
-from hf_sae_steer.steering.names import (
-    MAX_STRENGTH,
-    METHODS,
-    NEEDS_SCORES,
-    Method,
+from hf_sae_steer.steering.names import MAX_STRENGTH, METHODS, NEEDS_SCORES, Method
+from hf_sae_steer.steering.names import REFERENCE_METHODS as REFERENCE_METHODS  # re-export
+from hf_sae_steer.steering.strength import clamp_values
+from hf_sae_steer.steering.suppression import (
+    TopicLatents,
+    ablation_change,
+    suppression_change,
+    topic_posterior,
+    unit_direction,
 )
 
 EditMode = Literal["pin", "add", "multiply"]
 EDIT_MODES: tuple[EditMode, ...] = get_args(EditMode)
 # Methods whose new code is the plain activation act(pre); clamp and add put a constant on top.
-_UNWEIGHTED = ("orig", "sae", "clamp", "add")
+_UNWEIGHTED = ("orig", "sae", "clamp", "add", "suppress")
 
 
 @dataclass(frozen=True)
@@ -107,12 +110,15 @@ class Intervention:
         typical: Tensor | None = None,
         latents: SparseCode | None = None,
         vector: Tensor | None = None,
+        topic: TopicLatents | None = None,
     ) -> None:
         if method not in METHODS:
             raise ValueError(f"Unknown method {method!r}; use one of {', '.join(METHODS)}.")
         strength = self.check_strength(strength)
-        if sae is None and method != "vector":
-            raise ValueError(f"Method {method!r} needs an SAE; only 'vector' steers without one.")
+        if sae is None and method not in ("vector", "ablate"):
+            raise ValueError(
+                f"Method {method!r} needs an SAE; only 'vector' and 'ablate' steer without one."
+            )
         if method in NEEDS_SCORES and scores is None:
             raise ValueError(
                 f"Method {method!r} needs scores (one per latent, from FeatureScores)."
@@ -122,6 +128,17 @@ class Intervention:
                 raise ValueError("Method 'vector' needs a steering vector (vector=, or scores "
                                  "fitted with rule='mean_diff').")  # fmt: skip
             vector = _check_vector(vector, sae)
+        if method == "ablate":
+            if vector is None:
+                raise ValueError("Method 'ablate' needs the topic direction (vector=, or scores "
+                                 "fitted with rule='mean_diff').")  # fmt: skip
+            vector = _check_vector(vector, sae)
+            unit_direction(vector)  # refuses a zero direction now, not at the first token
+        if method == "suppress":
+            if topic is None:
+                raise ValueError("Method 'suppress' needs the topic's latents (topic=, or scores "
+                                 "fitted by hf_sae_steer 0.4 or later).")  # fmt: skip
+            topic.check(sae.d_sae)  # type: ignore[union-attr]
         if method == "add":
             if latents is None:
                 raise ValueError("Method 'add' needs latents and weights (latents=, or scores "
@@ -146,6 +163,7 @@ class Intervention:
         self.typical = typical
         self.latents = latents
         self.vector = vector
+        self.topic = topic
         self._placed: torch.device | None = None
         self.place(sae.device if sae is not None else vector.device)
 
@@ -184,7 +202,7 @@ class Intervention:
     @property
     def keeps_error(self) -> bool:
         """Whether the result is ``x`` plus a change (the SAE's error term survives)."""
-        return self.preserve_error or self.method in ("orig", "vector")
+        return self.preserve_error or self.method in ("orig", "vector", "ablate", "suppress")
 
     @property
     def clamped(self) -> SparseCode | None:
@@ -213,6 +231,8 @@ class Intervention:
         self._constant = self.keeps_error and self.method in ("add", "clamp") and not self.edits
         f32 = torch.float32
         self._vector = None if self.vector is None else self.vector.to(device, f32)
+        if self.method == "ablate":
+            self._vector = unit_direction(self._vector)
         if self.sae is None:
             return
         sae = self._sae = self.sae.placed(device, f32)
@@ -223,6 +243,11 @@ class Intervention:
         if self.method in ("clamp", "add") and constant is not None:
             code = SparseCode(constant.indices.to(device), constant.values.to(device, f32))
             self._shift = sae.decode_change(code)
+        if self.topic is not None:
+            self._topic_index = self.topic.indices.to(device)
+            self._topic_rows = sae.W_dec.index_select(0, self._topic_index)
+            odds = self.topic.log_odds
+            self._topic_odds = None if odds is None else odds.to(device, f32)
         if self.edits:
             self._edit_index = torch.tensor([e.index for e in self.edits], device=device)
             self._edit_value = torch.tensor([e.value for e in self.edits], device=device, dtype=f32)
@@ -234,7 +259,9 @@ class Intervention:
         if self._placed != x.device:
             self.place(x.device)
         xf = x if x.dtype == torch.float32 else x.float()
-        if self.method == "vector" or self._constant:
+        if self.method == "ablate":
+            x_new = xf + self.strength * ablation_change(xf, self._vector)
+        elif self.method == "vector" or self._constant:
             x_new = xf + self._constant_change(xf)  # no encoder; the strength scales a [d] vector
         else:
             x_new = self._through_sae(xf)
@@ -257,7 +284,14 @@ class Intervention:
         pre = sae.encode_pre(xp)
         code = self._new_code(pre)
         changes: list[Tensor] = []  # in the decoder's space, scaled once at the end
-        if self.keeps_error:
+        if self.method == "suppress":
+            x_new = x
+            topic_code = _values_at(code, self._topic_index)
+            gate = None
+            if self._topic_odds is not None:
+                gate = topic_posterior(topic_code, self._topic_odds, self.topic.bias)  # type: ignore[union-attr, arg-type]
+            changes.append(suppression_change(topic_code, self._topic_rows, gate))
+        elif self.keeps_error:
             x_new = x  # x + dec(z') - dec(z): only the change of latents is decoded
             if self.method not in _UNWEIGHTED:
                 old = sae.code(pre)
@@ -291,11 +325,7 @@ class Intervention:
     def _edit_change(self, code: Code) -> Tensor:
         """Decoder-space change from the direct latent edits, applied on top of the method."""
         idx = self._edit_index
-        if isinstance(code, SparseCode):
-            hit = code.indices.unsqueeze(-1) == idx  # [..., k, m]
-            current = (code.values.unsqueeze(-1) * hit).sum(dim=-2)
-        else:
-            current = code.index_select(-1, idx)
+        current = _values_at(code, idx)
         target = current.clone()
         for j, mode in enumerate(self._edit_mode):
             v = self._edit_value[j]
@@ -306,6 +336,14 @@ class Intervention:
             else:
                 target[..., j] = current[..., j] * v
         return (target - current) @ self._sae.W_dec.index_select(0, idx)
+
+
+def _values_at(code: Code, index: Tensor) -> Tensor:
+    """The code's values at latents ``index`` [m]: [..., m], sparse or dense."""
+    if isinstance(code, SparseCode):
+        hit = code.indices.unsqueeze(-1) == index  # [..., k, m]
+        return (code.values.unsqueeze(-1) * hit).sum(dim=-2)
+    return code.index_select(-1, index)
 
 
 def _check_vector(vector: Tensor, sae: SAE | None) -> Tensor:

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 from typing import Literal, get_args
 
-Method = Literal["orig", "sae", "clamp", "weight", "swap", "add", "vector"]
+Method = Literal["orig", "sae", "clamp", "weight", "swap", "add", "vector", "suppress", "ablate"]
 METHODS: tuple[Method, ...] = get_args(Method)
 # The reference demo's own methods (docs/method.md §2); the rest are this library's additions.
 REFERENCE_METHODS: tuple[Method, ...] = ("orig", "sae", "clamp", "weight", "swap")
@@ -17,9 +17,12 @@ ADDITIVE: tuple[Method, ...] = ("add", "clamp", "vector")
 Positions = Literal["all", "prompt", "generated"]
 POSITIONS: tuple[Positions, ...] = get_args(Positions)
 
-# "toward" writes a topic in; "away" takes it out of the text (docs/method.md §7).
+# "toward" writes a topic in; "away" takes it out of the text (docs/method.md §9).
 Direction = Literal["toward", "away"]
 DIRECTIONS: tuple[Direction, ...] = get_args(Direction)
+# What can steer away: the topic's latents attenuated where they fire (``suppress``), the topic
+# direction projected out (``ablate``), the mean difference subtracted (``vector``).
+AWAY_METHODS: tuple[Method, ...] = ("suppress", "ablate", "vector")
 
 # "recommended": the artifact's recommended strength (its method only); "calibrated": the
 # strength its fluency calibration chose for the method asked for.

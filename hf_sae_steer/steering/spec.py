@@ -14,13 +14,21 @@ from torch import Tensor, nn
 
 from hf_sae_steer.models import hidden_size
 from hf_sae_steer.sae.base import SAE, SparseCode
-from hf_sae_steer.scoring.calibration import NORM_FRACTION, strength_for
-from hf_sae_steer.scoring.record import FeatureScores, check_compatible, load_scores
+from hf_sae_steer.scores.record import FeatureScores, check_compatible, load_scores
 from hf_sae_steer.sites.layouts import ModelLayout
 from hf_sae_steer.sites.names import Site, SiteKind
 from hf_sae_steer.sites.resolve import resolve_site
-from hf_sae_steer.steering.interventions import Intervention, LatentEdit, Method
-from hf_sae_steer.steering.names import DIRECTIONS, POSITIONS, Direction, Positions
+from hf_sae_steer.steering.interventions import Intervention, LatentEdit
+from hf_sae_steer.steering.names import (
+    AWAY_METHODS,
+    DIRECTIONS,
+    POSITIONS,
+    Direction,
+    Method,
+    Positions,
+)
+from hf_sae_steer.steering.strength import calibrated_strength, fluency_strength
+from hf_sae_steer.steering.suppression import TopicLatents
 
 Scores = FeatureScores | Tensor | str | Path
 # Latents to add, with their weights: {latent: weight}, (latents, weights), or a SparseCode.
@@ -110,8 +118,9 @@ def resolve_spec(
             f"Unknown direction {spec.direction!r}; use one of {', '.join(DIRECTIONS)}."
         )
     if spec.direction == "away":
-        raise ValueError("direction='away' is not implemented yet.")  # placeholder (issue 21)
-    method, strength, preserve_error = _choose(spec, artifact)
+        method, strength, preserve_error = _choose_away(spec, artifact)
+    else:
+        method, strength, preserve_error = _choose(spec, artifact)
     latents = _as_latents(spec.latents) if spec.latents is not None else None
     if latents is None and artifact is not None and artifact.latent_weights() is not None:
         latents = SparseCode(*artifact.latent_weights())
@@ -137,12 +146,15 @@ def resolve_spec(
         typical=None if artifact is None else artifact.stats.get("typical_activation"),
         latents=latents,
         vector=vector,
+        topic=_topic_latents(artifact) if method == "suppress" else None,
     )
     if strength is None:  # add / vector without a strength: the default norm fraction
         given = spec.latents is not None or spec.vector is not None
         step.strength = Intervention.check_strength(
             1.0 if given else calibrated_strength(step, artifact)
         )
+    if spec.direction == "away" and method == "vector":
+        step.strength = -step.strength  # CAA subtraction: x - s v
     block = layout.blocks[site.layer]
     param = next((p for p in block.parameters() if p.device.type != "meta"), None)
     if param is not None and param.is_floating_point():
@@ -165,7 +177,7 @@ def _choose(
         and spec.vector is None
     )
     if spec.strength == "calibrated":
-        strength: float | None = _fluency_strength(method, artifact)
+        strength: float | None = fluency_strength(method, artifact)
     elif spec.strength is not None:
         strength = float(spec.strength)
     elif as_recommended:
@@ -181,30 +193,44 @@ def _choose(
     return method, strength, preserve_error
 
 
-def _fluency_strength(method: str, artifact: FeatureScores | None) -> float | None:
-    """``strength="calibrated"``: the strength the artifact's fluency calibration chose for
-    ``method`` (``docs/method.md`` §6); ``None`` for ``add``/``vector`` without one (then the
-    default norm fraction's, as 0.2's artifacts had)."""
-    fluency = (artifact.calibration.get("fluency") if artifact is not None else None) or {}
-    if fluency.get("method") == method:
-        return float(fluency["strength"])
-    if method in ("add", "vector"):
+def _choose_away(
+    spec: SteeringSpec, artifact: FeatureScores | None
+) -> tuple[Method, float | None, bool]:
+    """Method and strength of a spec steering away (``docs/method.md`` §9): what it says, else
+    the artifact's recommended suppression, else ``suppress`` at 1 (the topic's latents zeroed
+    where they fire) when the artifact records its topic latents, else ``ablate`` at 1."""
+    rec = artifact.recommended_away if artifact is not None else None
+    fallback: Method = "suppress" if _topic_latents(artifact) is not None else "ablate"
+    method = spec.method or (rec.method if rec is not None else fallback)
+    if method not in AWAY_METHODS:
+        raise ValueError(
+            f"direction='away' steers with {', '.join(AWAY_METHODS)}, not {method!r} (which "
+            "writes a topic in). Leave method unset for the scores' recommended suppression."
+        )
+    as_recommended = rec is not None and method == rec.method and spec.vector is None
+    if spec.strength == "calibrated":
+        away = artifact.calibration.away if artifact is not None else None
+        if away is None or away.method != method:
+            raise ValueError(
+                f'strength="calibrated" needs a calibration of {method!r} away from the topic, '
+                "and these scores have none: give a number (1 removes the topic's part fully)."
+            )
+        strength: float | None = float(away.strength)
+    elif spec.strength is not None:
+        strength = float(spec.strength)
+    elif as_recommended:
+        strength = float(rec.strength)  # type: ignore[union-attr]
+    else:
+        strength = None if method == "vector" else 1.0
+    return method, strength, True
+
+
+def _topic_latents(artifact: FeatureScores | None) -> TopicLatents | None:
+    found = artifact.topic_latents() if artifact is not None else None
+    if found is None:
         return None
-    raise ValueError(
-        f'strength="calibrated" is measured for additive steering only; these scores have '
-        f"{'one for ' + repr(fluency['method']) if fluency else 'none'}, not for {method!r}. "
-        "Give a number."
-    )
-
-
-def calibrated_strength(step: Intervention, artifact: FeatureScores | None) -> float:
-    """The strength of the default norm fraction, when the artifact records the mean norms;
-    else 1 (a vector or weights given by the user are taken as they are)."""
-    calibration = artifact.calibration if artifact is not None else {}
-    key = "mean_norm_raw" if step.method == "vector" else "mean_norm"
-    if step.added is None or key not in calibration:
-        return 1.0
-    return strength_for(NORM_FRACTION, step.added.double().cpu(), float(calibration[key]))
+    indices, log_odds, bias = found
+    return TopicLatents(indices, log_odds, bias)
 
 
 def _as_latents(value: LatentsLike) -> SparseCode:

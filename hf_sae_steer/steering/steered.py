@@ -23,7 +23,8 @@ from hf_sae_steer.sites.hooks import hook_site, remove_hooks, steering_hooks
 from hf_sae_steer.sites.layouts import find_layout
 from hf_sae_steer.sites.names import Site, SiteKind
 from hf_sae_steer.steering import live
-from hf_sae_steer.steering.interventions import Intervention, LatentEdit, Method
+from hf_sae_steer.steering.interventions import Intervention, LatentEdit
+from hf_sae_steer.steering.names import Direction, Method
 from hf_sae_steer.steering.pinned_generate import PinnedGenerate
 from hf_sae_steer.steering.pipelines import register_with_pipelines
 from hf_sae_steer.steering.positions import Positions, PositionTracker
@@ -62,6 +63,9 @@ class SteeredModel(nn.Module):
     ``steered.generate``, ``steered(...)``, ``pipeline(model=steered)`` and the wrapped model
     are all steered; anything else is delegated to the wrapped model.
 
+    ``direction="away"`` steers away from the scores' topic: their recommended suppression
+    (``docs/method.md`` §9) unless ``method``/``strength`` say otherwise.
+
     Pass one SAE and keyword options, or a list of :class:`SteeringSpec` (or dicts / tuples,
     see :func:`as_spec`) to steer several sites at once.
 
@@ -92,6 +96,7 @@ class SteeredModel(nn.Module):
         latents: LatentsLike | None = None,
         vector: Tensor | None = None,
         allow_score_mismatch: bool = False,
+        direction: Direction = "toward",
         blocks: str | None = None,
         attn: str | None = None,
         mlp: str | None = None,
@@ -117,6 +122,7 @@ class SteeredModel(nn.Module):
                     latents=latents,
                     vector=vector,
                     allow_score_mismatch=allow_score_mismatch,
+                    direction=direction,
                 )
             ]
         elif isinstance(sae, Sequence) and not isinstance(sae, str) and len(sae) > 0:

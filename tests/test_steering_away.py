@@ -1,0 +1,106 @@
+"""Steering away from a topic through SteeredModel (``docs/method.md`` §9): the artifact's
+recommended suppression, CAA subtraction and directional ablation, each against the plain
+per-token implementation in method_reference; the fit's topic latents and calibration; the
+artifact round trip."""
+
+from __future__ import annotations
+
+import re
+import warnings
+
+import pytest
+import torch
+from method_reference import ReferenceOpenAISAE, steer_sequence
+from sae_factories import openai_state
+from test_steering_recommended import IDS, LAYER, OTHERS, TEXTS, _letters, reference_logits
+
+from hf_sae_steer import FeatureScores, SteeredModel, load_scores
+from hf_sae_steer.sae import load_sae
+from hf_sae_steer.sites.hooks import steering_hooks
+
+
+@pytest.fixture
+def fitted(gpt2, tokenizer, tmp_path):
+    state = openai_state(d=32, n=128, k=8, seed=5)
+    path = tmp_path / f"resid_post_mlp_v5_32k/autoencoders/{LAYER}.pt"
+    path.parent.mkdir(parents=True)
+    torch.save(state, path)
+    sae = load_sae(path)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        scores = FeatureScores.fit(gpt2, tokenizer, sae, reference=OTHERS + TEXTS[:1],
+                                   alignment=TEXTS, embedder=_letters, progress=False)  # fmt: skip
+    return sae, ReferenceOpenAISAE(state), scores
+
+
+def test_the_fit_records_topic_latents_and_a_calibrated_suppression(fitted):
+    _, _, scores = fitted
+    latents, odds, bias = scores.topic_latents()
+    assert 1 <= len(latents) <= 10 and odds is None and bias is None
+    rec = scores.recommended_away
+    assert rec.method == "vector" and rec.preserve_error and rec.calibrated  # CAA subtraction
+    away = scores.calibration.away
+    assert away.method == "vector" and away.strength == rec.strength
+    assert [p["strength"] for p in away.curve] == sorted(p["strength"] for p in away.curve)
+    assert all(p["neutral_ratio"] is None or p["neutral_ratio"] > 0 for p in away.curve)
+    text = str(scores.report())
+    assert re.search(r"steer away +vector at strength", text) and "away curve" in text
+    assert re.search(r"steer toward +add at strength", text)
+
+
+def test_default_away_is_the_recommended_suppression(gpt2, fitted):
+    """The recommendation (CAA subtraction at its calibrated strength), and ``suppress`` on the
+    topic's latents when asked for."""
+    sae, ref, scores = fitted
+    v, strength = scores.stats["delta_raw"], scores.recommended_away.strength
+    want = reference_logits(gpt2, IDS, lambda h: steer_sequence(
+        ref, h, "vector", None, strength=-strength, vector=v))  # fmt: skip
+    with SteeredModel(gpt2, sae, scores=scores, direction="away") as steered:
+        got = steered(IDS).logits
+    torch.testing.assert_close(got, want, atol=1e-4, rtol=1e-4)
+    topic = scores.topic_latents()[0].tolist()
+    want = reference_logits(gpt2, IDS, lambda h: steer_sequence(
+        ref, h, "suppress", None, strength=1.5, topic=topic))  # fmt: skip
+    with SteeredModel(gpt2, sae, scores=scores, direction="away", method="suppress",
+                      strength=1.5) as steered:  # fmt: skip
+        got = steered(IDS).logits
+    torch.testing.assert_close(got, want, atol=1e-4, rtol=1e-4)
+    assert not steering_hooks(gpt2)
+
+
+@pytest.mark.parametrize("method", ["vector", "ablate"])
+def test_vector_baselines_away(gpt2, fitted, method):
+    """CAA subtraction (``x - s v``) and directional ablation (``x - s (x·d) d``) along the
+    artifact's raw mean difference."""
+    sae, ref, scores = fitted
+    v = scores.stats["delta_raw"]
+    sign = -1.0 if method == "vector" else 1.0
+    want = reference_logits(gpt2, IDS, lambda h: steer_sequence(
+        ref, h, method, None, strength=sign * 0.7, vector=v))  # fmt: skip
+    with SteeredModel(gpt2, sae, scores=scores, direction="away", method=method,
+                      strength=0.7) as steered:  # fmt: skip
+        got = steered(IDS).logits
+    torch.testing.assert_close(got, want, atol=1e-4, rtol=1e-4)
+
+
+def test_away_refuses_methods_that_write_a_topic_in(gpt2, fitted):
+    sae, _, scores = fitted
+    with pytest.raises(ValueError, match="direction='away' steers with suppress, ablate, vector"):
+        SteeredModel(gpt2, sae, scores=scores, direction="away", method="add")
+    with pytest.raises(ValueError, match="Unknown direction 'sideways'"):
+        SteeredModel(gpt2, sae, scores=scores, direction="sideways")
+    assert not steering_hooks(gpt2)
+
+
+def test_calibrated_away_strength_and_the_round_trip(gpt2, fitted, tmp_path):
+    sae, _, scores = fitted
+    with SteeredModel(gpt2, sae, scores=scores, direction="away", strength="calibrated") as s:
+        # CAA subtraction: x - s v, so the intervention adds -s times the mean difference
+        assert s.interventions[0].strength == pytest.approx(-scores.calibration.away.strength)
+    back = load_scores(scores.save_pretrained(tmp_path / "art"))
+    assert back.recommended_away == scores.recommended_away
+    assert back.calibration.away == scores.calibration.away
+    assert torch.equal(back.topic_latents()[0], scores.topic_latents()[0])
+    plain = FeatureScores(scores=scores.scores, coverage=0.5)  # an artifact from before 0.4
+    with pytest.raises(ValueError, match='strength="calibrated" needs a calibration'):
+        SteeredModel(gpt2, sae, scores=plain, direction="away", strength="calibrated")
