@@ -491,6 +491,44 @@ def inviting_prompts(texts: list[str], n: int) -> list[str]:
     return [" ".join(t.split()[: 3 + i % 4]) for i, t in enumerate(picked[:n])]
 
 
+def report(folder: Path, plan: str, topics: list[str], labels: list[str], boots: int,
+           target: float = 1.10) -> None:  # fmt: skip
+    """One markdown table from saved runs: per topic and condition, the drop of P(topic) on
+    inviting prompts at ``target`` sampled neutral perplexity (95% interval), the inviting
+    perplexity ratio there, and the paired difference to CAA subtraction and to ablation."""
+    from hf_sae_steer.evaluation.matched import at_ratio
+
+    print(f"| topic | condition | ΔP(topic) at {target:.2f}x neutral ppl | inviting ppl there "
+          "| minus CAA | minus ablation |")  # fmt: skip
+    print("|---|---|---|---|---|---|")
+    for name in topics:
+        path = folder / f"{plan}_{name}.json"
+        if not path.exists():
+            continue
+        run = json.loads(path.read_text())
+        conds = run["conditions"]
+        curves = {k: [{f: np.array(v, dtype=float) if isinstance(v, list) and f != "texts" else v
+                       for f, v in p.items()} for p in c["points"]] for k, c in conds.items()}
+        rng = np.random.default_rng(SEED)
+        first = next(iter(curves.values()))[0]
+        w_inv = weights(len(first["dp"]), boots, rng)
+        w_neu = weights(len(first["lr_neutral"]), boots, rng)
+        at = {k: matched(c, target, w_inv, w_neu, "lr_neutral") for k, c in curves.items()}
+        for label in labels:
+            key = next((k for k in curves if k == label or k.startswith(label + " ")), None)
+            if key is None:
+                continue
+            c = curves[key]
+            lr = np.stack([np.nan_to_num(p["lr_neutral"]) for p in c])
+            li = np.stack([np.nan_to_num(p["lr_inviting"]) for p in c])
+            inv = at_ratio(w_inv[:1] @ li.T, w_neu[:1] @ lr.T, target)[0]
+            inv_s = "–" if math.isnan(inv) else f"{math.exp(inv):.2f}"
+            diffs = [interval(at[key] - at[b]) if b in at and b != key else ""
+                     for b in ("caa", "ablate")]  # fmt: skip
+            print(f"| {name} (P {run['base_p']:.2f}) | {key} | {interval(at[key])} | {inv_s} "
+                  f"| {diffs[0]} | {diffs[1]} |")  # fmt: skip
+
+
 def main(argv: list[str] | None = None) -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
     p.add_argument("--topics", default="medical,food,animal,body")
@@ -509,16 +547,21 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--boots", type=int, default=1000)
     p.add_argument("--threads", type=int, default=1, help="1 is fastest on a shared machine")
     p.add_argument("--out", type=Path, default=Path("/tmp/explore_away"))
+    p.add_argument("--report", default="", help="print the table of saved runs for these "
+                   "conditions (comma-separated labels or their prefixes) and stop")  # fmt: skip
     a = p.parse_args(argv)
+    if a.report:
+        report(a.out, a.plan, a.topics.split(","), a.report.split(","), a.boots)
+        return
     torch.set_num_threads(a.threads)
     torch.manual_seed(SEED)
     from hf_sae_steer import load_prompts, load_sae
+    from hf_sae_steer.data.embedders import load_embedder
     from hf_sae_steer.evaluation.judges import CachedEmbedder, build_judge, load_judge_texts
     from hf_sae_steer.evaluation.topics import load_topics
     from hf_sae_steer.models import load_model
-    from hf_sae_steer.scoring.embedders import load_embedder
-    from hf_sae_steer.scoring.record import load_scores
-    from hf_sae_steer.scoring.strength import CALIBRATION_PROMPTS
+    from hf_sae_steer.scores.record import load_scores
+    from hf_sae_steer.scoring.calibration import CALIBRATION_PROMPTS
 
     demo, topics_dir = ROOT / "storage" / "demo", ROOT / "storage" / "topics"
     model, tok = load_model(str(demo / "model"))
