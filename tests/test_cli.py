@@ -162,7 +162,7 @@ def test_inspect_bad_input(capsys):
 def test_demo_runs_offline_on_the_shipped_assets(capsys):
     code, out, err = run(capsys, "demo --n-prompts 2 --max-new-tokens 8 --samples 1")
     assert code == 0, err
-    assert "Recommended steering (rule mean_diff): add at strength" in out
+    assert "Recommended steering (rule output): add at strength" in out
     assert out.count("[recommended     ]") == 2 and out.count("[swap (reference)]") == 2
     assert "coverage" in out and "Measured on 20 prompts x 1 samples" in out
     measured = [line for line in out.splitlines() if "Δ cosine" in line]

@@ -301,4 +301,4 @@ def test_chat_swap_says_which_scores_it_steers_with(tmp_path):
         assert done.returncode == 0, done.stderr.decode()[-2000:]
         said[name] = done.stdout.decode()
     assert "steering: swap on the reference rule's scores (seed) at strength 1," in said["seed"]
-    assert "steering: swap on the loaded scores (rule mean_diff) at strength 1," in said["none"]
+    assert "steering: swap on the loaded scores (rule output) at strength 1," in said["none"]

@@ -100,7 +100,7 @@ def test_swap_means_what_the_demo_means(playground):
     # Without reference-rule scores, swap steers with the scores loaded, and says which.
     bare = Playground(playground.model, playground.tokenizer, playground.sae,
                       playground.loaded_scores)  # fmt: skip
-    assert bare.describe(swap).startswith("swap on the loaded scores (rule mean_diff) at")
+    assert bare.describe(swap).startswith("swap on the loaded scores (rule output) at")
     assert bare.run(PROMPT, swap)[STEERED].text == _steered_text(bare, PROMPT, method="swap")
 
 
@@ -114,7 +114,7 @@ def test_new_scores_steer_as_they_recommend(playground):
         recommended = f"add (the scores' recommendation) at strength {demo_strength()}"
         assert steering.startswith(recommended)
         assert playground.describe(Settings(method="swap")).startswith(
-            "swap on your topic's scores (rule mean_diff) at"
+            "swap on your topic's scores (rule output) at"
         )  # a topic has no reference-rule scores of its own
         playground.update(method="clamp")
         playground.use_scores(playground.loaded_scores, topic=None)  # :topic reset

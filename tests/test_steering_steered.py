@@ -61,7 +61,8 @@ def reference_logits(model, state, input_ids, method, scores, preserve_error):
 
 
 @pytest.mark.parametrize("preserve_error", [False, True])
-@pytest.mark.parametrize("method", METHODS)
+# the away methods (suppress, ablate) need a topic: test_steering_away.py checks them end to end
+@pytest.mark.parametrize("method", [m for m in METHODS if m not in ("suppress", "ablate")])
 def test_logits_match_independent_reference(gpt2, state, sae, scores, method, preserve_error):
     ids = torch.tensor([[5, 17, 42, 99, 3, 250, 7]])
     want = reference_logits(gpt2, state, ids, method, scores, preserve_error)
