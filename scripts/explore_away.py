@@ -1,8 +1,12 @@
 """Which suppression steers the demo model *away* from a topic? A bounded research run (issue 21).
 
-    python scripts/explore_away.py --topics medical,food --plan rank      # which latents, how many
-    python scripts/explore_away.py --topics medical,food --plan compare   # every method, matched
-    python scripts/explore_away.py --topics plant --plan compare --sets odds:50 --posts odds:100:0
+    python scripts/explore_away.py --topics medical --plan diagnose  # where chosen latents fire
+    python scripts/explore_away.py --topics medical --plan rank      # which latents, how many
+    python scripts/explore_away.py --topics medical --plan compare --sets actdiff:10,actdiff:20 \
+        --posts actdiff:50:0,odds:100:0 --n-inviting 48 --n-neutral 56   # every method, matched
+    python scripts/explore_away.py --topics medical,food --plan compare --report caa,ablate,clamp
+                                                      # tables (and pooled) from the saved runs
+Each run takes 4 to 12 minutes per topic on one thread of a shared 2-core machine.
 
 Per topic, on the demo (``storage/demo``: tiny GPT-2, its TopK SAE at block 2's output):
 
@@ -14,8 +18,10 @@ Per topic, on the demo (``storage/demo``: tiny GPT-2, its TopK SAE at block 2's 
   ``hf_sae_steer.evaluation.judges``); **perplexity** under the unsteered model.
 - per condition and strength: the drop of P(topic) on inviting prompts (paired with the unsteered
   continuation of the same prompt and seed), the perplexity ratio on neutral prompts (the side
-  effect) and on inviting prompts; curves read at matched neutral perplexity (1.05x, 1.10x) with
-  paired bootstrap intervals (prompts resampled; inviting and neutral sets independently).
+  effect) and on inviting prompts, each *sampled* (the steered continuations scored by the
+  unsteered model) and *teacher-forced* (the steered model's perplexity of the unsteered
+  continuations); curves read at matched neutral perplexity (1.05x, 1.10x) with paired bootstrap
+  intervals (prompts resampled; inviting and neutral sets independently).
 
 Methods (``x`` the site's hidden state; ``z`` its SAE code; ``S`` the chosen latents; the SAE's
 error is kept: ``x' = x + scale(x) (z' - z) W_dec``):
@@ -33,14 +39,13 @@ error is kept: ``x' = x + scale(x) (z' - z) W_dec``):
 Latent rankings (token level, fit tokens against reference tokens): ``ratio`` (firing-frequency
 ratio), ``odds`` (log odds ratio of firing), ``actdiff`` (mean activation difference), ``attr``
 (how much a latent's activation raises the likelihood of the text that follows, fit minus
-reference: activation x gradient), ``mean_diff`` (the artifact's rule, k latents).
+reference: activation x gradient), ``artifact`` (the shipped medical artifact's mean_diff latents).
 """
 
 from __future__ import annotations
 
 import argparse
 import json
-import math
 import random
 import sys
 import time
@@ -54,176 +59,11 @@ import torch
 from torch import Tensor
 
 ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(ROOT))  # hf_sae_steer without installing the package
 warnings.filterwarnings("ignore")
 
-SEED = 0
-TARGETS = (1.05, 1.10)
-Edit = Callable[[Tensor], Tensor]
-
-
-# -- statistics of the fit ------------------------------------------------------------------
-@dataclass
-class Stats:
-    """Token-level statistics of one topic's fit texts against the reference set."""
-
-    n_fit: int
-    n_ref: int
-    fire_fit: Tensor  # [n] tokens where each latent fires
-    fire_ref: Tensor
-    act_fit: Tensor  # [n] summed activation
-    act_ref: Tensor
-    attr_fit: Tensor  # [n] summed activation x gradient of the following text's log-likelihood
-    attr_ref: Tensor
-    v: Tensor  # [d] mean raw x (fit) - mean raw x (ref)
-    mean_norm: float  # mean |x| over reference tokens
-    typical: Tensor  # [n] mean activation where active, reference tokens
-    artifact: Tensor | None  # the shipped medical artifact's latents (mean_diff k=10), if any
-    texts_fit: Tensor  # [n] fit texts on which each latent fires
-    texts_ref: Tensor  # [n] reference texts on which each latent fires
-
-    def freq(self) -> tuple[Tensor, Tensor]:
-        fa = (self.fire_fit + 0.5) / (self.n_fit + 1)
-        fr = (self.fire_ref + 0.5) / (self.n_ref + 1)
-        return fa, fr
-
-    def rank(self, how: str) -> Tensor:
-        fa, fr = self.freq()
-        if how == "ratio":
-            key = fa / fr
-            key[self.fire_fit < 3] = -1  # a latent seen on two fit tokens says little
-        elif how == "odds":
-            key = (fa / (1 - fa)).log() - (fr / (1 - fr)).log()
-            key[self.fire_fit < 3] = -1e9
-        elif how == "spread":  # the frequency ratio among latents firing on many fit texts
-            key = fa / fr
-            key[self.texts_fit < max(3, 0.125 * float(self.texts_fit.max()))] = -1
-        elif how == "artifact":  # the shipped artifact's mean_diff latents, heaviest first
-            if self.artifact is None:
-                raise ValueError("only the medical topic has a shipped artifact")
-            return self.artifact
-        elif how == "actdiff":
-            key = self.act_fit / self.n_fit - self.act_ref / self.n_ref
-        elif how == "attr":
-            key = self.attr_fit / self.n_fit - self.attr_ref / self.n_ref
-        else:
-            raise ValueError(how)
-        return key.argsort(descending=True)
-
-
-def site_states(model, tok, texts, layer, *, grad: bool = False):
-    """Per text: the raw states at block ``layer``'s output (first position dropped) and, with
-    ``grad``, the gradient of the text's total log-likelihood with respect to them."""
-    out = []
-    block = model.transformer.h[layer]
-    for text in texts:
-        ids = tok(text, return_tensors="pt")["input_ids"][:, :128]
-        held: dict[str, Tensor] = {}
-
-        def keep(_m, _i, o, held=held):
-            h = o[0] if isinstance(o, tuple) else o
-            if grad:
-                h.retain_grad()
-            held["h"] = h
-
-        handle = block.register_forward_hook(keep)
-        try:
-            with torch.set_grad_enabled(grad):
-                logits = model(ids).logits
-                if grad:
-                    logp = torch.log_softmax(logits[0, :-1].float(), -1)
-                    logp.gather(-1, ids[0, 1:, None]).sum().backward()
-        finally:
-            handle.remove()
-        h = held["h"][0, 1:].detach()
-        g = held["h"].grad[0, 1:].detach() if grad else None
-        out.append((h, g))
-    return out
-
-
-def fit_stats(model, tok, sae, fit, reference, layer) -> Stats:
-    parts, per_text = {}, {}
-    for name, texts in (("fit", fit), ("ref", reference)):
-        rows = site_states(model, tok, texts, layer, grad=True)
-        with torch.no_grad():
-            per_text[name] = sum((sae.encode(h) > 0).any(0).float() for h, _ in rows)
-        x = torch.cat([h for h, _ in rows])
-        g = torch.cat([gg for _, gg in rows])
-        with torch.no_grad():
-            z = sae.encode(x)
-            scale = sae.input_scale(x)
-            # d logp / d z_i = scale * W_dec[i] . g ; attribution = z_i * that
-            attr = z * ((g * scale) @ sae.W_dec.T)
-        parts[name] = (x, z, attr)
-    (xf, zf, af), (xr, zr, ar) = parts["fit"], parts["ref"]
-    active = (zr > 0).sum(0)
-    typical = torch.where(active > 0, zr.sum(0) / active.clamp(min=1), torch.zeros(()))
-    return Stats(
-        len(xf), len(xr), (zf > 0).sum(0).float(), (zr > 0).sum(0).float(), zf.sum(0),
-        zr.sum(0), af.sum(0), ar.sum(0), xf.mean(0) - xr.mean(0),
-        float(xr.norm(dim=-1).mean()), typical, None, per_text["fit"], per_text["ref"],
-    )  # fmt: skip
-
-
-# -- the suppressions: pure functions of x --------------------------------------------------
-def latent_change(sae, x: Tensor, new_code: Callable[[Tensor, Tensor], Tensor]) -> Tensor:
-    """``x + scale(x) (z' - z) W_dec`` with ``z' = new_code(z, x)``: the SAE's error kept."""
-    xp, info = sae.preprocess(x)
-    z = sae.activate(sae.encode_pre(xp))
-    dz = new_code(z, x) - z
-    return x + sae.scale_change(dz @ sae.W_dec, info)
-
-
-def posterior(stats: Stats, latents: Tensor, prior_logit: float = 0.0):
-    """``p(topic | token)``: naive Bayes over whether each of ``latents`` fires."""
-    fa, fr = stats.freq()
-    fa, fr = fa[latents], fr[latents]
-    on = (fa / fr).log()
-    off = ((1 - fa) / (1 - fr)).log()
-    base = float(off.sum()) + prior_logit
-
-    def p_of(z: Tensor) -> Tensor:
-        fires = (z[..., latents] > 0).float()
-        return torch.sigmoid(base + fires @ (on - off))
-
-    return p_of
-
-
-def make_edit(sae, stats: Stats, family: str, strength: float, latents: Tensor | None,
-              prior_logit: float = 0.0) -> Edit:  # fmt: skip
-    v = stats.v
-    d = v / v.norm()
-    if family == "caa":
-        return lambda x: x - strength * v
-    if family == "ablate":
-        return lambda x: x - strength * (x @ d)[..., None] * d
-    assert latents is not None
-    mask = torch.zeros(sae.d_sae)
-    mask[latents] = 1.0
-    if family in ("clamp", "random"):  # z_i -> (1 - a) z_i on the chosen latents
-        return lambda x: latent_change(sae, x, lambda z, _x: z - strength * z * mask)
-    if family == "clampneg":  # z_i -> -c * typical_i where it fires
-        target = -strength * stats.typical
-
-        def neg(z, _x):
-            return torch.where((z > 0) & (mask > 0), target, z)
-
-        return lambda x: latent_change(sae, x, neg)
-    p_of = posterior(stats, latents, prior_logit)
-    if family == "atten":
-        return lambda x: latent_change(
-            sae, x, lambda z, _x: z - (strength * p_of(z))[..., None] * z * mask
-        )
-
-    def code_p(x: Tensor) -> Tensor:
-        xp, _ = sae.preprocess(x)
-        return p_of(sae.activate(sae.encode_pre(xp)))
-
-    if family == "gated_ablate":
-        return lambda x: x - (strength * code_p(x) * (x @ d))[..., None] * d
-    if family == "gated_caa":
-        return lambda x: x - (strength * code_p(x))[..., None] * v
-    raise ValueError(family)
+from away_edits import Edit, Stats, fit_stats, make_edit, posterior, site_states  # noqa: E402
+from away_tables import SEED, print_points, report, summarise  # noqa: E402
 
 
 # -- generation and measurement -------------------------------------------------------------
@@ -303,80 +143,6 @@ class Runner:
                 res["dp"] = (m["p"] - self.base[name]["p"]).mean(axis=1)
                 res["texts"] = m["texts"][:: self.samples][:3]
         return res
-
-
-# -- reading curves at matched neutral perplexity --------------------------------------------
-def weights(n: int, boots: int, rng: np.random.Generator) -> np.ndarray:
-    picks = rng.integers(0, n, size=(boots, n))
-    w = np.zeros((boots, n))
-    np.add.at(w, (np.arange(boots)[:, None], picks), 1.0)
-    return np.vstack([np.ones(n), w]) / n
-
-
-def matched(curve: list[dict], target: float, w_inv, w_neu, side: str) -> np.ndarray:
-    """Drop of P(topic) at neutral perplexity ``target`` per resample row (NaN: not reached);
-    ``side`` is the side effect matched: ``lr_neutral`` (sampled continuations' perplexity) or
-    ``forced_neutral`` (the steered model's perplexity of the unsteered continuations)."""
-    from hf_sae_steer.evaluation.matched import at_ratio
-
-    dp = np.stack([c["dp"] for c in curve])  # [points, prompts]
-    lr = np.stack([np.nan_to_num(c[side]) for c in curve])
-    return at_ratio(w_inv @ dp.T, w_neu @ lr.T, target)
-
-
-def interval(values: np.ndarray) -> str:
-    est, boots = values[0], values[1:]
-    if math.isnan(est):
-        return "   –  "
-    if np.isnan(boots).mean() > 0.025:
-        return f"{est:+.3f} [n/a]"
-    lo, hi = np.nanpercentile(boots, [2.5, 97.5])
-    return f"{est:+.3f} [{lo:+.3f}, {hi:+.3f}]"
-
-
-def summarise(topic: str, curves: dict[str, list[dict]], base_p: float, boots: int,
-              against: tuple[str, ...] = ("caa", "ablate")) -> dict:  # fmt: skip
-    rng = np.random.default_rng(SEED)
-    any_curve = next(iter(curves.values()))
-    w_inv = weights(len(any_curve[0]["dp"]), boots, rng)
-    w_neu = weights(len(any_curve[0]["lr_neutral"]), boots, rng)
-    table: dict = {}
-    for side, name in (("lr_neutral", "sampled"), ("forced_neutral", "teacher-forced")):
-        print(f"\n== {topic}: unsteered P(topic) on inviting prompts {base_p:.3f}; matched at "
-              f"{name} neutral perplexity")  # fmt: skip
-        print(f"{'condition':34s} {'ΔP at 1.05x':>26s} {'ΔP at 1.10x':>26s}  vs "
-              + " / ".join(against) + " at 1.10x")  # fmt: skip
-        at = {(k, t): matched(c, t, w_inv, w_neu, side) for k, c in curves.items()
-              for t in TARGETS}  # fmt: skip
-        for label in curves:
-            cells = [interval(at[(label, t)]) for t in TARGETS]
-            diffs = []
-            for other in against:
-                key = next((k for k in curves if k.split(" ")[0] == other), None)
-                if key is None or key == label:
-                    continue
-                diffs.append(interval(at[(label, 1.10)] - at[(key, 1.10)]))
-            print(f"{label:34s} {cells[0]:>26s} {cells[1]:>26s}  {' / '.join(diffs)}")
-            table.setdefault(name, {})[label] = {
-                str(t): [at[(label, t)][0], *_bounds(at[(label, t)])] for t in TARGETS
-            }
-    return table
-
-
-def _bounds(values: np.ndarray) -> list[float]:
-    boots = values[1:]
-    if math.isnan(values[0]) or np.isnan(boots).mean() > 0.025:
-        return [math.nan, math.nan]
-    return [float(v) for v in np.nanpercentile(boots, [2.5, 97.5])]
-
-
-def print_points(label: str, strengths, curve: list[dict]) -> None:
-    for s, c in zip(strengths, curve, strict=True):
-        print(f"   {label:32s} s={s:<6.3g} ΔP {np.mean(c['dp']):+.3f}  neutral x"
-              f"{math.exp(np.nanmean(c['lr_neutral'])):.3f} (forced x"
-              f"{math.exp(np.nanmean(c['forced_neutral'])):.3f})  inviting x"
-              f"{math.exp(np.nanmean(c['lr_inviting'])):.3f} (forced x"
-              f"{math.exp(np.nanmean(c['forced_inviting'])):.3f})", flush=True)  # fmt: skip
 
 
 # -- plans ----------------------------------------------------------------------------------
@@ -491,44 +257,6 @@ def inviting_prompts(texts: list[str], n: int) -> list[str]:
     return [" ".join(t.split()[: 3 + i % 4]) for i, t in enumerate(picked[:n])]
 
 
-def report(folder: Path, plan: str, topics: list[str], labels: list[str], boots: int,
-           target: float = 1.10) -> None:  # fmt: skip
-    """One markdown table from saved runs: per topic and condition, the drop of P(topic) on
-    inviting prompts at ``target`` sampled neutral perplexity (95% interval), the inviting
-    perplexity ratio there, and the paired difference to CAA subtraction and to ablation."""
-    from hf_sae_steer.evaluation.matched import at_ratio
-
-    print(f"| topic | condition | ΔP(topic) at {target:.2f}x neutral ppl | inviting ppl there "
-          "| minus CAA | minus ablation |")  # fmt: skip
-    print("|---|---|---|---|---|---|")
-    for name in topics:
-        path = folder / f"{plan}_{name}.json"
-        if not path.exists():
-            continue
-        run = json.loads(path.read_text())
-        conds = run["conditions"]
-        curves = {k: [{f: np.array(v, dtype=float) if isinstance(v, list) and f != "texts" else v
-                       for f, v in p.items()} for p in c["points"]] for k, c in conds.items()}
-        rng = np.random.default_rng(SEED)
-        first = next(iter(curves.values()))[0]
-        w_inv = weights(len(first["dp"]), boots, rng)
-        w_neu = weights(len(first["lr_neutral"]), boots, rng)
-        at = {k: matched(c, target, w_inv, w_neu, "lr_neutral") for k, c in curves.items()}
-        for label in labels:
-            key = next((k for k in curves if k == label or k.startswith(label + " ")), None)
-            if key is None:
-                continue
-            c = curves[key]
-            lr = np.stack([np.nan_to_num(p["lr_neutral"]) for p in c])
-            li = np.stack([np.nan_to_num(p["lr_inviting"]) for p in c])
-            inv = at_ratio(w_inv[:1] @ li.T, w_neu[:1] @ lr.T, target)[0]
-            inv_s = "–" if math.isnan(inv) else f"{math.exp(inv):.2f}"
-            diffs = [interval(at[key] - at[b]) if b in at and b != key else ""
-                     for b in ("caa", "ablate")]  # fmt: skip
-            print(f"| {name} (P {run['base_p']:.2f}) | {key} | {interval(at[key])} | {inv_s} "
-                  f"| {diffs[0]} | {diffs[1]} |")  # fmt: skip
-
-
 def main(argv: list[str] | None = None) -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
     p.add_argument("--topics", default="medical,food,animal,body")
@@ -551,7 +279,8 @@ def main(argv: list[str] | None = None) -> None:
                    "conditions (comma-separated labels or their prefixes) and stop")  # fmt: skip
     a = p.parse_args(argv)
     if a.report:
-        report(a.out, a.plan, a.topics.split(","), a.report.split(","), a.boots)
+        for side in ("lr_neutral", "forced_neutral"):
+            report(a.out, a.plan, a.topics.split(","), a.report.split(","), a.boots, side=side)
         return
     torch.set_num_threads(a.threads)
     torch.manual_seed(SEED)
