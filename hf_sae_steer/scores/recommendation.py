@@ -22,6 +22,15 @@ class _ReadsLikeADict:
     def to_json(self) -> dict[str, Any]:
         raise NotImplementedError
 
+    @classmethod
+    def from_json(cls, data: Any) -> Any:
+        """The record of ``data`` (its JSON object; itself; ``None`` stays ``None``), keeping
+        the keys this version does not know in ``extra``."""
+        if data is None or isinstance(data, cls):
+            return data
+        known, extra = _split(cls, data)
+        return cls(**known, extra=extra)
+
     def __getitem__(self, key: str) -> Any:
         return self.to_json()[key]
 
@@ -93,12 +102,6 @@ class Recommendation(_ReadsLikeADict):
             out["calibrated"] = self.calibrated
         return {**out, **self.extra}
 
-    @classmethod
-    def from_json(cls, data: Mapping[str, Any] | Recommendation | None) -> Recommendation | None:
-        if data is None or isinstance(data, Recommendation):
-            return data
-        known, extra = _split(cls, data)
-        return cls(**known, extra=extra)
 
     def calibrated_to(self, fluency: FluencyCalibration) -> Recommendation:
         """This steering at the strength its fluency calibration chose."""
@@ -138,14 +141,6 @@ class FluencyCalibration(_ReadsLikeADict):
         # absent from older artifacts: saved as they were
         return _fields_json(self, omitted_when_none=("search", "samples"))
 
-    @classmethod
-    def from_json(
-        cls, data: Mapping[str, Any] | FluencyCalibration | None
-    ) -> FluencyCalibration | None:
-        if data is None or isinstance(data, FluencyCalibration):
-            return data
-        known, extra = _split(cls, data)
-        return cls(**known, extra=extra)
 
 
 @dataclass(eq=False)
@@ -174,13 +169,6 @@ class AwayCalibration(_ReadsLikeADict):
         else (an artifact of 0.4.0) its sampled one."""
         forced = point.get("neutral_forced_ratio")
         return forced if forced is not None else point.get("neutral_ratio")
-
-    @classmethod
-    def from_json(cls, data: Mapping[str, Any] | AwayCalibration | None) -> AwayCalibration | None:
-        if data is None or isinstance(data, AwayCalibration):
-            return data
-        known, extra = _split(cls, data)
-        return cls(**known, extra=extra)
 
 
 @dataclass(eq=False)
