@@ -29,8 +29,7 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--no-write", action="store_true", help="print only")
     a = p.parse_args(argv)
     torch.set_num_threads(a.threads)
-    from hf_sae_steer.scoring.embedders import load_embedder
-
+    from hf_sae_steer.data.embedders import load_embedder
     from hf_sae_steer.evaluation.judges import CachedEmbedder, build_judge, load_judge_texts
     from hf_sae_steer.evaluation.topics import load_topics
 

@@ -5,6 +5,7 @@ artifact round trip."""
 
 from __future__ import annotations
 
+import math
 import re
 import warnings
 
@@ -16,6 +17,8 @@ from test_steering_recommended import IDS, LAYER, OTHERS, TEXTS, _letters, refer
 
 from hf_sae_steer import FeatureScores, SteeredModel, load_scores
 from hf_sae_steer.sae import load_sae
+from hf_sae_steer.scores.recommendation import AwayCalibration
+from hf_sae_steer.scoring.away import forced_perplexities, strength_at
 from hf_sae_steer.sites.hooks import steering_hooks
 
 
@@ -43,6 +46,9 @@ def test_the_fit_records_topic_latents_and_a_calibrated_suppression(fitted):
     assert away.method == "vector" and away.strength == rec.strength
     assert [p["strength"] for p in away.curve] == sorted(p["strength"] for p in away.curve)
     assert all(p["neutral_ratio"] is None or p["neutral_ratio"] > 0 for p in away.curve)
+    # The strength is chosen by the teacher-forced ratio (no sampling noise), recorded beside it.
+    assert all(p["neutral_forced_ratio"] > 0 for p in away.curve)
+    assert away.strength == strength_at(away.curve, away.target_ratio, "neutral_forced_ratio")
     text = str(scores.report())
     assert re.search(r"steer away +vector at strength", text) and "away curve" in text
     assert re.search(r"steer toward +add at strength", text)
@@ -104,3 +110,44 @@ def test_calibrated_away_strength_and_the_round_trip(gpt2, fitted, tmp_path):
     plain = FeatureScores(scores=scores.scores, coverage=0.5)  # an artifact from before 0.4
     with pytest.raises(ValueError, match='strength="calibrated" needs a calibration'):
         SteeredModel(gpt2, sae, scores=plain, direction="away", strength="calibrated")
+
+
+def plain_perplexity(logits, prompt_len, ids):
+    """exp(mean NLL) of ``ids[prompt_len:]`` given the earlier tokens, from full-sequence logits."""
+    logp = torch.log_softmax(logits[0].double(), dim=-1)
+    nll = [-float(logp[t - 1, ids[t]]) for t in range(prompt_len, len(ids))]
+    return torch.tensor(sum(nll) / len(nll)).exp()
+
+
+def test_teacher_forced_perplexities_against_plain_forward_passes(gpt2, tokenizer, fitted):
+    """The calibration's side effect: the suppressed model's perplexity of fixed continuations
+    (CAA subtraction, ``x - s v``, by method_reference at every position), and the unsteered
+    model's, from plain forward passes."""
+    sae, ref, scores = fitted
+    v = scores.stats["delta_raw"]
+    prompts, texts = [[5, 17, 42], [99, 3]], [[250, 7, 8, 9], [11, 12, 13]]
+    got = forced_perplexities(gpt2, tokenizer, sae, scores, "vector", (0.5, 2.0), prompts, texts)
+    for j, strength in enumerate((None, 0.5, 2.0)):
+        for i, (prompt, text) in enumerate(zip(prompts, texts, strict=True)):
+            ids = torch.tensor([prompt + text])
+            if strength is None:
+                logits = gpt2(ids).logits
+            else:
+                logits = reference_logits(gpt2, ids, lambda h, s=strength: steer_sequence(
+                    ref, h, "vector", None, strength=-s, vector=v))  # fmt: skip
+            want = plain_perplexity(logits.detach(), len(prompt), prompt + text)
+            assert float(got[j][i]) == pytest.approx(float(want), rel=1e-4)
+    assert not steering_hooks(gpt2)
+
+
+def test_strength_at_reads_the_forced_ratio_and_old_curves():
+    curve = [
+        {"strength": 1.0, "neutral_ratio": 1.5, "neutral_forced_ratio": 1.05},
+        {"strength": 2.0, "neutral_ratio": 1.2, "neutral_forced_ratio": 1.21},
+    ]
+    # log 1.1 lies between log 1.05 and log 1.21, a fraction of the way from 1 to 2
+    fraction = (math.log(1.1) - math.log(1.05)) / (math.log(1.21) - math.log(1.05))
+    assert strength_at(curve, 1.1, "neutral_forced_ratio") == pytest.approx(1 + fraction)
+    assert strength_at(curve, 1.1) == pytest.approx(math.log(1.1) / math.log(1.5))
+    assert AwayCalibration.neutral_ratio_of(curve[0]) == 1.05
+    assert AwayCalibration.neutral_ratio_of({"strength": 1.0, "neutral_ratio": 1.3}) == 1.3

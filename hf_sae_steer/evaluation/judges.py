@@ -30,8 +30,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from hf_sae_steer.data.embedders import embed_prompts
 from hf_sae_steer.evaluation.classifier import TopicClassifier, auc
-from hf_sae_steer.scoring.embedders import embed_prompts
 
 JUDGE_FILE = "judge.txt"
 NEGATIVES_FILE = "judge_negatives.jsonl"

@@ -136,7 +136,7 @@ def _check_away(away: Any, field: Callable[..., Any]) -> None:
         where = f"calibration.away.curve[{i}]"
         field(where, point, _is(dict), "an object (strength, neutral_ratio, topic_drop)")
         field(f"{where}.strength", point.get("strength"), _finite, "a finite number")
-        for key in ("neutral_ratio", "topic_drop"):
+        for key in ("neutral_ratio", "neutral_forced_ratio", "topic_drop"):
             field(f"{where}.{key}", point.get(key), _optional(_finite), "a finite number or null")
 
 

@@ -146,10 +146,11 @@ class FluencyCalibration(_ReadsLikeADict):
 @dataclass(eq=False)
 class AwayCalibration(_ReadsLikeADict):
     """A measured suppression curve (``docs/method.md`` §9): ``curve`` holds ``{strength,
-    neutral_ratio, topic_drop}`` per point (the perplexity ratio on ``neutral_prompts`` neutral
-    prompts, the side effect; the drop of the topic's similarity on ``inviting_prompts``
-    prompts that invite it); the chosen ``strength`` of ``method`` is the largest whose neutral
-    ratio stays under ``target_ratio``."""
+    neutral_ratio, neutral_forced_ratio, topic_drop}`` per point (the perplexity ratio on
+    ``neutral_prompts`` neutral prompts, sampled and teacher-forced: the side effect; the drop
+    of the topic's similarity on ``inviting_prompts`` prompts that invite it); the chosen
+    ``strength`` of ``method`` is the largest whose neutral ratio (teacher-forced where
+    measured; artifacts of 0.4.0 have only the sampled one) stays under ``target_ratio``."""
 
     method: str
     target_ratio: float
@@ -162,6 +163,12 @@ class AwayCalibration(_ReadsLikeADict):
     def to_json(self) -> dict[str, Any]:
         return _fields_json(self)
 
+    @staticmethod
+    def neutral_ratio_of(point: Mapping[str, Any]) -> float | None:
+        """The side effect a point's strength is chosen by: its teacher-forced neutral ratio,
+        else (an artifact of 0.4.0) its sampled one."""
+        forced = point.get("neutral_forced_ratio")
+        return forced if forced is not None else point.get("neutral_ratio")
 
 
 @dataclass(eq=False)

@@ -37,7 +37,7 @@ from hf_sae_steer.scores.artifact_checks import (
 from hf_sae_steer.scores.card import CARD_FILE, HUB_ID, model_card, portable_name
 from hf_sae_steer.scores.csv_scores import read_score_csv
 from hf_sae_steer.scores.effect import SteeringEffect
-from hf_sae_steer.scores.recommendation import Calibration, Recommendation
+from hf_sae_steer.scores.recommendation import AwayCalibration, Calibration, Recommendation
 from hf_sae_steer.scores.uncertainty import TOP_K, ScoreReport, build_report
 
 SCORES_FILE = "scores.safetensors"
@@ -120,9 +120,9 @@ class FeatureScores:
         away = self.calibration.away
         if away is not None:
             points = ", ".join(
-                f"{p['strength']:g}: x{p['neutral_ratio']:.2f} neutral, "
+                f"{p['strength']:g}: x{AwayCalibration.neutral_ratio_of(p):.2f} neutral, "
                 f"{p['topic_drop']:+.3f} topic" for p in away.curve
-                if p["neutral_ratio"] is not None and p["topic_drop"] is not None
+                if AwayCalibration.neutral_ratio_of(p) is not None and p["topic_drop"] is not None
             )
             lines.append(f"away curve         {points}")
         return lines

@@ -10,12 +10,19 @@ latents that carry much of the topic's activation mass did (``scripts/explore_aw
 ``SteeredModel(direction="away", method="suppress")`` attenuates those latents where they fire
 (``z_i -> (1 - s) z_i``, the SAE's error kept). The *recommended* suppression is CAA
 subtraction, the benchmark's winner on its tuning topics (``docs/benchmark.md``); its strength
-is calibrated like the toward steering's: continuations
-of neutral prompts, unsteered and suppressed at a few strengths with the same seeds, scored by
-their perplexity under the unsteered model; the strength is the largest whose paired perplexity
-ratio stays under :data:`AWAY_TARGET_RATIO` (a suppression should leave unrelated text alone). The
-curve also records how far the continuations of prompts that invite the topic (openings of the
-alignment texts) move away from it: the drop of their cosine similarity to the alignment set.
+is calibrated on neutral prompts: the strength is the largest whose *teacher-forced* perplexity
+ratio stays under :data:`AWAY_TARGET_RATIO` (a suppression should leave unrelated text alone):
+the suppressed model's perplexity of unsteered continuations of the neutral prompts
+(:data:`FORCED_SAMPLES` each) over the unsteered model's own. Both models read the same tokens,
+so the ratio carries no sampling noise. The sampled ratio (the suppressed model's own
+continuations, scored by the unsteered model) is recorded beside it but not used: on the demo's
+medical artifact, over six seeds, 12 neutral prompts with one continuation each put the sampled
+ratio at strength 1 anywhere from 1.00x to 1.49x and the strength it chose from 0.22 to 1 (the
+top of a 0.25-1 grid); read teacher-forced, the chosen strength stayed within 1.82-2.32, and
+within 1.93-2.08 over 24 prompts (``scripts/explore_away.py`` measures both on the benchmark's
+topics: their means agree within a factor that depends on the topic). The curve also records
+how far the continuations of prompts that invite the topic (openings of the alignment texts)
+move away from it: the drop of their cosine similarity to the alignment set.
 """
 
 from __future__ import annotations
@@ -38,7 +45,9 @@ AWAY_K = 10
 # Alignment tokens a latent must fire on before it can be a topic latent.
 MIN_ALIGNMENT_TOKENS = 3
 AWAY_TARGET_RATIO = 1.1
-AWAY_GRID = (0.25, 0.5, 1.0)
+AWAY_GRID = (0.5, 1.0, 2.0, 3.0)
+# Unsteered continuations per neutral prompt that the suppressed model reads (teacher-forced).
+FORCED_SAMPLES = 4
 # Prompts of each kind the suppression is measured on (one sample each): a cheap calibration.
 AWAY_PROMPTS = 12
 INVITING_WORDS = 4
@@ -101,8 +110,9 @@ def calibrate_away(
     seed: int = 0,
     world: World | None = None,
 ) -> AwayCalibration:
-    """Measure the recommended suppression at ``strengths`` and choose the largest whose neutral
-    perplexity ratio stays under ``target_ratio`` (read between grid points in log ratio).
+    """Measure the recommended suppression at ``strengths`` and choose the largest whose
+    teacher-forced neutral perplexity ratio stays under ``target_ratio`` (read between grid
+    points in log ratio).
 
     Neutral and inviting prompts run as one batch per strength (one sample each, the same seeds
     at every strength); under ``torchrun`` the batches are shared out and gathered, so every
@@ -143,31 +153,70 @@ def calibrate_away(
         texts = [tokenizer.decode(t, skip_special_tokens=True) or "." for t in ids[n:]]
         return float((embed([t if t.strip() else "." for t in texts]) @ centroid).mean())
 
+    # Teacher-forced: the suppressed model reads unsteered continuations of the neutral prompts,
+    # FORCED_SAMPLES each (every process computes these itself, so all hold the same curve).
+    forced_gen = Generator(tokenizer, list(neutral), samples=FORCED_SAMPLES, seed=seed,
+                           batch_size=n * FORCED_SAMPLES, options=gen.options)  # fmt: skip
+    texts = [c.token_ids for c in forced_gen.run(model)[0]]
+    forced_prompts = [forced_gen.prompt_ids[i // FORCED_SAMPLES] for i in range(len(texts))]
+    forced_base, *forced = forced_perplexities(
+        model, tokenizer, sae, scores, rec.method, strengths, forced_prompts, texts
+    )
+
+    def mean_ratio(steered_ppl: Tensor, base_ppl: Tensor) -> float | None:
+        logs = (steered_ppl / base_ppl).log()
+        logs = logs[logs.isfinite()]
+        return math.exp(float(logs.mean())) if len(logs) else None
+
     base_similarity = similarity(outputs[0])
     curve = []
     for j, strength in enumerate(strengths, 1):
-        logs = (ppl[j] / ppl[0]).log()
-        logs = logs[logs.isfinite()]
-        ratio = math.exp(float(logs.mean())) if len(logs) else None
-        drop = base_similarity - similarity(outputs[j])
-        curve.append({"strength": strength, "neutral_ratio": ratio, "topic_drop": drop})
+        curve.append({
+            "strength": strength,
+            "neutral_ratio": mean_ratio(ppl[j], ppl[0]),
+            "neutral_forced_ratio": mean_ratio(forced[j - 1], forced_base),
+            "topic_drop": base_similarity - similarity(outputs[j]),
+        })  # fmt: skip
     return AwayCalibration(
         method=rec.method,
         target_ratio=target_ratio,
-        strength=strength_at(curve, target_ratio),
+        strength=strength_at(curve, target_ratio, key="neutral_forced_ratio"),
         neutral_prompts=len(neutral),
         inviting_prompts=len(inviting),
         curve=curve,
     )
 
 
-def strength_at(curve: Sequence[dict[str, Any]], target: float) -> float:
-    """The largest strength whose neutral ratio stays at or under ``target``, linear in log
-    ratio between the last point under it and the next, from (0, ratio 1)."""
+def forced_perplexities(
+    model: nn.Module,
+    tokenizer: Any,
+    sae: Any,
+    scores: Any,
+    method: str,
+    strengths: Sequence[float],
+    prompt_ids: Sequence[list[int]],
+    texts: Sequence[list[int]],
+) -> list[Tensor]:
+    """The perplexity of each of ``texts`` given its prompt (teacher-forced) under the unsteered
+    model, then under ``method`` away from the topic at each of ``strengths``."""
+    out = [perplexity(model, tokenizer, list(prompt_ids), list(texts))]
+    for strength in strengths:
+        with SteeredModel(model, sae, scores=scores, direction="away", method=method,
+                          strength=strength) as steered:  # fmt: skip
+            out.append(perplexity(steered, tokenizer, list(prompt_ids), list(texts)))
+    return out
+
+
+def strength_at(
+    curve: Sequence[dict[str, Any]], target: float, key: str = "neutral_ratio"
+) -> float:
+    """The largest strength whose neutral ratio (``key`` of each point) stays at or under
+    ``target``, linear in log ratio between the last point under it and the next, from
+    (0, ratio 1)."""
     goal = math.log(target)
     prev_s, prev_log = 0.0, 0.0
     for point in sorted(curve, key=lambda p: p["strength"]):
-        ratio = point["neutral_ratio"]
+        ratio = point.get(key)
         log = max(math.log(ratio), prev_log) if ratio and 0 < ratio < math.inf else math.inf
         if log > goal:
             if math.isinf(log):
