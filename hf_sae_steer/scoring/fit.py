@@ -311,8 +311,9 @@ def _calibrate_away(
         strength=away.strength,
         calibrated=True,
         why=(
-            f"the largest strength whose continuations of {away.neutral_prompts} neutral prompts "
-            f"stay under {away.target_ratio:g}x the unsteered model's perplexity"
+            f"the largest strength under which the unsteered model's continuations of "
+            f"{away.neutral_prompts} neutral prompts stay under {away.target_ratio:g}x their "
+            "unsteered perplexity (teacher-forced)"
         ),
     )
 
