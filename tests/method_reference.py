@@ -67,6 +67,10 @@ def steer_token(
     xp, info = sae.preprocess(x)
     pre = sae.pre(xp)
     z = sae.act(pre)
+    if method == "attenuate":  # the vector subtracted, times p(topic) from the latents that fire
+        total = bias + sum(w for i, w in zip(topic, log_odds, strict=True) if z[i] > 0)
+        p = 1.0 / (1.0 + math.exp(-total))
+        return x - strength * p * torch.as_tensor(vector).double()
     if method == "orig":
         return x
     if method == "sae":

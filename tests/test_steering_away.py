@@ -91,7 +91,7 @@ def test_vector_baselines_away(gpt2, fitted, method):
 
 def test_away_refuses_methods_that_write_a_topic_in(gpt2, fitted):
     sae, _, scores = fitted
-    with pytest.raises(ValueError, match="direction='away' steers with suppress, ablate, vector"):
+    with pytest.raises(ValueError, match="direction=.away. steers with suppress, ablate, vector, attenuate"):
         SteeredModel(gpt2, sae, scores=scores, direction="away", method="add")
     with pytest.raises(ValueError, match="Unknown direction 'sideways'"):
         SteeredModel(gpt2, sae, scores=scores, direction="sideways")
@@ -151,3 +151,59 @@ def test_strength_at_reads_the_forced_ratio_and_old_curves():
     assert strength_at(curve, 1.1) == pytest.approx(math.log(1.1) / math.log(1.5))
     assert AwayCalibration.neutral_ratio_of(curve[0]) == 1.05
     assert AwayCalibration.neutral_ratio_of({"strength": 1.0, "neutral_ratio": 1.3}) == 1.3
+
+
+def plain_gate(gpt2, tokenizer, ref, texts, others, k=100):
+    """``attenuate``'s posterior written out: per latent, the share of alignment and of reference
+    tokens (the first of each text skipped, as every pass of the fit does) it fires on (plus half
+    a token, of one more), its log odds; the ``k`` largest among
+    latents firing on at least 3 alignment tokens with positive log odds; the bias is the sum of
+    log((1 - on) / (1 - off)) over them."""
+
+    def firing(batch):
+        fired, tokens = torch.zeros(ref.W_enc.shape[0]), 0
+        for text in batch:
+            ids = tokenizer(text, return_tensors="pt").input_ids
+            hidden = gpt2(ids, output_hidden_states=True).hidden_states[LAYER + 1][0]
+            for h in hidden.detach()[1:]:
+                xp, _ = ref.preprocess(h.double())
+                fired += (ref.act(ref.pre(xp)) > 0).float()
+                tokens += 1
+        return fired, tokens
+
+    (fa, na), (fr, nr) = firing(texts), firing(others)
+    on, off = (fa + 0.5) / (na + 1), (fr + 0.5) / (nr + 1)
+    odds = [math.log(a / (1 - a)) - math.log(b / (1 - b)) for a, b in zip(on.tolist(), off.tolist())]
+    ok = [i for i in range(len(odds)) if fa[i] >= 3 and odds[i] > 0]
+    chosen = sorted(ok, key=lambda i: -odds[i])[:k]
+    bias = sum(math.log((1 - float(on[i])) / (1 - float(off[i]))) for i in chosen)
+    return chosen, [odds[i] for i in chosen], bias
+
+
+def test_attenuate_gates_caa_subtraction_by_the_fits_posterior(gpt2, tokenizer, fitted, tmp_path):
+    """``attenuate``: ``x - s p(topic | z(x)) v``, with the posterior's latents, log odds and bias
+    as the fit records them (against plain counts of firing tokens), per token against
+    method_reference; the gate survives the round trip."""
+    sae, ref, scores = fitted
+    latents, odds, bias = scores.topic_gate()
+    want_latents, want_odds, want_bias = plain_gate(gpt2, tokenizer, ref, TEXTS, OTHERS + TEXTS[:1])
+    assert set(latents.tolist()) == set(want_latents) and len(latents) == len(want_latents)
+    by_latent = dict(zip(want_latents, want_odds, strict=True))
+    assert odds.tolist() == pytest.approx([by_latent[i] for i in latents.tolist()], rel=1e-4)
+    assert bias == pytest.approx(want_bias, rel=1e-4)
+    v = scores.stats["delta_raw"]
+    want = reference_logits(gpt2, IDS, lambda h: steer_sequence(
+        ref, h, "attenuate", None, strength=2.5, vector=v, topic=latents.tolist(),
+        log_odds=odds.tolist(), bias=bias))  # fmt: skip
+    with SteeredModel(gpt2, sae, scores=scores, direction="away", method="attenuate",
+                      strength=2.5) as steered:  # fmt: skip
+        got = steered(IDS).logits
+    torch.testing.assert_close(got, want, atol=1e-4, rtol=1e-4)
+    assert not torch.allclose(got, gpt2(IDS).logits, atol=1e-3)  # it does change something
+    back = load_scores(scores.save_pretrained(tmp_path / "gated"))
+    for mine, theirs in zip(back.topic_gate(), scores.topic_gate(), strict=True):
+        assert torch.equal(mine, theirs) if torch.is_tensor(mine) else mine == theirs
+    plain = FeatureScores(scores=scores.scores, coverage=0.5, stats={"delta_raw": v})
+    with pytest.raises(ValueError, match="'attenuate' needs the topic direction and the latents"):
+        SteeredModel(gpt2, sae, scores=plain, direction="away", method="attenuate")
+    assert not steering_hooks(gpt2)

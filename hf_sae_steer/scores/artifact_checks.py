@@ -20,7 +20,8 @@ from torch import Tensor
 FORMAT = "hf_sae_steer/feature_scores"
 FORMAT_VERSION = 2  # 2: rule, recommended steering, calibration norms (1 still reads)
 # Steering methods an artifact may recommend (the names of hf_sae_steer.steering.interventions).
-METHOD_NAMES = ("orig", "sae", "clamp", "weight", "swap", "add", "vector", "suppress", "ablate")
+METHOD_NAMES = ("orig", "sae", "clamp", "weight", "swap", "add", "vector", "suppress", "ablate",
+                "attenuate")
 AGAIN = "write the artifact again (FeatureScores.save_pretrained, hf-sae-steer score)"
 PER_LATENT = ("typical_activation", "mass", "ref_fire_counts", "align_fire_counts")
 MAX_EFFECTS, MAX_TOKENS = 1000, 1000  # bounds on the effect in words an artifact may hold
@@ -182,13 +183,21 @@ def check_tensors(path: Path, tensors: dict[str, Tensor], d_sae: int) -> None:
         if name in PER_LATENT and tuple(tensor.shape) != (d_sae,):
             raise ValueError(f"{path}: tensor '{name}' must have one value per latent "
                              f"({d_sae}), has shape {tuple(tensor.shape)}; {AGAIN}.")  # fmt: skip
-    away = tensors.get("away_latents")
-    if away is not None and (
-        away.is_floating_point() or away.ndim != 1 or not len(away)
-        or not (0 <= int(away.min()) and int(away.max()) < d_sae)
-    ):  # fmt: skip
-        raise ValueError(f"{path}: tensor 'away_latents' must hold latent indices from 0 to "
-                         f"{d_sae - 1}; {AGAIN}.")  # fmt: skip
+    for name in ("away", "away_gate"):
+        away = tensors.get(f"{name}_latents")
+        if away is not None and (
+            away.is_floating_point() or away.ndim != 1 or not len(away)
+            or not (0 <= int(away.min()) and int(away.max()) < d_sae)
+        ):  # fmt: skip
+            raise ValueError(f"{path}: tensor '{name}_latents' must hold latent indices from 0 "
+                             f"to {d_sae - 1}; {AGAIN}.")  # fmt: skip
+        odds, bias = tensors.get(f"{name}_log_odds"), tensors.get(f"{name}_bias")
+        if (odds is None) != (bias is None) or (odds is not None and (
+            away is None or tuple(odds.shape) != tuple(away.shape) or bias.numel() != 1
+        )):  # fmt: skip
+            raise ValueError(f"{path}: tensors '{name}_log_odds' (one per latent of "
+                             f"'{name}_latents') and '{name}_bias' (one value) come together; "
+                             f"{AGAIN}.")  # fmt: skip
     if ("latents" in tensors) != ("weights" in tensors):
         raise ValueError(f"{path}: tensors 'latents' and 'weights' come together; {AGAIN}.")
     if "latents" not in tensors:

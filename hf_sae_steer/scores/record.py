@@ -134,15 +134,22 @@ class FeatureScores:
         return None
 
     def topic_latents(self) -> tuple[Tensor, Tensor | None, float | None] | None:
-        """``(latents, log_odds, bias)`` a suppression attenuates (``docs/method.md`` §9): the
-        latents that fire on the topic's tokens, and the posterior that gates them (``None``
+        """``(latents, log_odds, bias)`` ``suppress`` attenuates (``docs/method.md`` §9): the
+        latents that carry the topic's activation, and the posterior that gates them (``None``
         when ungated); ``None`` for artifacts from before 0.4."""
-        if "away_latents" not in self.stats:
+        return self._recorded_latents("away")
+
+    def topic_gate(self) -> tuple[Tensor, Tensor | None, float | None] | None:
+        """``(latents, log_odds, bias)`` of the posterior that gates ``attenuate``: the latents
+        most specific to the topic; ``None`` for artifacts without it."""
+        return self._recorded_latents("away_gate")
+
+    def _recorded_latents(self, name: str) -> tuple[Tensor, Tensor | None, float | None] | None:
+        if f"{name}_latents" not in self.stats:
             return None
-        odds = self.stats.get("away_log_odds")
-        bias = self.stats.get("away_bias")
+        odds, bias = self.stats.get(f"{name}_log_odds"), self.stats.get(f"{name}_bias")
         return (
-            self.stats["away_latents"].long(),
+            self.stats[f"{name}_latents"].long(),
             None if odds is None else odds.float(),
             None if bias is None else float(bias.flatten()[0]),
         )

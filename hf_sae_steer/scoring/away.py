@@ -42,6 +42,8 @@ from hf_sae_steer.scoring.walk.passes import ScoringSums
 from hf_sae_steer.steering.steered import SteeredModel
 
 AWAY_K = 10
+# Latents whose firing gates ``attenuate`` (the topic's most specific ones).
+GATE_K = 100
 # Alignment tokens a latent must fire on before it can be a topic latent.
 MIN_ALIGNMENT_TOKENS = 3
 AWAY_TARGET_RATIO = 1.1
@@ -62,6 +64,24 @@ def topic_latents(sums: ScoringSums, k: int = AWAY_K) -> Tensor:
     key[(sums.align_act_tokens < MIN_ALIGNMENT_TOKENS) | (key <= 0)] = -math.inf
     order = torch.argsort(key, descending=True)[:k]
     return order[torch.isfinite(key[order])]
+
+
+def topic_gate(sums: ScoringSums, k: int = GATE_K) -> tuple[Tensor, Tensor, float] | None:
+    """``(latents, log_odds, bias)`` of the posterior that gates ``attenuate``: naive Bayes over
+    whether each of the ``k`` latents with the largest log odds of firing on an alignment token
+    rather than a reference token fires (firing frequencies smoothed by half a token; at least
+    :data:`MIN_ALIGNMENT_TOKENS` alignment tokens; a prior of even odds). ``None`` when no latent
+    fires more often on the alignment set."""
+    on_topic = (sums.align_act_tokens.double() + 0.5) / (int(sums.align_tokens) + 1)
+    off_topic = (sums.act_tokens.double() + 0.5) / (int(sums.ref_tokens) + 1)
+    odds = torch.logit(on_topic) - torch.logit(off_topic)
+    odds[(sums.align_act_tokens < MIN_ALIGNMENT_TOKENS) | (odds <= 0)] = -math.inf
+    order = torch.argsort(odds, descending=True)[:k]
+    order = order[torch.isfinite(odds[order])]
+    if not len(order):
+        return None
+    silent = ((1 - on_topic[order]) / (1 - off_topic[order])).log()  # a latent that stays off
+    return order, odds[order].float(), float(silent.sum())
 
 
 def recommend_away(latents: Tensor, has_direction: bool = True) -> Recommendation | None:

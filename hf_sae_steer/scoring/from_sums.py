@@ -6,11 +6,13 @@ from __future__ import annotations
 import warnings
 from typing import Any
 
+import torch
+
 from hf_sae_steer.sae.base import SAE
 from hf_sae_steer.scores.recommendation import Calibration
 from hf_sae_steer.scores.record import FeatureScores
 from hf_sae_steer.scores.uncertainty import build_report
-from hf_sae_steer.scoring.away import recommend_away, topic_latents
+from hf_sae_steer.scoring.away import recommend_away, topic_gate, topic_latents
 from hf_sae_steer.scoring.rules import apply_rule, recommend
 from hf_sae_steer.scoring.rules.objective import TopicMargin
 from hf_sae_steer.scoring.walk.passes import ScoringSums
@@ -76,6 +78,10 @@ def from_sums(
     away = topic_latents(sums)
     if len(away):
         stats["away_latents"] = away
+    gate = topic_gate(sums)
+    if gate is not None:
+        stats["away_gate_latents"], stats["away_gate_log_odds"] = gate[0], gate[1]
+        stats["away_gate_bias"] = torch.tensor([gate[2]])
     options = {**fields.pop("options", {}), "rule_options": result.options}
     return record_class(
         scores=result.scores,

@@ -39,6 +39,7 @@ from hf_sae_steer.steering.strength import clamp_values
 from hf_sae_steer.steering.suppression import (
     TopicLatents,
     ablation_change,
+    attenuation_change,
     suppression_change,
     topic_posterior,
     unit_direction,
@@ -139,6 +140,14 @@ class Intervention:
                 raise ValueError("Method 'suppress' needs the topic's latents (topic=, or scores "
                                  "fitted by hf_sae_steer 0.4 or later).")  # fmt: skip
             topic.check(sae.d_sae)  # type: ignore[union-attr]
+        if method == "attenuate":
+            if vector is None or topic is None or not topic.gated:
+                raise ValueError("Method 'attenuate' needs the topic direction and the latents "
+                                 "of its posterior with their log odds (vector= and topic=, or "
+                                 "scores fitted by hf_sae_steer 0.4 or later with "
+                                 "rule='mean_diff' or 'output').")  # fmt: skip
+            vector = _check_vector(vector, sae)
+            topic.check(sae.d_sae)  # type: ignore[union-attr]
         if method == "add":
             if latents is None:
                 raise ValueError("Method 'add' needs latents and weights (latents=, or scores "
@@ -189,7 +198,7 @@ class Intervention:
             parts.append(f"the latents= weights (largest {largest:g})")
         if self.edits:
             parts.append(f"the edits= values (largest {max(abs(e.value) for e in self.edits):g})")
-        if self.method == "vector" and self.vector is not None:
+        if self.method in ("vector", "attenuate") and self.vector is not None:
             parts.append(f"the vector= (norm {float(self.vector.float().norm()):g})")
         return parts
 
@@ -202,7 +211,9 @@ class Intervention:
     @property
     def keeps_error(self) -> bool:
         """Whether the result is ``x`` plus a change (the SAE's error term survives)."""
-        return self.preserve_error or self.method in ("orig", "vector", "ablate", "suppress")
+        return self.preserve_error or self.method in (
+            "orig", "vector", "ablate", "suppress", "attenuate"
+        )
 
     @property
     def clamped(self) -> SparseCode | None:
@@ -245,7 +256,7 @@ class Intervention:
             self._shift = sae.decode_change(code)
         if self.topic is not None:
             self._topic_index = self.topic.indices.to(device)
-            self._topic_rows = sae.W_dec.index_select(0, self._topic_index)
+            self._topic_rows = sae.W_dec.index_select(0, self._topic_index)  # suppress's
             odds = self.topic.log_odds
             self._topic_odds = None if odds is None else odds.to(device, f32)
         if self.edits:
@@ -261,6 +272,8 @@ class Intervention:
         xf = x if x.dtype == torch.float32 else x.float()
         if self.method == "ablate":
             x_new = xf + self.strength * ablation_change(xf, self._vector)
+        elif self.method == "attenuate":
+            x_new = xf + self.strength * self._attenuation_change(xf)
         elif self.method == "vector" or self._constant:
             x_new = xf + self._constant_change(xf)  # no encoder; the strength scales a [d] vector
         else:
@@ -277,6 +290,15 @@ class Intervention:
         shift = self._shift * self.strength
         scale = self._sae.input_scale(x)
         return shift if scale is None else shift * scale
+
+    def _attenuation_change(self, x: Tensor) -> Tensor:
+        """``-p(topic | z(x)) v`` at strength 1: the mean difference subtracted in proportion to
+        the SAE's posterior that the token is on the topic (nothing where it sees none)."""
+        xp, _ = self._sae.preprocess(x)
+        code = self._sae.code(self._sae.encode_pre(xp))
+        gate = topic_posterior(_values_at(code, self._topic_index), self._topic_odds,
+                               self.topic.bias)  # type: ignore[union-attr, arg-type]  # fmt: skip
+        return attenuation_change(gate, self._vector)
 
     def _through_sae(self, x: Tensor) -> Tensor:
         sae = self._sae

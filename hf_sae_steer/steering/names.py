@@ -6,7 +6,9 @@ from __future__ import annotations
 
 from typing import Literal, get_args
 
-Method = Literal["orig", "sae", "clamp", "weight", "swap", "add", "vector", "suppress", "ablate"]
+Method = Literal[
+    "orig", "sae", "clamp", "weight", "swap", "add", "vector", "suppress", "ablate", "attenuate"
+]
 METHODS: tuple[Method, ...] = get_args(Method)
 # The reference demo's own methods (docs/method.md §2); the rest are this library's additions.
 REFERENCE_METHODS: tuple[Method, ...] = ("orig", "sae", "clamp", "weight", "swap")
@@ -21,8 +23,9 @@ POSITIONS: tuple[Positions, ...] = get_args(Positions)
 Direction = Literal["toward", "away"]
 DIRECTIONS: tuple[Direction, ...] = get_args(Direction)
 # What can steer away: the topic's latents attenuated where they fire (``suppress``), the topic
-# direction projected out (``ablate``), the mean difference subtracted (``vector``).
-AWAY_METHODS: tuple[Method, ...] = ("suppress", "ablate", "vector")
+# direction projected out (``ablate``), the mean difference subtracted (``vector``), or
+# subtracted in proportion to the SAE's posterior that a token is on the topic (``attenuate``).
+AWAY_METHODS: tuple[Method, ...] = ("suppress", "ablate", "vector", "attenuate")
 
 # "recommended": the artifact's recommended strength (its method only); "calibrated": the
 # strength its fluency calibration chose for the method asked for.

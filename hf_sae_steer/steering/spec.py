@@ -146,7 +146,7 @@ def resolve_spec(
         typical=None if artifact is None else artifact.stats.get("typical_activation"),
         latents=latents,
         vector=vector,
-        topic=_topic_latents(artifact) if method == "suppress" else None,
+        topic=_topic_latents(artifact, method),
     )
     if strength is None:  # add / vector without a strength: the default norm fraction
         given = spec.latents is not None or spec.vector is not None
@@ -225,8 +225,11 @@ def _choose_away(
     return method, strength, True
 
 
-def _topic_latents(artifact: FeatureScores | None) -> TopicLatents | None:
-    found = artifact.topic_latents() if artifact is not None else None
+def _topic_latents(artifact: FeatureScores | None, method: str = "suppress") -> TopicLatents | None:
+    """What ``suppress`` attenuates, or the posterior that gates ``attenuate``, as recorded."""
+    if artifact is None or method not in ("suppress", "attenuate"):
+        return None
+    found = artifact.topic_gate() if method == "attenuate" else artifact.topic_latents()
     if found is None:
         return None
     indices, log_odds, bias = found

@@ -11,11 +11,14 @@ suppress  ``x - s g(x) Σ_{i∈S} z_i W_dec[i]``                          condit
 ablate    ``x - s (x·d) d``, ``d`` the unit topic direction             directional ablation
                                                                         (Arditi et al. 2024)
 vector    ``x - s v``, ``v`` the mean difference                        CAA subtraction
+attenuate ``x - s p(topic | x) v``                                      CAA subtraction where the
+                                                                        SAE sees the topic
 ========  =========================================================  ==========================
 
-The posterior is naive Bayes over which latents of ``S`` fire on a token, with the firing
-frequencies of each latent on the alignment set's tokens and on the reference set's, from the
-fit's sums: ``p = sigmoid(b + Σ_{i∈S} [z_i > 0] w_i)``.
+The posterior is naive Bayes over which latents of ``S`` fire on a token (for ``attenuate``:
+the latents most specific to the topic, :func:`hf_sae_steer.scoring.away.topic_gate`), with the
+firing frequencies of each latent on the alignment set's tokens and on the reference set's,
+from the fit's sums: ``p = sigmoid(b + Σ_{i∈S} [z_i > 0] w_i)``.
 """
 
 from __future__ import annotations
@@ -72,6 +75,11 @@ def suppression_change(topic_code: Tensor, rows: Tensor, gate: Tensor | None) ->
     the topic latents' values, ``rows`` [k, d] their decoder rows, ``gate`` [...] or None."""
     change = -(topic_code @ rows)
     return change if gate is None else change * gate.unsqueeze(-1)
+
+
+def attenuation_change(gate: Tensor, vector: Tensor) -> Tensor:
+    """``-g v`` at strength 1: ``vector`` [d] subtracted in proportion to ``gate`` [...]."""
+    return -gate.unsqueeze(-1) * vector
 
 
 def ablation_change(x: Tensor, unit: Tensor) -> Tensor:
