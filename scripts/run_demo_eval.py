@@ -5,8 +5,11 @@
     python scripts/run_demo_eval.py --quick --out /tmp/eval   # 6 prompts, 1 sample, smoke run
 
 The prompts are ``eval_prompts.txt`` (held out: nothing is chosen on them); the conditions are
-``hf_sae_steer.evaluation.eval_md.demo_conditions``. Every number in EVAL.md, including the
-sentences of its findings, is computed from this run: regenerate it rather than edit it.
+``hf_sae_steer.evaluation.demo_eval.demo_conditions``. The topic is judged from another source
+than the fit texts: the judge built from ``storage/topics/<topic>/judge.txt`` (Webster 1913
+definitions) against ``judge_negatives.jsonl``, as the topic benchmark builds it; the classifier
+trained on the fit texts themselves is reported beside it. Every number in EVAL.md, including
+the sentences of its findings, is computed from this run: regenerate it rather than edit it.
 """
 
 from __future__ import annotations
@@ -37,6 +40,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
     p.add_argument("--demo", type=Path, default=ROOT / "storage" / "demo", help="asset folder")
     p.add_argument("--out", type=Path, default=None, help="output folder (default: --demo)")
+    p.add_argument("--topics", type=Path, default=ROOT / "storage" / "topics",
+                   help="folder of the judges' texts (scripts/build_judges.py)")
+    p.add_argument("--topic", default="medical", help="the demo's topic: whose judge to use")
     p.add_argument("--samples", type=int, default=3, help="continuations per prompt")
     p.add_argument("--max-new-tokens", type=int, default=32)
     p.add_argument("--n-prompts", type=int, default=None, help="first N prompts (default: all)")
@@ -54,7 +60,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 def command(a: argparse.Namespace) -> str:
     parts = ["python scripts/run_demo_eval.py"] + (["--quick"] if a.quick else [])
     defaults = parse_args([])
-    for name in ("samples", "max_new_tokens", "n_prompts", "seed", "batch_size"):
+    for name in ("samples", "max_new_tokens", "n_prompts", "seed", "batch_size", "topic"):
         value = getattr(a, name)
         if not a.quick and value != getattr(defaults, name):
             parts.append(f"--{name.replace('_', '-')} {value}")
@@ -70,38 +76,43 @@ def main(argv: list[str] | None = None) -> None:
     if missing:
         raise SystemExit(f"Demo assets missing in {a.demo}: {', '.join(missing)}; build them "
                          "with scripts/build_demo_assets.py.")  # fmt: skip
-    from hf_sae_steer import FeatureScores, evaluate, load_prompts, load_sae
-    from hf_sae_steer.evaluation.eval_md import demo_conditions, write_eval_md
+    from hf_sae_steer import FeatureScores, load_prompts, load_sae
+    from hf_sae_steer.data.embedders import load_embedder
+    from hf_sae_steer.evaluation.demo_eval import evaluate_demo, fit_run_artifacts
+    from hf_sae_steer.evaluation.eval_md import JUDGE_TITLES, write_eval_md
+    from hf_sae_steer.evaluation.judges import CachedEmbedder, load_judge_texts
+    from hf_sae_steer.evaluation.remeasure import with_columns_of
     from hf_sae_steer.models import load_model
 
     t0 = time.time()
     model, tok = load_model(str(a.demo / "model"))
     sae = load_sae(a.demo / "sae")
-    reference, alignment = a.demo / "reference.txt", a.demo / "alignment.txt"
+    reference = load_prompts(a.demo / "reference.txt")
+    alignment = load_prompts(a.demo / "alignment.txt")
+    judge_texts = load_judge_texts(a.topics, a.topic)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", UserWarning)  # the reports are part of EVAL.md
         scores = {
             "default": FeatureScores.from_pretrained(a.demo / "scores"),
             "seed": FeatureScores.from_pretrained(a.demo / "scores_seed"),
-            "support": FeatureScores.fit(
-                model, tok, sae, reference=load_prompts(reference),
-                alignment=load_prompts(alignment), rule="support", progress=False,
-            ),
-        }  # fmt: skip
+        }
+    scores |= fit_run_artifacts(model, tok, sae, alignment, reference, seed=a.seed)
+    print(f"artifacts ready ({time.time() - t0:.0f} s)", flush=True)
+    embedder_st, embedder_name = load_embedder(scores["default"].embedder, None)
     prompts = load_prompts(a.demo / "eval_prompts.txt")[: a.n_prompts]
-    result = evaluate(
-        model, tok, sae, scores, prompts, alignment, reference=reference,
-        conditions=demo_conditions((scores["default"].recommended or {}).get("norm_fraction")),
-        samples=a.samples, max_new_tokens=a.max_new_tokens,
+    result, same_source = evaluate_demo(
+        model, tok, sae, scores, prompts, alignment=alignment, reference=reference,
+        judge_texts=judge_texts, embedder=CachedEmbedder(embedder_st),
+        embedder_name=embedder_name, samples=a.samples, max_new_tokens=a.max_new_tokens,
         seed=a.seed, batch_size=a.batch_size,
     )  # fmt: skip
     seconds = time.time() - t0
     a.out.mkdir(parents=True, exist_ok=True)
-    result.to_csv(a.out / "eval_table.csv")
-    result.plot(a.out / "eval_plot.png")
+    with_columns_of(result, same_source, "same_source_").to_csv(a.out / "eval_table.csv")
+    result.plot(a.out / "eval_plot.png", titles=JUDGE_TITLES)
     report = write_eval_md(
-        result, scores, demo=a.demo, command=command(a), seconds=seconds, threads=a.threads,
-        root=ROOT,
+        result, scores, same_source=same_source, demo=a.demo, command=command(a),
+        seconds=seconds, threads=a.threads, root=ROOT, topics=a.topics,
     )  # fmt: skip
     (a.out / "EVAL.md").write_text(report, encoding="utf-8")
     print(result.to_markdown())

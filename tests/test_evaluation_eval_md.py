@@ -1,57 +1,133 @@
-"""The EVAL.md writer on the real demo assets, at a small size (4 prompts, 1 sample each)."""
+"""The EVAL.md writer on the real demo assets, at a small size (4 prompts, 1 sample each): the
+cross-source judge (a subset of the shipped medical judge texts), the same-source measure and
+0.2's default, each checked against the rows and a rebuilt judge."""
 
 from __future__ import annotations
 
 import csv
+import json
+import re
 import warnings
 from pathlib import Path
 
 import pytest
 
-from hf_sae_steer import FeatureScores, evaluate, load_prompts, load_sae
-from hf_sae_steer.evaluation.eval_md import at_ratio, demo_conditions, write_eval_md
+from hf_sae_steer import FeatureScores, load_prompts, load_sae
+from hf_sae_steer.data.embedders import load_embedder
+from hf_sae_steer.evaluation.classifier import TopicClassifier
+from hf_sae_steer.evaluation.demo_eval import (
+    RECOMMENDED,
+    V02,
+    V02_LABEL,
+    V02_NORM_FRACTION,
+    demo_conditions,
+    evaluate_demo,
+    fit_run_artifacts,
+)
+from hf_sae_steer.evaluation.eval_md import at_ratio, write_eval_md
+from hf_sae_steer.evaluation.judges import CachedEmbedder, JudgeTexts, build_judge
+from hf_sae_steer.evaluation.remeasure import with_columns_of
+from hf_sae_steer.evaluation.result import ci
 from hf_sae_steer.models import load_model
 
-DEMO = Path(__file__).resolve().parents[1] / "storage" / "demo"
+ROOT = Path(__file__).resolve().parents[1]
+DEMO = ROOT / "storage" / "demo"
+TOPICS = ROOT / "storage" / "topics"
 
 
-@pytest.mark.skipif(not (DEMO / "scores_seed").is_dir(), reason="demo assets not built")
+def small_judge_texts() -> JudgeTexts:
+    """A slice of the shipped medical judge: its first 40 definitions against every 25th
+    definition of the pool that is not medical, split as the full judge is."""
+    positives = (TOPICS / "medical" / "judge.txt").read_text(encoding="utf-8").splitlines()[:40]
+    with open(TOPICS / "judge_negatives.jsonl", encoding="utf-8") as fh:
+        rows = [json.loads(line) for line in fh if line.strip()]
+    negatives = [r["text"] for r in rows if "medical" not in r.get("topics", ())][::25]
+    return JudgeTexts.from_lists("medical", positives, negatives)
+
+
+@pytest.mark.skipif(not (DEMO / "scores_seed").is_dir() or not (TOPICS / "medical").is_dir(),
+                    reason="demo assets or judge texts not built")  # fmt: skip
 def test_eval_md_on_the_demo_at_small_size(tmp_path):
     model, tokenizer = load_model(str(DEMO / "model"))
     sae = load_sae(DEMO / "sae")
+    alignment = load_prompts(DEMO / "alignment.txt")
+    reference = load_prompts(DEMO / "reference.txt")
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", UserWarning)
         scores = {
             "default": FeatureScores.from_pretrained(DEMO / "scores"),
             "seed": FeatureScores.from_pretrained(DEMO / "scores_seed"),
-            "support": FeatureScores.fit(
-                model, tokenizer, sae, reference=load_prompts(DEMO / "reference.txt"),
-                alignment=load_prompts(DEMO / "alignment.txt"), rule="support", progress=False,
-            ),
-        }  # fmt: skip
+        }
+    scores |= fit_run_artifacts(model, tokenizer, sae, alignment, reference)
+    # 0.2's default: mean_diff with five latents
+    assert scores[V02].rule == "mean_diff" and len(scores[V02].latent_weights()[0]) == 5
+    st, name = load_embedder(scores["default"].embedder, None)
+    embedder = CachedEmbedder(st)
+    texts = small_judge_texts()
     prompts = (DEMO / "eval_prompts.txt").read_text().splitlines()[:4]
-    # the recommended (calibrated) point is on the curves, as scripts/run_demo_eval.py puts it
-    conditions = demo_conditions(scores["default"].recommended["norm_fraction"])
-    result = evaluate(
-        model, tokenizer, sae, scores, prompts, DEMO / "alignment.txt",
-        reference=DEMO / "reference.txt", conditions=conditions, samples=1,
-        max_new_tokens=6, progress=False, n_boot=200,
+    result, same = evaluate_demo(
+        model, tokenizer, sae, scores, prompts, alignment=alignment, reference=reference,
+        judge_texts=texts, embedder=embedder, embedder_name=name, samples=1, max_new_tokens=6,
+        progress=False, n_boot=200,
     )  # fmt: skip
-    report = write_eval_md(result, scores, demo=DEMO, command="test", seconds=1.0, threads=1)
+    rho = scores["default"].recommended["norm_fraction"]
+    conditions = demo_conditions(rho)
+    # the recommended (calibrated) point and 0.2's point are on every additive curve
+    points = {r["norm_fraction"] for r in result.curve(RECOMMENDED)}
+    assert {rho, V02_NORM_FRACTION} <= points
+    assert {r["norm_fraction"] for r in result.curve(V02_LABEL)} == points
+
+    # the verdicts' measure is the judge's: rebuilt from the same texts, it gives the same numbers
+    judge = build_judge(embedder, texts, transfer=(alignment, reference))
+    conts = [s["continuation"] for s in result.samples]
+    cosine, p_topic = judge.measure(conts)
+    assert [s["p_topic"] for s in result.samples] == pytest.approx(p_topic.tolist())
+    assert [s["relevance_centroid"] for s in result.samples] == pytest.approx(cosine.tolist())
+    # the second measure: the same texts by the classifier of the fit texts
+    fitted = TopicClassifier.fit(embedder, alignment, reference)
+    assert [s["continuation"] for s in same.samples] == conts
+    assert [s["p_topic"] for s in same.samples] == pytest.approx(
+        fitted.probability(conts).tolist())  # fmt: skip
+    j = result.config["judge"]
+    assert (j["heldout_auc"], j["transfer_auc"]) == pytest.approx(
+        (judge.heldout_auc, judge.transfer_auc))  # fmt: skip
+
+    report = write_eval_md(result, scores, same_source=same, demo=DEMO, command="test",
+                           seconds=1.0, threads=1)  # fmt: skip
     assert report.startswith("# Steering evaluation on the demo assets")
     assert "Generated by `test`" in report and "`storage/demo/model`" in report
     for heading in ("## Findings", "### 2. Controls at equal norm", "### 4. Baselines",
-                    "### 5. At matched perplexity", "## Table"):  # fmt: skip
+                    "### 5. At matched perplexity", "### 6. The same-source measure",
+                    "## Table"):  # fmt: skip
         assert heading in report
     assert "- **Steers**:" in report and "- **Does not steer**:" in report
-    assert "cross-validated AUC" in report and "**4 held-out prompts**" in report
+    assert "- **Steers** (same-source):" in report
+    assert "**4 held-out prompts**" in report
+    assert f"**{judge.heldout_auc:.3f}**" in report and f"**{judge.transfer_auc:.3f}**" in report
+    assert "`storage/topics/medical/judge.txt`" in report
+    assert f"cross-validated AUC {fitted.cv_auc:.3f}" in report
     assert "| add (recommended) − random latents | ρ=0.5 |" in report
+    assert f"| {V02_LABEL} | ρ=0.5 |" in report
     assert report.count("fine-tuning, ") == 3  # one line of training time per epochs point
-    result.to_csv(tmp_path / "eval_table.csv")
+    # the comparison with 0.2's default quotes the rows of each judge, and says who is stronger
+    for res, judge_name in ((result, "cross-source judge"), (same, "same-source classifier")):
+        line = next(x for x in report.splitlines()
+                    if x.startswith(f"- **The default against 0.2's default** ({judge_name})"))
+        new, old = res.row(RECOMMENDED, norm_fraction=rho), res.row(V02_LABEL, norm_fraction=0.5)
+        assert ci(new, "p_topic_delta", signed=True) in line
+        assert ci(old, "p_topic_delta", signed=True) in line
+        assert ci(old, "perplexity_ratio", 2) in line
+    verdicts = re.findall(r"the default is (weaker|stronger|at least as strong)", report)
+    assert len(verdicts) >= 2
+
+    with_columns_of(result, same, "same_source_").to_csv(tmp_path / "eval_table.csv")
     result.plot(tmp_path / "eval_plot.png")
     assert (tmp_path / "eval_plot.png").stat().st_size > 0
     with (tmp_path / "eval_table.csv").open() as f:
-        assert len(list(csv.DictReader(f))) == sum(len(c.points()) for c in conditions)
+        table = list(csv.DictReader(f))
+    assert len(table) == sum(len(c.points()) for c in conditions)
+    first = next(r for r in table if r["label"] == V02_LABEL)
+    assert float(first["same_source_p_topic"]) == pytest.approx(same.curve(V02_LABEL)[0]["p_topic"])
 
 
 def test_at_ratio_interpolates_in_log_perplexity():

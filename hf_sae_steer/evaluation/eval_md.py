@@ -1,7 +1,9 @@
 """``EVAL.md``: the evaluation of the demo assets written out as a report. Every number, and every
 sentence of the findings, is computed from the rows, so the report is regenerated, never edited.
 
-:func:`demo_conditions` is what the demo's evaluation compares; :func:`write_eval_md` writes it.
+What the evaluation runs is :mod:`~hf_sae_steer.evaluation.demo_eval`; the tables are
+:mod:`~hf_sae_steer.evaluation.eval_tables`; :func:`write_eval_md` writes the report. Its
+verdicts and findings are the cross-source judge's; the same-source classifier's are §6.
 """
 
 from __future__ import annotations
@@ -14,170 +16,149 @@ from typing import Any
 
 import torch
 
-from hf_sae_steer.evaluation.conditions import FINETUNE_EPOCHS, NORM_FRACTIONS, Condition
-from hf_sae_steer.evaluation.metrics import bootstrap_ci
-from hf_sae_steer.evaluation.result import PAIRED, EvalResult, ci, point, steers
+from hf_sae_steer.evaluation.conditions import FINETUNE_EPOCHS
+from hf_sae_steer.evaluation.demo_eval import (
+    RECOMMENDED,
+    V02_FIT,
+    V02_LABEL,
+    V02_NORM_FRACTION,
+    demo_conditions,
+)
+from hf_sae_steer.evaluation.eval_tables import (
+    MAX_RATIO,
+    at_ratio,
+    controls_section,
+    curve_table,
+    examples,
+    fmt,
+    matched_section,
+    paired_difference,
+    verdicts,
+)
+from hf_sae_steer.evaluation.judges import JUDGE_FILE, NEGATIVES_FILE
+from hf_sae_steer.evaluation.matched import against_point, curves
+from hf_sae_steer.evaluation.result import PAIRED, EvalResult, ci
 from hf_sae_steer.scores.record import FeatureScores
 from hf_sae_steer.steering.strength import NORM_FRACTION
 
-MAX_RATIO = 2.0  # the fluency budget of a "works" verdict: at most 2x orig's perplexity
-MATCHED = (1.25, 1.5, 2.0)
-NAMES = {"relevance_centroid": "Δ cosine", "p_topic": "Δ P(topic)"}
+__all__ = ["against_v02", "at_ratio", "demo_conditions", "write_eval_md"]
+
+JUDGE_TITLES = {
+    "relevance_centroid": "Δ cosine to the cross-source judge's centroid",
+    "p_topic": "Δ P(topic) (cross-source judge)",
+}
 
 
-def demo_conditions(recommended_fraction: float | None = None) -> list[Condition]:
-    """The demo's comparison: the recommended steering and its random control, a steering
-    vector (CAA) and its control, the support rule, the reference's methods, and two baselines.
-    Artifacts: ``default`` (the default rule), ``seed`` (the reference rule), ``support``. The
-    additive curves include the recommended (calibrated) norm fraction, so the recommended
-    steering and its controls are compared at exactly that point."""
-    extra = [recommended_fraction] if recommended_fraction else []
-    rhos = tuple(sorted({*NORM_FRACTIONS, *extra}))
-    return [
-        Condition("orig"),
-        Condition("add (recommended)", "add", preserve_error=True, norm_fractions=rhos),
-        Condition("random latents", "add", preserve_error=True, norm_fractions=rhos,
-                  control="random_latents"),
-        Condition("vector (CAA)", "vector", norm_fractions=rhos),
-        Condition("random vector", "vector", norm_fractions=rhos, control="random_vector"),
-        Condition("clamp (support rule)", "clamp", scores="support", preserve_error=True,
-                  norm_fractions=rhos),
-        Condition("swap (reference)", "swap", scores="seed"),
-        Condition("swap+err (reference)", "swap", scores="seed", preserve_error=True),
-        Condition("clamp +10 (reference)", "clamp", scores="seed", clamp_value=10.0),
-        Condition("weight (reference)", "weight", scores="seed"),
-        Condition("prefix", baseline="prefix"),
-        Condition("fine-tuning", baseline="finetune", epochs=FINETUNE_EPOCHS),
-    ]  # fmt: skip
-
-
-def paired_difference(
-    result: EvalResult, a: tuple[str, float | None], b: tuple[str, float | None], measure: str
-) -> tuple[float, float, float]:
-    """``a - b`` on ``measure``, paired by prompt and sample, bootstrapped over prompts; each of
-    ``a``/``b`` is ``(label, norm fraction or None)``."""
-
-    def values(label: str, rho: float | None) -> dict[tuple[int, int], float]:
-        return {
-            (s["prompt_index"], s["sample"]): s[measure]
-            for s in result.samples
-            if s["label"] == label and (rho is None or s["norm_fraction"] == rho)
-        }
-
-    va, vb = values(*a), values(*b)
-    keys = sorted(va.keys() & vb.keys())
+def against_v02(result: EvalResult, rho: float, judge: str) -> list[str]:
+    """Finding lines: the default (the recommended steering at norm fraction ``rho``) against
+    0.2's default (at 0.5) on ``P(topic)`` as ``judge`` measures it: both gains and perplexity
+    ratios, their paired difference, and the default's curve read at 0.2's perplexity."""
+    new = result.row(RECOMMENDED, norm_fraction=rho)
+    old = result.row(V02_LABEL, norm_fraction=V02_NORM_FRACTION)
+    own = paired_difference(result, (RECOMMENDED, rho), (V02_LABEL, V02_NORM_FRACTION), "p_topic")
     c = result.config
-    return bootstrap_ci(
-        [va[k] - vb[k] for k in keys], c["n_boot"], c["seed"], groups=[k[0] for k in keys]
-    )
-
-
-def fmt(m_lo_hi: tuple[float, float, float]) -> str:
-    return "{:+.3f} [{:+.3f}, {:+.3f}]".format(*m_lo_hi)
-
-
-def at_ratio(rows: list[dict[str, Any]], ratio: float, measure: str) -> float | None:
-    """A curve's paired gain at perplexity ratio ``ratio`` (orig = ratio 1, gain 0), linear in
-    log-ratio between the two neighbouring points; None outside the curve's range."""
-    points = [(0.0, 0.0)] + [(math.log(r["perplexity_ratio"]), r[f"{measure}_delta"]) for r in rows]
-    target = math.log(ratio)
-    for (xa, ya), (xb, yb) in zip(points, points[1:], strict=False):
-        if min(xa, xb) <= target <= max(xa, xb):
-            t = 0.0 if xb == xa else (target - xa) / (xb - xa)
-            return ya + t * (yb - ya)
-    return None
-
-
-def verdicts(result: EvalResult) -> tuple[list[str], list[str]]:
-    """Conditions with a point that steers (both gains above 0) within the perplexity budget,
-    and those without."""
-    works, fails = [], []
-    for label in dict.fromkeys(r["label"] for r in result.rows if r["label"] != "orig"):
-        good = [
-            r for r in result.curve(label)
-            if steers(r) and r["perplexity_ratio"] <= MAX_RATIO
-        ]  # fmt: skip
-        (works if good else fails).append(
-            f"`{label}` ({', '.join(point(r) for r in good)})" if good else f"`{label}`"
+    matched = against_point(
+        curves(result.samples, [RECOMMENDED, V02_LABEL]), V02_LABEL, V02_NORM_FRACTION,
+        n_boot=c["n_boot"], seed=c["seed"],
+    )  # fmt: skip
+    at = next(r for r in matched if r["label"] == RECOMMENDED and r["measure"] == "p_topic")
+    gain = f"Δ P(topic) {ci(new, 'p_topic_delta', signed=True)} at " \
+           f"{ci(new, 'perplexity_ratio', 2)}× orig's perplexity"  # fmt: skip
+    lines = [
+        f"- **The default against 0.2's default** ({judge}): the default (`{RECOMMENDED}`, ρ = "
+        f"{rho:g}) {gain}; 0.2's default (`{V02_LABEL}`, ρ = {V02_NORM_FRACTION:g}) Δ P(topic) "
+        f"{ci(old, 'p_topic_delta', signed=True)} at {ci(old, 'perplexity_ratio', 2)}×. Paired, "
+        f"default minus 0.2's default at these points: {fmt(own)}."
+    ]
+    cheaper = new["perplexity_ratio"] <= old["perplexity_ratio"]
+    own_where = f"there (its point costs {'no more' if cheaper else 'more'} perplexity than 0.2's)"
+    if math.isnan(at["gain"]):
+        lines.append(
+            f"- The default's curve does not reach 0.2's default's perplexity "
+            f"({at['ratio']:.2f}×), so they are compared at their own points only, and "
+            + _verdict(own, own_where)
         )
-    return works, fails
+        return lines
+    diff = (at["diff"], at["diff_lo"], at["diff_hi"])
+    lines.append(
+        f"- At matched perplexity (the default's curve read at 0.2's default's "
+        f"{at['ratio']:.2f}×): the default gains {fmt((at['gain'], at['gain_lo'], at['gain_hi']))} "
+        f"against 0.2's {fmt((at['ref_gain'], at['ref_gain_lo'], at['ref_gain_hi']))}, a paired "
+        f"difference of {fmt(diff)}: " + _verdict(diff, "at 0.2's default's perplexity")
+        + " At their own points, " + _verdict(own, own_where)
+    )
+    return lines
 
 
-def curve_table(result: EvalResult, labels: list[str]) -> list[str]:
-    lines = [
-        "| condition | point | strength | Δ cosine | Δ P(topic) | perplexity × orig's | steers? |",
-        "|---|---|---|---|---|---|---|",
+def _verdict(diff: tuple[float, float, float], where: str) -> str:
+    """One sentence: is the default weaker than 0.2's default by ``diff`` (default minus 0.2's,
+    with its interval)?"""
+    m, lo, hi = diff
+    if hi < 0:
+        return f"**the default is weaker than 0.2's default** {where}."
+    if lo > 0:
+        return f"the default is stronger than 0.2's default {where}."
+    caveat = (
+        "no interval: the curve misses that perplexity in some resamples"
+        if math.isnan(lo) else "the interval includes 0"
+    )  # fmt: skip
+    if m < 0:
+        return f"**the default is weaker than 0.2's default by point estimate** {where} ({caveat})."
+    return (f"the default is at least as strong as 0.2's default {where} by point estimate "
+            f"({caveat}).")  # fmt: skip
+
+
+def judge_setup(result: EvalResult, same: EvalResult, topics: Path, show: Any) -> list[str]:
+    """The Setup lines that say how the two judges were built and how far to trust them."""
+    c, j = result.config, result.config["judge"]
+    meta_path = topics / "judges.json"
+    meta = json.loads(meta_path.read_text()) if meta_path.exists() else {}
+    source = meta.get("source", "dictionary definitions")
+    pos, neg = j["examples"]
+    held, transfer = j["heldout_examples"], j["transfer_examples"]
+    return [
+        f"- Two judges of the topic, each a **P(topic)** (a logistic regression on the "
+        f"continuation's {c['embedder']} embedding) and a **cosine** (to the centroid of its "
+        "positives); the cosine alone rewards word salad made of topical pieces, the classifier "
+        "asks whether the text reads like the topic.",
+        f"  - **Cross-source (every verdict and finding below)**: trained on {pos} definitions "
+        f"about the topic (`{show(topics / j['topic'] / JUDGE_FILE)}`) against {neg} definitions "
+        f"of other topics (`{show(topics / NEGATIVES_FILE)}`), from {source}: a source and style "
+        f"the fit texts never had. AUC: cross-validated {j['cv_auc']:.3f}, on {held[0]} + "
+        f"{held[1]} held-out definitions **{j['heldout_auc']:.3f}**, and telling the "
+        f"{transfer[0]} alignment texts from the {transfer[1]} reference texts (a source it was "
+        f"not trained on) **{j['transfer_auc']:.3f}**.",
+        f"  - **Same-source (second measure, §6)**: trained on the "
+        f"{same.config['classifier_examples'][0]} alignment texts (the fit texts) against the "
+        f"{same.config['classifier_examples'][1]} reference texts, cosine to the alignment "
+        f"centroid (cross-validated AUC {same.config['classifier_cv_auc']:.3f}). It shares the "
+        "fit texts' source and gloss style, so a steering can score on it by reproducing the "
+        "style.",
+        "- Fluency: perplexity of the continuation under the unsteered model (geometric mean; "
+        "the ratio to orig is paired).",
     ]
-    for label in labels:
-        for r in result.curve(label):
-            strength = "–" if r["strength"] is None else f"{r['strength']:.3g}"
-            verdict = "yes" if steers(r) and r["perplexity_ratio"] <= MAX_RATIO else "no"
-            gains = [ci(r, f"{m}_delta", signed=True) for m in PAIRED]
-            lines.append(
-                f"| {label} | {point(r)} | {strength} | {gains[0]} | {gains[1]} "
-                f"| {ci(r, 'perplexity_ratio', 2)} | {verdict} |"
-            )
-    return lines
-
-
-def controls_section(result: EvalResult) -> list[str]:
-    lines = [
-        "| comparison (paired, same norm) | point | Δ cosine | Δ P(topic) |",
-        "|---|---|---|---|",
-    ]
-    for method, control in (("add (recommended)", "random latents"),
-                            ("vector (CAA)", "random vector")):  # fmt: skip
-        for r in result.curve(method):
-            rho = r["norm_fraction"]
-            pair = ((method, rho), (control, rho))
-            cells = [fmt(paired_difference(result, *pair, m)) for m in PAIRED]
-            lines.append(f"| {method} − {control} | ρ={rho:g} | {cells[0]} | {cells[1]} |")
-    return lines
-
-
-def matched_section(result: EvalResult, labels: list[str]) -> list[str]:
-    head = " | ".join(f"{NAMES[m]} at {x:g}× perplexity" for m in PAIRED for x in MATCHED)
-    lines = [f"| condition | {head} |", "|---|" + "---|" * (len(PAIRED) * len(MATCHED))]
-    for label in labels:
-        rows = result.curve(label)
-        cells = []
-        for m in PAIRED:
-            for x in MATCHED:
-                got = at_ratio(rows, x, m)
-                cells.append("–" if got is None else f"{got:+.3f}")
-        lines.append(f"| {label} | " + " | ".join(cells) + " |")
-    return lines
-
-
-def examples(result: EvalResult, labels: list[str], rho: float, n: int = 3) -> list[str]:
-    out = []
-    for p in range(n):
-        picked = [
-            s for s in result.samples
-            if s["prompt_index"] == p and s["sample"] == 0 and s["label"] in labels
-            and (s["norm_fraction"] in (None, rho))
-            and (s["method"] != "finetune" or s["strength"] == max(FINETUNE_EPOCHS))
-        ]  # fmt: skip
-        if picked:
-            out += ["", f"*{picked[0]['prompt']}* …"]
-            out += [f"- `{s['label']}`: “{s['continuation'].strip()}”" for s in picked]
-    return out
 
 
 def write_eval_md(
     result: EvalResult,
     scores: dict[str, FeatureScores],
     *,
+    same_source: EvalResult,
     demo: Path,
     command: str,
     seconds: float,
     threads: int,
     root: Path | None = None,
+    topics: Path | None = None,
 ) -> str:
     """EVAL.md for an evaluation of the demo assets in ``demo`` (``scores``: the artifacts by
-    condition key): setup, findings computed from the rows, caveats, the table and examples.
-    ``command`` is what reproduces it."""
+    condition key; ``result`` judged by the cross-source judge, ``same_source`` the same
+    continuations judged by the classifier trained on the fit texts, as
+    :func:`~hf_sae_steer.evaluation.demo_eval.evaluate_demo` returns them): setup, findings
+    computed from the rows, caveats, the table and examples. ``command`` reproduces it;
+    ``topics`` is the folder of the judge's texts (default ``storage/topics`` under ``root``)."""
     root = root or demo.parent.parent
+    topics = topics or root / "storage" / "topics"
     c = result.config
     info_path = demo / "build_info.json"
     info = json.loads(info_path.read_text()) if info_path.exists() else {}
@@ -189,19 +170,26 @@ def write_eval_md(
     report = main.report()
     rho = rec.get("norm_fraction") or NORM_FRACTION
     works, fails = verdicts(result)
+    same_works, same_fails = verdicts(same_source)
     orig = result.row("orig")
-    add = result.row("add (recommended)", norm_fraction=rho)
+    add = result.row(RECOMMENDED, norm_fraction=rho)
     fit_s = main.options.get("fit_seconds")
     ft = result.curve("fine-tuning")
-    steering = ["add (recommended)", "vector (CAA)", "clamp (support rule)"]
+    steering = [RECOMMENDED, V02_LABEL, "vector (CAA)", "clamp (support rule)"]
     reference = ["swap (reference)", "swap+err (reference)", "clamp +10 (reference)",
                  "weight (reference)"]  # fmt: skip
     baselines = ["prefix", "fine-tuning"]
     controls = ["random latents", "random vector"]
     timing = ", ".join(f"{k} {v:.0f} s" for k, v in c["seconds"].items())
+    v02_rule = ", ".join(f"{k}={v}" for k, v in V02_FIT.items() if k != "rule")
 
     def show(path: Path) -> str:
         return str(path.relative_to(root)) if path.is_relative_to(root) else str(path)
+
+    def versus(label: str) -> str:
+        pair = ((RECOMMENDED, rho), (label, rho))
+        cells = [fmt(paired_difference(result, *pair, m)) for m in PAIRED]
+        return f"Δ cosine {cells[0]}, Δ P(topic) {cells[1]}"
 
     text = [
         "# Steering evaluation on the demo assets",
@@ -221,7 +209,10 @@ def write_eval_md(
         f"{_pct(report.delta_explained)} of the alignment-minus-reference direction; recommended "
         f"steering `{rec.get('method')}` at strength {rec.get('strength', math.nan):.3g}, i.e. "
         f"norm fraction ρ = {rho:g}), `scores_seed/` (`rule=\"seed\"`, the reference rule "
-        "exactly) and the `support` rule fitted for this run.",
+        "exactly), and fitted for this run on the same alignment and reference texts: the "
+        f"`support` rule and **0.2's default** (`rule=\"{V02_FIT['rule']}\"`, {v02_rule}; "
+        f"`{V02_LABEL}` adds its latents keeping the SAE error, 0.2's point being ρ = "
+        f"{V02_NORM_FRACTION:g}).",
         f"- **{c['n_prompts']} held-out prompts** (`eval_prompts.txt`, neutral openings in none of "
         f"the other sets) × {c['samples']} sampled continuations of up to {c['max_new_tokens']} "
         f"tokens (temperature {c.get('temperature', 0)}, top-k {c.get('top_k', '-')}). Nothing "
@@ -231,27 +222,22 @@ def write_eval_md(
            + (f" ({tuning['rule']}; chose {tuning['chosen']:g})" if tuning else ""))
         + ". Sample j of a prompt uses the same seed under every condition, so every "
         "comparison is paired.",
-        f"- Two topic measures. **Cosine**: the continuation's {c['embedder']} embedding against "
-        f"the centroid of the {c['n_alignment']} alignment texts. **P(topic)**: a logistic "
-        f"regression on the same embeddings, trained to tell the {c['classifier_examples'][0]} "
-        f"alignment texts from the {c['classifier_examples'][1]} reference texts "
-        f"(cross-validated AUC **{c['classifier_cv_auc']:.3f}**); the cosine alone rewards "
-        "word salad made of topical pieces, the classifier asks whether the text reads like the "
-        "topic. Fluency: perplexity of the continuation under the unsteered model (geometric "
-        "mean; the ratio to orig is paired).",
+        *judge_setup(result, same_source, topics, show),
         "- Controls at equal norm: `random latents` adds random decoder rows with the recommended "
         "latents' weights, `random vector` a random direction with the steering vector's norm, "
         "each at the same norm fraction as what it controls. Baselines: `prefix` puts the most "
         f"typical alignment text before the prompt (“{c.get('prefix')}”) and scores the "
         "continuation only; `fine-tuning` trains the whole model on the alignment texts "
         "(AdamW, lr 5e-4, batch 8).",
-        f"- A condition **steers** at a point when both paired gains have 95% intervals above 0 "
-        f"at no more than {MAX_RATIO:g}× orig's perplexity. Intervals: percentile bootstrap "
-        f"({c['n_boot']} resamples) over prompts.",
+        f"- A condition **steers** at a point when both paired gains (the cross-source judge's) "
+        f"have 95% intervals above 0 at no more than {MAX_RATIO:g}× orig's perplexity. "
+        f"Intervals: percentile bootstrap ({c['n_boot']} resamples) over prompts.",
         "",
-        "![paired gains against perplexity](eval_plot.png)",
+        "![paired gains against perplexity, cross-source judge](eval_plot.png)",
         "",
         "## Findings",
+        "",
+        "Every finding here is the cross-source judge's; the same-source classifier's are in §6.",
         "",
         f"- **Steers**: {', '.join(works) or 'nothing'}.",
         f"- **Does not steer**: {', '.join(fails) or 'nothing'}.",
@@ -260,20 +246,11 @@ def write_eval_md(
         f"{ci(add, 'p_topic_delta', signed=True)}, at {ci(add, 'perplexity_ratio', 2)}× the "
         f"unsteered perplexity (orig: cosine {orig['relevance_centroid']:.3f}, P(topic) "
         f"{orig['p_topic']:.3f}, perplexity {orig['perplexity']:.1f}).",
-        "- Against its control at the same norm (random latents, same weights): Δ cosine "
-        + fmt(paired_difference(result, ("add (recommended)", rho), ("random latents", rho),
-                                "relevance_centroid"))
-        + ", Δ P(topic) "
-        + fmt(paired_difference(result, ("add (recommended)", rho), ("random latents", rho),
-                                "p_topic"))
-        + ".",
-        "- Against a plain steering vector (CAA) at the same norm: Δ cosine "
-        + fmt(paired_difference(result, ("add (recommended)", rho), ("vector (CAA)", rho),
-                                "relevance_centroid"))
-        + ", Δ P(topic) "
-        + fmt(paired_difference(result, ("add (recommended)", rho), ("vector (CAA)", rho),
-                                "p_topic"))
-        + " (add minus vector).",
+        *against_v02(result, rho, "cross-source judge"),
+        "- Against its control at the same norm (random latents, same weights): "
+        + versus("random latents") + ".",
+        "- Against a plain steering vector (CAA) at the same norm: "
+        + versus("vector (CAA)") + " (add minus vector).",
         f"- Scoring took {fit_s:.1f} s; fine-tuning took {ft[-1]['train_seconds']:.1f} s for "
         f"{ft[-1]['strength']:g} epochs (Δ P(topic) {ci(ft[-1], 'p_topic_delta', signed=True)} "
         f"at {ci(ft[-1], 'perplexity_ratio', 2)}× perplexity)."
@@ -318,11 +295,27 @@ def write_eval_md(
         "",
         *matched_section(result, steering + controls + ["fine-tuning"]),
         "",
+        "### 6. The same-source measure",
+        "",
+        "The same continuations judged by the classifier trained on the alignment texts against "
+        "the reference texts, and the cosine to the alignment centroid: the measure of the "
+        "earlier reports. It shares the fit texts' source, so read it beside the cross-source "
+        "judge, not instead of it.",
+        "",
+        f"- **Steers** (same-source): {', '.join(same_works) or 'nothing'}.",
+        f"- **Does not steer** (same-source): {', '.join(same_fails) or 'nothing'}.",
+        *against_v02(same_source, rho, "same-source classifier"),
+        "",
+        *curve_table(same_source, steering + controls + baselines),
+        "",
+        *matched_section(same_source, steering + controls + ["fine-tuning"]),
+        "",
         "## Caveats",
         "",
-        "- Both topic measures read sentence embeddings of short continuations; the classifier is "
-        "trained on whole alignment and reference texts, so its probabilities on 32-token "
-        "continuations are lower than on the texts themselves. Compare conditions, not levels.",
+        "- Both judges read sentence embeddings of short continuations and are trained on whole "
+        "texts, so their probabilities on 32-token continuations are lower than on the texts "
+        "themselves (the cross-source judge's most: its texts are dictionary definitions, not "
+        "the demo model's glosses). Compare conditions, not levels.",
         "- Perplexity under the unsteered model penalises any change of topic a little, since the "
         "model did not expect it; compare at matched perplexity (§5).",
         f"- A {lm.get('params', 0) / 1e6:.1f}M-parameter model trained on WordNet glosses with a "
@@ -331,12 +324,16 @@ def write_eval_md(
         "",
         "## Table",
         "",
+        "Cosine and P(topic) are the cross-source judge's (the same-source ones are in "
+        "`eval_table.csv`, prefixed `same_source_`).",
+        "",
         result.to_markdown(),
         "Machine-readable: `eval_table.csv` beside this file.",
         "",
-        f"## Examples (sample 0; additive steerings at ρ = {rho:g}; fine-tuning at "
-        f"{max(FINETUNE_EPOCHS)} epochs)",
-        *examples(result, ["orig", *steering, *reference[:1], *baselines], rho),
+        f"## Examples (sample 0; additive steerings at ρ = {rho:g}, 0.2's default at ρ = "
+        f"{V02_NORM_FRACTION:g}; fine-tuning at {max(FINETUNE_EPOCHS)} epochs)",
+        *examples(result, ["orig", *steering, *reference[:1], *baselines], rho,
+                  points={V02_LABEL: V02_NORM_FRACTION}),  # fmt: skip
         "",
     ]
     return "\n".join(text)

@@ -163,10 +163,14 @@ class EvalResult:
         path.write_text("\n".join(lines) + "\n", encoding="utf-8")
         return path
 
-    def plot(self, path: str | Path, title: str | None = None) -> Path:
+    def plot(
+        self, path: str | Path, title: str | None = None, titles: dict[str, str] | None = None
+    ) -> Path:
         """PNG: the paired gain in each relevance measure against the perplexity ratio to orig,
         one curve per condition through its points, 95% intervals as error bars; orig at (1, 0).
-        Reading across at a fixed perplexity compares conditions at matched fluency cost."""
+        Reading across at a fixed perplexity compares conditions at matched fluency cost.
+        ``titles`` names the measures (e.g. when a judge other than the alignment set's
+        measured them)."""
         from matplotlib.backends.backend_agg import FigureCanvasAgg
         from matplotlib.figure import Figure  # no pyplot: no global backend state
 
@@ -176,8 +180,8 @@ class EvalResult:
         fig = Figure(figsize=(7 * len(measures), 6.5))
         FigureCanvasAgg(fig)
         axes = np.atleast_1d(fig.subplots(1, len(measures)))
-        titles = {"relevance_centroid": "Δ cosine to the alignment centroid",
-                  "p_topic": "Δ P(topic) (classifier)"}  # fmt: skip
+        titles = titles or {"relevance_centroid": "Δ cosine to the alignment centroid",
+                            "p_topic": "Δ P(topic) (classifier)"}  # fmt: skip
         from matplotlib import colormaps
 
         palette = colormaps["tab20"].colors[::2] + colormaps["tab20"].colors[1::2]
