@@ -173,7 +173,8 @@ def plain_gate(gpt2, tokenizer, ref, texts, others, k=100):
 
     (fa, na), (fr, nr) = firing(texts), firing(others)
     on, off = (fa + 0.5) / (na + 1), (fr + 0.5) / (nr + 1)
-    odds = [math.log(a / (1 - a)) - math.log(b / (1 - b)) for a, b in zip(on.tolist(), off.tolist())]
+    odds = [math.log(a / (1 - a)) - math.log(b / (1 - b))
+            for a, b in zip(on.tolist(), off.tolist(), strict=True)]  # fmt: skip
     ok = [i for i in range(len(odds)) if fa[i] >= 3 and odds[i] > 0]
     chosen = sorted(ok, key=lambda i: -odds[i])[:k]
     bias = sum(math.log((1 - float(on[i])) / (1 - float(off[i]))) for i in chosen)
