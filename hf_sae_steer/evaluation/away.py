@@ -47,11 +47,14 @@ BUDGETS = (1.05, 1.10)
 CAA_SUBTRACTION = "CAA subtraction"
 ABLATION = "directional ablation"
 SUPPRESS = "suppress (library)"
+ATTENUATE = "attenuate (library)"
 DEFAULT_SUPPRESSION = "default suppression"
 # norm fractions of the subtracted mean difference (negated), and strengths of latent edits
 SUBTRACT_GRID = (0.1, 0.2, 0.4)
 EDIT_STRENGTHS = (1.0, 2.0, 3.0)
 ABLATION_STRENGTHS = (0.5, 1.0, 2.0)  # 1 projects the direction out, 2 reflects it
+# multiples of the mean difference, each times the posterior (which rarely nears 1 off the topic)
+ATTENUATE_STRENGTHS = (2.0, 4.0, 8.0)
 
 
 def inviting_prompts(
@@ -90,14 +93,16 @@ def random_latents(d_sae: int, avoid: Sequence[int], n: int, seed: int) -> list[
 def away_conditions(
     artifact: str, latents: Sequence[int], d_sae: int, *, seed: int = 0,
     subtract: Sequence[float] = SUBTRACT_GRID, strengths: Sequence[float] = EDIT_STRENGTHS,
-    recommended: Any = None, library: bool = True, extra: Sequence[Condition] = (),
+    recommended: Any = None, library: bool = True, gated: bool = False,
+    extra: Sequence[Condition] = (),
 ) -> list[Condition]:  # fmt: skip
     """``orig``; CAA subtraction (``vector`` along ``artifact``'s mean difference, negative norm
     fractions); directional ablation of that difference
     (:func:`~hf_sae_steer.evaluation.baselines.directional_ablation`); with ``library`` the
     library's ``suppress`` (``direction="away"``: the artifact's topic latents, conditional)
     at ``strengths``, else ``latents`` multiplied towards 0 and below where they fire; as many
-    random latents edited alike (the control at equal strength); the artifact's
+    random latents edited alike (the control at equal strength); with ``gated`` the library's
+    ``attenuate`` (CAA subtraction times the SAE's topic posterior); the artifact's
     ``recommended`` suppression (its ``recommended_away``) as one point; then ``extra``."""
     control = latent_edits(random_latents(d_sae, latents, len(latents), seed))
     rhos = tuple(-abs(r) for r in subtract)
@@ -119,6 +124,9 @@ def away_conditions(
                              strengths=tuple(strengths), options=edits))  # fmt: skip
     out.append(Condition(f"random {k} latents", "sae", scores=artifact, preserve_error=True,
                          strengths=tuple(strengths), options=(("edits", control),)))  # fmt: skip
+    if gated:
+        out.append(Condition(ATTENUATE, "attenuate", scores=artifact, preserve_error=True,
+                             strengths=ATTENUATE_STRENGTHS, options=away))  # fmt: skip
     if recommended is not None:
         out.append(Condition(DEFAULT_SUPPRESSION, recommended.method, scores=artifact,
                              preserve_error=True, strengths=(float(recommended.strength),),
@@ -246,7 +254,7 @@ def run_away_topic(
     latents = topic_latents[0].tolist() if library else chosen_latents(scores, k)
     conditions = away_conditions(
         artifact, latents, sae.d_sae, seed=seed, recommended=scores.recommended_away,
-        library=library, extra=extra,
+        library=library, gated=scores.topic_gate() is not None, extra=extra,
     )  # fmt: skip
     result = evaluate(
         model, tokenizer, sae, artifacts, inviting + list(neutral), conditions=conditions,

@@ -218,7 +218,10 @@ def section(runs: list[dict[str, Any]], samples: int) -> list[str]:
         "the artifact's topic latents scaled by 1 - s where they fire, error kept; "
         "`docs/method.md` §9) or, for runs from before the library had it, `clamp top-k` (the "
         "artifact's top `mean_diff` latents edited alike), random latents edited alike (the "
-        "control at equal strength), and the **default suppression**: `direction=\"away\"` "
+        "control at equal strength), `attenuate (library)` (`method=\"attenuate\"`: CAA "
+        "subtraction times the SAE's naive-Bayes posterior that the token is on the topic, from "
+        "which of the topic's 100 most specific latents fire: conditional where CAA is not; "
+        "strengths are multiples of the mean difference), and the **default suppression**: `direction=\"away\"` "
         "with the artifact's recommended suppression at its calibrated strength (calibrated on "
         "the tuning prompts, as a fit does).",
         "",
