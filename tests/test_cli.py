@@ -265,7 +265,8 @@ def test_generate_away_matches_the_python_api(capsys):
     prompt = "The doctor said"
     code, out, err = run(
         capsys,
-        f"generate {STEER} --direction away --methods recommended,vector --max-new-tokens 8 --json",
+        f"generate {STEER} --direction away --methods recommended,vector,attenuate "
+        "--max-new-tokens 8 --json",
         "--prompt", prompt,
     )  # fmt: skip
     assert code == 0, err
@@ -276,7 +277,7 @@ def test_generate_away_matches_the_python_api(capsys):
 
     model, tok = load_model(str(DEMO / "model"))
     sae, scores = load_sae(DEMO / "sae"), load_scores(DEMO / "scores")
-    for method in (None, "vector"):
+    for method in (None, "vector", "attenuate"):
         with SteeredModel(model, sae, scores=scores, method=method, direction="away") as steered:
             want = continue_prompts(steered, tok, [prompt], max_new_tokens=8)[0]
         assert row[method or "recommended"] == want

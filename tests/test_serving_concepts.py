@@ -143,3 +143,11 @@ def test_direction_reaches_the_steering_spec(demo):
     assert edit.step.method == step.method
     x = torch.randn(2, 3, 128, generator=torch.Generator().manual_seed(0))
     torch.testing.assert_close(edit.step(x), step(x), rtol=0, atol=0)
+    gated = SteeringSpec(sae, scores=load_scores(DEMO / "scores"), direction="away",
+                         method="attenuate", strength=3)  # fmt: skip
+    _, step = resolve_spec(gated, model, library.layout)
+    item = {"concept": "med", "direction": "away", "method": "attenuate", "strength": 3}
+    (edit,) = library.resolve(parse_steering([item])).edits
+    assert edit.step.method == step.method == "attenuate"
+    torch.testing.assert_close(edit.step(x), step(x), rtol=0, atol=0)
+    assert not torch.allclose(step(x), x)

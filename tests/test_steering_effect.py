@@ -91,9 +91,9 @@ def assert_ranked_like(effect: TokenEffect, values: torch.Tensor, tokenizer) -> 
     assert [v for _, v in effect.words] == pytest.approx(values[words].tolist(), abs=1e-4)
 
 
-# the away methods (suppress, ablate) have their own tests (test_steering_away.py)
+# the away methods (suppress, ablate, attenuate) have their own tests (test_steering_away.py)
 @pytest.mark.parametrize(
-    "method", [m for m in METHODS if m not in ("orig", "sae", "suppress", "ablate")]
+    "method", [m for m in METHODS if m not in ("orig", "sae", "suppress", "ablate", "attenuate")]
 )
 def test_next_token_effect_matches_two_plain_forward_passes(
     gpt2, tokenizer, state, sae, scores, method

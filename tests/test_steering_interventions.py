@@ -46,6 +46,11 @@ def extra_arguments(method):
         return {"latents": latents}, {"added": ADDED}
     if method == "suppress":
         return {"topic": TopicLatents(torch.tensor(TOPIC))}, {"topic": TOPIC}
+    if method == "attenuate":
+        odds = [0.9, -0.4, 1.7, 0.3, 2.2, -1.0]
+        return ({"topic": TopicLatents(torch.tensor(TOPIC), torch.tensor(odds), -1.3),
+                 "vector": vector},
+                {"topic": TOPIC, "log_odds": odds, "bias": -1.3, "vector": vector})  # fmt: skip
     return ({"vector": vector}, {"vector": vector}) if method in ("vector", "ablate") else ({}, {})
 
 
