@@ -10,13 +10,18 @@ import numpy as np
 
 from hf_sae_steer.evaluation.away import (
     ABLATION,
+    ATTENUATE,
     BUDGETS,
     CAA_SUBTRACTION,
     DEFAULT_SUPPRESSION,
+    SUPPRESS,
     lowers,
 )
 
 MAIN_BUDGET = 1.10
+# The benchmark's conditions that are a library method (``direction="away"``, method=...).
+LIBRARY_METHODS = {CAA_SUBTRACTION: "vector", ABLATION: "ablate", SUPPRESS: "suppress",
+                   ATTENUATE: "attenuate"}  # fmt: skip
 
 
 def _fmt(value: float | None, lo: float | None = None, hi: float | None = None) -> str:
@@ -190,6 +195,30 @@ def verdicts(held: list[dict[str, Any]]) -> list[str]:
     return out
 
 
+def tuning_choice(tuning: list[dict[str, Any]]) -> list[str]:
+    """Which method the tuning topics choose (the most negative mean Δ P(topic) within the main
+    budget, random controls and the default's own point aside), against the library's default."""
+    if not tuning:
+        return []
+    candidates = [lab for lab in labels(tuning)
+                  if lab != DEFAULT_SUPPRESSION and not lab.startswith("random")]  # fmt: skip
+
+    def mean_drop(label: str) -> float:
+        drops = [r["drop"] for r in (budget_row(t, label, MAIN_BUDGET) for t in tuning) if r]
+        return float(np.mean(drops)) if drops else math.inf
+
+    best = min(candidates, key=mean_drop)
+    rec = (tuning[0]["config"].get("recommended_away") or {}).get("method")
+    chosen = LIBRARY_METHODS.get(best)
+    verdict = ("the library's default suppression" if chosen == rec else
+               f"not the library's default suppression (`{rec}`)")  # fmt: skip
+    ranking = ", ".join(
+        f"`{lab}` {mean_drop(lab):+.3f}" for lab in sorted(candidates, key=mean_drop)
+    )
+    return [f"- **On the {len(tuning)} tuning topics the largest mean drop within "
+            f"{MAIN_BUDGET:.2f}× is `{best}`'s** ({ranking}): {verdict}."]  # fmt: skip
+
+
 def section(runs: list[dict[str, Any]], samples: int) -> list[str]:
     """The away half of the report."""
     if not runs:
@@ -221,10 +250,12 @@ def section(runs: list[dict[str, Any]], samples: int) -> list[str]:
         "control at equal strength), `attenuate (library)` (`method=\"attenuate\"`: CAA "
         "subtraction times the SAE's naive-Bayes posterior that the token is on the topic, from "
         "which of the topic's 100 most specific latents fire: conditional where CAA is not; "
-        "strengths are multiples of the mean difference), and the **default suppression**: `direction=\"away\"` "
+        "strengths are multiples of the mean difference), and the **default suppression**: "
+        "`direction=\"away\"` "
         "with the artifact's recommended suppression at its calibrated strength (calibrated on "
         "the tuning prompts, as a fit does).",
         "",
+        *tuning_choice(tuning),
         *verdicts(held),
         "",
     ]
