@@ -15,6 +15,8 @@ from tiny_models import letters, tiny_gpt2, tiny_topk_sae, varied_prompts
 
 from hf_sae_steer.evaluation.away import (
     ABLATION,
+    ATTENUATE,
+    ATTENUATE_STRENGTHS,
     BUDGETS,
     CAA_SUBTRACTION,
     DEFAULT_SUPPRESSION,
@@ -118,9 +120,12 @@ def test_both_directions_run_judged_and_the_report_is_written(topics_dir, tokeni
         )  # fmt: skip
     assert away.inviting == inviting_prompts(topic.eval, 3)
     k = len(run.artifacts["md"].topic_latents()[0])
-    want = {CAA_SUBTRACTION, ABLATION, SUPPRESS, f"random {k} latents", DEFAULT_SUPPRESSION}
+    want = {CAA_SUBTRACTION, ABLATION, SUPPRESS, f"random {k} latents", ATTENUATE,
+            DEFAULT_SUPPRESSION}  # fmt: skip
     assert {r["label"] for r in away.analysis["points"]} == want
-    assert len(away.analysis["budgets"]) == 5 * len(BUDGETS) * 2  # conditions x budgets x measures
+    assert len(away.analysis["budgets"]) == 6 * len(BUDGETS) * 2  # conditions x budgets x measures
+    gate = next(r for r in away.analysis["points"] if r["label"] == ATTENUATE)
+    assert gate["point"] in ATTENUATE_STRENGTHS
     default = [r for r in away.analysis["points"] if r["label"] == DEFAULT_SUPPRESSION]
     assert [r["point"] for r in default] == [run.artifacts["md"].recommended_away.strength]
     clamp = next(r for r in away.analysis["budgets"] if r["label"] == SUPPRESS)
@@ -138,6 +143,7 @@ def test_both_directions_run_judged_and_the_report_is_written(topics_dir, tokeni
     assert "### Toward, held-out topics" in text and "| river |" in text
     assert "# Away: suppressing a topic" in text and "CAA subtraction" in text
     assert "The default suppression lowers P(topic)" in text
+    assert "`attenuate (library)`" in text
     assert json.loads((tmp_path / "out" / "benchmark.json").read_text())["away_topics"] == ["river"]
     readme = tmp_path / "README.md"
     readme.write_text(f"intro\n{README_START}\nold\n{README_END}\nrest\n")
