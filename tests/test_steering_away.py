@@ -103,6 +103,11 @@ def test_calibrated_away_strength_and_the_round_trip(gpt2, fitted, tmp_path):
     with SteeredModel(gpt2, sae, scores=scores, direction="away", strength="calibrated") as s:
         # CAA subtraction: x - s v, so the intervention adds -s times the mean difference
         assert s.interventions[0].strength == pytest.approx(-scores.calibration.away.strength)
+        s.set_strength(0.7)  # still away: a new strength does not turn the subtraction around
+        assert s.interventions[0].strength == -0.7
+        got = s(IDS).logits
+    with SteeredModel(gpt2, sae, scores=scores, direction="away", strength=0.7) as s:
+        torch.testing.assert_close(got, s(IDS).logits, rtol=0, atol=0)
     back = load_scores(scores.save_pretrained(tmp_path / "art"))
     assert back.recommended_away == scores.recommended_away
     assert back.calibration.away == scores.calibration.away

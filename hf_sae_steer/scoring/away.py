@@ -48,6 +48,8 @@ GATE_K = 100
 MIN_ALIGNMENT_TOKENS = 3
 AWAY_TARGET_RATIO = 1.1
 AWAY_GRID = (0.5, 1.0, 2.0, 3.0)
+# attenuate subtracts the mean difference times a posterior that is well under 1 on most tokens
+AWAY_GRIDS = {"attenuate": (1.0, 2.0, 4.0, 8.0)}
 # Unsteered continuations per neutral prompt that the suppressed model reads (teacher-forced).
 FORCED_SAMPLES = 4
 # Prompts of each kind the suppression is measured on (one sample each): a cheap calibration.
@@ -84,12 +86,20 @@ def topic_gate(sums: ScoringSums, k: int = GATE_K) -> tuple[Tensor, Tensor, floa
     return order, odds[order].float(), float(silent.sum())
 
 
-def recommend_away(latents: Tensor, has_direction: bool = True) -> Recommendation | None:
-    """The default suppression: CAA subtraction (``vector`` away, ``x - s v``), which lowered
-    the topic's share of text most within a neutral-perplexity budget on the benchmark's tuning
-    topics (``docs/benchmark.md``: ahead of directional ablation and of clamping the topic's
-    latents); strength 1 (the whole mean difference) until calibrated. Without a mean
-    difference, ``suppress`` on the topic's latents."""
+def recommend_away(
+    latents: Tensor, has_direction: bool = True, gated: bool = False
+) -> Recommendation | None:
+    """The default suppression: ``attenuate`` (``x - s p(topic | x) v``), which lowered the
+    topic's share of text most within a neutral-perplexity budget on the benchmark's tuning
+    topics (``docs/benchmark.md``: by a hair ahead of CAA subtraction, then directional ablation
+    and the topic's latents suppressed); strength 1 until calibrated. Without the posterior's
+    latents, CAA subtraction (``vector`` away, ``x - s v``); without a mean difference either,
+    ``suppress`` on the topic's latents."""
+    if has_direction and gated:
+        return Recommendation(
+            "attenuate", 1.0, True, None,
+            "subtracts the topic's mean difference where the SAE sees the topic (attenuate)",
+        )  # fmt: skip
     if has_direction:
         return Recommendation(
             "vector", 1.0, True, None, "subtracts the topic's mean difference (CAA subtraction)"
@@ -125,12 +135,13 @@ def calibrate_away(
     embed: Any,
     centroid: Tensor,
     target_ratio: float = AWAY_TARGET_RATIO,
-    strengths: Sequence[float] = AWAY_GRID,
+    strengths: Sequence[float] | None = None,
     max_new_tokens: int = 16,
     seed: int = 0,
     world: World | None = None,
 ) -> AwayCalibration:
-    """Measure the recommended suppression at ``strengths`` and choose the largest whose
+    """Measure the recommended suppression at ``strengths`` (default: :data:`AWAY_GRIDS` for its
+    method, else :data:`AWAY_GRID`) and choose the largest whose
     teacher-forced neutral perplexity ratio stays under ``target_ratio`` (read between grid
     points in log ratio).
 
@@ -139,6 +150,8 @@ def calibrate_away(
     process holds what one process would."""
     world = world or World()
     rec = scores.recommended_away
+    if strengths is None:
+        strengths = AWAY_GRIDS.get(rec.method, AWAY_GRID)
     prompts = list(neutral) + list(inviting)
     gen = Generator(tokenizer, prompts, seed=seed, batch_size=len(prompts))
     context = context_length(model, tokenizer)

@@ -95,7 +95,9 @@ def from_sums(
         quality=report,
         rule=rule,
         recommended=recommended,
-        recommended_away=recommend_away(away, has_direction="delta_raw" in stats),
+        recommended_away=recommend_away(
+            away, has_direction="delta_raw" in stats, gated="away_gate_latents" in stats
+        ),
         calibration=Calibration(sums.mean_norm(), sums.mean_norm(raw=True)),
         **fields,
     )

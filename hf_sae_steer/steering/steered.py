@@ -195,9 +195,11 @@ class SteeredModel(nn.Module):
 
     def set_strength(self, strength: float) -> None:
         """Change the strength of every site in place (cheap: no hooks move; not while another
-        thread generates)."""
-        for step in self.interventions:
-            step.strength = Intervention.check_strength(strength)
+        thread generates). A site steering away keeps its direction: ``vector`` away subtracts."""
+        strength = Intervention.check_strength(strength)
+        for step, spec in zip(self.interventions, self.specs, strict=True):
+            away_vector = spec.direction == "away" and step.method == "vector"
+            step.strength = -strength if away_vector else strength
         self.specs = [replace(spec, strength=float(strength)) for spec in self.specs]
 
     def remove(self) -> None:
