@@ -41,26 +41,29 @@ def test_the_fit_records_topic_latents_and_a_calibrated_suppression(fitted):
     latents, odds, bias = scores.topic_latents()
     assert 1 <= len(latents) <= 10 and odds is None and bias is None
     rec = scores.recommended_away
-    assert rec.method == "vector" and rec.preserve_error and rec.calibrated  # CAA subtraction
+    assert rec.method == "attenuate" and rec.preserve_error and rec.calibrated
     away = scores.calibration.away
-    assert away.method == "vector" and away.strength == rec.strength
+    assert away.method == "attenuate" and away.strength == rec.strength
+    assert [p["strength"] for p in away.curve] == [1.0, 2.0, 4.0, 8.0]  # attenuate's grid
     assert [p["strength"] for p in away.curve] == sorted(p["strength"] for p in away.curve)
     assert all(p["neutral_ratio"] is None or p["neutral_ratio"] > 0 for p in away.curve)
     # The strength is chosen by the teacher-forced ratio (no sampling noise), recorded beside it.
     assert all(p["neutral_forced_ratio"] > 0 for p in away.curve)
     assert away.strength == strength_at(away.curve, away.target_ratio, "neutral_forced_ratio")
     text = str(scores.report())
-    assert re.search(r"steer away +vector at strength", text) and "away curve" in text
+    assert re.search(r"steer away +attenuate at strength", text) and "away curve" in text
     assert re.search(r"steer toward +add at strength", text)
 
 
 def test_default_away_is_the_recommended_suppression(gpt2, fitted):
-    """The recommendation (CAA subtraction at its calibrated strength), and ``suppress`` on the
+    """The recommendation (attenuate at its calibrated strength), and ``suppress`` on the
     topic's latents when asked for."""
     sae, ref, scores = fitted
     v, strength = scores.stats["delta_raw"], scores.recommended_away.strength
+    gate, odds, bias = scores.topic_gate()
     want = reference_logits(gpt2, IDS, lambda h: steer_sequence(
-        ref, h, "vector", None, strength=-strength, vector=v))  # fmt: skip
+        ref, h, "attenuate", None, strength=strength, vector=v, topic=gate.tolist(),
+        log_odds=odds.tolist(), bias=bias))  # fmt: skip
     with SteeredModel(gpt2, sae, scores=scores, direction="away") as steered:
         got = steered(IDS).logits
     torch.testing.assert_close(got, want, atol=1e-4, rtol=1e-4)
@@ -101,12 +104,15 @@ def test_away_refuses_methods_that_write_a_topic_in(gpt2, fitted):
 def test_calibrated_away_strength_and_the_round_trip(gpt2, fitted, tmp_path):
     sae, _, scores = fitted
     with SteeredModel(gpt2, sae, scores=scores, direction="away", strength="calibrated") as s:
+        assert s.interventions[0].method == "attenuate"
+        assert s.interventions[0].strength == pytest.approx(scores.calibration.away.strength)
+    with SteeredModel(gpt2, sae, scores=scores, direction="away", method="vector") as s:
         # CAA subtraction: x - s v, so the intervention adds -s times the mean difference
-        assert s.interventions[0].strength == pytest.approx(-scores.calibration.away.strength)
         s.set_strength(0.7)  # still away: a new strength does not turn the subtraction around
         assert s.interventions[0].strength == -0.7
         got = s(IDS).logits
-    with SteeredModel(gpt2, sae, scores=scores, direction="away", strength=0.7) as s:
+    with SteeredModel(gpt2, sae, scores=scores, direction="away", method="vector",
+                      strength=0.7) as s:  # fmt: skip
         torch.testing.assert_close(got, s(IDS).logits, rtol=0, atol=0)
     back = load_scores(scores.save_pretrained(tmp_path / "art"))
     assert back.recommended_away == scores.recommended_away
