@@ -159,6 +159,13 @@ def test_torchrun_score_shares_the_prompts_and_writes_the_same_artifact(tmp_path
         assert a["perplexity_ratio"] == pytest.approx(b["perplexity_ratio"], rel=1e-6)
         assert a["continuations"] == b["continuations"]
     assert fluency_two.norm_fraction == pytest.approx(fluency_one.norm_fraction, rel=1e-6)
+    # The suppression's calibration too: its generations and readings are shared out as well.
+    away_two, away_one = two.calibration.away, one.calibration.away
+    assert [p["strength"] for p in away_two.curve] == [p["strength"] for p in away_one.curve]
+    for a, b in zip(away_two.curve, away_one.curve, strict=True):
+        for key in ("neutral_forced_ratio", "neutral_ratio", "topic_drop"):
+            assert a[key] == pytest.approx(b[key], rel=1e-5, abs=1e-6)
+    assert away_two.strength == pytest.approx(away_one.strength, rel=1e-5)
     # Each process passed its half of the prompts (prompt i went to rank i mod 2) and its share
     # of the calibration's batches: together exactly the tokens of one process.
     shared = dict(two.options["processes"])

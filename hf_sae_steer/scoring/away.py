@@ -46,7 +46,7 @@ AWAY_K = 10
 GATE_K = 100
 # Alignment tokens a latent must fire on before it can be a topic latent.
 MIN_ALIGNMENT_TOKENS = 3
-AWAY_TARGET_RATIO = 1.1
+AWAY_TARGET_RATIO = 1.05
 AWAY_GRID = (0.5, 1.0, 2.0, 3.0)
 # attenuate subtracts the mean difference times a posterior that is well under 1 on most tokens
 AWAY_GRIDS = {"attenuate": (1.0, 2.0, 4.0, 8.0)}
@@ -171,30 +171,37 @@ def calibrate_away(
                 part = gen.run(steered)[0]
         return [c.token_ids for c in part]
 
-    mine = {i: run(job) for i, job in enumerate(jobs) if i % world.size == world.rank}
-    done: dict[int, list[list[int]]] = {}
-    for part in all_gather_json(mine, world):
-        done.update({int(i): ids for i, ids in part.items()})
-    outputs = [done[i] for i in range(len(jobs))]
     n = len(neutral)
-    neutral_ids = [ids[:n] for ids in outputs]
-    prompt_ids = gen.prompt_ids[:n] * len(jobs)
-    ppl = perplexity(model, tokenizer, prompt_ids, [c for ids in neutral_ids for c in ids])
-    ppl = ppl.view(len(jobs), -1)
+    # Teacher-forced: the suppressed model reads unsteered continuations of the neutral prompts,
+    # FORCED_SAMPLES each. Every generation, then every reading, is shared out across processes
+    # and gathered, so each process holds the same curve and does a share of the work.
+    forced_gen = Generator(tokenizer, list(neutral), samples=FORCED_SAMPLES, seed=seed,
+                           batch_size=n * FORCED_SAMPLES, options=gen.options)  # fmt: skip
+
+    def generated(i: int) -> list[list[int]]:
+        if i < len(jobs):
+            return run(jobs[i])
+        return [c.token_ids for c in forced_gen.run(model)[0]]
+
+    outputs = _shared(generated, len(jobs) + 1, world)
+    texts = outputs.pop()
+    forced_prompts = [forced_gen.prompt_ids[i // FORCED_SAMPLES] for i in range(len(texts))]
+
+    def read(i: int) -> list[list[float]]:
+        """The unsteered model's perplexity of job ``i``'s sampled neutral continuations, and
+        job ``i``'s model's perplexity of the unsteered continuations (teacher-forced)."""
+        sampled = perplexity(model, tokenizer, gen.prompt_ids[:n], outputs[i][:n])
+        forced = forced_perplexity(model, tokenizer, sae, scores, rec.method, jobs[i],
+                                   forced_prompts, texts)  # fmt: skip
+        return [sampled.tolist(), forced.tolist()]
+
+    readings = _shared(read, len(jobs), world)
+    ppl = [torch.tensor(r[0], dtype=torch.float64) for r in readings]
+    forced_base, *forced = [torch.tensor(r[1], dtype=torch.float64) for r in readings]
 
     def similarity(ids: list[list[int]]) -> float:
         texts = [tokenizer.decode(t, skip_special_tokens=True) or "." for t in ids[n:]]
         return float((embed([t if t.strip() else "." for t in texts]) @ centroid).mean())
-
-    # Teacher-forced: the suppressed model reads unsteered continuations of the neutral prompts,
-    # FORCED_SAMPLES each (every process computes these itself, so all hold the same curve).
-    forced_gen = Generator(tokenizer, list(neutral), samples=FORCED_SAMPLES, seed=seed,
-                           batch_size=n * FORCED_SAMPLES, options=gen.options)  # fmt: skip
-    texts = [c.token_ids for c in forced_gen.run(model)[0]]
-    forced_prompts = [forced_gen.prompt_ids[i // FORCED_SAMPLES] for i in range(len(texts))]
-    forced_base, *forced = forced_perplexities(
-        model, tokenizer, sae, scores, rec.method, strengths, forced_prompts, texts
-    )
 
     def mean_ratio(steered_ppl: Tensor, base_ppl: Tensor) -> float | None:
         logs = (steered_ppl / base_ppl).log()
@@ -220,6 +227,33 @@ def calibrate_away(
     )
 
 
+def _shared(work: Any, n: int, world: World) -> list[Any]:
+    """``[work(0), ..., work(n - 1)]``, each computed by one process (JSON values) and gathered."""
+    done: dict[int, Any] = {}
+    for part in all_gather_json({i: work(i) for i in range(n) if world.owns(i)}, world):
+        done.update({int(i): value for i, value in part.items()})
+    return [done[i] for i in range(n)]
+
+
+def forced_perplexity(
+    model: nn.Module,
+    tokenizer: Any,
+    sae: Any,
+    scores: Any,
+    method: str,
+    strength: float | None,
+    prompt_ids: Sequence[list[int]],
+    texts: Sequence[list[int]],
+) -> Tensor:
+    """The perplexity of each of ``texts`` given its prompt (teacher-forced) under the unsteered
+    model (``strength`` None), else under ``method`` away from the topic at ``strength``."""
+    if strength is None:
+        return perplexity(model, tokenizer, list(prompt_ids), list(texts))
+    with SteeredModel(model, sae, scores=scores, direction="away", method=method,
+                      strength=strength) as steered:  # fmt: skip
+        return perplexity(steered, tokenizer, list(prompt_ids), list(texts))
+
+
 def forced_perplexities(
     model: nn.Module,
     tokenizer: Any,
@@ -230,14 +264,11 @@ def forced_perplexities(
     prompt_ids: Sequence[list[int]],
     texts: Sequence[list[int]],
 ) -> list[Tensor]:
-    """The perplexity of each of ``texts`` given its prompt (teacher-forced) under the unsteered
-    model, then under ``method`` away from the topic at each of ``strengths``."""
-    out = [perplexity(model, tokenizer, list(prompt_ids), list(texts))]
-    for strength in strengths:
-        with SteeredModel(model, sae, scores=scores, direction="away", method=method,
-                          strength=strength) as steered:  # fmt: skip
-            out.append(perplexity(steered, tokenizer, list(prompt_ids), list(texts)))
-    return out
+    """:func:`forced_perplexity` unsteered, then at each of ``strengths``."""
+    return [
+        forced_perplexity(model, tokenizer, sae, scores, method, s, prompt_ids, texts)
+        for s in (None, *strengths)
+    ]
 
 
 def strength_at(
