@@ -46,7 +46,7 @@ AWAY_K = 10
 GATE_K = 100
 # Alignment tokens a latent must fire on before it can be a topic latent.
 MIN_ALIGNMENT_TOKENS = 3
-AWAY_TARGET_RATIO = 1.05
+AWAY_TARGET_RATIO = 1.1
 AWAY_GRID = (0.5, 1.0, 2.0, 3.0)
 # attenuate subtracts the mean difference times a posterior that is well under 1 on most tokens
 AWAY_GRIDS = {"attenuate": (1.0, 2.0, 4.0, 8.0)}
