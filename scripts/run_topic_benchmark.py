@@ -153,7 +153,7 @@ def run_topics(a: argparse.Namespace, topics: list, runs_dir: Path) -> None:
                 # The away recommendation's strength, measured as a fit with calibrate_strength
                 # does (docs/method.md §9) on the tuning prompts, without the toward calibration.
                 _calibrate_away(
-                    model, tok, sae, artifacts[DEFAULT_CANDIDATE], topic.fit, embedder,
+                    model, tok, sae, artifacts[DEFAULT_CANDIDATE], topic.fit,
                     neutral=prompt_sets["tuning"][:AWAY_PROMPTS], seed=a.seed,
                 )  # fmt: skip
                 neutral = prompt_sets["heldout"][: a.n_prompts]  # never the calibration prompts

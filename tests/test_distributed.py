@@ -163,7 +163,7 @@ def test_torchrun_score_shares_the_prompts_and_writes_the_same_artifact(tmp_path
     away_two, away_one = two.calibration.away, one.calibration.away
     assert [p["strength"] for p in away_two.curve] == [p["strength"] for p in away_one.curve]
     for a, b in zip(away_two.curve, away_one.curve, strict=True):
-        for key in ("neutral_forced_ratio", "neutral_ratio", "topic_drop"):
+        for key in ("neutral_forced_ratio", "topic_forced_ratio"):
             assert a[key] == pytest.approx(b[key], rel=1e-5, abs=1e-6)
     assert away_two.strength == pytest.approx(away_one.strength, rel=1e-5)
     # Each process passed its half of the prompts (prompt i went to rank i mod 2) and its share

@@ -18,7 +18,7 @@ from test_steering_recommended import IDS, LAYER, OTHERS, TEXTS, _letters, refer
 from hf_sae_steer import FeatureScores, SteeredModel, load_scores
 from hf_sae_steer.sae import load_sae
 from hf_sae_steer.scores.recommendation import AwayCalibration
-from hf_sae_steer.scoring.away import forced_perplexities, strength_at
+from hf_sae_steer.scoring.away import forced_perplexities, strength_at, topic_passages
 from hf_sae_steer.sites.hooks import steering_hooks
 
 
@@ -46,9 +46,10 @@ def test_the_fit_records_topic_latents_and_a_calibrated_suppression(fitted):
     assert away.method == "attenuate" and away.strength == rec.strength
     assert [p["strength"] for p in away.curve] == [1.0, 2.0, 4.0, 8.0]  # attenuate's grid
     assert [p["strength"] for p in away.curve] == sorted(p["strength"] for p in away.curve)
-    assert all(p["neutral_ratio"] is None or p["neutral_ratio"] > 0 for p in away.curve)
-    # The strength is chosen by the teacher-forced ratio (no sampling noise), recorded beside it.
-    assert all(p["neutral_forced_ratio"] > 0 for p in away.curve)
+    # The strength is chosen by the teacher-forced ratio (no sampling noise); nothing is sampled
+    # but the unsteered continuations it reads.
+    assert all(set(p) == {"strength", "neutral_forced_ratio", "topic_forced_ratio"}
+               and p["neutral_forced_ratio"] > 0 for p in away.curve)  # fmt: skip
     assert away.strength == strength_at(away.curve, away.target_ratio, "neutral_forced_ratio")
     text = str(scores.report())
     assert re.search(r"steer away +attenuate at strength", text) and "away curve" in text
@@ -219,3 +220,32 @@ def test_attenuate_gates_caa_subtraction_by_the_fits_posterior(gpt2, tokenizer, 
     with pytest.raises(ValueError, match="'attenuate' needs the topic direction and the latents"):
         SteeredModel(gpt2, sae, scores=plain, direction="away", method="attenuate")
     assert not steering_hooks(gpt2)
+
+
+def test_the_calibrations_effect_is_the_topic_words_perplexity_ratio(gpt2, tokenizer, fitted):
+    """The away curve's effect: the perplexity, under the suppression, of each alignment text's
+    words after its first four (teacher-forced), over the unsteered model's, as a geometric
+    mean; attenuate by method_reference at every position, perplexities from plain passes."""
+    sae, ref, scores = fitted
+    prompts, rests = topic_passages(TEXTS, tokenizer)
+    assert prompts == [" ".join(t.split()[:4]) for t in TEXTS]
+    assert rests == [tokenizer(" " + " ".join(t.split()[4:]))["input_ids"][:32] for t in TEXTS]
+    v = scores.stats["delta_raw"]
+    gate, odds, bias = scores.topic_gate()
+    curve = scores.calibration.away.curve
+    for point in curve:
+        logs = []
+        for prompt, rest in zip(prompts, rests, strict=True):
+            ids = tokenizer(prompt)["input_ids"] + rest
+            base = plain_perplexity(gpt2(torch.tensor([ids])).logits.detach(), len(ids) - len(rest),
+                                    ids)  # fmt: skip
+            def attenuated(h, s=point["strength"]):
+                return steer_sequence(ref, h, "attenuate", None, strength=s, vector=v,
+                                      topic=gate.tolist(), log_odds=odds.tolist(), bias=bias)
+
+            logits = reference_logits(gpt2, torch.tensor([ids]), attenuated)
+            steered = plain_perplexity(logits.detach(), len(ids) - len(rest), ids)
+            logs.append(math.log(float(steered) / float(base)))
+        assert point["topic_forced_ratio"] == pytest.approx(math.exp(sum(logs) / len(logs)),
+                                                            rel=1e-4)  # fmt: skip
+    assert curve[-1]["topic_forced_ratio"] > 1  # the strongest makes the topic's words unlikelier

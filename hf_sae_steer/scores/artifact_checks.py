@@ -135,9 +135,9 @@ def _check_away(away: Any, field: Callable[..., Any]) -> None:
     curve = field("calibration.away.curve", away.get("curve"), _is(list), "a list")
     for i, point in enumerate(curve):
         where = f"calibration.away.curve[{i}]"
-        field(where, point, _is(dict), "an object (strength, neutral_ratio, topic_drop)")
+        field(where, point, _is(dict), "an object (strength, neutral_forced_ratio, ...)")
         field(f"{where}.strength", point.get("strength"), _finite, "a finite number")
-        for key in ("neutral_ratio", "neutral_forced_ratio", "topic_drop"):
+        for key in ("neutral_ratio", "neutral_forced_ratio", "topic_drop", "topic_forced_ratio"):
             field(f"{where}.{key}", point.get(key), _optional(_finite), "a finite number or null")
 
 

@@ -146,11 +146,12 @@ class FluencyCalibration(_ReadsLikeADict):
 @dataclass(eq=False)
 class AwayCalibration(_ReadsLikeADict):
     """A measured suppression curve (``docs/method.md`` §9): ``curve`` holds ``{strength,
-    neutral_ratio, neutral_forced_ratio, topic_drop}`` per point (the perplexity ratio on
-    ``neutral_prompts`` neutral prompts, sampled and teacher-forced: the side effect; the drop
-    of the topic's similarity on ``inviting_prompts`` prompts that invite it); the chosen
-    ``strength`` of ``method`` is the largest whose neutral ratio (teacher-forced where
-    measured; artifacts of 0.4.0 have only the sampled one) stays under ``target_ratio``."""
+    neutral_forced_ratio, topic_forced_ratio}`` per point (the teacher-forced perplexity ratio
+    on continuations of ``neutral_prompts`` neutral prompts: the side effect; on the topic's
+    own words after ``inviting_prompts`` prompts that invite it: the effect); the chosen
+    ``strength`` of ``method`` is the largest whose neutral ratio stays under ``target_ratio``.
+    Early 0.4 development artifacts have sampled readings instead (``neutral_ratio``,
+    ``topic_drop``), and are read the same way."""
 
     method: str
     target_ratio: float
@@ -169,6 +170,17 @@ class AwayCalibration(_ReadsLikeADict):
         else (an artifact of 0.4.0) its sampled one."""
         forced = point.get("neutral_forced_ratio")
         return forced if forced is not None else point.get("neutral_ratio")
+
+    @staticmethod
+    def describe_point(point: Mapping[str, Any]) -> str:
+        """``x1.04 neutral, x1.31 topic text``: the side effect, then the effect (the topic
+        words' perplexity ratio; an early 0.4 artifact: the drop of the topic's similarity)."""
+        text = f"x{AwayCalibration.neutral_ratio_of(point):.2f} neutral"
+        if point.get("topic_forced_ratio") is not None:
+            return f"{text}, x{point['topic_forced_ratio']:.2f} topic text"
+        if point.get("topic_drop") is not None:
+            return f"{text}, {point['topic_drop']:+.3f} topic"
+        return text
 
 
 @dataclass(eq=False)

@@ -120,9 +120,8 @@ class FeatureScores:
         away = self.calibration.away
         if away is not None:
             points = ", ".join(
-                f"{p['strength']:g}: x{AwayCalibration.neutral_ratio_of(p):.2f} neutral, "
-                f"{p['topic_drop']:+.3f} topic" for p in away.curve
-                if AwayCalibration.neutral_ratio_of(p) is not None and p["topic_drop"] is not None
+                f"{p['strength']:g}: {AwayCalibration.describe_point(p)}" for p in away.curve
+                if AwayCalibration.neutral_ratio_of(p) is not None
             )
             lines.append(f"away curve         {points}")
         return lines

@@ -8,21 +8,19 @@ words) turned out not to lower the topic's share of generated text on the demo's
 latents that carry much of the topic's activation mass did (``scripts/explore_away.py``).
 
 ``SteeredModel(direction="away", method="suppress")`` attenuates those latents where they fire
-(``z_i -> (1 - s) z_i``, the SAE's error kept). The *recommended* suppression is CAA
-subtraction, the benchmark's winner on its tuning topics (``docs/benchmark.md``); its strength
-is calibrated on neutral prompts: the strength is the largest whose *teacher-forced* perplexity
-ratio stays under :data:`AWAY_TARGET_RATIO` (a suppression should leave unrelated text alone):
-the suppressed model's perplexity of unsteered continuations of the neutral prompts
-(:data:`FORCED_SAMPLES` each) over the unsteered model's own. Both models read the same tokens,
-so the ratio carries no sampling noise. The sampled ratio (the suppressed model's own
-continuations, scored by the unsteered model) is recorded beside it but not used: on the demo's
-medical artifact, over six seeds, 12 neutral prompts with one continuation each put the sampled
-ratio at strength 1 anywhere from 1.00x to 1.49x and the strength it chose from 0.22 to 1 (the
-top of a 0.25-1 grid); read teacher-forced, the chosen strength stayed within 1.82-2.32, and
-within 1.93-2.08 over 24 prompts (``scripts/explore_away.py`` measures both on the benchmark's
-topics: their means agree within a factor that depends on the topic). The curve also records
-how far the continuations of prompts that invite the topic (openings of the alignment texts)
-move away from it: the drop of their cosine similarity to the alignment set.
+(``z_i -> (1 - s) z_i``, the SAE's error kept); ``method="attenuate"``, the *recommended*
+suppression (the benchmark's choice on its tuning topics, ``docs/benchmark.md``), subtracts the
+topic's mean difference in proportion to the SAE's posterior that a token is on the topic, from
+which of the topic's most specific latents fire (:func:`topic_gate`).
+
+Its strength is calibrated teacher-forced, so no sampling noise moves it: the largest whose
+perplexity ratio on unsteered continuations of neutral prompts (:data:`FORCED_SAMPLES` each)
+stays under :data:`AWAY_TARGET_RATIO` (a suppression should leave unrelated text alone). The
+curve also records the effect: the perplexity ratio of the topic's own words after prompts that
+invite it (openings of the alignment texts). Sampled readings (the suppressed model's own
+continuations, their perplexity and their similarity to the topic) were dropped: over six seeds
+they moved the demo's chosen strength from 0.22 to 1 where the teacher-forced reading stayed
+within 1.82-2.32, and they were most of a fit's calibration time.
 """
 
 from __future__ import annotations
@@ -55,6 +53,8 @@ FORCED_SAMPLES = 4
 # Prompts of each kind the suppression is measured on (one sample each): a cheap calibration.
 AWAY_PROMPTS = 12
 INVITING_WORDS = 4
+# Tokens of the topic's own words read after each inviting prompt.
+TOPIC_TOKENS = 32
 
 
 def topic_latents(sums: ScoringSums, k: int = AWAY_K) -> Tensor:
@@ -124,6 +124,28 @@ def inviting_prompts(alignment: Sequence[str], n: int = AWAY_PROMPTS) -> list[st
     return list(seen)
 
 
+def topic_passages(alignment: Sequence[str], tokenizer: Any, n: int = AWAY_PROMPTS
+                   ) -> tuple[list[str], list[list[int]]]:  # fmt: skip
+    """Up to ``n`` alignment texts split into a prompt that invites the topic (their first
+    :data:`INVITING_WORDS` words) and the topic's own words after it (up to
+    :data:`TOPIC_TOKENS` tokens)."""
+    prompts: list[str] = []
+    rests: list[list[int]] = []
+    for text in alignment:
+        words = text.split()
+        opening = " ".join(words[:INVITING_WORDS])
+        if len(words) <= INVITING_WORDS or opening in prompts:
+            continue
+        rest = " " + " ".join(words[INVITING_WORDS:])
+        ids = list(tokenizer(rest, add_special_tokens=False)["input_ids"])[:TOPIC_TOKENS]
+        if ids:
+            prompts.append(opening)
+            rests.append(ids)
+        if len(prompts) == n:
+            break
+    return prompts, rests
+
+
 def calibrate_away(
     model: nn.Module,
     tokenizer: Any,
@@ -131,9 +153,7 @@ def calibrate_away(
     scores: Any,
     *,
     neutral: Sequence[str],
-    inviting: Sequence[str],
-    embed: Any,
-    centroid: Tensor,
+    alignment: Sequence[str],
     target_ratio: float = AWAY_TARGET_RATIO,
     strengths: Sequence[float] | None = None,
     max_new_tokens: int = 16,
@@ -141,88 +161,64 @@ def calibrate_away(
     world: World | None = None,
 ) -> AwayCalibration:
     """Measure the recommended suppression at ``strengths`` (default: :data:`AWAY_GRIDS` for its
-    method, else :data:`AWAY_GRID`) and choose the largest whose
-    teacher-forced neutral perplexity ratio stays under ``target_ratio`` (read between grid
-    points in log ratio).
+    method, else :data:`AWAY_GRID`) and choose the largest whose teacher-forced neutral
+    perplexity ratio stays under ``target_ratio`` (read between grid points in log ratio).
 
-    Neutral and inviting prompts run as one batch per strength (one sample each, the same seeds
-    at every strength); under ``torchrun`` the batches are shared out and gathered, so every
-    process holds what one process would."""
+    Everything is read teacher-forced, so nothing is sampled but the unsteered continuations of
+    the neutral prompts: at each strength the suppressed model reads those (the side effect) and
+    the topic's own words after prompts that invite it (:func:`topic_passages`: the effect, as
+    the ratio of their perplexity to the unsteered model's). Under ``torchrun`` the readings are
+    shared out and gathered, so every process holds what one process would."""
     world = world or World()
     rec = scores.recommended_away
     if strengths is None:
         strengths = AWAY_GRIDS.get(rec.method, AWAY_GRID)
-    prompts = list(neutral) + list(inviting)
-    gen = Generator(tokenizer, prompts, seed=seed, batch_size=len(prompts))
+    gen = Generator(tokenizer, list(neutral), samples=FORCED_SAMPLES, seed=seed,
+                    batch_size=len(neutral) * FORCED_SAMPLES)  # fmt: skip
     context = context_length(model, tokenizer)
     if context is not None:  # a short context: fewer new tokens, never a truncated prompt
         max_new_tokens = min(max_new_tokens, context - max(map(len, gen.prompt_ids)))
     if max_new_tokens < 4:
         raise ValueError(f"the model's context ({context} tokens) leaves no room to continue")
     gen.options = sampling_options(max_new_tokens=max_new_tokens, do_sample=True)
+    topic_prompts, topic_texts = topic_passages(alignment, tokenizer)
+    if not topic_prompts:
+        raise ValueError("no alignment text is long enough to open a prompt with")
+    (texts,) = _shared(lambda _: [c.token_ids for c in gen.run(model)[0]], 1, world)
+    prompts = [gen.prompt_ids[i // FORCED_SAMPLES] for i in range(len(texts))]
     jobs = [None, *strengths]  # None: the unsteered model
 
-    def run(strength: float | None) -> list[list[int]]:
-        if strength is None:
-            part = gen.run(model)[0]
-        else:
-            with SteeredModel(model, sae, scores=scores, direction="away", method=rec.method,
-                              strength=strength) as steered:  # fmt: skip
-                part = gen.run(steered)[0]
-        return [c.token_ids for c in part]
-
-    n = len(neutral)
-    # Teacher-forced: the suppressed model reads unsteered continuations of the neutral prompts,
-    # FORCED_SAMPLES each. Every generation, then every reading, is shared out across processes
-    # and gathered, so each process holds the same curve and does a share of the work.
-    forced_gen = Generator(tokenizer, list(neutral), samples=FORCED_SAMPLES, seed=seed,
-                           batch_size=n * FORCED_SAMPLES, options=gen.options)  # fmt: skip
-
-    def generated(i: int) -> list[list[int]]:
-        if i < len(jobs):
-            return run(jobs[i])
-        return [c.token_ids for c in forced_gen.run(model)[0]]
-
-    outputs = _shared(generated, len(jobs) + 1, world)
-    texts = outputs.pop()
-    forced_prompts = [forced_gen.prompt_ids[i // FORCED_SAMPLES] for i in range(len(texts))]
-
     def read(i: int) -> list[list[float]]:
-        """The unsteered model's perplexity of job ``i``'s sampled neutral continuations, and
-        job ``i``'s model's perplexity of the unsteered continuations (teacher-forced)."""
-        sampled = perplexity(model, tokenizer, gen.prompt_ids[:n], outputs[i][:n])
-        forced = forced_perplexity(model, tokenizer, sae, scores, rec.method, jobs[i],
-                                   forced_prompts, texts)  # fmt: skip
-        return [sampled.tolist(), forced.tolist()]
+        """Job ``i``'s model's perplexity of the neutral continuations and of the topic's
+        words (the passages read in the same batches as the neutral texts)."""
+        both = forced_perplexity(model, tokenizer, sae, scores, rec.method, jobs[i],
+                                 prompts + topic_prompts, texts + topic_texts)  # fmt: skip
+        return [both[: len(texts)].tolist(), both[len(texts) :].tolist()]
 
     readings = _shared(read, len(jobs), world)
-    ppl = [torch.tensor(r[0], dtype=torch.float64) for r in readings]
-    forced_base, *forced = [torch.tensor(r[1], dtype=torch.float64) for r in readings]
-
-    def similarity(ids: list[list[int]]) -> float:
-        texts = [tokenizer.decode(t, skip_special_tokens=True) or "." for t in ids[n:]]
-        return float((embed([t if t.strip() else "." for t in texts]) @ centroid).mean())
+    (neutral_base, topic_base), *steered = [
+        [torch.tensor(part, dtype=torch.float64) for part in r] for r in readings
+    ]
 
     def mean_ratio(steered_ppl: Tensor, base_ppl: Tensor) -> float | None:
         logs = (steered_ppl / base_ppl).log()
         logs = logs[logs.isfinite()]
         return math.exp(float(logs.mean())) if len(logs) else None
 
-    base_similarity = similarity(outputs[0])
-    curve = []
-    for j, strength in enumerate(strengths, 1):
-        curve.append({
+    curve = [
+        {
             "strength": strength,
-            "neutral_ratio": mean_ratio(ppl[j], ppl[0]),
-            "neutral_forced_ratio": mean_ratio(forced[j - 1], forced_base),
-            "topic_drop": base_similarity - similarity(outputs[j]),
-        })  # fmt: skip
+            "neutral_forced_ratio": mean_ratio(neutral_ppl, neutral_base),
+            "topic_forced_ratio": mean_ratio(topic_ppl, topic_base),
+        }
+        for strength, (neutral_ppl, topic_ppl) in zip(strengths, steered, strict=True)
+    ]
     return AwayCalibration(
         method=rec.method,
         target_ratio=target_ratio,
         strength=strength_at(curve, target_ratio, key="neutral_forced_ratio"),
         neutral_prompts=len(neutral),
-        inviting_prompts=len(inviting),
+        inviting_prompts=len(topic_prompts),
         curve=curve,
     )
 

@@ -24,7 +24,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from hf_sae_steer.data.embedders import DEFAULT_EMBEDDER, Embedder, embed_prompts, load_embedder
+from hf_sae_steer.data.embedders import DEFAULT_EMBEDDER, Embedder, load_embedder
 from hf_sae_steer.data.prompts import hash_prompts, load_prompts
 from hf_sae_steer.data.sources import open_prompts
 from hf_sae_steer.distributed import World, all_gather_json, current_world
@@ -38,7 +38,7 @@ from hf_sae_steer.models import (
 )
 from hf_sae_steer.sae.base import SAE
 from hf_sae_steer.scores import record
-from hf_sae_steer.scoring.away import AWAY_PROMPTS, calibrate_away, inviting_prompts
+from hf_sae_steer.scoring.away import AWAY_PROMPTS, calibrate_away
 from hf_sae_steer.scoring.calibration import CALIBRATION_PROMPTS, CalibrationRun, run_calibration
 from hf_sae_steer.scoring.checks import (
     check_alignment,
@@ -247,7 +247,7 @@ def fit_scores(
                     _record_calibration_cost(record.options, done_calibrating, world)
             if calibrate_strength and record.recommended_away is not None:
                 _calibrate_away(
-                    model, tokenizer, sae, record, alignment, embed_model,
+                    model, tokenizer, sae, record, alignment,
                     neutral=list(calibration_prompts)[:AWAY_PROMPTS], seed=seed, world=world,
                 )  # fmt: skip
             if measure_effect:
@@ -274,7 +274,6 @@ def _calibrate_away(
     sae: SAE,
     scores: record.FeatureScores,
     alignment: Sequence[str],
-    embed_model: Any,
     *,
     neutral: Sequence[str],
     seed: int,
@@ -282,21 +281,12 @@ def _calibrate_away(
 ) -> None:
     """The recommended suppression's strength, measured (``docs/method.md`` §9); a warning and
     the uncalibrated strength 1 where it cannot be."""
-
-    def embed(texts: list[str]) -> torch.Tensor:
-        (out,), _ = embed_prompts(embed_model, [texts], progress=False)
-        return out / out.norm(dim=-1, keepdim=True).clamp_min(1e-12)
-
     try:
         if live_steerings(model):  # measuring needs the model to ourselves
             raise ValueError("the model is steered now; remove its SteeredModel to calibrate")
-        inviting = inviting_prompts(alignment)
-        if not inviting:
-            raise ValueError("no alignment text is long enough to open a prompt with")
-        centroid = embed(list(alignment)[:256]).mean(0)
         away = calibrate_away(
-            model, tokenizer, sae, scores, neutral=neutral, inviting=inviting, embed=embed,
-            centroid=centroid / centroid.norm().clamp_min(1e-12), seed=seed, world=world,
+            model, tokenizer, sae, scores, neutral=neutral, alignment=alignment, seed=seed,
+            world=world,
         )  # fmt: skip
     except ValueError as error:
         warnings.warn(
