@@ -19,7 +19,7 @@ from huggingface_hub import constants
 from hf_sae_steer import FeatureScores
 from hf_sae_steer.sae import SAEConfig, build_sae
 from hf_sae_steer.sae.loading import load_sae
-from hf_sae_steer.scores.record import check_compatible
+from hf_sae_steer.scores.compatibility import check_compatible
 
 D, N = 32, 40
 COMMIT = "0123456789abcdef0123456789abcdef01234567"

@@ -16,7 +16,6 @@ import hashlib
 import json
 import math
 import tempfile
-import warnings
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
@@ -27,7 +26,6 @@ from torch import Tensor
 
 from hf_sae_steer._version import __version__
 from hf_sae_steer.folders import write_folder
-from hf_sae_steer.sae.base import SAE
 from hf_sae_steer.scores.artifact_checks import (
     FORMAT,
     FORMAT_VERSION,
@@ -35,6 +33,7 @@ from hf_sae_steer.scores.artifact_checks import (
     read_config,
 )
 from hf_sae_steer.scores.card import CARD_FILE, HUB_ID, model_card, portable_name
+from hf_sae_steer.scores.compatibility import check_compatible as check_compatible  # old path
 from hf_sae_steer.scores.csv_scores import read_score_csv
 from hf_sae_steer.scores.effect import SteeringEffect
 from hf_sae_steer.scores.recommendation import AwayCalibration, Calibration, Recommendation
@@ -343,35 +342,6 @@ def load_scores(spec: str | Path, revision: str | None = None) -> FeatureScores:
             raise FileNotFoundError(f"Scores folder {path} does not exist.")
         return FeatureScores.from_pretrained(path)
     return FeatureScores.from_pretrained(str(spec), revision=revision)
-
-
-def check_compatible(scores: FeatureScores, sae: SAE, allow_mismatch: bool = False) -> None:
-    """Refuse scores computed for another SAE (a different width, or different weights).
-
-    Scores without a fingerprint (imported from CSV) are only checked for width.
-    """
-    n = int(scores.scores.numel())
-    if n != sae.d_sae:
-        raise ValueError(
-            f"These scores have {n} entries but the SAE has d_sae={sae.d_sae} latents: they belong "
-            "to another SAE. Fit scores for this SAE with FeatureScores.fit (no override exists: "
-            "the latents cannot be matched)."
-        )
-    expected = scores.sae_fingerprint
-    if expected is None:
-        return
-    actual = sae.fingerprint()
-    if expected != actual:
-        fitted_on = scores.sae_spec or "spec unknown"
-        message = (
-            f"These scores were fitted on SAE {expected} ({fitted_on}), but the SAE in use has "
-            f"fingerprint {actual} ({sae.cfg.spec or 'spec unknown'}): its latents may mean "
-            "other things. Fit scores for this SAE, or pass allow_score_mismatch=True to "
-            "SteeredModel (allow_mismatch=True to check_compatible) to steer anyway."
-        )
-        if not allow_mismatch:
-            raise ValueError(message)
-        warnings.warn(message, stacklevel=2)
 
 
 def _resolve(path_or_repo_id: str | Path, revision: str | None) -> Path:

@@ -32,7 +32,8 @@ from typing import Any
 from torch import nn
 
 from hf_sae_steer.sae.base import SAE
-from hf_sae_steer.scores.record import CONFIG_FILE, FeatureScores, check_compatible, load_scores
+from hf_sae_steer.scores.compatibility import check_compatible
+from hf_sae_steer.scores.record import CONFIG_FILE, FeatureScores, load_scores
 from hf_sae_steer.serving.errors import RequestError
 from hf_sae_steer.serving.steering_items import SteeringItem
 from hf_sae_steer.sites.layouts import ModelLayout, find_layout

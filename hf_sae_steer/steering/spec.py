@@ -14,7 +14,8 @@ from torch import Tensor, nn
 
 from hf_sae_steer.models import hidden_size
 from hf_sae_steer.sae.base import SAE, SparseCode
-from hf_sae_steer.scores.record import FeatureScores, check_compatible, load_scores
+from hf_sae_steer.scores.compatibility import check_compatible
+from hf_sae_steer.scores.record import FeatureScores, load_scores
 from hf_sae_steer.sites.layouts import ModelLayout
 from hf_sae_steer.sites.names import Site, SiteKind
 from hf_sae_steer.sites.resolve import resolve_site
