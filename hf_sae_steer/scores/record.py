@@ -33,7 +33,6 @@ from hf_sae_steer.scores.artifact_checks import (
     read_config,
 )
 from hf_sae_steer.scores.card import CARD_FILE, HUB_ID, model_card, portable_name
-from hf_sae_steer.scores.compatibility import check_compatible as check_compatible  # old path
 from hf_sae_steer.scores.csv_scores import read_score_csv
 from hf_sae_steer.scores.effect import SteeringEffect
 from hf_sae_steer.scores.recommendation import AwayCalibration, Calibration, Recommendation
