@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import json
 import os
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -133,6 +134,15 @@ def all_gather_json(value: Any, world: World) -> list[Any]:
         json.loads(part[: int(size)].numpy().tobytes().decode())
         for part, size in zip(parts, sizes, strict=True)
     ]
+
+
+def shared_map(work: Callable[[int], Any], n: int, world: World) -> list[Any]:
+    """``[work(0), ..., work(n - 1)]`` with each item computed by one process (round robin) and
+    gathered, so every process holds them all; ``work`` returns JSON-serialisable values."""
+    done: dict[int, Any] = {}
+    for part in all_gather_json({i: work(i) for i in range(n) if world.owns(i)}, world):
+        done.update({int(i): value for i, value in part.items()})
+    return [done[i] for i in range(n)]
 
 
 def broadcast_json(value: Any, world: World) -> Any:

@@ -42,6 +42,16 @@ def demo_engine(**options: Any):
 
 
 @contextlib.contextmanager
+def running_demo(**options: Any) -> Iterator[tuple[Any, Any]]:
+    """:func:`demo_engine` until the block ends, then closed: ``(engine, library)``."""
+    engine, library = demo_engine(**options)
+    try:
+        yield engine, library
+    finally:
+        engine.close()
+
+
+@contextlib.contextmanager
 def live_server(engine: Any, library: Any, **app_options: Any) -> Iterator[str]:
     """Serve ``engine`` on 127.0.0.1 until the block ends; yields the base URL (no ``/v1``).
     The engine is the caller's to close."""

@@ -67,12 +67,17 @@ def records(label: str, points: dict[float, tuple[float, float]], prompts: int =
     return out
 
 
-def test_curves_read_paired_differences_and_compare_subtracts_within_resamples():
-    base = [
+def orig_records(prompts: int) -> list[dict]:
+    """The unsteered rows: 2 samples per prompt, all alike."""
+    return [
         {"label": "orig", "norm_fraction": None, "strength": None, "prompt_index": p,
          "sample": s, "relevance_centroid": 0.2, "p_topic": 0.1, "perplexity": 40.0}
-        for p in range(6) for s in range(2)
+        for p in range(prompts) for s in range(2)
     ]  # fmt: skip
+
+
+def test_curves_read_paired_differences_and_compare_subtracts_within_resamples():
+    base = orig_records(6)
     a = records("a", {0.5: (0.10, 1.2), 1.0: (0.30, 2.0)})
     b = records("b", {0.5: (0.05, 1.2), 1.0: (0.10, 2.0)})
     found = curves(base + a + b)
@@ -89,9 +94,7 @@ def test_curves_read_paired_differences_and_compare_subtracts_within_resamples()
 
 
 def test_a_curve_that_never_gets_that_disfluent_has_no_value_there():
-    base = [{"label": "orig", "norm_fraction": None, "strength": None, "prompt_index": p,
-             "sample": s, "relevance_centroid": 0.2, "p_topic": 0.1, "perplexity": 40.0}
-            for p in range(4) for s in range(2)]  # fmt: skip
+    base = orig_records(4)
     weak = records("weak", {1.0: (0.2, 1.1)}, prompts=4)
     rows = compare(curves(base + weak), (1.5,), n_boot=50)
     assert all(math.isnan(r["gain"]) for r in rows)
@@ -105,11 +108,7 @@ def test_resample_weights_sum_to_one_and_row_zero_is_the_sample():
 
 
 def test_against_point_reads_each_curve_at_that_points_ratio():
-    base = [
-        {"label": "orig", "norm_fraction": None, "strength": None, "prompt_index": p,
-         "sample": s, "relevance_centroid": 0.2, "p_topic": 0.1, "perplexity": 40.0}
-        for p in range(6) for s in range(2)
-    ]  # fmt: skip
+    base = orig_records(6)
     old = records("old", {0.5: (0.08, 1.3), 1.0: (0.2, 2.5)})
     new = records("new", {0.5: (0.10, 1.2), 1.0: (0.30, 2.0)})
     rows = against_point(curves(base + old + new), "old", 0.5, n_boot=100)

@@ -9,7 +9,7 @@ import pytest
 httpx = pytest.importorskip("httpx")
 pytest.importorskip("fastapi", reason="hf-sae-steer serve needs the [serve] extra")
 
-from serving_live import demo_engine, live_server  # noqa: E402
+from serving_live import live_server, running_demo  # noqa: E402
 
 from hf_sae_steer.serving.body import MAX_DEPTH, parse_json  # noqa: E402
 from hf_sae_steer.serving.errors import RequestError  # noqa: E402
@@ -17,12 +17,8 @@ from hf_sae_steer.serving.errors import RequestError  # noqa: E402
 
 @pytest.fixture(scope="module")
 def demo():
-    engine, library = demo_engine()
-    try:
-        with live_server(engine, library) as url:
-            yield url
-    finally:
-        engine.close()
+    with running_demo() as demo, live_server(*demo) as url:
+        yield url
 
 
 def _post(url, path, raw):

@@ -14,7 +14,7 @@ openai = pytest.importorskip("openai", reason="the serving tests use the officia
 httpx = pytest.importorskip("httpx")
 pytest.importorskip("fastapi", reason="hf-sae-steer serve needs the [serve] extra")
 
-from serving_live import DEMO, demo_engine, free_port, live_server, wait_healthy  # noqa: E402
+from serving_live import DEMO, free_port, live_server, running_demo, wait_healthy  # noqa: E402
 
 from hf_sae_steer.serving.security import (  # noqa: E402
     API_KEY_ENV,
@@ -29,11 +29,8 @@ BODY = {"prompt": "The children went", "max_tokens": 3, "temperature": 0}
 
 @pytest.fixture(scope="module")
 def demo():
-    engine, library = demo_engine()
-    try:
-        yield engine, library
-    finally:
-        engine.close()
+    with running_demo() as demo:
+        yield demo
 
 
 def _completed(engine) -> int:

@@ -9,19 +9,15 @@ import pytest
 httpx = pytest.importorskip("httpx")
 pytest.importorskip("fastapi", reason="hf-sae-steer serve needs the [serve] extra")
 
-from serving_live import demo_engine, live_server  # noqa: E402
+from serving_live import live_server, running_demo  # noqa: E402
 
 INNOCENT = {"prompt": "The children went", "max_tokens": 12, "temperature": 0, "ignore_eos": True}
 
 
 @pytest.fixture(scope="module")
 def demo():
-    engine, library = demo_engine()
-    try:
-        with live_server(engine, library) as url:
-            yield url, engine
-    finally:
-        engine.close()
+    with running_demo() as (engine, library), live_server(engine, library) as url:
+        yield url, engine
 
 
 def _post(url, body):

@@ -8,7 +8,7 @@ httpx = pytest.importorskip("httpx")
 pytest.importorskip("fastapi", reason="hf-sae-steer serve needs the [serve] extra")
 parser = pytest.importorskip("prometheus_client.parser")
 
-from serving_live import demo_engine, live_server  # noqa: E402
+from serving_live import live_server, running_demo  # noqa: E402
 
 import hf_sae_steer  # noqa: E402
 
@@ -18,11 +18,8 @@ CHAT = [{"role": "system", "content": "Be brief."}, {"role": "user", "content": 
 
 @pytest.fixture(scope="module")
 def demo():
-    engine, library = demo_engine()
-    try:
-        yield engine, library
-    finally:
-        engine.close()
+    with running_demo() as demo:
+        yield demo
 
 
 @pytest.fixture

@@ -7,33 +7,21 @@ from __future__ import annotations
 
 import math
 import re
-import warnings
 
 import pytest
 import torch
-from method_reference import ReferenceOpenAISAE, steer_sequence
-from sae_factories import openai_state
-from test_steering_recommended import IDS, LAYER, OTHERS, TEXTS, _letters, reference_logits
+from method_reference import steer_sequence
+from test_steering_recommended import IDS, LAYER, OTHERS, TEXTS, fit_openai_sae, reference_logits
 
 from hf_sae_steer import FeatureScores, SteeredModel, load_scores
-from hf_sae_steer.sae import load_sae
 from hf_sae_steer.scores.recommendation import AwayCalibration
-from hf_sae_steer.scoring.away import forced_perplexities, strength_at, topic_passages
+from hf_sae_steer.scoring.away import forced_perplexity, strength_at, topic_passages
 from hf_sae_steer.sites.hooks import steering_hooks
 
 
 @pytest.fixture
 def fitted(gpt2, tokenizer, tmp_path):
-    state = openai_state(d=32, n=128, k=8, seed=5)
-    path = tmp_path / f"resid_post_mlp_v5_32k/autoencoders/{LAYER}.pt"
-    path.parent.mkdir(parents=True)
-    torch.save(state, path)
-    sae = load_sae(path)
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        scores = FeatureScores.fit(gpt2, tokenizer, sae, reference=OTHERS + TEXTS[:1],
-                                   alignment=TEXTS, embedder=_letters, progress=False)  # fmt: skip
-    return sae, ReferenceOpenAISAE(state), scores
+    return fit_openai_sae(gpt2, tokenizer, tmp_path)
 
 
 def test_the_fit_records_topic_latents_and_a_calibrated_suppression(fitted):
@@ -138,7 +126,8 @@ def test_teacher_forced_perplexities_against_plain_forward_passes(gpt2, tokenize
     sae, ref, scores = fitted
     v = scores.stats["delta_raw"]
     prompts, texts = [[5, 17, 42], [99, 3]], [[250, 7, 8, 9], [11, 12, 13]]
-    got = forced_perplexities(gpt2, tokenizer, sae, scores, "vector", (0.5, 2.0), prompts, texts)
+    got = [forced_perplexity(gpt2, tokenizer, sae, scores, "vector", s, prompts, texts)
+           for s in (None, 0.5, 2.0)]  # fmt: skip
     for j, strength in enumerate((None, 0.5, 2.0)):
         for i, (prompt, text) in enumerate(zip(prompts, texts, strict=True)):
             ids = torch.tensor([prompt + text])

@@ -20,8 +20,9 @@ OTHERS = ["The river flows through the valley.", "Engineers built a bridge of st
           "The orchestra played a symphony.", "A farmer planted wheat and barley."]  # fmt: skip
 
 
-@pytest.fixture
-def setup(gpt2, tokenizer, tmp_path):
+def fit_openai_sae(gpt2, tokenizer, tmp_path, **options):
+    """An OpenAI-format SAE saved and loaded back, its plain reference twin, and scores fitted
+    on TEXTS against OTHERS with ``options``."""
     state = openai_state(d=32, n=128, k=8, seed=5)
     path = tmp_path / f"resid_post_mlp_v5_32k/autoencoders/{LAYER}.pt"
     path.parent.mkdir(parents=True)
@@ -31,8 +32,13 @@ def setup(gpt2, tokenizer, tmp_path):
         warnings.simplefilter("ignore")
         scores = FeatureScores.fit(gpt2, tokenizer, sae, reference=OTHERS + TEXTS[:1],
                                    alignment=TEXTS, embedder=_letters, progress=False,
-                                   calibrate_strength=False)  # fmt: skip
+                                   **options)  # fmt: skip
     return sae, ReferenceOpenAISAE(state), scores
+
+
+@pytest.fixture
+def setup(gpt2, tokenizer, tmp_path):
+    return fit_openai_sae(gpt2, tokenizer, tmp_path, calibrate_strength=False)
 
 
 def _letters(texts):

@@ -38,12 +38,18 @@ class Settings:
     seed: int = 0
 
 
-def parse_method(text: str) -> str:
-    method = text.strip().lower() if isinstance(text, str) else text
-    if method not in METHOD_CHOICES:
+def _choice(text: str, choices: tuple[str, ...], what: str, hint: str | None = None) -> str:
+    """``text`` (trimmed, any case) when it is one of ``choices``, else one clear error."""
+    value = text.strip().lower() if isinstance(text, str) else text
+    if value not in choices:
         shown = repr(text.strip()) if isinstance(text, str) else text
-        raise PlaygroundError(f"Unknown method {shown}; use one of {', '.join(METHOD_CHOICES)}.")
-    return method
+        hint = hint or "one of " + ", ".join(choices)
+        raise PlaygroundError(f"Unknown {what} {shown}; use {hint}.")
+    return value
+
+
+def parse_method(text: str) -> str:
+    return _choice(text, METHOD_CHOICES, "method")
 
 
 def parse_strength(text: str | float | None) -> float | None:
@@ -62,19 +68,11 @@ def parse_strength(text: str | float | None) -> float | None:
 
 
 def parse_positions(text: str) -> str:
-    positions = text.strip().lower() if isinstance(text, str) else text
-    if positions not in POSITIONS:
-        shown = repr(text.strip()) if isinstance(text, str) else text
-        raise PlaygroundError(f"Unknown positions {shown}; use one of {', '.join(POSITIONS)}.")
-    return positions
+    return _choice(text, POSITIONS, "positions")
 
 
 def parse_direction(text: str) -> str:
-    direction = text.strip().lower() if isinstance(text, str) else text
-    if direction not in DIRECTIONS:
-        shown = repr(text.strip()) if isinstance(text, str) else text
-        raise PlaygroundError(f"Unknown direction {shown}; use toward or away.")
-    return direction
+    return _choice(text, DIRECTIONS, "direction", hint="toward or away")
 
 
 def parse_switch(text: str | bool | None, what: str) -> bool | None:

@@ -24,7 +24,8 @@ LIBRARY_METHODS = {CAA_SUBTRACTION: "vector", ABLATION: "ablate", SUPPRESS: "sup
                    ATTENUATE: "attenuate"}  # fmt: skip
 
 
-def _fmt(value: float | None, lo: float | None = None, hi: float | None = None) -> str:
+def format_value(value: float | None, lo: float | None = None, hi: float | None = None) -> str:
+    """``+0.123 [+0.045, +0.201]`` (the interval when known), or ``–`` for no value."""
     if value is None or (isinstance(value, float) and math.isnan(value)):
         return "–"
     if lo is None or hi is None or math.isnan(lo) or math.isnan(hi):
@@ -85,7 +86,7 @@ def summary_table(runs: list[dict[str, Any]]) -> list[str]:
             rows = [budget_row(r, label, b) for r in runs]
             cells.append(f"{sum(lowers(x) for x in rows if x)} / {n}")
             drops = [x["drop"] for x in rows if x and not math.isnan(x["drop"])]
-            cells.append(_fmt(float(np.mean(drops)) if drops else math.nan))
+            cells.append(format_value(float(np.mean(drops)) if drops else math.nan))
         for other in (CAA_SUBTRACTION, ABLATION):
             if label == other:
                 cells.append("(the comparison)")
@@ -117,8 +118,10 @@ def topic_table(runs: list[dict[str, Any]], budget: float = MAIN_BUDGET) -> list
             if not r:
                 cells.append("–")
                 continue
-            text = _fmt(r["drop"], r["drop_lo"], r["drop_hi"]) if label == CAA_SUBTRACTION else (
-                _fmt(r["drop"]) + mark[standing(r, CAA_SUBTRACTION)])
+            if label == CAA_SUBTRACTION:
+                text = format_value(r["drop"], r["drop_lo"], r["drop_hi"])
+            else:
+                text = format_value(r["drop"]) + mark[standing(r, CAA_SUBTRACTION)]
             cells.append(text + ("" if r["reached"] else " ·"))
         lines.append("| " + " | ".join(cells) + " |")
     return lines
@@ -138,7 +141,7 @@ def points_table(runs: list[dict[str, Any]]) -> list[str]:
             r = rows[-1]
             lines.append("| " + " | ".join([
                 run["topic"], label, f"{r['point']:g}",
-                _fmt(r["p_topic"], r["p_topic_lo"], r["p_topic_hi"]),
+                format_value(r["p_topic"], r["p_topic_lo"], r["p_topic_hi"]),
                 f"{r['neutral_ratio']:.2f}", f"{r['inviting_ratio']:.2f}",
             ]) + " |")  # fmt: skip
     return lines

@@ -16,6 +16,7 @@ import numpy as np
 
 from hf_sae_steer.atomic import write_text_atomically
 from hf_sae_steer.evaluation import away_md
+from hf_sae_steer.evaluation.away_md import format_value as _fmt
 from hf_sae_steer.evaluation.benchmark import CAA, Candidate, TopicRun, calibrated_label
 from hf_sae_steer.evaluation.benchmark_plot import plot
 from hf_sae_steer.evaluation.result import steers
@@ -91,14 +92,6 @@ def chosen_default(tuning: list[dict[str, Any]]) -> str:
 def default_row(run: dict[str, Any], name: str = DEFAULT_CANDIDATE) -> dict[str, Any]:
     label = calibrated_label(name)
     return next((r for r in run["rows"] if r["label"] == label), {})
-
-
-def _fmt(value: float | None, lo: float | None = None, hi: float | None = None) -> str:
-    if value is None or (isinstance(value, float) and math.isnan(value)):
-        return "–"
-    if lo is None or hi is None or math.isnan(lo) or math.isnan(hi):
-        return f"{value:+.3f}"
-    return f"{value:+.3f} [{lo:+.3f}, {hi:+.3f}]"
 
 
 def versus(row: dict[str, Any]) -> str:

@@ -32,7 +32,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from hf_sae_steer.distributed import World, all_gather_json
+from hf_sae_steer.distributed import World, shared_map
 from hf_sae_steer.generation import Generator, perplexity, sampling_options
 from hf_sae_steer.models import context_length
 from hf_sae_steer.scores.recommendation import AwayCalibration, Recommendation
@@ -50,7 +50,7 @@ AWAY_GRID = (0.5, 1.0, 2.0, 3.0)
 AWAY_GRIDS = {"attenuate": (1.0, 2.0, 4.0, 8.0)}
 # Unsteered continuations per neutral prompt that the suppressed model reads (teacher-forced).
 FORCED_SAMPLES = 4
-# Prompts of each kind the suppression is measured on (one sample each): a cheap calibration.
+# Neutral prompts, and alignment texts read as topic passages, the suppression is measured on.
 AWAY_PROMPTS = 12
 INVITING_WORDS = 4
 # Tokens of the topic's own words read after each inviting prompt.
@@ -110,18 +110,6 @@ def recommend_away(
         "suppress", 1.0, True, None,
         f"zeroes the topic's {len(latents)} latents where they fire (the SAE's error kept)",
     )  # fmt: skip
-
-
-def inviting_prompts(alignment: Sequence[str], n: int = AWAY_PROMPTS) -> list[str]:
-    """Openings of alignment texts: prompts that invite the topic."""
-    seen: dict[str, None] = {}
-    for text in alignment:
-        words = text.split()
-        if len(words) > INVITING_WORDS:
-            seen.setdefault(" ".join(words[:INVITING_WORDS]), None)
-        if len(seen) == n:
-            break
-    return list(seen)
 
 
 def topic_passages(alignment: Sequence[str], tokenizer: Any, n: int = AWAY_PROMPTS
@@ -184,7 +172,7 @@ def calibrate_away(
     topic_prompts, topic_texts = topic_passages(alignment, tokenizer)
     if not topic_prompts:
         raise ValueError("no alignment text is long enough to open a prompt with")
-    (texts,) = _shared(lambda _: [c.token_ids for c in gen.run(model)[0]], 1, world)
+    (texts,) = shared_map(lambda _: [c.token_ids for c in gen.run(model)[0]], 1, world)
     prompts = [gen.prompt_ids[i // FORCED_SAMPLES] for i in range(len(texts))]
     jobs = [None, *strengths]  # None: the unsteered model
 
@@ -195,7 +183,7 @@ def calibrate_away(
                                  prompts + topic_prompts, texts + topic_texts)  # fmt: skip
         return [both[: len(texts)].tolist(), both[len(texts) :].tolist()]
 
-    readings = _shared(read, len(jobs), world)
+    readings = shared_map(read, len(jobs), world)
     (neutral_base, topic_base), *steered = [
         [torch.tensor(part, dtype=torch.float64) for part in r] for r in readings
     ]
@@ -223,14 +211,6 @@ def calibrate_away(
     )
 
 
-def _shared(work: Any, n: int, world: World) -> list[Any]:
-    """``[work(0), ..., work(n - 1)]``, each computed by one process (JSON values) and gathered."""
-    done: dict[int, Any] = {}
-    for part in all_gather_json({i: work(i) for i in range(n) if world.owns(i)}, world):
-        done.update({int(i): value for i, value in part.items()})
-    return [done[i] for i in range(n)]
-
-
 def forced_perplexity(
     model: nn.Module,
     tokenizer: Any,
@@ -238,33 +218,17 @@ def forced_perplexity(
     scores: Any,
     method: str,
     strength: float | None,
-    prompt_ids: Sequence[list[int]],
+    prompts: Sequence[str | list[int]],
     texts: Sequence[list[int]],
 ) -> Tensor:
-    """The perplexity of each of ``texts`` given its prompt (teacher-forced) under the unsteered
-    model (``strength`` None), else under ``method`` away from the topic at ``strength``."""
+    """The perplexity of each of ``texts`` given its prompt (text or token ids), teacher-forced,
+    under the unsteered model (``strength`` None), else under ``method`` away from the topic at
+    ``strength``."""
     if strength is None:
-        return perplexity(model, tokenizer, list(prompt_ids), list(texts))
+        return perplexity(model, tokenizer, list(prompts), list(texts))
     with SteeredModel(model, sae, scores=scores, direction="away", method=method,
                       strength=strength) as steered:  # fmt: skip
-        return perplexity(steered, tokenizer, list(prompt_ids), list(texts))
-
-
-def forced_perplexities(
-    model: nn.Module,
-    tokenizer: Any,
-    sae: Any,
-    scores: Any,
-    method: str,
-    strengths: Sequence[float],
-    prompt_ids: Sequence[list[int]],
-    texts: Sequence[list[int]],
-) -> list[Tensor]:
-    """:func:`forced_perplexity` unsteered, then at each of ``strengths``."""
-    return [
-        forced_perplexity(model, tokenizer, sae, scores, method, s, prompt_ids, texts)
-        for s in (None, *strengths)
-    ]
+        return perplexity(steered, tokenizer, list(prompts), list(texts))
 
 
 def strength_at(

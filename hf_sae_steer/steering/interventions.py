@@ -256,7 +256,8 @@ class Intervention:
             self._shift = sae.decode_change(code)
         if self.topic is not None:
             self._topic_index = self.topic.indices.to(device)
-            self._topic_rows = sae.W_dec.index_select(0, self._topic_index)  # suppress's
+            if self.method == "suppress":  # attenuate decodes nothing
+                self._topic_rows = sae.W_dec.index_select(0, self._topic_index)
             odds = self.topic.log_odds
             self._topic_odds = None if odds is None else odds.to(device, f32)
         if self.edits:

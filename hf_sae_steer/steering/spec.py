@@ -154,13 +154,18 @@ def resolve_spec(
         step.strength = Intervention.check_strength(
             1.0 if given else calibrated_strength(step, artifact)
         )
-    if spec.direction == "away" and method == "vector":
-        step.strength = -step.strength  # CAA subtraction: x - s v
+    step.strength = signed_strength(spec.direction, method, step.strength)
     block = layout.blocks[site.layer]
     param = next((p for p in block.parameters() if p.device.type != "meta"), None)
     if param is not None and param.is_floating_point():
         step.place(param.device, param.dtype)  # beside its block (device_map="auto" too)
     return site, step
+
+
+def signed_strength(direction: str, method: str, strength: float) -> float:
+    """The strength an intervention applies: ``vector`` away from a topic subtracts it (CAA
+    subtraction, ``x - s v``); every other method carries its direction in what it does."""
+    return -strength if direction == "away" and method == "vector" else strength
 
 
 def _choose(

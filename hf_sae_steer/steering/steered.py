@@ -35,6 +35,7 @@ from hf_sae_steer.steering.spec import (
     SteeringSpec,
     as_spec,
     resolve_spec,
+    signed_strength,
 )
 
 
@@ -198,8 +199,7 @@ class SteeredModel(nn.Module):
         thread generates). A site steering away keeps its direction: ``vector`` away subtracts."""
         strength = Intervention.check_strength(strength)
         for step, spec in zip(self.interventions, self.specs, strict=True):
-            away_vector = spec.direction == "away" and step.method == "vector"
-            step.strength = -strength if away_vector else strength
+            step.strength = signed_strength(spec.direction, step.method, strength)
         self.specs = [replace(spec, strength=float(strength)) for spec in self.specs]
 
     def remove(self) -> None:
