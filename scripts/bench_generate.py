@@ -29,8 +29,9 @@ import torch
 from torch import Tensor
 from transformers import GenerationConfig, GPT2Config, GPT2LMHeadModel
 
-from hf_sae_steer import METHODS, SAE, Intervention, SteeredModel
+from hf_sae_steer import METHODS, SAE, FeatureScores, Intervention, SteeredModel
 from hf_sae_steer.sae.base import SAEConfig, build_sae
+from hf_sae_steer.steering.names import AWAY_METHODS
 
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 # shape -> (GPT2Config overrides, SAE latents, hooked layer); the SAE is TopK(32) at resid_post.
@@ -181,12 +182,22 @@ def bench(args: argparse.Namespace) -> None:
     latents = {int(i): 1.0 for i in torch.topk(scores, 5).indices}
     vector = torch.randn(cfg.n_embd, generator=torch.Generator().manual_seed(2))
 
+    # The away methods read an artifact: the topic's 10 latents (suppress), a posterior over
+    # 100 (attenuate) and the mean difference (ablate, attenuate), at the fit's sizes.
+    gate = torch.topk(scores, 100).indices
+    topic = FeatureScores(scores=scores.cpu(), coverage=1.0, stats={
+        "delta_raw": vector, "away_latents": gate[:10], "away_gate_latents": gate,
+        "away_gate_log_odds": torch.ones(100), "away_gate_bias": torch.tensor([-3.0]),
+    })  # fmt: skip
+
     def steer(method: str, keep: bool, positions: str = "all") -> SteeredModel:
         extra = {"latents": latents} if method == "add" else {}
         extra = {"vector": vector} if method == "vector" else extra
+        away = method in AWAY_METHODS and method != "vector"
+        extra = {"scores": topic, "direction": "away"} if away else {"scores": scores, **extra}
         return SteeredModel(model, sae, layer=layer, site="resid_post", method=method,
-                            scores=scores, preserve_error=keep, positions=positions,
-                            strength=1.0, **extra)  # fmt: skip
+                            preserve_error=keep, positions=positions, strength=1.0,
+                            **extra)  # fmt: skip
 
     def run(fn: Callable[..., Tensor], *a: Any, **kw: Any) -> tuple[float, Tensor]:
         return timed(partial(fn, *a, **kw), cuda, args.clock)
